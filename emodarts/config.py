@@ -1,0 +1,103 @@
+"""Model and run configuration: presets `paper` and `tiny`; any field can be overridden."""
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Dict, Tuple
+
+from .space import CNN_PRIMITIVES, SEQ_SUBSETS
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the supernet and of the network derived from it."""
+
+    cnn_layers: int = 4
+    cnn_channels: int = 8
+    cnn_nodes: int = 4
+    stem_multiplier: int = 3
+    seq_cells: int = 4
+    seq_nodes: int = 4
+    hidden: int = 128
+    cnn_primitives: Tuple[str, ...] = CNN_PRIMITIVES
+    seq_primitives: Tuple[str, ...] = SEQ_SUBSETS["all"]
+    dropout: float = 0.3
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    epochs: int = 50
+    batch_size: int = 16
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    alpha_lr: float = 3e-4
+    alpha_betas: Tuple[float, float] = (0.5, 0.999)
+    alpha_weight_decay: float = 1e-3
+    weight_fraction: float = 0.5  # share of the search data that trains w (the rest trains alpha)
+    second_order: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    drop_path: float = 0.2
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    corpus: str = "synthetic"
+    root: str = ""
+    preset: str = "tiny"
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "reference"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: Dict[str, RunConfig] = {
+    "paper": RunConfig(preset="paper"),
+    "tiny": RunConfig(
+        preset="tiny",
+        model=ModelConfig(
+            cnn_layers=3, cnn_channels=4, cnn_nodes=2, seq_cells=1, seq_nodes=2, hidden=32,
+            seq_primitives=("none", "skip_connect", "lstm_1", "lstm_2", "rnn_1", "rnn_2", "lstm_att_1", "rnn_att_1"),
+            dropout=0.1,
+        ),
+        search=SearchConfig(epochs=8, batch_size=32, w_lr=0.05),
+        train=TrainConfig(epochs=30, batch_size=32, lr=0.05, drop_path=0.1),
+    ),
+}
+
+
+def _from_dict(cls, data: Dict[str, Any]):
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name in ("model", "search", "train"):
+            value = _from_dict({"model": ModelConfig, "search": SearchConfig, "train": TrainConfig}[f.name], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Dict[str, Any]) -> RunConfig:
+    return _from_dict(RunConfig, data)
+
+
+def with_overrides(cfg, **changes):
+    """dataclasses.replace that ignores None values (options the user did not give)."""
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})

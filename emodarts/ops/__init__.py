@@ -1,0 +1,1 @@
+"""Candidate operations, mixed operations and the backend switch (reference | fused)."""

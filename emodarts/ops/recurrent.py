@@ -1,0 +1,65 @@
+"""Sequential candidates of emoDARTS, on sequences (B, T, H) -> (B, T, H).
+
+Every candidate runs over time, per utterance (pitfalls.md #1): an utterance's output never
+depends on the other utterances of its batch.
+"""
+import re
+
+import torch
+from torch import Tensor, nn
+
+_RECURRENT = re.compile(r"^(lstm|rnn)(_att)?_(\d)$")
+
+
+class RecurrentOp(nn.Module):
+    """A unidirectional n-layer LSTM or tanh-RNN, hidden size H."""
+
+    def __init__(self, cell: str, hidden: int, layers: int):
+        super().__init__()
+        module = nn.LSTM if cell == "lstm" else nn.RNN
+        self.cell = cell
+        self.rnn = module(hidden, hidden, num_layers=layers, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rnn(x)[0]
+
+
+class AttentiveRecurrentOp(nn.Module):
+    """A bidirectional n-layer LSTM/RNN followed by additive attention over time steps.
+
+    Every step's output joins its own bidirectional state with the attention context of the
+    whole utterance: out_t = W [h_t ; sum_s a_s h_s], a = softmax_s(v . tanh(U h_s)).
+    """
+
+    def __init__(self, cell: str, hidden: int, layers: int):
+        super().__init__()
+        module = nn.LSTM if cell == "lstm" else nn.RNN
+        self.cell = cell
+        self.rnn = module(hidden, hidden, num_layers=layers, batch_first=True, bidirectional=True)
+        self.score_hidden = nn.Linear(2 * hidden, hidden)
+        self.score = nn.Linear(hidden, 1, bias=False)
+        self.out = nn.Linear(4 * hidden, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.rnn(x)[0]  # (B, T, 2H)
+        weights = torch.softmax(self.score(torch.tanh(self.score_hidden(h))), dim=1)  # (B, T, 1)
+        context = (weights * h).sum(dim=1, keepdim=True).expand_as(h)
+        return self.out(torch.cat([h, context], dim=-1))
+
+
+class SeqIdentity(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def make_seq_op(name: str, hidden: int) -> nn.Module:
+    """Build one sequential candidate by name (`skip_connect`, `lstm_2`, `rnn_att_1`, ...)."""
+    if name == "skip_connect":
+        return SeqIdentity()
+    match = _RECURRENT.match(name)
+    if not match:
+        raise ValueError(f"unknown sequential operation {name!r}")
+    cell, att, layers = match.group(1), match.group(2), int(match.group(3))
+    return (AttentiveRecurrentOp if att else RecurrentOp)(cell, hidden, layers)
+
+

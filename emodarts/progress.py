@@ -1,0 +1,19 @@
+"""Progress bars (tqdm) for epochs and batches, and one summary line per epoch."""
+from typing import Iterable
+
+
+def progress_bar(items: Iterable, enabled: bool, **kwargs) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, dynamic_ncols=True, **kwargs)
+
+
+def say(enabled: bool, line: str) -> None:
+    """Print a line without breaking the progress bars."""
+    if not enabled:
+        return
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)

@@ -1,0 +1,124 @@
+"""The search network: mixed CNN cells -> sequence hand-off -> mixed sequential cells -> head.
+
+Every edge is a mixed operation; one node sums all its incoming edges' candidates in a single
+`mixed_sum` call of the backend. `none` is never computed: it only holds softmax mass.
+"""
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
+from .config import ModelConfig
+from .ops.backend import Backend, get_backend
+from .ops.cnn import make_cnn_op
+from .ops.recurrent import make_seq_op
+from .space import n_edges
+
+ALPHA_NAMES = ("alpha_normal", "alpha_reduce", "alpha_seq")
+
+
+def _active(primitives: Sequence[str]) -> List[Tuple[int, str]]:
+    return [(k, p) for k, p in enumerate(primitives) if p != "none"]
+
+
+def _mixed_nodes(states: List[Tensor], edges: nn.ModuleList, active, alpha: Tensor, n_nodes: int,
+                 mixed_sum: Callable) -> List[Tensor]:
+    """Append n_nodes mixed nodes to `states`; node i reads every earlier state through its edges."""
+    offset = 0
+    for _ in range(n_nodes):
+        n_in = len(states)
+        ys, index = [], []
+        for j, h in enumerate(states):
+            ops = edges[offset + j]
+            for k, name in active:
+                ys.append(ops[name](h))
+                index.append((j, k))
+        states.append(mixed_sum(ys, alpha[offset : offset + n_in], index))
+        offset += n_in
+    return states[2:]
+
+
+class MixedCnnCell(nn.Module):
+    def __init__(self, cfg: ModelConfig, plan):
+        super().__init__()
+        self.reduction = plan.reduction
+        self.n_nodes = cfg.cnn_nodes
+        self.active = _active(cfg.cnn_primitives)
+        self.pre = cnn_preprocess(plan, affine=False)
+        self.edges = nn.ModuleList()
+        for i in range(cfg.cnn_nodes):
+            for j in range(2 + i):
+                stride = 2 if plan.reduction and j < 2 else 1
+                self.edges.append(
+                    nn.ModuleDict({name: make_cnn_op(name, plan.c, stride, affine=False) for _, name in self.active})
+                )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, mixed_sum: Callable) -> Tensor:
+        states = [self.pre[0](s0), self.pre[1](s1)]
+        nodes = _mixed_nodes(states, self.edges, self.active, alpha, self.n_nodes, mixed_sum)
+        return self.dropout(torch.cat(nodes, dim=1))
+
+
+class MixedSeqCell(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_nodes = cfg.seq_nodes
+        self.active = _active(cfg.seq_primitives)
+        self.edges = nn.ModuleList(
+            nn.ModuleDict({name: make_seq_op(name, cfg.hidden) for _, name in self.active})
+            for _ in range(n_edges(cfg.seq_nodes))
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, mixed_sum: Callable) -> Tensor:
+        nodes = _mixed_nodes([s0, s1], self.edges, self.active, alpha, self.n_nodes, mixed_sum)
+        return self.dropout(reduce_node_concat(nodes))
+
+
+class Supernet(nn.Module):
+    """Holds the weights w (every candidate) and the architecture parameters alpha (three matrices)."""
+
+    def __init__(self, cfg: ModelConfig, n_features: int, n_classes: int, backend: str = "reference"):
+        super().__init__()
+        self.cfg = cfg
+        self.backend: Backend = get_backend(backend)
+        self.norm = FeatureNorm(n_features)
+        self.stem = stem(cfg, affine=False)
+        plan = cnn_cell_plan(cfg)
+        self.cnn_cells = nn.ModuleList(MixedCnnCell(cfg, p) for p in plan)
+        last = plan[-1]
+        self.handoff = SequenceHandoff(last.c_p, cfg.cnn_nodes * last.c, cfg.hidden)
+        self.seq_cells = nn.ModuleList(MixedSeqCell(cfg) for _ in range(cfg.seq_cells))
+        self.head = Head(cfg.hidden, n_classes, cfg.dropout)
+        n_cnn, n_seq = len(cfg.cnn_primitives), len(cfg.seq_primitives)
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.cnn_nodes), n_cnn))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.cnn_nodes), n_cnn))
+        self.alpha_seq = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.seq_nodes), n_seq))
+
+    def set_backend(self, name: str) -> None:
+        self.backend = get_backend(name)
+
+    def alphas(self) -> List[nn.Parameter]:
+        return [getattr(self, n) for n in ALPHA_NAMES]
+
+    def named_weights(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if n not in ALPHA_NAMES)
+
+    def weights(self) -> List[nn.Parameter]:
+        return [p for _, p in self.named_weights()]
+
+    def alpha_probs(self) -> Dict[str, Tensor]:
+        return {n: torch.softmax(getattr(self, n).detach(), dim=-1) for n in ALPHA_NAMES}
+
+    def forward(self, x: Tensor) -> Tensor:
+        mixed_sum = self.backend.mixed_sum
+        s0 = s1 = self.stem(self.norm(x))
+        for cell in self.cnn_cells:
+            alpha = self.alpha_reduce if cell.reduction else self.alpha_normal
+            s0, s1 = s1, cell(s0, s1, alpha, mixed_sum)
+        q0, q1 = self.handoff(s0, s1)
+        for cell in self.seq_cells:
+            q0, q1 = q1, cell(q0, q1, self.alpha_seq, mixed_sum)
+        return self.head(q1)

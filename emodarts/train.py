@@ -1,0 +1,259 @@
+"""Search loop, final-training loop and evaluation, with per-epoch checkpoints and exact resume."""
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .architect import Architect
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .config import RunConfig
+from .derive import derive_genotype
+from .io import append_jsonl, atomic_write, atomic_write_json
+from .metrics import classification_metrics
+from .network import DerivedNetwork
+from .progress import progress_bar, say
+from .space import Genotype, genotype_from_dict, save_genotype
+from .supernet import Supernet
+
+
+@dataclass
+class TensorSplit:
+    """Features (N, 1, F, T) float32 and labels (N,) int64 of one split."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class RunData:
+    classes: List[str]
+    search_w: TensorSplit  # trains the weights during the search
+    search_a: TensorSplit  # trains the alphas during the search
+    train: TensorSplit  # final training (training speakers minus dev speakers)
+    dev: TensorSplit  # model selection (held-out training speakers)
+    test: TensorSplit  # evaluated once
+
+    @property
+    def n_features(self) -> int:
+        return int(self.train.x.shape[2])
+
+
+def feature_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-feature-row mean and std over utterances and time: (F,), (F,)."""
+    return x.mean(dim=(0, 1, 3)), x.std(dim=(0, 1, 3))
+
+
+def batches(split: TensorSplit, batch_size: int, generator: Optional[torch.Generator]) -> Iterator[Tuple[Tensor, Tensor]]:
+    """Shuffled (when a generator is given) batches; the last short batch is kept."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield split.x[idx], split.y[idx]
+
+
+def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + salt)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: TensorSplit, device: str, batch_size: int = 64) -> Tuple[np.ndarray, float]:
+    """Predicted classes and mean cross-entropy over a split (eval mode)."""
+    model.eval()
+    preds, loss_sum = [], 0.0
+    for x, y in batches(split, batch_size, None):
+        logits = model(x.to(device)).float()
+        loss_sum += float(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
+        preds.append(logits.argmax(dim=-1).cpu())
+    return torch.cat(preds).numpy(), loss_sum / max(len(split), 1)
+
+
+def evaluate_split(model: nn.Module, split: TensorSplit, n_classes: int, device: str) -> Dict[str, object]:
+    pred, loss = predict(model, split, device)
+    out = classification_metrics(split.y.numpy(), pred, n_classes)
+    out["loss"] = loss
+    return out
+
+
+def _truncate_jsonl(path: Path, phase: str, before_epoch: int) -> None:
+    """Drop records of `phase` from epoch `before_epoch` on (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("phase", phase) != phase or rec["epoch"] < before_epoch:
+            keep.append(line)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(k + "\n" for k in keep)))
+
+
+# ----------------------------------------------------------------------------------------- search
+def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = False, progress: bool = True,
+               stop_after: Optional[int] = None) -> Genotype:
+    """Bilevel DARTS search. Writes genotypes.jsonl, alphas.jsonl, metrics.jsonl, genotype.json (best by
+    alpha-split loss) and checkpoint.pt (each epoch). Returns the best genotype."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sc, device = cfg.search, cfg.device
+    seed_everything(cfg.seed)
+    model = Supernet(cfg.model, data.n_features, len(data.classes), backend=cfg.backend)
+    mean, std = feature_stats(torch.cat([data.search_w.x, data.search_a.x]))
+    model.norm.set_stats(mean, std)
+    model.to(device)
+    w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, sc.epochs, eta_min=sc.w_lr_min)
+    a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
+    architect = Architect(model, w_opt, a_opt, second_order=sc.second_order)
+    start, best = 0, {"alpha_loss": float("inf"), "epoch": -1, "genotype": None}
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, cfg.to_dict())
+        model.load_state_dict(state["model"])
+        w_opt.load_state_dict(state["w_opt"])
+        a_opt.load_state_dict(state["a_opt"])
+        sched.load_state_dict(state["sched"])
+        set_rng_state(state["rng"])
+        start, best = state["epoch"] + 1, state["best"]
+    for name in ("genotypes.jsonl", "alphas.jsonl", "metrics.jsonl"):
+        _truncate_jsonl(run_dir / name, "search", start)
+
+    epochs = progress_bar(range(start, sc.epochs), progress, desc="search", initial=start, total=sc.epochs)
+    for epoch in epochs:
+        t0 = time.time()
+        model.train()
+        gen = _epoch_generator(cfg.seed, epoch, 1)
+        w_batches = list(batches(data.search_w, sc.batch_size, gen))
+        a_batches = list(batches(data.search_a, sc.batch_size, gen))
+        n_steps = max(len(w_batches), len(a_batches))
+        train_loss, alpha_loss_sum = 0.0, 0.0
+        steps = progress_bar(range(n_steps), progress, desc=f"epoch {epoch + 1}", leave=False)
+        for step in steps:
+            xw, yw = (t.to(device) for t in w_batches[step % len(w_batches)])
+            xa, ya = (t.to(device) for t in a_batches[step % len(a_batches)])
+            alpha_loss_sum += float(architect.step(xw, yw, xa, ya))
+            train_loss += weight_step(model, w_opt, xw, yw, sc.grad_clip)
+        sched.step()
+        val = evaluate_split(model, data.search_a, len(data.classes), device)
+        genotype = derive_genotype(model, meta={"epoch": epoch})
+        record = {
+            "phase": "search", "epoch": epoch, "train_loss": train_loss / n_steps,
+            "alpha_step_loss": alpha_loss_sum / n_steps, "alpha_loss": val["loss"], "alpha_ua": val["ua"],
+            "lr": sched.get_last_lr()[0], "seconds": time.time() - t0,
+        }
+        append_jsonl(run_dir / "metrics.jsonl", record)
+        append_jsonl(run_dir / "genotypes.jsonl", {"epoch": epoch, "genotype": genotype.to_dict()})
+        append_jsonl(run_dir / "alphas.jsonl", {"epoch": epoch, **{k: v.tolist() for k, v in model.alpha_probs().items()}})
+        if val["loss"] < best["alpha_loss"]:
+            best = {"alpha_loss": val["loss"], "epoch": epoch, "genotype": genotype.to_dict()}
+            save_genotype(genotype, run_dir / "genotype.json")
+        save_checkpoint(ckpt_path, {
+            "config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
+            "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(), "best": best,
+        })
+        say(progress, f"search epoch {epoch + 1}/{sc.epochs}: train loss {record['train_loss']:.3f}  "
+                      f"alpha-split loss {val['loss']:.3f} UA {val['ua']:.3f}  ({record['seconds']:.1f} s)")
+        if stop_after is not None and epoch + 1 >= stop_after:
+            break
+    return genotype_from_dict(best["genotype"], where=str(run_dir / "checkpoint.pt"))
+
+
+def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, clip: float,
+                class_weights: Optional[Tensor] = None) -> float:
+    """One SGD step on the weights only (alphas, if any, get no gradient)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss = nn.functional.cross_entropy(model(x), y, weight=class_weights)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+# ----------------------------------------------------------------------------------- final training
+def class_weights(y: Tensor, n_classes: int) -> Tensor:
+    """Inverse class frequency, normalised so that a balanced set gets weight 1."""
+    counts = torch.bincount(y, minlength=n_classes).float().clamp_min(1)
+    return counts.sum() / (n_classes * counts)
+
+
+def build_final_network(cfg: RunConfig, genotype: Genotype, data: RunData) -> DerivedNetwork:
+    net = DerivedNetwork(cfg.model, genotype, data.n_features, len(data.classes))
+    net.norm.set_stats(*feature_stats(data.train.x))
+    return net
+
+
+def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, resume: bool = False,
+              progress: bool = True, stop_after: Optional[int] = None) -> Dict[str, object]:
+    """Train the derived network; keep the epoch with the best dev UA in model.pt. Returns its dev metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tc, device = cfg.train, cfg.device
+    seed_everything(cfg.seed + 1)
+    net = build_final_network(cfg, genotype, data).to(device)
+    opt = torch.optim.SGD(net.parameters(), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.epochs, eta_min=tc.lr_min)
+    weights = class_weights(data.train.y, len(data.classes)).to(device)
+    start, best = 0, {"ua": -1.0, "epoch": -1}
+    ckpt_path = run_dir / "train_checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, cfg.to_dict())
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        set_rng_state(state["rng"])
+        start, best = state["epoch"] + 1, state["best"]
+    _truncate_jsonl(run_dir / "metrics.jsonl", "train", start)
+
+    epochs = progress_bar(range(start, tc.epochs), progress, desc="train", initial=start, total=tc.epochs)
+    for epoch in epochs:
+        t0 = time.time()
+        net.train()
+        net.set_drop_path(tc.drop_path * epoch / tc.epochs)
+        gen = _epoch_generator(cfg.seed, epoch, 2)
+        losses = []
+        for x, y in progress_bar(list(batches(data.train, tc.batch_size, gen)), progress, desc=f"epoch {epoch + 1}", leave=False):
+            losses.append(weight_step(net, opt, x.to(device), y.to(device), tc.grad_clip, weights))
+        sched.step()
+        dev = evaluate_split(net, data.dev, len(data.classes), device)
+        record = {"phase": "train", "epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": dev["loss"],
+                  "dev_ua": dev["ua"], "dev_wa": dev["wa"], "seconds": time.time() - t0}
+        append_jsonl(run_dir / "metrics.jsonl", record)
+        if dev["ua"] > best["ua"]:
+            best = {"ua": dev["ua"], "wa": dev["wa"], "epoch": epoch}
+            save_checkpoint(run_dir / "model.pt", {"config": cfg.to_dict(), "genotype": genotype.to_dict(),
+                                                   "classes": data.classes, "epoch": epoch, "model": net.state_dict()})
+        save_checkpoint(ckpt_path, {"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
+                                    "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(),
+                                    "best": best})
+        say(progress, f"train epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.3f}  dev UA {dev['ua']:.3f} "
+                      f"WA {dev['wa']:.3f}  ({record['seconds']:.1f} s)")
+        if stop_after is not None and epoch + 1 >= stop_after:
+            break
+    return best
+
+
+def load_final_network(run_dir: Path, cfg: RunConfig, data: RunData) -> DerivedNetwork:
+    state = load_checkpoint(Path(run_dir) / "model.pt", cfg.to_dict())
+    genotype = genotype_from_dict(state["genotype"], where=str(Path(run_dir) / "model.pt"))
+    net = DerivedNetwork(cfg.model, genotype, data.n_features, len(data.classes))
+    net.load_state_dict(state["model"])
+    return net.to(cfg.device)
+
+
+def run_evaluate(cfg: RunConfig, data: RunData, run_dir: Path) -> Dict[str, object]:
+    """Evaluate the selected final network on the test split, once; writes metrics.json."""
+    run_dir = Path(run_dir)
+    net = load_final_network(run_dir, cfg, data)
+    metrics = evaluate_split(net, data.test, len(data.classes), cfg.device)
+    metrics["classes"] = list(data.classes)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,34 @@
+"""Small shared builders for the model tests: a miniature configuration and random data."""
+import torch
+
+from emodarts.config import ModelConfig, RunConfig, SearchConfig, TrainConfig
+from emodarts.train import RunData, TensorSplit
+
+SMALL_SEQ = ("none", "skip_connect", "lstm_1", "rnn_2", "lstm_att_1", "rnn_att_1")
+
+
+def small_model_config(**changes) -> ModelConfig:
+    base = dict(cnn_layers=3, cnn_channels=2, cnn_nodes=2, stem_multiplier=2, seq_cells=1, seq_nodes=2,
+                hidden=8, seq_primitives=SMALL_SEQ, dropout=0.1)
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+def small_run_config(epochs: int = 2, second_order: bool = False, **model_changes) -> RunConfig:
+    return RunConfig(
+        corpus="random", preset="custom", seed=3, model=small_model_config(**model_changes),
+        search=SearchConfig(epochs=epochs, batch_size=8, second_order=second_order),
+        train=TrainConfig(epochs=epochs, batch_size=8),
+    )
+
+
+def random_split(n: int, n_features: int = 10, n_frames: int = 13, seed: int = 0) -> TensorSplit:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randn(n, 1, n_features, n_frames, generator=g) + 0.5 * y[:, None, None, None]
+    return TensorSplit(x, y)
+
+
+def random_run_data(n: int = 16) -> RunData:
+    return RunData(["angry", "happy", "neutral", "sad"], random_split(n, seed=1), random_split(n, seed=2),
+                   random_split(n, seed=3), random_split(n // 2, seed=4), random_split(n // 2, seed=5))
