@@ -71,11 +71,12 @@ PRESETS: Dict[str, RunConfig] = {
         preset="tiny",
         model=ModelConfig(
             cnn_layers=3, cnn_channels=4, cnn_nodes=2, seq_cells=1, seq_nodes=2, hidden=32,
+            cnn_primitives=("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"),
             seq_primitives=("none", "skip_connect", "lstm_1", "lstm_2", "rnn_1", "rnn_2", "lstm_att_1", "rnn_att_1"),
             dropout=0.1,
         ),
-        search=SearchConfig(epochs=8, batch_size=32, w_lr=0.05),
-        train=TrainConfig(epochs=30, batch_size=32, lr=0.05, drop_path=0.1),
+        search=SearchConfig(epochs=20, batch_size=32, w_lr=0.05),
+        train=TrainConfig(epochs=40, batch_size=32, lr=0.05, drop_path=0.1),
     ),
 }
 

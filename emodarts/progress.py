@@ -10,10 +10,8 @@ def progress_bar(items: Iterable, enabled: bool, **kwargs) -> Iterable:
     return tqdm(items, dynamic_ncols=True, **kwargs)
 
 
-def say(enabled: bool, line: str) -> None:
-    """Print a line without breaking the progress bars."""
-    if not enabled:
-        return
+def say(line: str) -> None:
+    """Print one summary line without breaking the progress bars."""
     from tqdm.auto import tqdm
 
     tqdm.write(line)

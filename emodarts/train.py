@@ -158,7 +158,7 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
             "config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
             "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(), "best": best,
         })
-        say(progress, f"search epoch {epoch + 1}/{sc.epochs}: train loss {record['train_loss']:.3f}  "
+        say(f"search epoch {epoch + 1}/{sc.epochs}: train loss {record['train_loss']:.3f}  "
                       f"alpha-split loss {val['loss']:.3f} UA {val['ua']:.3f}  ({record['seconds']:.1f} s)")
         if stop_after is not None and epoch + 1 >= stop_after:
             break
@@ -234,7 +234,7 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
         save_checkpoint(ckpt_path, {"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
                                     "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(),
                                     "best": best})
-        say(progress, f"train epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.3f}  dev UA {dev['ua']:.3f} "
+        say(f"train epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.3f}  dev UA {dev['ua']:.3f} "
                       f"WA {dev['wa']:.3f}  ({record['seconds']:.1f} s)")
         if stop_after is not None and epoch + 1 >= stop_after:
             break

@@ -1,0 +1,221 @@
+"""The `emodarts` command: search, train, evaluate, run (search -> train -> evaluate)."""
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .config import PRESETS, RunConfig, config_from_dict, with_overrides
+from .errors import EmodartsError
+from .io import atomic_write_json
+from .space import SEQ_SUBSETS
+
+CONFIG_NAME = "config.json"
+
+
+def _common(f):
+    """Options every command shares."""
+    options = [
+        click.option("--corpus", default="synthetic", show_default=True,
+                     help="Corpus name: synthetic (built in) or csv (a manifest with path,label,speaker)."),
+        click.option("--root", type=click.Path(path_type=Path), default=None,
+                     help="Corpus folder (or manifest file for csv). The synthetic corpus defaults to ~/.cache/emodarts."),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
+                     help="Feature and model preset: tiny (CPU demo) or paper (the published settings)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Fixes the data split, the initial weights and the search trajectory."),
+        click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+                     help="Run folder (default runs/<command>-<time>)."),
+        click.option("--resume", "resume", type=click.Path(path_type=Path), default=None,
+                     help="Continue the run in this folder from its last checkpoint."),
+        click.option("--epochs", type=int, default=None, help="Epochs (search epochs for `run`)."),
+        click.option("--batch-size", type=int, default=None, help="Batch size (search and training)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
+        click.option("--fused", is_flag=True,
+                     help="Use the fused kernels (Triton on CUDA, C++ on CPU) instead of plain PyTorch."),
+        click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _model_options(f):
+    """Search-space shape; any preset value can be overridden."""
+    options = [
+        click.option("--second-order", is_flag=True, help="Unrolled second-order alpha gradient (default: first order)."),
+        click.option("--cnn-layers", type=int, default=None, help="Number of CNN cells."),
+        click.option("--channels", type=int, default=None, help="Initial CNN channels."),
+        click.option("--cnn-nodes", type=int, default=None, help="Intermediate nodes per CNN cell."),
+        click.option("--seq-cells", type=int, default=None, help="Number of sequential cells."),
+        click.option("--seq-nodes", type=int, default=None, help="Intermediate nodes per sequential cell."),
+        click.option("--hidden", type=int, default=None, help="Sequence width H (recurrent hidden size)."),
+        click.option("--seq-candidates", type=click.Choice(sorted(SEQ_SUBSETS)), default=None,
+                     help="Sequential candidate set (default: the preset's)."),
+        click.option("--train-epochs", type=int, default=None, help="Final-training epochs (`run` only)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _friendly_errors(f):
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except EmodartsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: the last finished epoch is checkpointed; continue with --resume RUN_DIR", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def build_config(command: str, corpus, root, preset, seed, epochs, batch_size, device, fused, second_order=False,
+                 cnn_layers=None, channels=None, cnn_nodes=None, seq_cells=None, seq_nodes=None, hidden=None,
+                 seq_candidates=None, train_epochs=None) -> RunConfig:
+    base = PRESETS[preset]
+    model = with_overrides(base.model, cnn_layers=cnn_layers, cnn_channels=channels, cnn_nodes=cnn_nodes,
+                           seq_cells=seq_cells, seq_nodes=seq_nodes, hidden=hidden,
+                           seq_primitives=SEQ_SUBSETS[seq_candidates] if seq_candidates else None)
+    search_epochs = epochs if command in ("search", "run") else None
+    final_epochs = train_epochs if command == "run" else (epochs if command == "train" else None)
+    search = with_overrides(base.search, epochs=search_epochs, batch_size=batch_size, second_order=second_order or None)
+    train = with_overrides(base.train, epochs=final_epochs, batch_size=batch_size)
+    return with_overrides(base, corpus=corpus, root=str(root) if root else "", seed=seed, device=device,
+                          backend="fused" if fused else "reference", model=model, search=search, train=train)
+
+
+def open_run(command: str, cfg: RunConfig, out: Optional[Path], resume: Optional[Path], device: str,
+             fused: bool):
+    """Return (config, run_dir, resuming). A new run never overwrites an existing one."""
+    if resume is not None:
+        path = Path(resume) / CONFIG_NAME
+        if not path.is_file():
+            raise EmodartsError(f"{path}: no run to resume (config.json is missing)")
+        import json
+
+        cfg = config_from_dict(json.loads(path.read_text()))
+        cfg = with_overrides(cfg, device=device, backend="fused" if fused else cfg.backend)
+        return cfg, Path(resume), True
+    run_dir = Path(out) if out else Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / CONFIG_NAME).exists():
+        raise EmodartsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / CONFIG_NAME, cfg.to_dict())
+    return cfg, run_dir, False
+
+
+def _check_backend(cfg: RunConfig) -> None:
+    from .ops.backend import get_backend
+
+    get_backend(cfg.backend)  # a fused backend that is not built fails here, before any work
+
+
+@click.group()
+@click.version_option(package_name="emodarts")
+def cli():
+    """emoDARTS: joint CNN + sequential differentiable architecture search for speech emotion recognition."""
+
+
+@cli.command()
+@_common
+@_model_options
+@_friendly_errors
+def search(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, **model):
+    """Search a genotype (bilevel DARTS) and write RUN_DIR/genotype.json."""
+    from .pipeline import prepare_data
+    from .train import run_search
+
+    model.pop("train_epochs")
+    cfg = build_config("search", corpus, root, preset, seed, epochs, batch_size, device, fused, **model)
+    _check_backend(cfg)
+    cfg, run_dir, resuming = open_run("search", cfg, out, resume, device, fused)
+    data = prepare_data(cfg, progress)
+    genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
+    click.echo(f"genotype: {run_dir / 'genotype.json'}  (best epoch {genotype.meta.get('epoch')})")
+
+
+@cli.command()
+@_common
+@click.option("--genotype", "genotype_path", type=click.Path(path_type=Path), default=None,
+              help="Genotype JSON to train (default: RUN_DIR/genotype.json of --resume, else required).")
+@_friendly_errors
+def train(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, genotype_path):
+    """Train the network of a genotype from scratch; the epoch is chosen on the dev speakers."""
+    from .pipeline import prepare_data
+    from .space import load_genotype
+    from .train import run_train
+
+    cfg = build_config("train", corpus, root, preset, seed, epochs, batch_size, device, fused)
+    cfg, run_dir, resuming = open_run("train", cfg, out, resume, device, fused)
+    genotype_path = genotype_path or run_dir / "genotype.json"
+    if not genotype_path.exists():
+        raise EmodartsError(f"{genotype_path}: genotype file not found (give --genotype FILE)")
+    genotype = load_genotype(genotype_path)
+    if genotype_path != run_dir / "genotype.json":
+        from .space import save_genotype
+
+        save_genotype(genotype, run_dir / "genotype.json")
+    data = prepare_data(cfg, progress)
+    best = run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
+    click.echo(f"best dev UA {best['ua']:.4f} at epoch {best['epoch'] + 1}; model: {run_dir / 'model.pt'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_friendly_errors
+def evaluate(run_dir, device, progress):
+    """Evaluate RUN_DIR's trained network on the test speakers (once); writes RUN_DIR/metrics.json."""
+    from .pipeline import prepare_data
+    from .train import run_evaluate
+
+    cfg, run_dir, _ = open_run("evaluate", None, None, run_dir, device, False)
+    data = prepare_data(cfg, progress)
+    _print_metrics(run_evaluate(cfg, data, run_dir), run_dir)
+
+
+def _print_metrics(metrics: dict, run_dir: Path) -> None:
+    classes = metrics["classes"]
+    click.echo("confusion (rows: true, columns: predicted): " + ", ".join(classes))
+    for name, row in zip(classes, metrics["confusion"]):
+        click.echo(f"  {name:>8s} " + " ".join(f"{v:5d}" for v in row))
+    click.echo(f"test UA {metrics['ua']:.4f}  WA {metrics['wa']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+               f"({metrics['n']} utterances; {run_dir / 'metrics.json'})")
+
+
+@cli.command()
+@_common
+@_model_options
+@_friendly_errors
+def run(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, **model):
+    """Search, then train the found genotype, then evaluate it on the test speakers."""
+    from .pipeline import prepare_data
+    from .space import save_genotype
+    from .train import run_evaluate, run_search, run_train
+
+    cfg = build_config("run", corpus, root, preset, seed, epochs, batch_size, device, fused, **model)
+    _check_backend(cfg)
+    cfg, run_dir, resuming = open_run("run", cfg, out, resume, device, fused)
+    t0 = time.time()
+    data = prepare_data(cfg, progress)
+    genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
+    save_genotype(genotype, run_dir / "genotype.json")
+    run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
+    metrics = run_evaluate(cfg, data, run_dir)
+    _print_metrics(metrics, run_dir)
+    click.echo(f"UA {metrics['ua']:.4f}  WA {metrics['wa']:.4f}  ({time.time() - t0:.0f} s)")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

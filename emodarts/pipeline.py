@@ -1,0 +1,61 @@
+"""Corpus -> speaker-independent split -> cached features -> tensors for the search and final training."""
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import EMOTIONS, Utterance
+from .errors import DataError
+from .progress import say
+from .train import RunData, TensorSplit
+
+CORPUS_SEED = 0  # the built-in corpus is one fixed data set; the run seed rules split, weights and search
+
+
+def class_list(utts: Sequence[Utterance]) -> List[str]:
+    """The four emotions in their usual order, then any other label, sorted."""
+    present = {u.label for u in utts}
+    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
+
+
+def _tensors(features, utts: Sequence[Utterance], classes: List[str]) -> TensorSplit:
+    index = {c: i for i, c in enumerate(classes)}
+    x = torch.from_numpy(features.take(utts)).unsqueeze(1)
+    y = torch.tensor([index[u.label] for u in utts], dtype=torch.int64)
+    return TensorSplit(x, y)
+
+
+def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path] = None) -> RunData:
+    from .data.registry import load_corpus
+    from .data.splits import search_halves, speaker_split
+    from .features import FEATURE_PRESETS, build_features, default_cache_dir
+
+    if cfg.preset not in FEATURE_PRESETS:
+        raise DataError(f"unknown feature preset {cfg.preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
+    utts = load_corpus(cfg.corpus, Path(cfg.root) if cfg.root else None, seed=CORPUS_SEED)
+    if not utts:
+        raise DataError(f"corpus {cfg.corpus!r} has no usable utterances")
+    classes = class_list(utts)
+    split = speaker_split(utts, cfg.seed)
+    w_part, a_part = search_halves(split.train, cfg.seed, cfg.search.weight_fraction)
+    features = build_features(utts, FEATURE_PRESETS[cfg.preset], cache_dir or default_cache_dir(), progress=progress)
+    counts = {name: len(part) for name, part in (("train", split.train), ("dev", split.dev), ("test", split.test))}
+    say(f"corpus {cfg.corpus}: {len(utts)} utterances, classes {', '.join(classes)}; "
+                  f"speakers train/dev/test {len(set(u.speaker for u in split.train))}/"
+                  f"{len(set(u.speaker for u in split.dev))}/{len(set(u.speaker for u in split.test))}; "
+                  f"utterances {counts}; features {features.shape[1]}x{features.shape[2]}")
+    return RunData(
+        classes=classes,
+        search_w=_tensors(features, w_part, classes),
+        search_a=_tensors(features, a_part, classes),
+        train=_tensors(features, split.train, classes),
+        dev=_tensors(features, split.dev, classes),
+        test=_tensors(features, split.test, classes),
+    )
+
+
+def split_summary(data: RunData) -> dict:
+    return {name: np.bincount(getattr(data, name).y.numpy(), minlength=len(data.classes)).tolist()
+            for name in ("search_w", "search_a", "train", "dev", "test")}
