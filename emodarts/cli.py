@@ -217,5 +217,16 @@ def main() -> None:
     cli()
 
 
+def _register_extra_commands() -> None:
+    """Commands kept in their own modules (corpora tooling) join the group here."""
+    from . import cli_corpus
+
+    cli_corpus.register(cli, common=_common, model_options=_model_options, friendly_errors=_friendly_errors,
+                        build_config=build_config, open_run=open_run)
+
+
+_register_extra_commands()
+
+
 if __name__ == "__main__":
     main()
