@@ -52,6 +52,7 @@ setup(
         "soundfile",
         "click",
         "tqdm",
+        "matplotlib",
     ]
     + (["triton"] if linux_x86 else []),
     extras_require={"test": ["pytest", "hypothesis", "ninja"]},

@@ -51,7 +51,7 @@ def load_checkpoint(path: Path, config: Dict[str, Any]) -> Dict[str, Any]:
     return state
 
 
-_RESUMABLE = {"epochs", "device", "backend"}
+_RESUMABLE = {"epochs", "device", "backend", "amp", "channels_last"}
 
 
 def _config_diff(a: Any, b: Any, prefix: str = "") -> list:

@@ -55,10 +55,21 @@ def _model_options(f):
         click.option("--seq-candidates", type=click.Choice(sorted(SEQ_SUBSETS)), default=None,
                      help="Sequential candidate set (default: the preset's)."),
         click.option("--train-epochs", type=int, default=None, help="Final-training epochs (`run` only)."),
+        click.option("--max-skip", type=click.IntRange(min=0), default=None,
+                     help="Cap skip connections per derived CNN normal cell (P-DARTS; default off)."),
+        click.option("--skip-patience", type=click.IntRange(min=1), default=None,
+                     help="Stop the search after this many epochs in a row over --max-skip."),
     ]
     for opt in reversed(options):
         f = opt(f)
     return f
+
+
+def _precision_options(f):
+    """Mixed precision and memory layout."""
+    f = click.option("--channels-last", is_flag=True, help="channels_last memory format for the CNN part (CUDA).")(f)
+    return click.option("--amp", type=click.Choice(["none", "bf16"]), default=None,
+                        help="bf16 autocast for search and training (alphas stay fp32). Default none.")(f)
 
 
 def _friendly_errors(f):
@@ -77,17 +88,20 @@ def _friendly_errors(f):
 
 def build_config(command: str, corpus, root, preset, seed, epochs, batch_size, device, fused, second_order=False,
                  cnn_layers=None, channels=None, cnn_nodes=None, seq_cells=None, seq_nodes=None, hidden=None,
-                 seq_candidates=None, train_epochs=None) -> RunConfig:
+                 seq_candidates=None, train_epochs=None, max_skip=None, skip_patience=None, amp=None,
+                 channels_last=None) -> RunConfig:
     base = PRESETS[preset]
     model = with_overrides(base.model, cnn_layers=cnn_layers, cnn_channels=channels, cnn_nodes=cnn_nodes,
                            seq_cells=seq_cells, seq_nodes=seq_nodes, hidden=hidden,
                            seq_primitives=SEQ_SUBSETS[seq_candidates] if seq_candidates else None)
     search_epochs = epochs if command in ("search", "run") else None
     final_epochs = train_epochs if command == "run" else (epochs if command == "train" else None)
-    search = with_overrides(base.search, epochs=search_epochs, batch_size=batch_size, second_order=second_order or None)
+    search = with_overrides(base.search, epochs=search_epochs, batch_size=batch_size, second_order=second_order or None,
+                            max_skip_normal=max_skip, skip_patience=skip_patience)
     train = with_overrides(base.train, epochs=final_epochs, batch_size=batch_size)
     return with_overrides(base, corpus=corpus, root=str(root) if root else "", seed=seed, device=device,
-                          backend="fused" if fused else "reference", model=model, search=search, train=train)
+                          backend="fused" if fused else "reference", model=model, search=search, train=train,
+                          amp=amp, channels_last=channels_last or None)
 
 
 def open_run(command: str, cfg: RunConfig, out: Optional[Path], resume: Optional[Path], device: str,
@@ -111,9 +125,9 @@ def open_run(command: str, cfg: RunConfig, out: Optional[Path], resume: Optional
 
 
 def _check_backend(cfg: RunConfig) -> None:
-    from .ops.backend import get_backend
+    from .ops.backend import check_backend
 
-    get_backend(cfg.backend)  # a fused backend that is not built fails here, before any work
+    check_backend(cfg.backend, cfg.device)  # a fused backend that is not built fails here, before any work
 
 
 @click.group()
@@ -125,6 +139,7 @@ def cli():
 @cli.command()
 @_common
 @_model_options
+@_precision_options
 @_friendly_errors
 def search(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, **model):
     """Search a genotype (bilevel DARTS) and write RUN_DIR/genotype.json."""
@@ -138,20 +153,24 @@ def search(corpus, root, preset, seed, out, resume, epochs, batch_size, device, 
     data = prepare_data(cfg, progress)
     genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
     click.echo(f"genotype: {run_dir / 'genotype.json'}  (best epoch {genotype.meta.get('epoch')})")
+    _write_report(run_dir)
 
 
 @cli.command()
 @_common
 @click.option("--genotype", "genotype_path", type=click.Path(path_type=Path), default=None,
               help="Genotype JSON to train (default: RUN_DIR/genotype.json of --resume, else required).")
+@_precision_options
 @_friendly_errors
-def train(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, genotype_path):
+def train(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, genotype_path, amp,
+          channels_last):
     """Train the network of a genotype from scratch; the epoch is chosen on the dev speakers."""
     from .pipeline import prepare_data
     from .space import load_genotype
     from .train import run_train
 
-    cfg = build_config("train", corpus, root, preset, seed, epochs, batch_size, device, fused)
+    cfg = build_config("train", corpus, root, preset, seed, epochs, batch_size, device, fused, amp=amp,
+                       channels_last=channels_last)
     cfg, run_dir, resuming = open_run("train", cfg, out, resume, device, fused)
     genotype_path = genotype_path or run_dir / "genotype.json"
     if not genotype_path.exists():
@@ -181,6 +200,12 @@ def evaluate(run_dir, device, progress):
     _print_metrics(run_evaluate(cfg, data, run_dir), run_dir)
 
 
+def _write_report(run_dir: Path) -> None:
+    from .report import write_report
+
+    click.echo(f"report: {write_report(run_dir)}")
+
+
 def _print_metrics(metrics: dict, run_dir: Path) -> None:
     classes = metrics["classes"]
     click.echo("confusion (rows: true, columns: predicted): " + ", ".join(classes))
@@ -193,6 +218,7 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
 @cli.command()
 @_common
 @_model_options
+@_precision_options
 @_friendly_errors
 def run(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, **model):
     """Search, then train the found genotype, then evaluate it on the test speakers."""
@@ -210,7 +236,67 @@ def run(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fus
     run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
     metrics = run_evaluate(cfg, data, run_dir)
     _print_metrics(metrics, run_dir)
+    _write_report(run_dir)
     click.echo(f"UA {metrics['ua']:.4f}  WA {metrics['wa']:.4f}  ({time.time() - t0:.0f} s)")
+
+
+@cli.command()
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--steps", type=int, default=3, show_default=True, help="Search steps to compare.")
+@click.option("--second-order", is_flag=True, help="Compare unrolled second-order steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report here.")
+@_friendly_errors
+def compare(preset, device, steps, second_order, seed, batch_size, json_path):
+    """Run N search steps with the reference and with --fused from one state; exit 1 beyond tolerance."""
+    from .compare import compare_backends, format_report
+    from .features import FEATURE_PRESETS
+
+    cfg = build_config("search", "synthetic", None, preset, seed, None, batch_size, device, True,
+                       second_order=second_order)
+    _check_backend(cfg)
+    n_features, n_frames = FEATURE_PRESETS[preset].shape
+    report = compare_backends(cfg, steps, n_features, n_frames)
+    click.echo(format_report(report))
+    if json_path:
+        atomic_write_json(json_path, report)
+    sys.exit(0 if report["ok"] else 1)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_friendly_errors
+def report(run_dir):
+    """Plots (alphas per epoch, loss and UA curves, confusion matrix, cell diagrams) and a Markdown summary."""
+    _write_report(run_dir)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
+@_friendly_errors
+def predict(run_dir, audio, device, as_json):
+    """Predicted emotion and class probabilities for each AUDIO file, by RUN_DIR's trained network."""
+    import json as _json
+
+    from .predict import format_predictions, predict_files
+
+    records = predict_files(run_dir, audio, device)
+    click.echo(_json.dumps(records, indent=2) if as_json else format_predictions(records))
+    if any("error" in r for r in records):
+        sys.exit(1)
+
+
+@cli.command()
+def doctor():
+    """What this machine offers (torch, CUDA, triton, the extension, audio libraries) and what to do."""
+    from .doctor import checks, format_checks
+
+    click.echo(format_checks(checks()))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Model and run configuration: presets `paper` and `tiny`; any field can be overridden."""
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .space import CNN_PRIMITIVES, SEQ_SUBSETS
 
@@ -35,6 +35,8 @@ class SearchConfig:
     alpha_weight_decay: float = 1e-3
     weight_fraction: float = 0.5  # share of the search data that trains w (the rest trains alpha)
     second_order: bool = False
+    max_skip_normal: Optional[int] = None  # cap on skip connections per derived CNN normal cell (off: None)
+    skip_patience: int = 0  # stop the search after this many epochs over the cap in a row (0: never)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "reference"
+    amp: str = "none"  # "bf16": autocast for search and training
+    channels_last: bool = False  # channels_last memory format for the CNN part (CUDA only)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,6 +1,6 @@
 """Alphas -> genotype: for each node keep the 2 strongest incoming edges (an edge's strength is the
 weight of its best non-`none` candidate), and on each edge that best candidate."""
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -8,25 +8,50 @@ from torch import Tensor
 from .space import CellGenotype, Genotype
 
 
-def derive_cell(alpha: Tensor, primitives: Sequence[str], n_nodes: int, keep: int = 2) -> CellGenotype:
-    probs = torch.softmax(alpha.detach().float(), dim=-1)
+def _derive(probs: Tensor, primitives: Sequence[str], n_nodes: int, keep: int):
+    """(cell, [(alpha row, op) of every kept edge])."""
     active = [k for k, p in enumerate(primitives) if p != "none"]
-    nodes, offset = [], 0
+    nodes, kept, offset = [], [], 0
     for i in range(n_nodes):
         n_in = 2 + i
         rows = probs[offset : offset + n_in][:, active]
         best_w, best_k = rows.max(dim=-1)
         # ties broken by the lower state index, so the result is deterministic
         order = sorted(range(n_in), key=lambda j: (-float(best_w[j]), j))[:keep]
-        nodes.append(tuple((primitives[active[int(best_k[j])]], j) for j in sorted(order)))
+        node = tuple((primitives[active[int(best_k[j])]], j) for j in sorted(order))
+        nodes.append(node)
+        kept += [(offset + j, op) for op, j in node]
         offset += n_in
-    return CellGenotype(tuple(nodes))
+    return CellGenotype(tuple(nodes)), kept
 
 
-def derive_genotype(model, meta=None) -> Genotype:
+def count_op(cell: CellGenotype, op: str) -> int:
+    return sum(name == op for node in cell.nodes for name, _ in node)
+
+
+def derive_cell(alpha: Tensor, primitives: Sequence[str], n_nodes: int, keep: int = 2,
+                max_skip: Optional[int] = None) -> CellGenotype:
+    """With `max_skip` (P-DARTS' guard against collapse into parameter-free cells), while the cell keeps
+    more skip connections than that, the kept skip edge with the lowest skip weight loses its skip
+    candidate and the cell is derived again."""
+    probs = torch.softmax(alpha.detach().float(), dim=-1)
+    cell, kept = _derive(probs, primitives, n_nodes, keep)
+    if max_skip is None or "skip_connect" not in primitives:
+        return cell
+    skip = list(primitives).index("skip_connect")
+    while count_op(cell, "skip_connect") > max_skip:
+        rows = [r for r, op in kept if op == "skip_connect" and float(probs[r, skip]) >= 0]
+        if not rows:  # every kept skip edge has no other candidate: the cap cannot be met
+            break
+        probs[min(rows, key=lambda r: float(probs[r, skip])), skip] = -1.0
+        cell, kept = _derive(probs, primitives, n_nodes, keep)
+    return cell
+
+
+def derive_genotype(model, meta=None, max_skip_normal: Optional[int] = None) -> Genotype:
     cfg = model.cfg
     return Genotype(
-        normal=derive_cell(model.alpha_normal, cfg.cnn_primitives, cfg.cnn_nodes),
+        normal=derive_cell(model.alpha_normal, cfg.cnn_primitives, cfg.cnn_nodes, max_skip=max_skip_normal),
         reduce=derive_cell(model.alpha_reduce, cfg.cnn_primitives, cfg.cnn_nodes),
         seq=derive_cell(model.alpha_seq, cfg.seq_primitives, cfg.seq_nodes),
         meta=dict(meta or {}),

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 from .architect import Architect
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .config import RunConfig
-from .derive import derive_genotype
+from .derive import count_op, derive_genotype
 from .io import append_jsonl, atomic_write, atomic_write_json
 from .metrics import classification_metrics
 from .network import DerivedNetwork
+from .precision import autocast, prepare_input, prepare_model
 from .progress import progress_bar, say
 from .space import Genotype, genotype_from_dict, save_genotype
 from .supernet import Supernet
@@ -65,19 +66,22 @@ def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: TensorSplit, device: str, batch_size: int = 64) -> Tuple[np.ndarray, float]:
+def predict(model: nn.Module, split: TensorSplit, device: str, batch_size: int = 64, amp: str = "none",
+            channels_last: bool = False) -> Tuple[np.ndarray, float]:
     """Predicted classes and mean cross-entropy over a split (eval mode)."""
     model.eval()
     preds, loss_sum = [], 0.0
     for x, y in batches(split, batch_size, None):
-        logits = model(x.to(device)).float()
+        with autocast(device, amp):
+            logits = model(prepare_input(x, device, channels_last)).float()
         loss_sum += float(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
         preds.append(logits.argmax(dim=-1).cpu())
     return torch.cat(preds).numpy(), loss_sum / max(len(split), 1)
 
 
-def evaluate_split(model: nn.Module, split: TensorSplit, n_classes: int, device: str) -> Dict[str, object]:
-    pred, loss = predict(model, split, device)
+def evaluate_split(model: nn.Module, split: TensorSplit, n_classes: int, device: str, amp: str = "none",
+                   channels_last: bool = False) -> Dict[str, object]:
+    pred, loss = predict(model, split, device, amp=amp, channels_last=channels_last)
     out = classification_metrics(split.y.numpy(), pred, n_classes)
     out["loss"] = loss
     return out
@@ -107,7 +111,7 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
     model = Supernet(cfg.model, data.n_features, len(data.classes), backend=cfg.backend)
     mean, std = feature_stats(torch.cat([data.search_w.x, data.search_a.x]))
     model.norm.set_stats(mean, std)
-    model.to(device)
+    prepare_model(model, device, cfg.channels_last)
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, sc.epochs, eta_min=sc.w_lr_min)
     a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
@@ -136,23 +140,29 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
         train_loss, alpha_loss_sum = 0.0, 0.0
         steps = progress_bar(range(n_steps), progress, desc=f"epoch {epoch + 1}", leave=False)
         for step in steps:
-            xw, yw = (t.to(device) for t in w_batches[step % len(w_batches)])
-            xa, ya = (t.to(device) for t in a_batches[step % len(a_batches)])
-            alpha_loss_sum += float(architect.step(xw, yw, xa, ya))
-            train_loss += weight_step(model, w_opt, xw, yw, sc.grad_clip)
+            xw, yw = w_batches[step % len(w_batches)]
+            xa, ya = a_batches[step % len(a_batches)]
+            xw, xa = (prepare_input(t, device, cfg.channels_last) for t in (xw, xa))
+            yw, ya = yw.to(device), ya.to(device)
+            with autocast(device, cfg.amp):
+                alpha_loss_sum += float(architect.step(xw, yw, xa, ya))
+                train_loss += weight_step(model, w_opt, xw, yw, sc.grad_clip)
         sched.step()
-        val = evaluate_split(model, data.search_a, len(data.classes), device)
-        genotype = derive_genotype(model, meta={"epoch": epoch})
+        val = evaluate_split(model, data.search_a, len(data.classes), device, cfg.amp, cfg.channels_last)
+        genotype = derive_genotype(model, meta={"epoch": epoch}, max_skip_normal=sc.max_skip_normal)
+        raw_skips = count_op(derive_genotype(model).normal, "skip_connect")
+        over_cap = sc.max_skip_normal is not None and raw_skips > sc.max_skip_normal
+        best["over_cap_epochs"] = best.get("over_cap_epochs", 0) + 1 if over_cap else 0
         record = {
             "phase": "search", "epoch": epoch, "train_loss": train_loss / n_steps,
             "alpha_step_loss": alpha_loss_sum / n_steps, "alpha_loss": val["loss"], "alpha_ua": val["ua"],
-            "lr": sched.get_last_lr()[0], "seconds": time.time() - t0,
+            "lr": sched.get_last_lr()[0], "seconds": time.time() - t0, "normal_skips": raw_skips,
         }
         append_jsonl(run_dir / "metrics.jsonl", record)
         append_jsonl(run_dir / "genotypes.jsonl", {"epoch": epoch, "genotype": genotype.to_dict()})
         append_jsonl(run_dir / "alphas.jsonl", {"epoch": epoch, **{k: v.tolist() for k, v in model.alpha_probs().items()}})
         if val["loss"] < best["alpha_loss"]:
-            best = {"alpha_loss": val["loss"], "epoch": epoch, "genotype": genotype.to_dict()}
+            best.update(alpha_loss=val["loss"], epoch=epoch, genotype=genotype.to_dict())
             save_genotype(genotype, run_dir / "genotype.json")
         save_checkpoint(ckpt_path, {
             "config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
@@ -160,6 +170,10 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
         })
         say(f"search epoch {epoch + 1}/{sc.epochs}: train loss {record['train_loss']:.3f}  "
                       f"alpha-split loss {val['loss']:.3f} UA {val['ua']:.3f}  ({record['seconds']:.1f} s)")
+        if sc.skip_patience and best["over_cap_epochs"] >= sc.skip_patience:
+            say(f"search stopped early: the normal cell kept more than {sc.max_skip_normal} skip connections "
+                f"for {best['over_cap_epochs']} epochs in a row")
+            break
         if stop_after is not None and epoch + 1 >= stop_after:
             break
     return genotype_from_dict(best["genotype"], where=str(run_dir / "checkpoint.pt"))
@@ -198,7 +212,7 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
     run_dir.mkdir(parents=True, exist_ok=True)
     tc, device = cfg.train, cfg.device
     seed_everything(cfg.seed + 1)
-    net = build_final_network(cfg, genotype, data).to(device)
+    net = prepare_model(build_final_network(cfg, genotype, data), device, cfg.channels_last)
     opt = torch.optim.SGD(net.parameters(), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.epochs, eta_min=tc.lr_min)
     weights = class_weights(data.train.y, len(data.classes)).to(device)
@@ -221,9 +235,11 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
         gen = _epoch_generator(cfg.seed, epoch, 2)
         losses = []
         for x, y in progress_bar(list(batches(data.train, tc.batch_size, gen)), progress, desc=f"epoch {epoch + 1}", leave=False):
-            losses.append(weight_step(net, opt, x.to(device), y.to(device), tc.grad_clip, weights))
+            with autocast(device, cfg.amp):
+                losses.append(weight_step(net, opt, prepare_input(x, device, cfg.channels_last), y.to(device),
+                                          tc.grad_clip, weights))
         sched.step()
-        dev = evaluate_split(net, data.dev, len(data.classes), device)
+        dev = evaluate_split(net, data.dev, len(data.classes), device, cfg.amp, cfg.channels_last)
         record = {"phase": "train", "epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": dev["loss"],
                   "dev_ua": dev["ua"], "dev_wa": dev["wa"], "seconds": time.time() - t0}
         append_jsonl(run_dir / "metrics.jsonl", record)
@@ -246,14 +262,14 @@ def load_final_network(run_dir: Path, cfg: RunConfig, data: RunData) -> DerivedN
     genotype = genotype_from_dict(state["genotype"], where=str(Path(run_dir) / "model.pt"))
     net = DerivedNetwork(cfg.model, genotype, data.n_features, len(data.classes))
     net.load_state_dict(state["model"])
-    return net.to(cfg.device)
+    return prepare_model(net, cfg.device, cfg.channels_last)
 
 
 def run_evaluate(cfg: RunConfig, data: RunData, run_dir: Path) -> Dict[str, object]:
     """Evaluate the selected final network on the test split, once; writes metrics.json."""
     run_dir = Path(run_dir)
     net = load_final_network(run_dir, cfg, data)
-    metrics = evaluate_split(net, data.test, len(data.classes), cfg.device)
+    metrics = evaluate_split(net, data.test, len(data.classes), cfg.device, cfg.amp, cfg.channels_last)
     metrics["classes"] = list(data.classes)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics

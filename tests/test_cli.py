@@ -8,15 +8,20 @@ from emodarts.cli import cli
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("emodarts_home")
-
-
-def test_short_run_beats_chance(home, tmp_path, monkeypatch):
-    monkeypatch.setenv("EMODARTS_HOME", str(home))
-    out = tmp_path / "run"
+def short_run(tmp_path_factory):
+    """One short `emodarts run` on the synthetic corpus (in a private EMODARTS_HOME), shared by the tests."""
+    home = tmp_path_factory.mktemp("emodarts_home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EMODARTS_HOME", str(home))
+    out = tmp_path_factory.mktemp("runs") / "run"
     result = CliRunner().invoke(cli, ["run", "--out", str(out), "--epochs", "1", "--train-epochs", "6",
                                       "--no-progress", "--seed", "0"])
+    yield out, result, home
+    mp.undo()
+
+
+def test_short_run_beats_chance(short_run):
+    out, result, _ = short_run
     assert result.exit_code == 0, result.output
     for name in ("config.json", "genotype.json", "genotypes.jsonl", "alphas.jsonl", "metrics.jsonl",
                  "checkpoint.pt", "model.pt", "metrics.json"):
@@ -53,3 +58,48 @@ def test_train_with_broken_genotype_names_the_field(tmp_path):
 def test_unknown_corpus_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(cli, ["search", "--corpus", "nope", "--out", str(tmp_path / "r"), "--no-progress"])
     assert result.exit_code == 2 and "unknown corpus" in result.output
+
+
+def test_report_writes_valid_pngs(short_run):
+    out, _, _ = short_run
+    result = CliRunner().invoke(cli, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    report = out / "report"
+    names = ["alphas_normal.png", "alphas_reduce.png", "alphas_seq.png", "curves.png", "confusion.png",
+             "cell_normal.png", "cell_reduce.png", "cell_seq.png"]
+    md = (report / "README.md").read_text()
+    from PIL import Image
+
+    for name in names:
+        assert name in md
+        with Image.open(report / name) as img:
+            img.verify()
+        with Image.open(report / name) as img:
+            pixels = img.convert("L")
+            lo, hi = pixels.getextrema()
+            assert img.size[0] > 100 and img.size[1] > 100 and hi - lo > 50, name  # not a blank canvas
+
+
+def test_predict_matches_the_evaluation(short_run, monkeypatch):
+    out, _, home = short_run
+    monkeypatch.setenv("EMODARTS_HOME", str(home))
+    from emodarts.cli import open_run
+    from emodarts.data.registry import load_corpus
+    from emodarts.data.splits import speaker_split
+    from emodarts.pipeline import CORPUS_SEED, class_list, prepare_data
+    from emodarts.predict import predict_files
+    from emodarts.train import load_final_network, predict
+
+    cfg, _, _ = open_run("predict", None, None, out, "cpu", False)
+    utts = load_corpus("synthetic", None, CORPUS_SEED)
+    test = speaker_split(utts, cfg.seed).test
+    data = prepare_data(cfg, progress=False)
+    expected, _ = predict(load_final_network(out, cfg, data), data.test, "cpu")
+    classes = class_list(utts)
+    picks = list(range(0, len(test), max(1, len(test) // 12)))
+    records = predict_files(out, [test[i].path for i in picks])
+    assert [r["label"] for r in records] == [classes[expected[i]] for i in picks]
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-5 for r in records)
+
+    result = CliRunner().invoke(cli, ["predict", str(out), test[0].path, __file__])
+    assert result.exit_code == 1 and "error" in result.output and __file__ in result.output

@@ -31,3 +31,22 @@ def get_backend(name: str) -> Backend:
             ) from exc
         return Backend("fused", fused.mixed_sum)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def check_backend(name: str, device: str) -> Backend:
+    """Fail early, with a clear message, when `name` cannot run on `device` (e.g. --fused without its
+    compiled extension or without Triton)."""
+    backend = get_backend(name)
+    if name == "fused":
+        import torch
+
+        from . import fused
+
+        kind = torch.device(device).type
+        if fused.default_impl(torch.device(kind)) == "cpp":
+            from .extension import load_extension
+
+            load_extension()
+        else:
+            fused.kernels_module()
+    return backend

@@ -1,0 +1,61 @@
+"""`emodarts predict RUN_DIR AUDIO...`: the emotion the run's final network hears in each audio file."""
+import json
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import config_from_dict
+from .errors import DataError, EmodartsError
+from .network import DerivedNetwork
+from .space import genotype_from_dict
+
+
+def load_predictor(run_dir: Path, device: str = "cpu"):
+    """(config, classes, network in eval mode) from RUN_DIR/model.pt."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise EmodartsError(f"{config_path}: not a run folder (config.json is missing)")
+    cfg = config_from_dict(json.loads(config_path.read_text()))
+    state = load_checkpoint(run_dir / "model.pt", cfg.to_dict())
+    genotype = genotype_from_dict(state["genotype"], where=str(run_dir / "model.pt"))
+    n_features = state["model"]["norm.mean"].shape[0]
+    net = DerivedNetwork(cfg.model, genotype, n_features, len(state["classes"]))
+    net.load_state_dict(state["model"])
+    return cfg, list(state["classes"]), net.to(device).eval()
+
+
+@torch.no_grad()
+def predict_files(run_dir: Path, paths: Sequence[Path], device: str = "cpu") -> List[dict]:
+    """One record per file: {file, label, probs} or {file, error} for audio that cannot be used."""
+    from .features import FEATURE_PRESETS, extract_mfcc
+
+    cfg, classes, net = load_predictor(run_dir, device)
+    feature_cfg = FEATURE_PRESETS[cfg.preset]
+    out = []
+    for path in paths:
+        try:
+            x = extract_mfcc(str(path), feature_cfg)
+        except DataError as exc:
+            out.append({"file": str(path), "error": str(exc)})
+            continue
+        logits = net(torch.from_numpy(np.ascontiguousarray(x))[None, None].to(device))
+        probs = torch.softmax(logits.float(), dim=-1)[0].cpu().tolist()
+        out.append({"file": str(path), "label": classes[int(np.argmax(probs))],
+                    "probs": dict(zip(classes, probs))})
+    return out
+
+
+def format_predictions(records: List[dict]) -> str:
+    classes = next((list(r["probs"]) for r in records if "probs" in r), [])
+    lines = [f"{'file':<40} {'emotion':<9} " + " ".join(f"{c:>8}" for c in classes)]
+    for r in records:
+        name = r["file"] if len(r["file"]) <= 40 else "..." + r["file"][-37:]
+        if "error" in r:
+            lines.append(f"{name:<40} error: {r['error']}")
+        else:
+            lines.append(f"{name:<40} {r['label']:<9} " + " ".join(f"{r['probs'][c]:>8.3f}" for c in classes))
+    return "\n".join(lines)
