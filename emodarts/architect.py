@@ -11,11 +11,20 @@ from typing import Callable, List, Sequence
 import torch
 from torch import Tensor, nn
 
+from .distributed import sum_gradients
+
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 def cross_entropy_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return nn.functional.cross_entropy(model(x), y)
+
+
+def _grad(loss: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
+    """Gradient of `loss`, summed across data-parallel ranks (a no-op in a single process); zeros for
+    parameters the loss does not reach."""
+    grads = sum_gradients(torch.autograd.grad(loss, params, allow_unused=True))
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
 class Architect:
@@ -35,7 +44,7 @@ class Architect:
             loss, grads = unrolled_alpha_grad(self.model, self.w_optimizer, lr, x_w, y_w, x_a, y_a, self.loss_fn)
         else:
             loss = self.loss_fn(self.model, x_a, y_a)
-            grads = torch.autograd.grad(loss, self.model.alphas())
+            grads = _grad(loss, self.model.alphas())
         for a, g in zip(self.model.alphas(), grads):
             a.grad = g
         self.alpha_optimizer.step()
@@ -67,15 +76,12 @@ def unrolled_alpha_grad(model, w_optimizer, xi: float, x_w, y_w, x_a, y_a, loss_
     """The DARTS second-order alpha gradient; weights are restored before returning."""
     weights, alphas = model.weights(), model.alphas()
     backup = [w.detach().clone() for w in weights]
-    train_loss = loss_fn(model, x_w, y_w)
-    g_w = torch.autograd.grad(train_loss, weights, allow_unused=True)
-    g_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, g_w)]
+    g_w = _grad(loss_fn(model, x_w, y_w), weights)
     try:
         _assign(weights, _virtual_step(backup, g_w, w_optimizer, xi))
         val_loss = loss_fn(model, x_a, y_a)
-        grads = torch.autograd.grad(val_loss, list(alphas) + list(weights), allow_unused=True)
-        g_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads[: len(alphas)])]
-        dw = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads[len(alphas):])]
+        grads = _grad(val_loss, list(alphas) + list(weights))
+        g_alpha, dw = grads[: len(alphas)], grads[len(alphas):]
         hessian = finite_difference_hvp(model, backup, dw, x_w, y_w, loss_fn)
     finally:
         _assign(weights, backup)
@@ -90,7 +96,5 @@ def finite_difference_hvp(model, w0: Sequence[Tensor], v: Sequence[Tensor], x, y
     grads = []
     for sign in (1.0, -1.0):
         _assign(weights, [w + sign * eps * d for w, d in zip(w0, v)])
-        loss = loss_fn(model, x, y)
-        g = torch.autograd.grad(loss, alphas, allow_unused=True)
-        grads.append([torch.zeros_like(a) if t is None else t for a, t in zip(alphas, g)])
+        grads.append(_grad(loss_fn(model, x, y), alphas))
     return [(p - n) / (2.0 * eps) for p, n in zip(*grads)]

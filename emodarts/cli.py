@@ -8,6 +8,8 @@ from typing import Optional
 import click
 
 from .config import PRESETS, RunConfig, config_from_dict, with_overrides
+from .distributed import info
+from .progress import say
 from .errors import EmodartsError
 from .io import atomic_write_json
 from .space import SEQ_SUBSETS
@@ -106,7 +108,11 @@ def build_config(command: str, corpus, root, preset, seed, epochs, batch_size, d
 
 def open_run(command: str, cfg: RunConfig, out: Optional[Path], resume: Optional[Path], device: str,
              fused: bool):
-    """Return (config, run_dir, resuming). A new run never overwrites an existing one."""
+    """Return (config, run_dir, resuming). A new run never overwrites an existing one. Under torchrun the
+    process joins its group here (and takes its own GPU); only rank 0 writes the run folder."""
+    from .distributed import barrier, info, init_from_env
+
+    _, device = init_from_env(device)
     if resume is not None:
         path = Path(resume) / CONFIG_NAME
         if not path.is_file():
@@ -116,11 +122,15 @@ def open_run(command: str, cfg: RunConfig, out: Optional[Path], resume: Optional
         cfg = config_from_dict(json.loads(path.read_text()))
         cfg = with_overrides(cfg, device=device, backend="fused" if fused else cfg.backend)
         return cfg, Path(resume), True
+    cfg = with_overrides(cfg, device=device)
     run_dir = Path(out) if out else Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (run_dir / CONFIG_NAME).exists():
         raise EmodartsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / CONFIG_NAME, cfg.to_dict())
+    barrier()
+    if info().is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / CONFIG_NAME, cfg.to_dict())
+    barrier()
     return cfg, run_dir, False
 
 
@@ -152,7 +162,7 @@ def search(corpus, root, preset, seed, out, resume, epochs, batch_size, device, 
     cfg, run_dir, resuming = open_run("search", cfg, out, resume, device, fused)
     data = prepare_data(cfg, progress)
     genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
-    click.echo(f"genotype: {run_dir / 'genotype.json'}  (best epoch {genotype.meta.get('epoch')})")
+    say(f"genotype: {run_dir / 'genotype.json'}  (best epoch {genotype.meta.get('epoch')})")
     _write_report(run_dir)
 
 
@@ -179,10 +189,11 @@ def train(corpus, root, preset, seed, out, resume, epochs, batch_size, device, f
     if genotype_path != run_dir / "genotype.json":
         from .space import save_genotype
 
-        save_genotype(genotype, run_dir / "genotype.json")
+        if info().is_main:
+            save_genotype(genotype, run_dir / "genotype.json")
     data = prepare_data(cfg, progress)
     best = run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
-    click.echo(f"best dev UA {best['ua']:.4f} at epoch {best['epoch'] + 1}; model: {run_dir / 'model.pt'}")
+    say(f"best dev UA {best['ua']:.4f} at epoch {best['epoch'] + 1}; model: {run_dir / 'model.pt'}")
 
 
 @cli.command()
@@ -201,8 +212,11 @@ def evaluate(run_dir, device, progress):
 
 
 def _write_report(run_dir: Path) -> None:
+    from .distributed import info
     from .report import write_report
 
+    if not info().is_main:
+        return
     click.echo(f"report: {write_report(run_dir)}")
 
 
@@ -232,9 +246,12 @@ def run(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fus
     t0 = time.time()
     data = prepare_data(cfg, progress)
     genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
-    save_genotype(genotype, run_dir / "genotype.json")
+    if info().is_main:
+        save_genotype(genotype, run_dir / "genotype.json")
     run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
     metrics = run_evaluate(cfg, data, run_dir)
+    if not info().is_main:
+        return
     _print_metrics(metrics, run_dir)
     _write_report(run_dir)
     click.echo(f"UA {metrics['ua']:.4f}  WA {metrics['wa']:.4f}  ({time.time() - t0:.0f} s)")

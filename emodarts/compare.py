@@ -14,8 +14,12 @@ from .derive import derive_genotype
 from .supernet import Supernet
 from .train import TensorSplit, batches
 
-# quantity -> default relative tolerance (max |fused - ref| / max |ref|), float32 on CPU or CUDA
-DEFAULT_RTOL = {"loss": 1e-5, "logits": 1e-5, "weight_grad": 1e-4, "alpha_grad": 1e-4, "alpha": 1e-5}
+# quantity -> relative error against float64 that always passes (max |x - x64| / max |x64|); above it, the
+# fused error must stay within SLACK times the float32 reference's own error. The floors allow for the
+# trajectory itself: Adam's near-sign first steps turn float32 rounding in small alpha-gradient components
+# into alpha differences of that order (3 tiny-preset steps: ~3e-5 for either float32 run).
+DEFAULT_RTOL = {"loss": 1e-5, "logits": 1e-5, "weight_grad": 1e-4, "alpha_grad": 1e-4, "alpha": 1e-4}
+SLACK = 4.0
 
 
 @dataclass
@@ -42,12 +46,12 @@ def random_batches(cfg: RunConfig, n_features: int, n_frames: int, n_classes: in
 
 
 def run_trace(cfg: RunConfig, backend: str, init_state: dict, data: List[TensorSplit], n_features: int,
-              n_classes: int) -> Trace:
+              n_classes: int, dtype: torch.dtype = torch.float32) -> Trace:
     """N search steps (alpha step then weight step, as the search does) from `init_state`."""
     device, sc = cfg.device, cfg.search
     model = Supernet(cfg.model, n_features, n_classes, backend=backend)
     model.load_state_dict(init_state)
-    model.to(device)
+    model.to(device=device, dtype=dtype)
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
     a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
     architect = Architect(model, w_opt, a_opt, second_order=sc.second_order)
@@ -55,8 +59,8 @@ def run_trace(cfg: RunConfig, backend: str, init_state: dict, data: List[TensorS
     seed_everything(cfg.seed)  # same dropout masks for both backends
     model.train()
     for step in range(len(data) // 2):
-        xw, yw = data[2 * step].x.to(device), data[2 * step].y.to(device)
-        xa, ya = data[2 * step + 1].x.to(device), data[2 * step + 1].y.to(device)
+        xw, yw = data[2 * step].x.to(device, dtype), data[2 * step].y.to(device)
+        xa, ya = data[2 * step + 1].x.to(device, dtype), data[2 * step + 1].y.to(device)
         trace.loss.append(architect.step(xw, yw, xa, ya).detach().cpu())
         for name, a in zip(trace.alpha_grad, model.alphas()):
             trace.alpha_grad[name].append(a.grad.detach().cpu().clone())
@@ -82,30 +86,43 @@ def _diff(ref: List[Tensor], fused: List[Tensor]) -> Dict[str, float]:
     return {"max_abs": abs_diff, "max_rel": abs_diff / scale if scale > 0 else abs_diff}
 
 
+def _quantities(t: Trace) -> Dict[str, List[Tensor]]:
+    return {
+        "loss": t.loss, "logits": t.logits,
+        "weight_grad": [x for v in t.weight_grad.values() for x in v],
+        "alpha_grad": [x for v in t.alpha_grad.values() for x in v],
+        "alpha": list(t.alpha.values()),
+    }
+
+
 def compare_backends(cfg: RunConfig, steps: int, n_features: int, n_frames: int, n_classes: int = 4,
                      rtol: Dict[str, float] = None) -> dict:
-    """Run both backends and return a report: per quantity the largest absolute and relative
-    difference, the tolerance and whether it holds, and whether the derived genotypes agree."""
+    """Run the reference in float64 (the oracle) and in float32, and the fused backend in float32.
+
+    Per quantity the report gives the largest difference fused vs reference (absolute and relative to the
+    largest magnitude), and each float32 run's relative error against float64. A quantity passes when the
+    fused error is within `SLACK` times the reference's own float32 error, or within `rtol`: the fused
+    path may be as inexact as float32 arithmetic is, and no more.
+    """
     rtol = {**DEFAULT_RTOL, **(rtol or {})}
     seed_everything(cfg.seed)
     init = copy.deepcopy(Supernet(cfg.model, n_features, n_classes).state_dict())
     data = random_batches(cfg, n_features, n_frames, n_classes, steps)
-    ref = run_trace(cfg, "reference", init, data, n_features, n_classes)
-    fused = run_trace(cfg, "fused", init, data, n_features, n_classes)
-    rows = {
-        "loss": _diff(ref.loss, fused.loss),
-        "logits": _diff(ref.logits, fused.logits),
-        "weight_grad": _diff([t for v in ref.weight_grad.values() for t in v],
-                             [t for v in fused.weight_grad.values() for t in v]),
-        "alpha_grad": _diff([t for v in ref.alpha_grad.values() for t in v],
-                            [t for v in fused.alpha_grad.values() for t in v]),
-        "alpha": _diff(list(ref.alpha.values()), list(fused.alpha.values())),
-    }
-    worst_weight = max(ref.weight_grad, key=lambda n: _diff(ref.weight_grad[n], fused.weight_grad[n])["max_rel"])
-    for name, row in rows.items():
+    oracle = _quantities(run_trace(cfg, "reference", init, data, n_features, n_classes, torch.float64))
+    ref_trace = run_trace(cfg, "reference", init, data, n_features, n_classes)
+    fused_trace = run_trace(cfg, "fused", init, data, n_features, n_classes)
+    ref, fused = _quantities(ref_trace), _quantities(fused_trace)
+    rows = {}
+    for name in ref:
+        row = _diff(ref[name], fused[name])
+        row["ref_vs_f64"] = _diff(oracle[name], ref[name])["max_rel"]
+        row["fused_vs_f64"] = _diff(oracle[name], fused[name])["max_rel"]
         row["rtol"] = rtol[name]
-        row["ok"] = row["max_rel"] <= rtol[name]
-    genotypes_agree = ref.genotype == fused.genotype
+        row["ok"] = row["fused_vs_f64"] <= max(SLACK * row["ref_vs_f64"], rtol[name])
+        rows[name] = row
+    worst_weight = max(ref_trace.weight_grad,
+                       key=lambda n: _diff(ref_trace.weight_grad[n], fused_trace.weight_grad[n])["max_rel"])
+    genotypes_agree = ref_trace.genotype == fused_trace.genotype
     return {
         "device": cfg.device, "steps": steps, "second_order": cfg.search.second_order, "seed": cfg.seed,
         "rows": rows, "worst_weight_grad": worst_weight, "genotypes_agree": genotypes_agree,
@@ -114,14 +131,15 @@ def compare_backends(cfg: RunConfig, steps: int, n_features: int, n_frames: int,
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'quantity':<12} {'max abs diff':>13} {'max rel diff':>13} {'rtol':>9}  ok",
-             "-" * 54]
+    lines = [f"{'quantity':<12} {'|fused-ref|':>11} {'rel':>9} {'ref vs f64':>11} {'fused vs f64':>12}  ok",
+             "-" * 64]
     for name, row in report["rows"].items():
-        lines.append(f"{name:<12} {row['max_abs']:>13.3e} {row['max_rel']:>13.3e} {row['rtol']:>9.1e}  "
-                     f"{'yes' if row['ok'] else 'NO'}")
+        lines.append(f"{name:<12} {row['max_abs']:>11.3e} {row['max_rel']:>9.2e} {row['ref_vs_f64']:>11.2e} "
+                     f"{row['fused_vs_f64']:>12.2e}  {'yes' if row['ok'] else 'NO'}")
     lines.append(f"genotypes agree: {'yes' if report['genotypes_agree'] else 'no'}; "
                  f"worst weight gradient: {report['worst_weight_grad']}")
     order = "second" if report["second_order"] else "first"
+    lines.append(f"pass: fused error vs float64 <= {SLACK:g} x the float32 reference's, or below a floor")
     lines.append(f"{report['steps']} {order}-order search steps on {report['device']}: "
                  f"{'within tolerance' if report['ok'] else 'BEYOND TOLERANCE'}")
     return "\n".join(lines)

@@ -3,7 +3,10 @@ from typing import Iterable
 
 
 def progress_bar(items: Iterable, enabled: bool, **kwargs) -> Iterable:
-    if not enabled:
+    """A tqdm bar over `items` (only on rank 0 of a data-parallel run)."""
+    from .distributed import info
+
+    if not enabled or not info().is_main:
         return items
     from tqdm.auto import tqdm
 
@@ -11,7 +14,11 @@ def progress_bar(items: Iterable, enabled: bool, **kwargs) -> Iterable:
 
 
 def say(line: str) -> None:
-    """Print one summary line without breaking the progress bars."""
+    """Print one summary line without breaking the progress bars (only on rank 0)."""
+    from .distributed import info
+
+    if not info().is_main:
+        return
     from tqdm.auto import tqdm
 
     tqdm.write(line)

@@ -13,6 +13,8 @@ from .architect import Architect
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .config import RunConfig
 from .derive import count_op, derive_genotype
+from .distributed import info as dist_info
+from .distributed import check_replicas, shard, sum_gradients, use_global_batch_norm
 from .io import append_jsonl, atomic_write, atomic_write_json
 from .metrics import classification_metrics
 from .network import DerivedNetwork
@@ -109,13 +111,15 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
     sc, device = cfg.search, cfg.device
     seed_everything(cfg.seed)
     model = Supernet(cfg.model, data.n_features, len(data.classes), backend=cfg.backend)
+    if dist_info().active:
+        use_global_batch_norm(model)
     mean, std = feature_stats(torch.cat([data.search_w.x, data.search_a.x]))
     model.norm.set_stats(mean, std)
     prepare_model(model, device, cfg.channels_last)
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, sc.epochs, eta_min=sc.w_lr_min)
     a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
-    architect = Architect(model, w_opt, a_opt, second_order=sc.second_order)
+    architect = Architect(model, w_opt, a_opt, second_order=sc.second_order, loss_fn=sharded_cross_entropy())
     start, best = 0, {"alpha_loss": float("inf"), "epoch": -1, "genotype": None}
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
@@ -126,8 +130,9 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
         sched.load_state_dict(state["sched"])
         set_rng_state(state["rng"])
         start, best = state["epoch"] + 1, state["best"]
-    for name in ("genotypes.jsonl", "alphas.jsonl", "metrics.jsonl"):
-        _truncate_jsonl(run_dir / name, "search", start)
+    if dist_info().is_main:
+        for name in ("genotypes.jsonl", "alphas.jsonl", "metrics.jsonl"):
+            _truncate_jsonl(run_dir / name, "search", start)
 
     epochs = progress_bar(range(start, sc.epochs), progress, desc="search", initial=start, total=sc.epochs)
     for epoch in epochs:
@@ -145,9 +150,10 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
             xw, xa = (prepare_input(t, device, cfg.channels_last) for t in (xw, xa))
             yw, ya = yw.to(device), ya.to(device)
             with autocast(device, cfg.amp):
-                alpha_loss_sum += float(architect.step(xw, yw, xa, ya))
+                alpha_loss_sum += float(sum_gradients([architect.step(xw, yw, xa, ya)])[0])
                 train_loss += weight_step(model, w_opt, xw, yw, sc.grad_clip)
         sched.step()
+        check_replicas(list(model.named_parameters()))
         val = evaluate_split(model, data.search_a, len(data.classes), device, cfg.amp, cfg.channels_last)
         genotype = derive_genotype(model, meta={"epoch": epoch}, max_skip_normal=sc.max_skip_normal)
         raw_skips = count_op(derive_genotype(model).normal, "skip_connect")
@@ -158,16 +164,20 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
             "alpha_step_loss": alpha_loss_sum / n_steps, "alpha_loss": val["loss"], "alpha_ua": val["ua"],
             "lr": sched.get_last_lr()[0], "seconds": time.time() - t0, "normal_skips": raw_skips,
         }
-        append_jsonl(run_dir / "metrics.jsonl", record)
-        append_jsonl(run_dir / "genotypes.jsonl", {"epoch": epoch, "genotype": genotype.to_dict()})
-        append_jsonl(run_dir / "alphas.jsonl", {"epoch": epoch, **{k: v.tolist() for k, v in model.alpha_probs().items()}})
+        main = dist_info().is_main
+        if main:
+            append_jsonl(run_dir / "metrics.jsonl", record)
+            append_jsonl(run_dir / "genotypes.jsonl", {"epoch": epoch, "genotype": genotype.to_dict()})
+            append_jsonl(run_dir / "alphas.jsonl", {"epoch": epoch, **{k: v.tolist() for k, v in model.alpha_probs().items()}})
         if val["loss"] < best["alpha_loss"]:
             best.update(alpha_loss=val["loss"], epoch=epoch, genotype=genotype.to_dict())
-            save_genotype(genotype, run_dir / "genotype.json")
-        save_checkpoint(ckpt_path, {
-            "config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
-            "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(), "best": best,
-        })
+            if main:
+                save_genotype(genotype, run_dir / "genotype.json")
+        if main:
+            save_checkpoint(ckpt_path, {
+                "config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
+                "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(), "best": best,
+            })
         say(f"search epoch {epoch + 1}/{sc.epochs}: train loss {record['train_loss']:.3f}  "
                       f"alpha-split loss {val['loss']:.3f} UA {val['ua']:.3f}  ({record['seconds']:.1f} s)")
         if sc.skip_patience and best["over_cap_epochs"] >= sc.skip_patience:
@@ -179,17 +189,31 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
     return genotype_from_dict(best["genotype"], where=str(run_dir / "checkpoint.pt"))
 
 
+def sharded_cross_entropy(class_weights: Optional[Tensor] = None):
+    """loss_fn(model, x, y) over a global batch: this rank's shard of it, summed and divided by the global
+    batch's denominator, so that summing gradients across ranks gives the single-process gradient (with
+    one process it is the plain mean cross entropy)."""
+
+    def loss_fn(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        part = shard(len(y))
+        total = nn.functional.cross_entropy(model(x[part]), y[part], weight=class_weights, reduction="sum")
+        denominator = class_weights[y].sum() if class_weights is not None else y.new_tensor(len(y), dtype=total.dtype)
+        return total / denominator
+
+    return loss_fn
+
+
 def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, clip: float,
                 class_weights: Optional[Tensor] = None) -> float:
-    """One SGD step on the weights only (alphas, if any, get no gradient)."""
+    """One SGD step on the weights only (alphas, if any, get no gradient), from a global batch."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    loss = nn.functional.cross_entropy(model(x), y, weight=class_weights)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    loss = sharded_cross_entropy(class_weights)(model, x, y)
+    grads = sum_gradients(torch.autograd.grad(loss, params, allow_unused=True))
     for p, g in zip(params, grads):
         p.grad = g
     nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
-    return float(loss.detach())
+    return float(sum_gradients([loss.detach()])[0])
 
 
 # ----------------------------------------------------------------------------------- final training
@@ -212,7 +236,10 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
     run_dir.mkdir(parents=True, exist_ok=True)
     tc, device = cfg.train, cfg.device
     seed_everything(cfg.seed + 1)
-    net = prepare_model(build_final_network(cfg, genotype, data), device, cfg.channels_last)
+    net = build_final_network(cfg, genotype, data)
+    if dist_info().active:
+        use_global_batch_norm(net)
+    net = prepare_model(net, device, cfg.channels_last)
     opt = torch.optim.SGD(net.parameters(), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.epochs, eta_min=tc.lr_min)
     weights = class_weights(data.train.y, len(data.classes)).to(device)
@@ -225,7 +252,8 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
         sched.load_state_dict(state["sched"])
         set_rng_state(state["rng"])
         start, best = state["epoch"] + 1, state["best"]
-    _truncate_jsonl(run_dir / "metrics.jsonl", "train", start)
+    if dist_info().is_main:
+        _truncate_jsonl(run_dir / "metrics.jsonl", "train", start)
 
     epochs = progress_bar(range(start, tc.epochs), progress, desc="train", initial=start, total=tc.epochs)
     for epoch in epochs:
@@ -239,17 +267,23 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
                 losses.append(weight_step(net, opt, prepare_input(x, device, cfg.channels_last), y.to(device),
                                           tc.grad_clip, weights))
         sched.step()
+        check_replicas(list(net.named_parameters()))
         dev = evaluate_split(net, data.dev, len(data.classes), device, cfg.amp, cfg.channels_last)
         record = {"phase": "train", "epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": dev["loss"],
                   "dev_ua": dev["ua"], "dev_wa": dev["wa"], "seconds": time.time() - t0}
-        append_jsonl(run_dir / "metrics.jsonl", record)
+        main = dist_info().is_main
+        if main:
+            append_jsonl(run_dir / "metrics.jsonl", record)
         if dev["ua"] > best["ua"]:
             best = {"ua": dev["ua"], "wa": dev["wa"], "epoch": epoch}
-            save_checkpoint(run_dir / "model.pt", {"config": cfg.to_dict(), "genotype": genotype.to_dict(),
-                                                   "classes": data.classes, "epoch": epoch, "model": net.state_dict()})
-        save_checkpoint(ckpt_path, {"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
-                                    "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(),
-                                    "best": best})
+            if main:
+                save_checkpoint(run_dir / "model.pt", {"config": cfg.to_dict(), "genotype": genotype.to_dict(),
+                                                       "classes": data.classes, "epoch": epoch,
+                                                       "model": net.state_dict()})
+        if main:
+            save_checkpoint(ckpt_path, {"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
+                                        "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(),
+                                        "best": best})
         say(f"train epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.3f}  dev UA {dev['ua']:.3f} "
                       f"WA {dev['wa']:.3f}  ({record['seconds']:.1f} s)")
         if stop_after is not None and epoch + 1 >= stop_after:
@@ -271,5 +305,6 @@ def run_evaluate(cfg: RunConfig, data: RunData, run_dir: Path) -> Dict[str, obje
     net = load_final_network(run_dir, cfg, data)
     metrics = evaluate_split(net, data.test, len(data.classes), cfg.device, cfg.amp, cfg.channels_last)
     metrics["classes"] = list(data.classes)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    if dist_info().is_main:
+        atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
