@@ -21,7 +21,10 @@ def _common(f):
     """Options every command shares."""
     options = [
         click.option("--corpus", default="synthetic", show_default=True,
-                     help="Corpus name: synthetic (built in) or csv (a manifest with path,label,speaker)."),
+                     help="Corpus: synthetic (built in), iemocap, msp-improv, msp-podcast or csv (a manifest with "
+                          "path,label,speaker)."),
+        click.option("--protocol", default=None,
+                     help="Named protocol of the corpus (docs/corpora.md); search/train/run use its fold 0."),
         click.option("--root", type=click.Path(path_type=Path), default=None,
                      help="Corpus folder (or manifest file for csv). The synthetic corpus defaults to ~/.cache/emodarts."),
         click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
@@ -89,6 +92,7 @@ def _friendly_errors(f):
 
 
 def build_config(command: str, corpus, root, preset, seed, epochs, batch_size, device, fused, second_order=False,
+                 protocol=None,
                  cnn_layers=None, channels=None, cnn_nodes=None, seq_cells=None, seq_nodes=None, hidden=None,
                  seq_candidates=None, train_epochs=None, max_skip=None, skip_patience=None, amp=None,
                  channels_last=None) -> RunConfig:
@@ -101,7 +105,7 @@ def build_config(command: str, corpus, root, preset, seed, epochs, batch_size, d
     search = with_overrides(base.search, epochs=search_epochs, batch_size=batch_size, second_order=second_order or None,
                             max_skip_normal=max_skip, skip_patience=skip_patience)
     train = with_overrides(base.train, epochs=final_epochs, batch_size=batch_size)
-    return with_overrides(base, corpus=corpus, root=str(root) if root else "", seed=seed, device=device,
+    return with_overrides(base, corpus=corpus, root=str(root) if root else "", protocol=protocol, seed=seed, device=device,
                           backend="fused" if fused else "reference", model=model, search=search, train=train,
                           amp=amp, channels_last=channels_last or None)
 
@@ -151,16 +155,16 @@ def cli():
 @_model_options
 @_precision_options
 @_friendly_errors
-def search(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, **model):
+def search(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, **model):
     """Search a genotype (bilevel DARTS) and write RUN_DIR/genotype.json."""
     from .pipeline import prepare_data
     from .train import run_search
 
     model.pop("train_epochs")
-    cfg = build_config("search", corpus, root, preset, seed, epochs, batch_size, device, fused, **model)
+    cfg = build_config("search", corpus, root, preset, seed, epochs, batch_size, device, fused, protocol=protocol, **model)
     _check_backend(cfg)
     cfg, run_dir, resuming = open_run("search", cfg, out, resume, device, fused)
-    data = prepare_data(cfg, progress)
+    data = prepare_data(cfg, progress, report_dir=run_dir)
     genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
     say(f"genotype: {run_dir / 'genotype.json'}  (best epoch {genotype.meta.get('epoch')})")
     _write_report(run_dir)
@@ -172,15 +176,15 @@ def search(corpus, root, preset, seed, out, resume, epochs, batch_size, device, 
               help="Genotype JSON to train (default: RUN_DIR/genotype.json of --resume, else required).")
 @_precision_options
 @_friendly_errors
-def train(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, genotype_path, amp,
-          channels_last):
+def train(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, genotype_path,
+          amp, channels_last):
     """Train the network of a genotype from scratch; the epoch is chosen on the dev speakers."""
     from .pipeline import prepare_data
     from .space import load_genotype
     from .train import run_train
 
-    cfg = build_config("train", corpus, root, preset, seed, epochs, batch_size, device, fused, amp=amp,
-                       channels_last=channels_last)
+    cfg = build_config("train", corpus, root, preset, seed, epochs, batch_size, device, fused, protocol=protocol,
+                       amp=amp, channels_last=channels_last)
     cfg, run_dir, resuming = open_run("train", cfg, out, resume, device, fused)
     genotype_path = genotype_path or run_dir / "genotype.json"
     if not genotype_path.exists():
@@ -191,7 +195,7 @@ def train(corpus, root, preset, seed, out, resume, epochs, batch_size, device, f
 
         if info().is_main:
             save_genotype(genotype, run_dir / "genotype.json")
-    data = prepare_data(cfg, progress)
+    data = prepare_data(cfg, progress, report_dir=run_dir)
     best = run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
     say(f"best dev UA {best['ua']:.4f} at epoch {best['epoch'] + 1}; model: {run_dir / 'model.pt'}")
 
@@ -207,7 +211,7 @@ def evaluate(run_dir, device, progress):
     from .train import run_evaluate
 
     cfg, run_dir, _ = open_run("evaluate", None, None, run_dir, device, False)
-    data = prepare_data(cfg, progress)
+    data = prepare_data(cfg, progress, report_dir=run_dir)
     _print_metrics(run_evaluate(cfg, data, run_dir), run_dir)
 
 
@@ -234,17 +238,17 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
 @_model_options
 @_precision_options
 @_friendly_errors
-def run(corpus, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, **model):
+def run(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, **model):
     """Search, then train the found genotype, then evaluate it on the test speakers."""
     from .pipeline import prepare_data
     from .space import save_genotype
     from .train import run_evaluate, run_search, run_train
 
-    cfg = build_config("run", corpus, root, preset, seed, epochs, batch_size, device, fused, **model)
+    cfg = build_config("run", corpus, root, preset, seed, epochs, batch_size, device, fused, protocol=protocol, **model)
     _check_backend(cfg)
     cfg, run_dir, resuming = open_run("run", cfg, out, resume, device, fused)
     t0 = time.time()
-    data = prepare_data(cfg, progress)
+    data = prepare_data(cfg, progress, report_dir=run_dir)
     genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
     if info().is_main:
         save_genotype(genotype, run_dir / "genotype.json")

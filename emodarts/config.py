@@ -55,6 +55,7 @@ class TrainConfig:
 class RunConfig:
     corpus: str = "synthetic"
     root: str = ""
+    protocol: str = ""  # a named protocol of the corpus (fold 0 is used by search/train/run); "" = default split
     preset: str = "tiny"
     seed: int = 0
     device: str = "cpu"

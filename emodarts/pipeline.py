@@ -27,25 +27,46 @@ def _tensors(features, utts: Sequence[Utterance], classes: List[str]) -> TensorS
     return TensorSplit(x, y)
 
 
-def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path] = None) -> RunData:
-    from .data.registry import load_corpus
+def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path] = None,
+                 protocol: Optional[str] = None, report_dir: Optional[Path] = None) -> RunData:
+    """Corpus -> features -> one split -> tensors.
+
+    Without a protocol (and no `cfg.protocol`), the split is speaker_split(seed) over the corpus's default
+    protocol's utterances; with one, it is fold 0 of that protocol (data/protocols.py). Files that cannot
+    be used are left out, summarised on the console and listed in skipped_files.csv/json in `report_dir`
+    (default: the feature cache entry)."""
+    from .data.registry import load_protocol
+    from .data.report import SkipReport
     from .data.splits import search_halves, speaker_split
     from .features import FEATURE_PRESETS, build_features, default_cache_dir
 
     if cfg.preset not in FEATURE_PRESETS:
         raise DataError(f"unknown feature preset {cfg.preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
-    utts = load_corpus(cfg.corpus, Path(cfg.root) if cfg.root else None, seed=CORPUS_SEED)
+    protocol = protocol or getattr(cfg, "protocol", None) or None
+    report = SkipReport()
+    utts, _, proto = load_protocol(cfg.corpus, Path(cfg.root) if cfg.root else None, seed=CORPUS_SEED,
+                                   report=report, protocol=protocol)
+    features = build_features(utts, FEATURE_PRESETS[cfg.preset], cache_dir or default_cache_dir(),
+                              progress=progress, report=report)
+    utts = list(features.utterances)
+    if report.entries:
+        where = Path(report_dir) if report_dir is not None else features.path
+        report.write(where)
+        say(report.summary(where))
     if not utts:
         raise DataError(f"corpus {cfg.corpus!r} has no usable utterances")
     classes = class_list(utts)
-    split = speaker_split(utts, cfg.seed)
+    if protocol:
+        split = proto.make_folds(utts, cfg.seed)[0].split
+    else:
+        split = speaker_split(utts, cfg.seed)
     w_part, a_part = search_halves(split.train, cfg.seed, cfg.search.weight_fraction)
-    features = build_features(utts, FEATURE_PRESETS[cfg.preset], cache_dir or default_cache_dir(), progress=progress)
     counts = {name: len(part) for name, part in (("train", split.train), ("dev", split.dev), ("test", split.test))}
     say(f"corpus {cfg.corpus}: {len(utts)} utterances, classes {', '.join(classes)}; "
                   f"speakers train/dev/test {len(set(u.speaker for u in split.train))}/"
                   f"{len(set(u.speaker for u in split.dev))}/{len(set(u.speaker for u in split.test))}; "
-                  f"utterances {counts}; features {features.shape[1]}x{features.shape[2]}")
+                  f"utterances {counts}; features {features.shape[1]}x{features.shape[2]}"
+                  + (f"; protocol {proto.name} fold 0" if protocol else ""))
     return RunData(
         classes=classes,
         search_w=_tensors(features, w_part, classes),

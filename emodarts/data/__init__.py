@@ -7,10 +7,13 @@ EMOTIONS = ("angry", "happy", "neutral", "sad")
 
 @dataclass(frozen=True)
 class Utterance:
-    """One labelled audio file. `path` is absolute; `label` is one of the corpus classes."""
+    """One labelled audio file. `path` is absolute; `label` is the corpus's own label code when a loader
+    returns it, one of the protocol's classes once a protocol has mapped it. `split` is an official
+    partition name (MSP-Podcast's Split_Set, a manifest's split column) or None."""
 
     utt_id: str
     path: str
     label: str
     speaker: str
     session: Optional[str] = None
+    split: Optional[str] = None

@@ -1,6 +1,11 @@
-"""CSV manifests: one utterance a row, columns utt_id,path,label,speaker,session.
+"""CSV manifests: one utterance a row, columns path,label,speaker and optional utt_id, session, split.
 
-`path` may be absolute or relative to the manifest's folder; `session` may be empty or absent.
+`path` may be absolute or relative to the manifest's folder; `utt_id` defaults to the path as written
+without its extension; `session` and `split` may be empty or absent.
+
+Strict mode (no `report`): the first bad row raises a DataError naming the file and line. With a
+`report` (data.report.SkipReport), bad rows are recorded there (file:line and why) and left out, and only
+problems with the manifest as a whole (unreadable, missing columns) raise.
 """
 from __future__ import annotations
 
@@ -8,20 +13,23 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..errors import DataError
 from . import EMOTIONS, Utterance
 
-COLUMNS = ("utt_id", "path", "label", "speaker", "session")
-REQUIRED = ("utt_id", "path", "label", "speaker")
+COLUMNS = ("utt_id", "path", "label", "speaker", "session", "split")
+REQUIRED = ("path", "label", "speaker")
 
 
-def read_manifest(csv_path: Path, labels: Sequence[str] = EMOTIONS, check_files: bool = True) -> List[Utterance]:
+def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, check_files: bool = True,
+                  report=None, label_map: Optional[Dict[str, str]] = None) -> List[Utterance]:
     """Read a manifest; returns utterances with absolute paths, in file order.
 
-    Raises DataError naming the file (and line) for a missing file, missing columns, empty fields,
-    labels not in `labels`, duplicate utt_ids and (with check_files) audio files that do not exist.
+    labels: the accepted labels (None: any). label_map: accepted labels, matched case-insensitively, and the
+    label each becomes (overrides `labels`). Problems: a missing file, missing columns, empty fields,
+    unknown labels, duplicate utt_ids and (with check_files) audio files that do not exist; each message
+    names the file and line. See the module doc for strict mode and `report`.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -36,13 +44,28 @@ def read_manifest(csv_path: Path, labels: Sequence[str] = EMOTIONS, check_files:
     if missing:
         raise DataError(
             f"{csv_path}:1: manifest lacks column(s) {', '.join(missing)} "
-            f"(expected {','.join(COLUMNS)}; found {','.join(header) or 'no header'})"
+            f"(expected {','.join(REQUIRED)} and optionally utt_id,session,split; "
+            f"found {','.join(header) or 'no header'})"
         )
     reader.fieldnames = header
     base = Path(os.path.abspath(csv_path)).parent
-    known = set(labels)
+    if label_map is not None:
+        lookup = {k.lower(): v for k, v in label_map.items()}
+        shown = ", ".join(sorted(set(label_map.values())))
+    elif labels is not None:
+        lookup = {k: k for k in labels}
+        shown = ", ".join(labels)
+    else:
+        lookup, shown = None, ""
     seen = {}
     utts: List[Utterance] = []
+
+    def problem(line: int, kind: str, msg: str, file=csv_path, utt_id=None) -> None:
+        text = f"{csv_path}:{line}: {msg}"
+        if report is None:
+            raise DataError(text)
+        report.skip(file, kind, text, utt_id)
+
     for row in reader:
         line = reader.line_num
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
@@ -50,38 +73,47 @@ def read_manifest(csv_path: Path, labels: Sequence[str] = EMOTIONS, check_files:
         vals = {c: (row.get(c) or "").strip() for c in COLUMNS}
         empty = [c for c in REQUIRED if not vals[c]]
         if empty:
-            raise DataError(f"{csv_path}:{line}: empty field(s) {', '.join(empty)}")
-        if vals["label"] not in known:
-            raise DataError(
-                f"{csv_path}:{line}: unknown label {vals['label']!r} (known: {', '.join(labels)})"
-            )
-        if vals["utt_id"] in seen:
-            raise DataError(
-                f"{csv_path}:{line}: duplicate utt_id {vals['utt_id']!r} (first on line {seen[vals['utt_id']]})"
-            )
-        seen[vals["utt_id"]] = line
+            problem(line, "empty-field", f"empty field(s) {', '.join(empty)}")
+            continue
         path = Path(vals["path"]).expanduser()
+        utt_id = vals["utt_id"] or Path(vals["path"]).with_suffix("").as_posix()
         if not path.is_absolute():
             path = base / path
         path = Path(os.path.normpath(path))
+        label = vals["label"]
+        if lookup is not None:
+            key = label.lower() if label_map is not None else label
+            if key not in lookup:
+                problem(line, "unknown-label", f"unknown label {label!r} (known: {shown})", path, utt_id)
+                continue
+            label = lookup[key]
+        if utt_id in seen:
+            problem(line, "duplicate", f"duplicate utt_id {utt_id!r} (first on line {seen[utt_id]})", path, utt_id)
+            continue
+        seen[utt_id] = line
         if check_files and not path.is_file():
-            raise DataError(f"{csv_path}:{line}: audio file not found: {path}")
-        utts.append(Utterance(vals["utt_id"], str(path), vals["label"], vals["speaker"], vals["session"] or None))
-    if not utts:
+            problem(line, "no-audio", f"audio file not found: {path}", path, utt_id)
+            continue
+        utts.append(Utterance(utt_id, str(path), label, vals["speaker"], vals["session"] or None,
+                              vals["split"] or None))
+    if not utts and report is None:
         raise DataError(f"{csv_path}: manifest has no utterances")
     return utts
 
 
 def write_manifest(utts: Iterable[Utterance], csv_path: Path, relative: bool = True) -> Path:
     """Write a manifest atomically. With `relative`, paths under the manifest's folder are stored
-    relative to it (so the corpus folder can move); other paths stay absolute."""
+    relative to it (so the corpus folder can move); other paths stay absolute. The split column is
+    written only when some utterance has a split."""
     from ..io import atomic_write_text
 
+    utts = list(utts)
+    columns = COLUMNS if any(u.split for u in utts) else COLUMNS[:-1]
     csv_path = Path(csv_path)
     base = Path(os.path.abspath(csv_path)).parent
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for u in utts:
         path = Path(u.path)
         if relative:
@@ -89,6 +121,9 @@ def write_manifest(utts: Iterable[Utterance], csv_path: Path, relative: bool = T
                 path = Path(os.path.abspath(path)).relative_to(base)
             except ValueError:
                 pass
-        writer.writerow([u.utt_id, path.as_posix(), u.label, u.speaker, u.session or ""])
+        row = [u.utt_id, path.as_posix(), u.label, u.speaker, u.session or ""]
+        if len(columns) == len(COLUMNS):
+            row.append(u.split or "")
+        writer.writerow(row)
     atomic_write_text(csv_path, buf.getvalue())
     return csv_path

@@ -1,17 +1,20 @@
 """Corpus names -> loaders that return utterance lists.
 
-Each loader is `loader(root: Path | None, seed: int) -> list[Utterance]`. Add one with
-`register_corpus(name, loader)`.
+A loader is `loader(root: Path | None, seed: int) -> list[Utterance]`; it may also take `report=` (a
+data.report.SkipReport that collects the files it leaves out) and protocol-specific keyword options. Add
+one with `register_corpus(name, loader)`. Loaders return the corpus's own label codes; `load_corpus`
+applies a protocol (data/protocols.py) that maps them to classes and leaves out the rest.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import DataError
 from . import Utterance
 
-Loader = Callable[[Optional[Path], int], List[Utterance]]
+Loader = Callable[..., List[Utterance]]
 _CORPORA: Dict[str, Loader] = {}
 
 
@@ -23,14 +26,58 @@ def known_corpora() -> List[str]:
     return sorted(_CORPORA)
 
 
-def load_corpus(name: str, root: Optional[Path] = None, seed: int = 0) -> List[Utterance]:
-    """Utterances of corpus `name` (see known_corpora()). Raises DataError for an unknown name or an
-    unusable root."""
+def load_native(name: str, root: Optional[Path] = None, seed: int = 0, report=None,
+                **options) -> List[Utterance]:
+    """Utterances of corpus `name` with the corpus's own labels (no protocol applied)."""
     try:
         loader = _CORPORA[name]
     except KeyError:
         raise DataError(f"unknown corpus {name!r}; known corpora: {', '.join(known_corpora())}") from None
-    return loader(Path(root).expanduser() if root is not None else None, seed)
+    params = inspect.signature(loader).parameters
+    takes_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    kwargs = {}
+    if report is not None and ("report" in params or takes_kw):
+        kwargs["report"] = report
+    for k, v in options.items():
+        if k in params or takes_kw:
+            kwargs[k] = v
+    return loader(Path(root).expanduser() if root is not None else None, seed, **kwargs)
+
+
+def load_protocol(name: str, root: Optional[Path] = None, seed: int = 0, report=None,
+                  protocol: Optional[str] = None) -> Tuple[List[Utterance], Dict[str, int], object]:
+    """(utterances labelled by `protocol`, what the protocol left out and why, the Protocol).
+
+    Files that cannot be used go to `report` (a SkipReport; a private one when None, summarised on the
+    console). Raises DataError when no utterance is left."""
+    from ..progress import say
+    from .protocols import get_protocol
+    from .report import SkipReport
+
+    own = report is None
+    report = SkipReport() if own else report
+    proto = get_protocol(name, protocol) if name in _CORPORA else None
+    if proto is None:
+        load_native(name, root, seed)  # raises the unknown-corpus error
+    native = load_native(name, root, seed, report, **proto.loader_options)
+    utts, excluded = proto.select(native)
+    if own and report.entries:
+        say(f"corpus {name}: " + report.summary())
+    if not utts:
+        where = f" at {root}" if root is not None else ""
+        detail = report.summary() if report.entries else ""
+        left = (", ".join(f"{k}: {v}" for k, v in excluded.items())) if excluded else ""
+        raise DataError(f"corpus {name!r}{where}: no usable utterances for protocol {proto.name!r}"
+                        + (f" ({len(native)} loaded; left out by the protocol: {left})" if native else "")
+                        + (f"\n{detail}" if detail else ""))
+    return utts, excluded, proto
+
+
+def load_corpus(name: str, root: Optional[Path] = None, seed: int = 0, report=None,
+                protocol: Optional[str] = None) -> List[Utterance]:
+    """Utterances of corpus `name` (see known_corpora()), labelled by `protocol` (default: the corpus's
+    default protocol). Raises DataError for an unknown name, an unusable root, or when nothing is left."""
+    return load_protocol(name, root, seed, report, protocol)[0]
 
 
 def _synthetic(root: Optional[Path], seed: int) -> List[Utterance]:
@@ -43,8 +90,9 @@ def _synthetic(root: Optional[Path], seed: int) -> List[Utterance]:
     return read_manifest(folder / MANIFEST_NAME)
 
 
-def _csv(root: Optional[Path], seed: int) -> List[Utterance]:
+def _csv(root: Optional[Path], seed: int, report=None) -> List[Utterance]:
     from .manifest import read_manifest
+    from .protocols import CSV_LABELS
 
     if root is None:
         raise DataError("corpus 'csv' needs a root: a manifest .csv file or a folder holding manifest.csv")
@@ -52,11 +100,33 @@ def _csv(root: Optional[Path], seed: int) -> List[Utterance]:
         path = root / "manifest.csv"
         if not path.is_file():
             raise DataError(f"no manifest.csv in the corpus folder {root}")
-        return read_manifest(path)
-    if not root.exists():
+    elif not root.exists():
         raise DataError(f"corpus root not found: {root}")
-    return read_manifest(root)
+    else:
+        path = root
+    return read_manifest(path, report=report, label_map=CSV_LABELS)
+
+
+def _iemocap(root, seed, report=None):
+    from .iemocap import load_iemocap
+
+    return load_iemocap(root, seed, report)
+
+
+def _msp_improv(root, seed, report=None, labels="auto"):
+    from .msp_improv import load_msp_improv
+
+    return load_msp_improv(root, seed, report, labels=labels)
+
+
+def _msp_podcast(root, seed, report=None):
+    from .msp_podcast import load_msp_podcast
+
+    return load_msp_podcast(root, seed, report)
 
 
 register_corpus("synthetic", _synthetic)
 register_corpus("csv", _csv)
+register_corpus("iemocap", _iemocap)
+register_corpus("msp-improv", _msp_improv)
+register_corpus("msp-podcast", _msp_podcast)
