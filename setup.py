@@ -29,7 +29,7 @@ def extension_modules():
     if not cpu_sources:
         return [], {}
     ext = cpp_extension.CppExtension(
-        "emodarts._C", cpu_sources, extra_compile_args={"cxx": ["-O3", "-std=c++17"]}
+        "emodarts._C", cpu_sources, extra_compile_args={"cxx": ["-O3"]}
     )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 

@@ -12,7 +12,7 @@ from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_pre
 from .config import ModelConfig
 from .ops.backend import Backend, get_backend
 from .ops.cnn import make_cnn_op
-from .ops.recurrent import make_seq_op
+from .ops.recurrent import AttentiveRecurrentOp, make_seq_op
 from .space import n_edges
 
 ALPHA_NAMES = ("alpha_normal", "alpha_reduce", "alpha_seq")
@@ -61,6 +61,41 @@ class MixedCnnCell(nn.Module):
         return self.dropout(torch.cat(nodes, dim=1))
 
 
+def _grouped_seq_nodes(cell: "MixedSeqCell", s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend) -> List[Tensor]:
+    """The sequential cell's mixed nodes, with every recurrent candidate on every edge leaving one state run
+    in one grouped call (design.md); nodes are summed in the same order as `_mixed_nodes`."""
+    n = cell.n_nodes
+    first_edge = [n_edges(i) for i in range(n)]  # index of node i's first incoming edge
+    pending: List[list] = [[] for _ in range(n)]  # node i -> [(source j, candidate k, y)]
+
+    def run_source(j: int, h: Tensor) -> None:
+        calls, rnns = [], []
+        for i in range(max(0, j - 1), n):  # node i reads states 0 .. i + 1
+            ops = cell.edges[first_edge[i] + j]
+            for k, name in cell.active:
+                op = ops[name]
+                rnn = getattr(op, "rnn", None)
+                calls.append((i, k, op, len(rnns) if rnn is not None else None))
+                if rnn is not None:
+                    rnns.append(rnn)
+        outs = backend.grouped_recurrent(h, rnns) if rnns else []
+        for i, k, op, r in calls:
+            y = op(h) if r is None else (op.attend(outs[r]) if isinstance(op, AttentiveRecurrentOp) else outs[r])
+            pending[i].append((j, k, y))
+
+    states = [s0, s1]
+    run_source(0, s0)
+    run_source(1, s1)
+    for i in range(n):
+        entries = sorted(pending[i], key=lambda e: (e[0], e[1]))
+        node = backend.mixed_sum([e[2] for e in entries], alpha[first_edge[i] : first_edge[i] + 2 + i],
+                                 [(e[0], e[1]) for e in entries])
+        states.append(node)
+        if i + 1 < n:
+            run_source(2 + i, node)
+    return states[2:]
+
+
 class MixedSeqCell(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -72,8 +107,8 @@ class MixedSeqCell(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, mixed_sum: Callable) -> Tensor:
-        nodes = _mixed_nodes([s0, s1], self.edges, self.active, alpha, self.n_nodes, mixed_sum)
+    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend) -> Tensor:
+        nodes = _grouped_seq_nodes(self, s0, s1, alpha, backend)
         return self.dropout(reduce_node_concat(nodes))
 
 
@@ -120,5 +155,5 @@ class Supernet(nn.Module):
             s0, s1 = s1, cell(s0, s1, alpha, mixed_sum)
         q0, q1 = self.handoff(s0, s1)
         for cell in self.seq_cells:
-            q0, q1 = q1, cell(q0, q1, self.alpha_seq, mixed_sum)
+            q0, q1 = q1, cell(q0, q1, self.alpha_seq, self.backend)
         return self.head(q1)

@@ -96,7 +96,7 @@ def test_each_cell_shape_and_grad():
     q0, q1 = net.handoff(s0, s1)
     assert q0.shape == q1.shape == (2, s1.shape[3], cfg.hidden)
     for cell in net.seq_cells:
-        q0, q1 = q1, cell(q0, q1, net.alpha_seq, net.backend.mixed_sum)
+        q0, q1 = q1, cell(q0, q1, net.alpha_seq, net.backend)
         assert q1.shape == q0.shape
     q1.sum().backward()
     assert all(torch.isfinite(a.grad).all() for a in net.alphas())

@@ -5,6 +5,8 @@ reference: plain PyTorch (the oracle). fused: Triton on CUDA, the C++ extension 
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from ..errors import BackendError
 from . import reference
 
@@ -14,22 +16,38 @@ BACKENDS = ("reference", "fused")
 @dataclass(frozen=True)
 class Backend:
     name: str
-    mixed_sum: Callable
+    mixed_sum: Callable  # (ys, alpha, index) -> weighted sum of one node's candidates
+    grouped_recurrent: Callable  # (x, rnns) -> [rnn(x)[0] for rnn in rnns], all candidates reading x
+
+
+def _fp32_grouped(grouped: Callable) -> Callable:
+    """The grouped kernel runs in float32/float64: under bf16/fp16 autocast it takes a float32 copy of x
+    and hands back outputs in x's dtype, as the mixed sum expects one dtype per node."""
+
+    def run(x, rnns):
+        if x.dtype in (torch.float32, torch.float64):
+            return grouped(x, rnns)
+        with torch.autocast(x.device.type, enabled=False):
+            return [y.to(x.dtype) for y in grouped(x.float(), rnns)]
+
+    return run
 
 
 def get_backend(name: str) -> Backend:
     """Return the named backend; a fused backend that is not built is an error, never a silent fallback."""
     if name == "reference":
-        return Backend("reference", reference.mixed_sum)
+        from . import grouped_reference
+
+        return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent)
     if name == "fused":
         try:
-            from . import fused  # noqa: F401
+            from . import fused, grouped_recurrent
         except ImportError as exc:
             raise BackendError(
                 "the fused backend is not built in this installation: its kernels are missing "
                 f"({exc}). Run without --fused to use the reference backend."
             ) from exc
-        return Backend("fused", fused.mixed_sum)
+        return Backend("fused", fused.mixed_sum, _fp32_grouped(grouped_recurrent.grouped_recurrent))
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -41,7 +41,10 @@ class AttentiveRecurrentOp(nn.Module):
         self.out = nn.Linear(4 * hidden, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.rnn(x)[0]  # (B, T, 2H)
+        return self.attend(self.rnn(x)[0])
+
+    def attend(self, h: Tensor) -> Tensor:
+        """The attention part, on the bidirectional states h (B, T, 2H) (lets a grouped call run self.rnn)."""
         weights = torch.softmax(self.score(torch.tanh(self.score_hidden(h))), dim=1)  # (B, T, 1)
         context = (weights * h).sum(dim=1, keepdim=True).expand_as(h)
         return self.out(torch.cat([h, context], dim=-1))

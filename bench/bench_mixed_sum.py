@@ -1,0 +1,287 @@
+"""Microbenchmark of the node-level mixed sum: eager reference vs torch.compile(reference) vs fused.
+
+fused = the C++ twin on the CPU, the Triton kernels on CUDA. For each K (inputs) and tensor size:
+forward and forward+backward (grads of every y and of alpha), median time after warm-up (CUDA events on a
+GPU), the minimum bytes any implementation must move (forward (K+1)*N*b, backward (2K+1)*N*b, so
+forward+backward (3K+2)*N*b) and the effective bandwidth that gives, next to the measured copy bandwidth
+(dst.copy_(src) over the forward's working set, (K+1)*N*b in all). Implementations are timed round-robin.
+The table is printed and everything is written as JSON to bench/results/mixed_sum_<device>.json with the
+device name, the date and the command.
+
+On a small shared CPU, OpenMP workers spinning after each op slow down whatever runs next; run with
+OMP_WAIT_POLICY=PASSIVE for steadier numbers (recorded in the JSON).
+
+    python bench/bench_mixed_sum.py --quick          # CPU: a few minutes
+    python bench/bench_mixed_sum.py --device cuda    # GPU: K = 2..16, sizes up to 64 MB per tensor
+
+Sizes are cell-level tensors: `tiny` preset (B=16, C=8, 20x24), `paper` preset (B=16, C=16 and 32,
+64x64) and a 64 MB tensor. torch.compile compiles the reference function (dynamic=False, one graph per K
+and size); its compile time is excluded (warm-up).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch._dynamo.config as dynamo_config
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from emodarts.ops import fused, reference  # noqa: E402
+
+SIZES = {
+    "tiny (16,8,20,24)": (16, 8, 20, 24),
+    "paper C16 (16,16,64,64)": (16, 16, 64, 64),
+    "paper C32 (16,32,64,64)": (16, 32, 64, 64),
+    "64MB (16,64,128,128)": (16, 64, 128, 128),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+class Timer:
+    """Times several callables round-robin (one call of each per round), so that load spikes on a shared
+    machine hit every implementation alike; reports the median (and the minimum) per callable."""
+
+    def __init__(self, dev: torch.device):
+        self.dev = dev
+
+    def _once(self, fn) -> float:
+        if self.dev.type == "cuda":
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            return a.elapsed_time(b) / 1e3
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    def many(self, fns: dict, reps: int, warmup: int) -> dict:
+        """{name: (median s, min s) or an exception}"""
+        ok = {}
+        res = {}
+        for name, fn in fns.items():
+            try:
+                for _ in range(warmup):
+                    fn()
+                ok[name] = fn
+            except Exception as exc:  # e.g. torch.compile unavailable here: record, keep going
+                res[name] = exc
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize()
+        times = {name: [] for name in ok}
+        for _ in range(reps):
+            for name, fn in ok.items():
+                times[name].append(self._once(fn))
+        for name, ts in times.items():
+            res[name] = (statistics.median(ts), min(ts))
+        return res
+
+    def __call__(self, fn, reps: int, warmup: int) -> float:
+        r = self.many({"f": fn}, reps, warmup)["f"]
+        if isinstance(r, Exception):
+            raise r
+        return r[0]
+
+
+def make_inputs(k, shape, dtype, dev, seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n_edges = max(1, (k + 6) // 7)  # a node: E incoming edges x up to 7 non-`none` candidates
+    alpha = torch.randn(n_edges, 8, generator=gen).to(dev)
+    index = [(i % n_edges, 1 + i // n_edges) for i in range(k)]
+    ys = [torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype).to(dev) for _ in range(k)]
+    g = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype).to(dev)
+    return ys, alpha, index, g
+
+
+def bench_case(impls, k, shape, dtype, dev, timer, reps, warmup):
+    ys, alpha, index, g = make_inputs(k, shape, dtype, dev)
+    ys_g = [y.clone().requires_grad_(True) for y in ys]
+    alpha_g = alpha.clone().requires_grad_(True)
+    n = ys[0].numel()
+    b = ys[0].element_size()
+    calls = {}
+    nbytes = {"fwd": (k + 1) * n * b, "fwd+bwd": (3 * k + 2) * n * b}
+    for name, fn in impls.items():
+        def fwd(fn=fn):
+            with torch.no_grad():
+                fn(ys, alpha, index)
+
+        def fwd_bwd(fn=fn):
+            out = fn(ys_g, alpha_g, index)
+            torch.autograd.grad(out, ys_g + [alpha_g], g)
+
+        calls[(name, "fwd")] = fwd
+        calls[(name, "fwd+bwd")] = fwd_bwd
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        res = timer.many({name: calls[(name, mode)] for name in impls}, reps, warmup)
+        for name in impls:
+            r = res[name]
+            if isinstance(r, Exception):
+                rows.append(dict(impl=name, mode=mode, error=f"{type(r).__name__}: {r}"[:300]))
+                continue
+            t, tmin = r
+            rows.append(dict(impl=name, mode=mode, ms=t * 1e3, min_ms=tmin * 1e3, min_bytes=nbytes[mode],
+                             gbps=nbytes[mode] / t / 1e9))
+    return rows
+
+
+def copy_bandwidth(n, dtype, dev, timer, reps, warmup):
+    src = torch.randn(n, device=dev).to(dtype)
+    dst = torch.empty_like(src)
+    t = timer(lambda: dst.copy_(src), reps, warmup)
+    return 2 * n * src.element_size() / t / 1e9
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="fewer K, sizes and repetitions (CPU: ~2-4 minutes)")
+    ap.add_argument("--ks", type=int, nargs="+", help="numbers of inputs (default 2 4 8 12 16; quick: 2 8 16)")
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), help="default: all (CPU: up to paper C32)")
+    ap.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    ap.add_argument("--reps", type=int, help="timed repetitions (default GPU 50, CPU 25; quick: GPU 20, CPU 15)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--out", help="JSON path (default bench/results/mixed_sum_<device>.json)")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    gpu = dev.type == "cuda"
+    dtype = DTYPES[args.dtype]
+    ks = args.ks or ([2, 8, 16] if args.quick else [2, 4, 8, 12, 16])
+    if args.sizes:
+        sizes = {s: SIZES[s] for s in args.sizes}
+    elif gpu:
+        sizes = dict(SIZES)
+    else:  # the 64 MB case takes minutes per K on a small CPU
+        sizes = {s: v for s, v in SIZES.items() if not s.startswith("64MB")}
+    reps = args.reps or ((20 if args.quick else 50) if gpu else (15 if args.quick else 25))
+    timer = Timer(dev)
+
+    impls = {"eager": reference.mixed_sum}
+    if not args.no_compile:
+        # one graph per (K, size, grad mode): lift dynamo's recompile limit (default 8), or it silently
+        # falls back to eager after a few cases
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, 4096)
+        impls["compile"] = torch.compile(reference.mixed_sum, dynamic=False)
+    if gpu:
+        impls["fused"] = fused.mixed_sum_triton
+        fused_kind = "triton"
+    else:
+        fused.cpp_ops()  # build/load the extension before timing
+        impls["fused"] = fused.mixed_sum_cpp
+        fused_kind = "c++"
+
+    results = []
+    copy_bw = {}
+    print(f"device {dev} ({device_name(dev)}), dtype {args.dtype}, threads {torch.get_num_threads()}, "
+          f"fused = {fused_kind}, reps {reps}")
+    hdr = f"{'size':<26}{'K':>3} {'mode':<8}" + "".join(f"{n + ' ms':>13}{n + ' GB/s':>13}" for n in impls)
+    hdr += f"{'fused/eager':>12}{'fused/comp':>11}{'%copy':>7}{'copy GB/s':>10}"
+    print(hdr)
+    for sname, shape in sizes.items():
+        n = 1
+        for s in shape:
+            n *= s
+        bw_t = copy_bandwidth(n, dtype, dev, timer, reps, args.warmup)
+        copy_bw[sname] = bw_t
+        print(f"{sname}: {n * torch.finfo(dtype).bits // 8 / 2**20:.1f} MB per tensor, copy {bw_t:.2f} GB/s")
+        for k in ks:
+            # copy bandwidth at the forward's working set ((K+1)*N elements touched), the fair yardstick
+            # once that outgrows the caches
+            bw = copy_bandwidth(max(n, (k + 1) * n // 2), dtype, dev, timer, reps, args.warmup)
+            rows = bench_case(impls, k, shape, dtype, dev, timer, reps, args.warmup)
+            for mode in ("fwd", "fwd+bwd"):
+                by = {r["impl"]: r for r in rows if r["mode"] == mode}
+                line = f"{sname:<26}{k:>3} {mode:<8}"
+                for name in impls:
+                    r = by.get(name, {})
+                    line += f"{r['ms']:>13.3f}{r['gbps']:>13.2f}" if "ms" in r else f"{'error':>13}{'':>13}"
+                f, e, c = by.get("fused", {}), by.get("eager", {}), by.get("compile", {})
+                sp_e = e["ms"] / f["ms"] if "ms" in f and "ms" in e else float("nan")
+                sp_c = c["ms"] / f["ms"] if "ms" in f and "ms" in c else float("nan")
+                pct = 100 * f["gbps"] / bw if "gbps" in f else float("nan")
+                line += f"{sp_e:>12.2f}{sp_c:>11.2f}{pct:>7.0f}{bw:>10.1f}"
+                print(line, flush=True)
+                for r in by.values():
+                    results.append(dict(size=sname, shape=list(shape), numel=n, k=k, dtype=args.dtype, **r,
+                                        speedup_vs_eager=sp_e if r["impl"] == "fused" else None,
+                                        speedup_vs_compile=sp_c if r["impl"] == "fused" else None,
+                                        copy_gbps=bw, copy_gbps_tensor=bw_t))
+
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"mixed_sum_{dev.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = dict(
+        benchmark="mixed_sum",
+        device=str(dev),
+        device_name=device_name(dev),
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+        torch=torch.__version__,
+        triton=_triton_version(),
+        threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        load_average=_loadavg(),
+        dtype=args.dtype,
+        fused=fused_kind,
+        reps=reps,
+        timing="median (and min) of reps after warm-up, implementations timed round-robin"
+        + (" (CUDA events)" if gpu else " (perf_counter)"),
+        bytes_model="fwd (K+1)*N*b, fwd+bwd (3K+2)*N*b (bwd alone (2K+1)*N*b)",
+        copy_gbps_per_tensor=copy_bw,
+        results=results,
+    )
+    out.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out}")
+    return doc
+
+
+def _loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    main()

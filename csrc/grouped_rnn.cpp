@@ -1,0 +1,473 @@
+// Grouped recurrent layer, C++ CPU implementation (the CUDA one is csrc/cuda/grouped_rnn_cuda.cu).
+//
+// K recurrent "units" (one layer and one direction of an LSTM or tanh-RNN candidate, hidden H) run
+// together over one time loop:
+//
+//   emodarts::grouped_rnn_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor bias, int n_lstm,
+//                                 int[] reverse) -> (Tensor hs, Tensor cs, Tensor gates)
+//   emodarts::grouped_rnn_backward(Tensor grad_hs, Tensor x, Tensor w_ih, Tensor w_hh, Tensor hs,
+//                                  Tensor cs, Tensor gates, int n_lstm, int[] reverse)
+//                                  -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)
+//
+// Layout (time-major inside the op; emodarts/ops/grouped_recurrent.py does the batch_first plumbing):
+//   x      (Kx, T, B, I)   Kx = 1: every unit reads the same input; Kx = K: unit k reads x[k] (the deeper
+//                          layers of multi-layer candidates: per-unit inputs).
+//   units  0 .. n_lstm-1 are LSTM (4 gates, PyTorch order i, f, g, o), n_lstm .. K-1 tanh-RNN (1 gate).
+//          Unit k owns the gate rows [goff_k, goff_k + g_k*H) of the G = (4*n_lstm + K - n_lstm)*H rows of
+//          w_ih (G, I), w_hh (G, H) and bias (G,) = b_ih + b_hh: the units' own PyTorch parameters
+//          concatenated along dim 0 in that order.
+//   reverse[k] != 0: unit k runs backwards in time (the reverse direction of a bidirectional layer).
+//   hs     (K, T, B, H)    every unit's h_t, in natural time order (the layer output).
+//   cs     (n_lstm, T, B, H) the LSTM units' cell states (saved for backward).
+//   gates  (T*B*G,)        workspace saved for backward: unit k's block (T, B, g_k*H) starts at T*B*goff_k
+//                          and holds its activated gates (LSTM) or pre-activations (RNN, unused).
+// h_0 = c_0 = 0, as nn.LSTM / nn.RNN called without hx.
+//
+// Algorithm (the contract of design.md: "Grouped recurrent layer"). Forward: the input projections of every
+// time step as one GEMM, then the time loop: per step the recurrent GEMM gates_t += h_{t-1} W_hh^T and one
+// fused epilogue (bias, gates, cell update, new h). Backward through time (d gates written to a workspace,
+// dh carried through dgates W_hh), then the weight gradients as one GEMM each after the loop: dW_hh over all
+// (T-1)*B rows at once, dW_ih = dgates^T x, dx = dgates W_ih.
+// CPU mapping. The K units are independent, so the loops over units and time are interchanged: units are
+// spread over threads (at::parallel_for, dynamic scheduling, LSTM units first) and each task runs one unit
+// whole: its input GEMM, its time loop, and in backward its BPTT and weight GEMMs, on a unit-major workspace
+// that stays in the core's cache (one (T*B, G) GEMM for all units up front measured slower: for the 48+
+// candidates of a source the workspace is tens of MB and falls out of cache before the time loop reads it).
+// There is no barrier per time step. The "batched recurrent GEMM over K" is thus K small GEMMs per step,
+// run concurrently. The shared input's gradient dx = sum_k dgates_k W_ih_k is accumulated after the loop
+// in unit order (deterministic for any thread count).
+//
+// GEMMs call the BLAS that PyTorch links (MKL's sgemm_/dgemm_, exported by libtorch_cpu) directly: ATen's
+// per-call overhead is several microseconds, as much as a whole tiny-preset step. When those symbols are
+// absent (another BLAS build), or with EMODARTS_GROUPED_GEMM=aten, the same GEMMs go through ATen
+// (at::mm_out / addmm_ on strided views of the same buffers). (Measured and dropped: a register-blocked
+// GEMM fused with the epilogue, and MKL's packed GEMM for W_hh; neither beat plain sgemm + epilogue.)
+// The epilogue is vectorised: float32 runs 8 lanes (GCC/Clang vector extensions, csrc/grouped_rnn_kernels.h
+// compiled for the baseline and for AVX2+FMA, picked at run time) with Cephes-style exp/tanh (max rel.
+// error ~2e-7); float64 calls std::exp/std::tanh per element (the tests' precision path).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+extern "C" {
+// Fortran BLAS (LP64), resolved at load time from libtorch_cpu when it exports them; null otherwise.
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace emodarts {
+namespace grouped_rnn_cpu {
+namespace {
+
+using at::Tensor;
+
+#define EMO_INLINE inline __attribute__((always_inline))
+
+// ---------------------------------------------------------------------------------------------------
+// GEMM on row-major matrices: C (M x N, ldc) = alpha * op(A) op(B) + beta * C, op(A) M x Kd, op(B) Kd x N.
+
+bool use_blas() {
+  const char* e = std::getenv("EMODARTS_GROUPED_GEMM");
+  if (e != nullptr && std::strcmp(e, "aten") == 0) return false;
+  return sgemm_ != nullptr && dgemm_ != nullptr;
+}
+
+bool fits_int(int64_t v) { return v >= 0 && v <= INT32_MAX; }
+
+template <typename T>
+void blas_gemm(char ta, char tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta,
+               T* c, int ldc);
+template <>
+void blas_gemm<float>(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+template <>
+void blas_gemm<double>(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
+                       const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+template <typename T>
+Tensor view_rm(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+  // the row-major (rows x cols, ld) matrix at p, transposed when `trans`
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor t = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, opts);
+  return trans ? t.t() : t;
+}
+
+template <typename T>
+void gemm_rm(bool blas, bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T alpha, const T* A, int64_t lda,
+             const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (Kd <= 0) {  // C = beta * C
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (blas && fits_int(M) && fits_int(N) && fits_int(Kd) && fits_int(lda) && fits_int(ldb) && fits_int(ldc)) {
+    // column-major view: C^T (N x M) = op(B)^T (N x Kd) op(A)^T (Kd x M)
+    blas_gemm<T>(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(Kd),
+                 alpha, B, static_cast<int>(ldb), A, static_cast<int>(lda), beta, C, static_cast<int>(ldc));
+    return;
+  }
+  Tensor a = ta ? view_rm(A, Kd, M, lda, true) : view_rm(A, M, Kd, lda, false);
+  Tensor b = tb ? view_rm(B, N, Kd, ldb, true) : view_rm(B, Kd, N, ldb, false);
+  Tensor c = view_rm(static_cast<const T*>(C), M, N, ldc, false);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);
+    if (alpha != T(1)) c.mul_(alpha);
+  } else {
+    c.addmm_(a, b, beta, alpha);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// kernels: csrc/grouped_rnn_kernels.h, compiled for the baseline and (x86-64) for AVX2+FMA
+
+#define EMODARTS_GRNN_NS baseline
+#include "grouped_rnn_kernels.h"
+#undef EMODARTS_GRNN_NS
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EMODARTS_GRNN_HAVE_AVX2 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define EMODARTS_GRNN_NS avx2
+#include "grouped_rnn_kernels.h"
+#undef EMODARTS_GRNN_NS
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+// float32 kernels of one instruction set, picked once at run time (EMODARTS_GROUPED_NO_AVX2=1: baseline)
+struct Epi {
+  decltype(&baseline::lstm_fwd) lstm_fwd;
+  decltype(&baseline::rnn_fwd) rnn_fwd;
+  decltype(&baseline::lstm_bwd) lstm_bwd;
+  decltype(&baseline::rnn_bwd) rnn_bwd;
+};
+
+#define EMODARTS_GRNN_EPI(NS)                                                                          \
+  Epi {                                                                                                \
+    NS::lstm_fwd, NS::rnn_fwd, NS::lstm_bwd, NS::rnn_bwd                                               \
+  }
+
+bool avx2_enabled() {
+#ifdef EMODARTS_GRNN_HAVE_AVX2
+  static const bool ok = [] {
+    const char* e = std::getenv("EMODARTS_GROUPED_NO_AVX2");
+    if (e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+const Epi& float_epi() {
+  static const Epi epi = [] {
+#ifdef EMODARTS_GRNN_HAVE_AVX2
+    if (avx2_enabled()) return EMODARTS_GRNN_EPI(avx2);
+#endif
+    return EMODARTS_GRNN_EPI(baseline);
+  }();
+  return epi;
+}
+
+// typed front ends (float: the table above; double: the baseline templates, std::exp / std::tanh)
+void lstm_fwd(int64_t B, int64_t H, float* g, int64_t ldg, const float* bias, const float* cp, float* c, float* h) {
+  float_epi().lstm_fwd(B, H, g, ldg, bias, cp, c, h);
+}
+void lstm_fwd(int64_t B, int64_t H, double* g, int64_t ldg, const double* bias, const double* cp, double* c,
+              double* h) {
+  baseline::lstm_fwd_rows<double, double>(B, H, g, ldg, bias, cp, c, h);
+}
+void rnn_fwd(int64_t B, int64_t H, const float* g, int64_t ldg, const float* bias, float* h) {
+  float_epi().rnn_fwd(B, H, g, ldg, bias, h);
+}
+void rnn_fwd(int64_t B, int64_t H, const double* g, int64_t ldg, const double* bias, double* h) {
+  baseline::rnn_fwd_rows<double, double>(B, H, g, ldg, bias, h);
+}
+void lstm_bwd(int64_t B, int64_t H, const float* a, int64_t ldg, const float* c, const float* cp, const float* gh,
+              const float* dhr, float* dc, float* dg, bool first) {
+  float_epi().lstm_bwd(B, H, a, ldg, c, cp, gh, dhr, dc, dg, first);
+}
+void lstm_bwd(int64_t B, int64_t H, const double* a, int64_t ldg, const double* c, const double* cp,
+              const double* gh, const double* dhr, double* dc, double* dg, bool first) {
+  baseline::lstm_bwd_rows<double, double>(B, H, a, ldg, c, cp, gh, dhr, dc, dg, first);
+}
+void rnn_bwd(int64_t B, int64_t H, const float* h, const float* gh, const float* dhr, float* dg, int64_t ldg) {
+  float_epi().rnn_bwd(B, H, h, gh, dhr, dg, ldg);
+}
+void rnn_bwd(int64_t B, int64_t H, const double* h, const double* gh, const double* dhr, double* dg,
+             int64_t ldg) {
+  baseline::rnn_bwd_rows<double, double>(B, H, h, gh, dhr, dg, ldg);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// shapes and checks
+
+struct Plan {
+  int64_t K, KL, Kx, T, B, I, H, G;
+  std::vector<int64_t> goff, gh;  // gate column offset and width of each unit
+  std::vector<bool> rev;
+};
+
+Plan make_plan(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, int64_t n_lstm, at::IntArrayRef reverse) {
+  TORCH_CHECK(x.dim() == 4, "grouped_rnn: x must be (Kx, T, B, I), got ", x.sizes());
+  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "grouped_rnn: w_ih and w_hh must be 2-D");
+  Plan p;
+  p.K = static_cast<int64_t>(reverse.size());
+  p.KL = n_lstm;
+  p.Kx = x.size(0);
+  p.T = x.size(1);
+  p.B = x.size(2);
+  p.I = x.size(3);
+  p.H = w_hh.size(1);
+  TORCH_CHECK(p.K >= 1, "grouped_rnn: needs at least one unit");
+  TORCH_CHECK(0 <= p.KL && p.KL <= p.K, "grouped_rnn: n_lstm = ", p.KL, " outside [0, ", p.K, "]");
+  TORCH_CHECK(p.Kx == 1 || p.Kx == p.K, "grouped_rnn: x holds ", p.Kx, " inputs for ", p.K, " units");
+  TORCH_CHECK(p.T >= 1 && p.B >= 1 && p.I >= 1 && p.H >= 1, "grouped_rnn: empty sizes are not supported");
+  p.G = (4 * p.KL + (p.K - p.KL)) * p.H;
+  TORCH_CHECK(w_hh.size(0) == p.G, "grouped_rnn: w_hh has ", w_hh.size(0), " rows, expected ", p.G);
+  TORCH_CHECK(w_ih.size(0) == p.G && w_ih.size(1) == p.I, "grouped_rnn: w_ih must be (", p.G, ", ", p.I,
+              "), got ", w_ih.sizes());
+  p.goff.resize(p.K);
+  p.gh.resize(p.K);
+  p.rev.resize(p.K);
+  int64_t off = 0;
+  for (int64_t k = 0; k < p.K; ++k) {
+    p.gh[k] = (k < p.KL ? 4 : 1) * p.H;
+    p.goff[k] = off;
+    off += p.gh[k];
+    p.rev[k] = reverse[k] != 0;
+  }
+  return p;
+}
+
+void check_same(const Tensor& a, const Tensor& ref, const char* name) {
+  TORCH_CHECK(a.scalar_type() == ref.scalar_type(), "grouped_rnn: ", name, " has dtype ", a.scalar_type(),
+              ", x has ", ref.scalar_type());
+  TORCH_CHECK(a.device() == ref.device(), "grouped_rnn: ", name, " is on ", a.device(), ", x on ", ref.device());
+}
+
+// Runs fn(k) for every unit, units spread over threads by an atomic counter (LSTM units come first: the
+// longest tasks start first). No time-step barrier: each task owns a whole time loop.
+template <typename F>
+void for_units(int64_t K, int64_t workers, const F& fn) {
+  if (workers <= 1) {
+    for (int64_t k = 0; k < K; ++k) fn(k, int64_t(0));
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      for (;;) {
+        const int64_t k = next.fetch_add(1);
+        if (k >= K) break;
+        fn(k, w);
+      }
+    }
+  });
+}
+
+int64_t n_workers(int64_t K) {
+  if (at::in_parallel_region()) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(K, at::get_num_threads()));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// forward
+
+template <typename T>
+void forward_impl(const Plan& p, const T* x, const T* w_ih, const T* w_hh, const T* bias, T* hs, T* cs, T* gates) {
+  const bool blas = use_blas();
+  const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
+  for_units(p.K, n_workers(p.K), [&](int64_t k, int64_t) {
+    const int64_t go = p.goff[k], gh = p.gh[k];
+    const T* whh = w_hh + go * H;
+    const T* b = bias + go;
+    T* gk = gates + TB * go;  // this unit's (T, B, gh) block
+    // input projection of every step at once: (TB, gh) = x_k (TB, I) W_ih_k^T
+    gemm_rm<T>(blas, false, true, TB, gh, I, T(1), x + (p.Kx == 1 ? 0 : k * TB * I), I, w_ih + go * I, I, T(0), gk,
+               gh);
+    T* hk = hs + k * T_ * BH;
+    T* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = p.rev[k] ? T_ - 1 - s : s;
+      const int64_t tp = p.rev[k] ? t + 1 : t - 1;
+      T* gt = gk + t * B * gh;
+      if (s > 0)  // gates_t += h_{t-1} W_hh^T
+        gemm_rm<T>(blas, false, true, B, gh, H, T(1), hk + tp * BH, H, whh, H, T(1), gt, gh);
+      if (k < p.KL)
+        lstm_fwd(B, H, gt, gh, b, s > 0 ? ck + tp * BH : nullptr, ck + t * BH, hk + t * BH);
+      else
+        rnn_fwd(B, H, gt, gh, b, hk + t * BH);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(const Tensor& x_, const Tensor& w_ih_, const Tensor& w_hh_,
+                                                       const Tensor& bias_, int64_t n_lstm,
+                                                       at::IntArrayRef reverse) {
+  const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
+  check_same(w_ih_, x_, "w_ih");
+  check_same(w_hh_, x_, "w_hh");
+  check_same(bias_, x_, "bias");
+  TORCH_CHECK(bias_.dim() == 1 && bias_.size(0) == p.G, "grouped_rnn: bias must be (", p.G, ",)");
+  TORCH_CHECK(x_.device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", x_.device());
+  const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), bias = bias_.contiguous();
+  auto opts = x.options();
+  Tensor hs = at::empty({p.K, p.T, p.B, p.H}, opts);
+  Tensor cs = at::empty({p.KL, p.T, p.B, p.H}, opts);
+  Tensor gates = at::empty({p.T * p.B * p.G}, opts);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_rnn_forward", [&] {
+    forward_impl<scalar_t>(p, x.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
+                           w_hh.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                           hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>());
+  });
+  return {hs, cs, gates};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// backward
+
+template <typename T>
+void backward_impl(const Plan& p, const T* gh_all, const T* x, const T* w_ih, const T* w_hh, const T* hs,
+                   const T* cs, const T* gates, T* dx, T* dw_ih, T* dw_hh, T* db, T* dgates, T* scratch,
+                   int64_t workers) {
+  const bool blas = use_blas();
+  const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
+  for_units(p.K, workers, [&](int64_t k, int64_t w) {
+    const int64_t go = p.goff[k], gh = p.gh[k];
+    const bool rev = p.rev[k];
+    const T* whh = w_hh + go * H;
+    const T* hk = hs + k * T_ * BH;
+    const T* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
+    const T* ghk = gh_all + k * T_ * BH;
+    const T* ak = gates + TB * go;  // saved activations, (T, B, gh)
+    T* dgk = dgates + TB * go;      // d gates (pre-activation), (T, B, gh)
+    T* dhr = scratch + w * 2 * BH;  // dL/dh_t through h_{t+1}
+    T* dc = dhr + BH;               // dL/dc carried between steps
+    for (int64_t s = T_ - 1; s >= 0; --s) {
+      const int64_t t = rev ? T_ - 1 - s : s;
+      const int64_t tp = rev ? t + 1 : t - 1;  // previous step's time (s > 0)
+      const int64_t tn = rev ? t - 1 : t + 1;  // next step's time (s < T-1)
+      const bool last = s == T_ - 1;
+      if (!last)  // dh_rec = dgates_{t_next} W_hh
+        gemm_rm<T>(blas, false, false, B, H, gh, T(1), dgk + tn * B * gh, gh, whh, H, T(0), dhr, H);
+      T* dg = dgk + t * B * gh;
+      if (k < p.KL)
+        lstm_bwd(B, H, ak + t * B * gh, gh, ck + t * BH, s > 0 ? ck + tp * BH : nullptr, ghk + t * BH,
+                 last ? nullptr : dhr, dc, dg, last);
+      else
+        rnn_bwd(B, H, hk + t * BH, ghk + t * BH, last ? nullptr : dhr, dg, gh);
+    }
+    // weight gradients, one GEMM each over all steps (while this unit's d gates are still in cache):
+    // dW_hh = sum over steps s >= 1 of dgates_t^T h_{t_prev} (rows (T-1)*B), dW_ih = dgates^T x
+    const int64_t rows = (T_ - 1) * B;
+    gemm_rm<T>(blas, true, false, gh, H, rows, T(1), dgk + (rev ? 0 : B * gh), gh, hk + (rev ? BH : 0), H, T(0),
+               dw_hh + go * H, H);
+    const T* xk = x + (p.Kx == 1 ? 0 : k * TB * I);
+    gemm_rm<T>(blas, true, false, gh, I, TB, T(1), dgk, gh, xk, I, T(0), dw_ih + go * I, I);
+    if (p.Kx != 1)  // dx of this unit's own input
+      gemm_rm<T>(blas, false, false, TB, I, gh, T(1), dgk, gh, w_ih + go * I, I, T(0), dx + k * TB * I, I);
+    // bias: column sums of the d gates
+    T* dbk = db + go;
+    for (int64_t j = 0; j < gh; ++j) dbk[j] = T(0);
+    for (int64_t r = 0; r < TB; ++r) {
+      const T* row = dgk + r * gh;
+      for (int64_t j = 0; j < gh; ++j) dbk[j] += row[j];
+    }
+  });
+  if (p.Kx == 1) {  // dx of the shared input = sum_k dgates_k W_ih_k, accumulated in unit order (deterministic)
+    for (int64_t k = 0; k < p.K; ++k)
+      gemm_rm<T>(blas, false, false, TB, I, p.gh[k], T(1), dgates + TB * p.goff[k], p.gh[k], w_ih + p.goff[k] * I, I,
+                 k == 0 ? T(0) : T(1), dx, I);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward(const Tensor& grad_hs_, const Tensor& x_,
+                                                                const Tensor& w_ih_, const Tensor& w_hh_,
+                                                                const Tensor& hs_, const Tensor& cs_,
+                                                                const Tensor& gates_, int64_t n_lstm,
+                                                                at::IntArrayRef reverse) {
+  const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
+  TORCH_CHECK(x_.device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", x_.device());
+  for (const auto& pr : {std::make_pair(&grad_hs_, "grad_hs"), std::make_pair(&w_ih_, "w_ih"),
+                         std::make_pair(&w_hh_, "w_hh"), std::make_pair(&hs_, "hs"), std::make_pair(&cs_, "cs"),
+                         std::make_pair(&gates_, "gates")})
+    check_same(*pr.first, x_, pr.second);
+  TORCH_CHECK(grad_hs_.sizes() == hs_.sizes() && hs_.sizes() == at::IntArrayRef({p.K, p.T, p.B, p.H}),
+              "grouped_rnn_backward: grad_hs and hs must be (K, T, B, H)");
+  TORCH_CHECK(cs_.sizes() == at::IntArrayRef({p.KL, p.T, p.B, p.H}), "grouped_rnn_backward: bad cs shape");
+  TORCH_CHECK(gates_.dim() == 1 && gates_.size(0) == p.T * p.B * p.G, "grouped_rnn_backward: bad gates shape");
+  const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), w_ih = w_ih_.contiguous(),
+               w_hh = w_hh_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
+  auto opts = x.options();
+  Tensor dx = at::empty_like(x);
+  Tensor dw_ih = at::empty_like(w_ih);
+  Tensor dw_hh = at::empty_like(w_hh);
+  Tensor db = at::empty({p.G}, opts);
+  Tensor dgates = at::empty({p.T * p.B * p.G}, opts);
+  const int64_t workers = n_workers(p.K);
+  Tensor scratch = at::empty({workers, 2, p.B, p.H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_rnn_backward", [&] {
+    backward_impl<scalar_t>(p, gh.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                            w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
+                            hs.const_data_ptr<scalar_t>(), cs.const_data_ptr<scalar_t>(),
+                            gates.const_data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), dw_ih.data_ptr<scalar_t>(),
+                            dw_hh.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), dgates.data_ptr<scalar_t>(),
+                            scratch.data_ptr<scalar_t>(), workers);
+  });
+  return {dx, dw_ih, dw_hh, db};
+}
+
+// Which GEMM path the CPU kernel takes ("blas" or "aten"), for tests and benchmarks.
+std::string grouped_rnn_cpu_gemm() { return use_blas() ? "blas" : "aten"; }
+
+}  // namespace
+}  // namespace grouped_rnn_cpu
+}  // namespace emodarts
+
+// FRAGMENT: the namespace is shared with the mixed-sum ops (csrc/mixed_sum.cpp) and the CUDA kernels.
+TORCH_LIBRARY_FRAGMENT(emodarts, m) {
+  m.def(
+      "grouped_rnn_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor bias, int n_lstm, int[] reverse) "
+      "-> (Tensor hs, Tensor cs, Tensor gates)");
+  m.def(
+      "grouped_rnn_backward(Tensor grad_hs, Tensor x, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor cs, "
+      "Tensor gates, int n_lstm, int[] reverse) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_bias)");
+  m.def("grouped_rnn_cpu_gemm() -> str", &emodarts::grouped_rnn_cpu::grouped_rnn_cpu_gemm);
+}
+
+TORCH_LIBRARY_IMPL(emodarts, CPU, m) {
+  m.impl("grouped_rnn_forward", &emodarts::grouped_rnn_cpu::grouped_rnn_forward);
+  m.impl("grouped_rnn_backward", &emodarts::grouped_rnn_cpu::grouped_rnn_backward);
+}

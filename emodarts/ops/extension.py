@@ -1,0 +1,101 @@
+"""Load the compiled extension `emodarts._C` (C++ CPU ops, later CUDA ops), JIT-building it if needed.
+
+`pip install --no-build-isolation -e .` builds it with the package (setup.py, when torch is importable at
+build time). Otherwise `load_extension()` compiles csrc/*.cpp once with torch.utils.cpp_extension.load
+into a per-torch-version cache folder (EMODARTS_EXT_DIR, else $XDG_CACHE_HOME/emodarts or
+~/.cache/emodarts) and reuses it in later processes. Either way the operators appear under
+torch.ops.emodarts (e.g. torch.ops.emodarts.mixed_sum_fwd).
+"""
+import glob
+import os
+import sys
+import sysconfig
+import threading
+
+from emodarts.errors import BackendError
+
+JIT_NAME = "emodarts_C"
+_lock = threading.Lock()
+_module = None
+
+BUILD_HINT = (
+    "Build it with `pip install --no-build-isolation -e .` (torch must be installed first), "
+    "or install a C++ compiler (g++ or clang) and ninja so that it can be compiled on first use."
+)
+
+
+def csrc_dir() -> str:
+    """The source folder (a source checkout or an editable install)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+
+
+def cpu_sources() -> list:
+    return sorted(glob.glob(os.path.join(csrc_dir(), "*.cpp")))
+
+
+def build_dir() -> str:
+    import torch
+
+    root = os.environ.get("EMODARTS_EXT_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "emodarts"
+    )
+    tag = f"torch{torch.__version__}-{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
+    path = os.path.join(root, "ext", tag.replace("+", "_").replace("/", "_"))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def load_extension():
+    """Return the loaded extension module; its operators are registered under torch.ops.emodarts.
+
+    Raises BackendError, with build instructions, when it is neither installed nor buildable here.
+    """
+    global _module
+    if _module is not None:
+        return _module
+    with _lock:
+        if _module is not None:
+            return _module
+        try:
+            import emodarts._C as mod  # built by setup.py
+
+            _module = mod
+            return mod
+        except ImportError as exc:
+            installed_error = exc
+        _module = _jit_build(installed_error)
+        return _module
+
+
+def _jit_build(installed_error):
+    sources = cpu_sources()
+    if not sources:
+        raise BackendError(
+            f"the emodarts C++ extension (emodarts._C) is not installed ({installed_error}) and its sources "
+            f"are not here ({csrc_dir()}/*.cpp) to compile it. {BUILD_HINT}"
+        )
+    try:
+        import torch  # noqa: F401
+        from torch.utils.cpp_extension import load
+    except Exception as exc:  # pragma: no cover - torch is a hard dependency
+        raise BackendError(f"cannot build the emodarts C++ extension: torch.utils.cpp_extension: {exc}")
+    try:
+        return load(
+            name=JIT_NAME,
+            sources=sources,
+            extra_cflags=["-O3"],
+            build_directory=build_dir(),
+            is_python_module=True,
+            verbose=False,
+        )
+    except Exception as exc:
+        msg = str(exc).strip()
+        if len(msg) > 4000:
+            msg = "...\n" + msg[-4000:]
+        raise BackendError(
+            f"the emodarts C++ extension (emodarts._C) is not installed ({installed_error}) and building it "
+            f"just in time failed:\n{msg}\n{BUILD_HINT}"
+        ) from exc
+
+
+__all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT"]

@@ -1,0 +1,353 @@
+"""Grouped recurrent layer: many nn.LSTM / nn.RNN candidates that read one input, run as one kernel call.
+
+    outs = grouped_recurrent(x, [lstm_1.rnn, rnn_2.rnn, lstm_att_1.rnn, ...])
+    # outs[i] equals rnns[i](x)[0]: (B, T, D) for batch_first modules, D = H or 2H (bidirectional)
+
+The fused twin of emodarts.ops.grouped_reference.grouped_recurrent. The weights stay in the modules' own
+parameters (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ..., *_reverse): gradients flow back to
+them, and a genotype-derived network loads them unchanged.
+
+How the modules are run. Every (module, layer, direction) is a *unit*. All units of layer 0 read x and run
+as one group: one call of the C++/CUDA op `emodarts::grouped_rnn_forward` (one GEMM for every input
+projection, then a time loop with the recurrent GEMMs of all units and one fused epilogue per step; see
+csrc/grouped_rnn.cpp and csrc/cuda/grouped_rnn_cuda.cu). Deeper layers (num_layers 2..4) run as further
+groups with per-unit inputs (the unit's own previous layer; both directions of it for bidirectional
+modules), one group per layer and input width. Inside a group LSTM units come first, then tanh-RNN units,
+forward directions before reverse ones.
+
+Autograd: `emodarts::grouped_rnn_backward` (registered here with torch.library.register_autograd) runs
+backward through time and returns the gradients of x, of the concatenated weights and of the bias; the
+concatenation (torch.cat of the modules' parameters, in Python) hands each module its own slice. A fake
+(meta) kernel is registered for torch.compile / opcheck. Double backward is not supported.
+
+Supported: nn.LSTM and nn.RNN(nonlinearity="tanh"), any num_layers, bidirectional, bias or not,
+batch_first or not, float32 and float64 (CPU and CUDA), modules of different hidden sizes (one call per
+hidden size), inter-layer dropout (applied here with F.dropout in training mode, like PyTorch's own
+non-cuDNN path). Not supported: proj_size, relu RNNs, GRUs, initial states (h0 = c0 = 0 as in module(x)),
+packed sequences.
+
+Outputs of unidirectional modules are views (B, T, H) of a time-major buffer (strides (H, B*H, 1)); they
+are not copied into contiguous memory (the mixed sum reads strided inputs in place).
+"""
+import os
+import threading
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from emodarts.errors import BackendError
+
+OP_FWD = "emodarts::grouped_rnn_forward"
+OP_BWD = "emodarts::grouped_rnn_backward"
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+_lock = threading.Lock()
+_ready = False
+_cuda_ready = False
+
+
+# --------------------------------------------------------------------------------------------------
+# loading the operators
+
+
+def _op_defined(name: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(name, "")
+        return True
+    except RuntimeError:
+        return False
+
+
+def ops():
+    """torch.ops.emodarts with the grouped-RNN ops loaded (JIT-building the extension if needed), their fake
+    kernels and autograd registered."""
+    global _ready
+    if not _ready:
+        with _lock:
+            if not _ready:
+                if not _op_defined(OP_FWD):
+                    from emodarts.ops.extension import load_extension
+
+                    load_extension()
+                if not _op_defined(OP_FWD):
+                    raise BackendError(
+                        "the emodarts extension is loaded but has no grouped_rnn operators: it was built "
+                        "from sources older than csrc/grouped_rnn.cpp; rebuild it "
+                        "(pip install --no-build-isolation -e .)"
+                    )
+                _register_python_parts()
+                _ready = True
+    return torch.ops.emodarts
+
+
+def cuda_sources() -> List[str]:
+    from emodarts.ops.extension import csrc_dir
+
+    return [os.path.join(csrc_dir(), "cuda", "grouped_rnn_cuda.cu")]
+
+
+def ensure_cuda() -> None:
+    """Make the CUDA kernels of the grouped ops available: present when emodarts._C was built with them
+    (setup.py with CUDA), else JIT-compiled once from csrc/cuda/grouped_rnn_cuda.cu (needs nvcc and a CUDA
+    build of torch; TORCH_CUDA_ARCH_LIST defaults to the visible GPUs)."""
+    global _cuda_ready
+    if _cuda_ready:
+        return
+    ops()
+    with _lock:
+        if _cuda_ready:
+            return
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
+            build_cuda_extension()
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
+            raise BackendError("the CUDA kernels of emodarts::grouped_rnn did not register")
+        _cuda_ready = True
+
+
+def cuda_home() -> Optional[str]:
+    """The CUDA toolkit folder: $CUDA_HOME / $CUDA_PATH, /usr/local/cuda, or nvcc's folder's parent (followed
+    through symlinks), whichever has bin/nvcc and include/cuda_runtime.h. (torch.utils.cpp_extension guesses
+    from `which nvcc` alone, which is wrong when nvcc is a wrapper script in /usr/local/bin.)"""
+    import shutil
+
+    def ok(d):
+        return bool(d) and os.path.isfile(os.path.join(d, "bin", "nvcc")) and os.path.isfile(
+            os.path.join(d, "include", "cuda_runtime.h"))
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for d in candidates:
+        if ok(d):
+            return d
+    return None
+
+
+def build_cuda_extension(build_directory: Optional[str] = None, verbose: bool = False) -> str:
+    """JIT-compile csrc/cuda/grouped_rnn_cuda.cu into a library that registers the CUDA kernels of the
+    grouped ops (torch.utils.cpp_extension.load, is_python_module=False; it is loaded too, which works
+    without a GPU on a CUDA build of torch); returns the library path. ninja rebuilds only when the source
+    or the flags change. Needs nvcc and a CUDA build of torch; without a visible GPU it targets Hopper
+    (TORCH_CUDA_ARCH_LIST=9.0) unless TORCH_CUDA_ARCH_LIST is set."""
+    from torch.utils import cpp_extension
+
+    from emodarts.ops.extension import build_dir
+
+    if torch.version.cuda is None:
+        raise BackendError(f"torch {torch.__version__} is not a CUDA build: it cannot build CUDA extensions")
+    home = cuda_home()
+    if home is None:
+        raise BackendError("no CUDA toolkit found (set CUDA_HOME to the folder holding bin/nvcc)")
+    name = "emodarts_grouped_rnn_cuda"
+    bdir = build_directory or os.path.join(build_dir(), "grouped_rnn_cuda")
+    os.makedirs(bdir, exist_ok=True)
+    saved_env = {k: os.environ.get(k) for k in ("CUDA_HOME", "TORCH_CUDA_ARCH_LIST")}
+    saved_home = cpp_extension.CUDA_HOME
+    os.environ["CUDA_HOME"] = home
+    if not saved_env["TORCH_CUDA_ARCH_LIST"] and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    cpp_extension.CUDA_HOME = home  # read at import time by cpp_extension; refresh it
+    try:
+        cpp_extension.load(
+            name=name, sources=cuda_sources(), extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
+            build_directory=bdir, is_python_module=False, verbose=verbose,
+        )
+    except Exception as exc:
+        msg = str(exc).strip()
+        if len(msg) > 4000:
+            msg = "...\n" + msg[-4000:]
+        raise BackendError(f"building the CUDA kernels of the grouped recurrent layer failed:\n{msg}") from exc
+    finally:
+        cpp_extension.CUDA_HOME = saved_home
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return os.path.join(bdir, f"{name}.so")
+
+
+def cpu_gemm_path() -> str:
+    """'blas' (the CPU kernel calls the BLAS linked into PyTorch) or 'aten' (ATen GEMMs)."""
+    return ops().grouped_rnn_cpu_gemm()
+
+
+def _register_python_parts() -> None:
+    def fwd_fake(x, w_ih, w_hh, bias, n_lstm, reverse):
+        k, t, b, h = len(reverse), x.shape[1], x.shape[2], w_hh.shape[1]
+        return (x.new_empty((k, t, b, h)), x.new_empty((n_lstm, t, b, h)), x.new_empty((t * b * w_hh.shape[0],)))
+
+    def bwd_fake(grad_hs, x, w_ih, w_hh, hs, cs, gates, n_lstm, reverse):
+        return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+                w_hh.new_empty((w_hh.shape[0],)))
+
+    for name, fn in ((OP_FWD, fwd_fake), (OP_BWD, bwd_fake)):
+        try:
+            torch.library.register_fake(name, fn)
+        except RuntimeError as exc:  # already registered (module reloaded)
+            if "already" not in str(exc):
+                raise
+    try:
+        torch.library.register_autograd(OP_FWD, _backward, setup_context=_setup_context)
+    except RuntimeError as exc:
+        if "already" not in str(exc):
+            raise
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, bias, n_lstm, reverse = inputs
+    hs, cs, gates = output
+    ctx.save_for_backward(x, w_ih, w_hh, hs, cs, gates)
+    ctx.n_lstm, ctx.reverse = int(n_lstm), list(reverse)
+    ctx.mark_non_differentiable(cs, gates)  # saved state, not results
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_hs, grad_cs, grad_gates):
+    x, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if grad_hs is None or not any(need[:4]):
+        return None, None, None, None, None, None
+    gx, gwi, gwh, gb = torch.ops.emodarts.grouped_rnn_backward(
+        grad_hs.contiguous(), x, w_ih, w_hh, hs, cs, gates, ctx.n_lstm, ctx.reverse
+    )
+    return (gx if need[0] else None, gwi if need[1] else None, gwh if need[2] else None,
+            gb if need[3] else None, None, None)
+
+
+def grouped_rnn_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor, n_lstm: int,
+                      reverse: Sequence[int]) -> Tensor:
+    """One group, time-major: x (Kx, T, B, I) -> hs (K, T, B, H) (see csrc/grouped_rnn.cpp for the layout).
+
+    Units 0..n_lstm-1 are LSTM, the rest tanh-RNN; w_ih (G, I), w_hh (G, H), bias (G,) are their
+    parameters concatenated along dim 0; reverse[k] != 0 runs unit k backwards in time."""
+    o = ops()
+    if x.device.type == "cuda":
+        ensure_cuda()
+    hs, _, _ = o.grouped_rnn_forward(x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias.contiguous(),
+                                     int(n_lstm), [int(r) for r in reverse])
+    return hs
+
+
+# --------------------------------------------------------------------------------------------------
+# modules -> units -> groups
+
+
+@dataclass
+class _Unit:
+    module: int  # index into the (same hidden size) module list
+    layer: int
+    reverse: bool
+    lstm: bool
+    w_ih: Tensor
+    w_hh: Tensor
+    b_ih: Optional[Tensor]
+    b_hh: Optional[Tensor]
+
+
+def _check_module(i: int, m: nn.Module, x: Tensor) -> None:
+    if isinstance(m, nn.LSTM):
+        if getattr(m, "proj_size", 0):
+            raise ValueError(f"grouped_recurrent: module {i}: LSTMs with proj_size are not supported")
+    elif isinstance(m, nn.RNN):
+        if m.nonlinearity != "tanh":
+            raise ValueError(f"grouped_recurrent: module {i}: only tanh RNNs are supported, not {m.nonlinearity}")
+    else:
+        raise TypeError(f"grouped_recurrent: module {i} is a {type(m).__name__}, not an nn.LSTM or nn.RNN")
+    if m.input_size != x.shape[-1]:
+        raise ValueError(f"grouped_recurrent: module {i} has input_size {m.input_size}, x has {x.shape[-1]}")
+
+
+def _units(mods: Sequence[nn.Module]) -> List[_Unit]:
+    units = []
+    for i, m in enumerate(mods):
+        for layer in range(m.num_layers):
+            for rev in ((False, True) if m.bidirectional else (False,)):
+                sfx = f"_l{layer}" + ("_reverse" if rev else "")
+                units.append(_Unit(
+                    i, layer, rev, isinstance(m, nn.LSTM), getattr(m, "weight_ih" + sfx), getattr(m, "weight_hh" + sfx),
+                    getattr(m, "bias_ih" + sfx) if m.bias else None, getattr(m, "bias_hh" + sfx) if m.bias else None,
+                ))
+    return units
+
+
+def _run_group(x: Tensor, units: List[_Unit]) -> Dict[Tuple[int, int, bool], Tensor]:
+    """Run one group (units already sorted LSTM first, forward first); returns (module, layer, rev) -> (T, B, H)."""
+    n_lstm = sum(u.lstm for u in units)
+    w_ih = torch.cat([u.w_ih for u in units])
+    w_hh = torch.cat([u.w_hh for u in units])
+    if all(u.b_ih is not None for u in units):
+        bias = torch.cat([u.b_ih for u in units]) + torch.cat([u.b_hh for u in units])
+    else:  # some modules without bias: zeros in their rows
+        bias = torch.cat([
+            u.b_ih + u.b_hh if u.b_ih is not None else u.w_hh.new_zeros(u.w_hh.shape[0]) for u in units
+        ])
+    hs = grouped_rnn_layer(x, w_ih, w_hh, bias, n_lstm, [int(u.reverse) for u in units])
+    return {(u.module, u.layer, u.reverse): h for u, h in zip(units, hs.unbind(0))}
+
+
+def _sorted(units: List[_Unit]) -> List[_Unit]:
+    return sorted(units, key=lambda u: (not u.lstm, u.reverse))
+
+
+def _grouped_same_hidden(x_tm: Tensor, mods: Sequence[nn.Module]) -> List[Tensor]:
+    """Time-major x (T, B, I), modules of one hidden size -> time-major outputs (T, B, D)."""
+    units = _units(mods)
+    out: Dict[Tuple[int, int, bool], Tensor] = _run_group(x_tm.unsqueeze(0), _sorted([u for u in units if u.layer == 0]))
+
+    def layer_output(i: int, layer: int) -> Tensor:
+        if mods[i].bidirectional:
+            return torch.cat([out[(i, layer, False)], out[(i, layer, True)]], dim=-1)
+        return out[(i, layer, False)]
+
+    depth = max(m.num_layers for m in mods)
+    for layer in range(1, depth):
+        deeper = [u for u in units if u.layer == layer]
+        inputs = {}
+        for i in sorted({u.module for u in deeper}):
+            h = layer_output(i, layer - 1)
+            m = mods[i]
+            if m.dropout > 0 and m.training:
+                h = F.dropout(h, p=m.dropout, training=True)
+            inputs[i] = h
+        for width in sorted({inputs[u.module].shape[-1] for u in deeper}):
+            group = _sorted([u for u in deeper if inputs[u.module].shape[-1] == width])
+            xg = torch.stack([inputs[u.module] for u in group])
+            out.update(_run_group(xg, group))
+    return [layer_output(i, m.num_layers - 1) for i, m in enumerate(mods)]
+
+
+def grouped_recurrent(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
+    """Fused twin of emodarts.ops.grouped_reference.grouped_recurrent: [rnn(x)[0] for rnn in rnns].
+
+    x: (B, T, I) for batch_first modules, (T, B, I) otherwise (all modules must agree). Every module is an
+    nn.LSTM or tanh nn.RNN with input_size I. Returns each module's output sequence, (B, T, D) or (T, B, D)
+    with D = hidden_size * (2 if bidirectional else 1).
+    """
+    rnns = list(rnns)
+    if not rnns:
+        return []
+    if x.dim() != 3:
+        raise ValueError(f"grouped_recurrent: x must be 3-D (batch, time, features), got shape {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"grouped_recurrent: unsupported dtype {x.dtype} (float32 or float64)")
+    batch_first = rnns[0].batch_first
+    for i, m in enumerate(rnns):
+        _check_module(i, m, x)
+        if m.batch_first != batch_first:
+            raise ValueError("grouped_recurrent: the modules disagree on batch_first")
+    x_tm = x.transpose(0, 1) if batch_first else x
+    outs: List[Optional[Tensor]] = [None] * len(rnns)
+    for hidden in sorted({m.hidden_size for m in rnns}):
+        idx = [i for i, m in enumerate(rnns) if m.hidden_size == hidden]
+        for i, y in zip(idx, _grouped_same_hidden(x_tm, [rnns[i] for i in idx])):
+            outs[i] = y.transpose(0, 1) if batch_first else y
+    return outs  # type: ignore[return-value]
+
+
+__all__ = ["grouped_recurrent", "grouped_rnn_layer", "ops", "ensure_cuda", "build_cuda_extension", "cpu_gemm_path",
+           "cuda_sources", "cuda_home"]

@@ -1,0 +1,340 @@
+"""Grouped recurrent layer (emodarts/ops/grouped_recurrent.py, csrc/grouped_rnn.cpp, csrc/cuda/) against
+torch.nn.LSTM / torch.nn.RNN.
+
+Every comparison runs the candidates' weights twice: through copies of the modules called one at a time
+(the reference, PyTorch's own kernels) and through one grouped call, then compares the outputs and every
+gradient (x and each weight and bias of each module) under the same random output gradients.
+float64: within 1e-10 (relative to the largest magnitude of each tensor). float32: within 2e-5.
+"""
+import copy
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from emodarts.errors import BackendError
+from emodarts.ops import grouped_recurrent as gr
+from emodarts.ops import grouped_reference
+from emodarts.ops.recurrent import make_seq_op
+from emodarts.space import RECURRENT_PRIMITIVES
+
+HAS_CUDA = torch.cuda.is_available()
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread (a small shared CPU); test_threads_agree raises it locally."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def ops():
+    """Load (JIT-building once if needed) the extension with the grouped ops."""
+    try:
+        return gr.ops()
+    except BackendError as exc:
+        pytest.fail(f"the C++ extension did not load: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def make(spec: str, hidden: int, input_size: int, dtype, batch_first=True, bias=True) -> nn.Module:
+    """'lstm2' / 'rnn1bi' -> an nn.LSTM / tanh nn.RNN with that many layers (bi: bidirectional)."""
+    kind = nn.LSTM if spec.startswith("lstm") else nn.RNN
+    rest = spec[4:] if spec.startswith("lstm") else spec[3:]
+    bi = rest.endswith("bi")
+    layers = int(rest[:-2] if bi else rest)
+    return kind(input_size, hidden, num_layers=layers, batch_first=batch_first, bidirectional=bi, bias=bias).to(dtype)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = max(b.abs().max().item(), 1e-30)
+    return (a - b).abs().max().item() / scale
+
+
+def compare(mods, x, tol, grad_outputs_seed=0):
+    """Outputs and every gradient of grouped_recurrent vs copies of the modules called one by one."""
+    ref_mods = [copy.deepcopy(m) for m in mods]
+    x_ref = x.detach().clone().requires_grad_(True)
+    x_grp = x.detach().clone().requires_grad_(True)
+    ref = grouped_reference.grouped_recurrent(x_ref, ref_mods)
+    out = gr.grouped_recurrent(x_grp, mods)
+    assert len(out) == len(ref)
+    gen = torch.Generator().manual_seed(grad_outputs_seed)
+    grads = [torch.randn(r.shape, generator=gen, dtype=r.dtype) for r in ref]
+    for i, (o, r) in enumerate(zip(out, ref)):
+        assert o.shape == r.shape, f"module {i}: shape {tuple(o.shape)} vs {tuple(r.shape)}"
+        assert rel_err(o, r) <= tol, f"module {i}: output error {rel_err(o, r):.3g}"
+    torch.autograd.backward(ref, grads)
+    torch.autograd.backward(out, grads)
+    assert rel_err(x_grp.grad, x_ref.grad) <= tol, f"grad x error {rel_err(x_grp.grad, x_ref.grad):.3g}"
+    for i, (m, mr) in enumerate(zip(mods, ref_mods)):
+        for (name, p), (_, pr) in zip(m.named_parameters(), mr.named_parameters()):
+            assert p.grad is not None, f"module {i}: {name} got no gradient"
+            assert rel_err(p.grad, pr.grad) <= tol, f"module {i} {name}: grad error {rel_err(p.grad, pr.grad):.3g}"
+    return out
+
+
+CASES = {
+    # name: (specs, B, T, H, I)
+    "one_lstm_T1_B1": (["lstm1"], 1, 1, 5, 5),
+    "one_rnn_odd_T": (["rnn1"], 3, 7, 6, 4),
+    "mixed_lstm_rnn": (["lstm1", "rnn1", "lstm1", "rnn1", "rnn1"], 2, 5, 9, 9),
+    "multilayer": (["lstm2", "rnn3", "lstm4", "rnn2", "lstm1"], 2, 4, 6, 6),
+    "bidirectional": (["lstm1bi", "rnn2bi", "lstm2bi", "rnn1bi", "lstm1"], 3, 5, 5, 7),
+    "deeper_mixed_widths": (["lstm3", "lstm2bi", "rnn2", "rnn3bi"], 2, 3, 4, 4),
+    "T1_multilayer_bi": (["lstm2bi", "rnn2"], 2, 1, 4, 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_torch_float64(ops, case):
+    specs, b, t, h, i = CASES[case]
+    torch.manual_seed(len(case))
+    mods = [make(s, h, i, torch.float64) for s in specs]
+    x = torch.randn(b, t, i, dtype=torch.float64)
+    compare(mods, x, TOL[torch.float64])
+
+
+def edge_modules(hidden: int, dtype, edges: int = 1):
+    """The recurrent parts of the 12 recurrent candidates of `edges` edges (lstm_1..4, rnn_1..4, *_att_1,2)."""
+    return [make_seq_op(name, hidden).rnn.to(dtype) for _ in range(edges) for name in RECURRENT_PRIMITIVES]
+
+
+def test_one_edge_float64(ops):
+    torch.manual_seed(1)
+    compare(edge_modules(6, torch.float64), torch.randn(2, 3, 6, dtype=torch.float64), TOL[torch.float64])
+
+
+def test_k48_float64(ops):
+    """48 candidates in one call: four edges' worth of single-layer LSTMs and RNNs, B = 1."""
+    torch.manual_seed(2)
+    mods = [make("lstm1" if k % 2 else "rnn1", 4, 4, torch.float64) for k in range(48)]
+    out = compare(mods, torch.randn(1, 3, 4, dtype=torch.float64), TOL[torch.float64])
+    assert len(out) == 48
+
+
+@pytest.mark.parametrize("hidden", [32, 12])
+def test_one_edge_float32(ops, hidden):
+    """float32: the vectorised epilogue (8 lanes; H = 12 also takes the tail path) and the sgemm path."""
+    torch.manual_seed(3)
+    compare(edge_modules(hidden, torch.float32), torch.randn(4, 6, hidden), TOL[torch.float32])
+
+
+def test_options_no_bias_time_major_mixed_hidden(ops):
+    """bias=False, batch_first=False and two hidden sizes in one call (one group per hidden size)."""
+    torch.manual_seed(4)
+    mods = [
+        make("lstm2", 5, 3, torch.float64, batch_first=False, bias=False),
+        make("rnn1bi", 4, 3, torch.float64, batch_first=False),
+        make("lstm1bi", 4, 3, torch.float64, batch_first=False, bias=False),
+    ]
+    compare(mods, torch.randn(4, 2, 3, dtype=torch.float64), TOL[torch.float64])
+
+
+def test_aten_gemm_path(ops, monkeypatch):
+    """The fallback that calls ATen GEMMs instead of the BLAS symbols (read at every call)."""
+    monkeypatch.setenv("EMODARTS_GROUPED_GEMM", "aten")
+    assert gr.cpu_gemm_path() == "aten"
+    torch.manual_seed(5)
+    compare([make(s, 5, 5, torch.float64) for s in ("lstm2bi", "rnn2", "lstm1")],
+            torch.randn(2, 3, 5, dtype=torch.float64), TOL[torch.float64])
+
+
+def test_threads_agree(ops):
+    """Units spread over 2 threads give bitwise the same outputs and gradients as 1 thread."""
+    torch.manual_seed(6)
+    mods = edge_modules(8, torch.float32)
+    x = torch.randn(3, 5, 8)
+
+    def run(threads):
+        torch.set_num_threads(threads)
+        try:
+            xg = x.clone().requires_grad_(True)
+            for m in mods:
+                m.zero_grad(set_to_none=True)
+            out = gr.grouped_recurrent(xg, mods)
+            torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+            return [o.detach().clone() for o in out] + [xg.grad] + [p.grad.clone() for m in mods for p in m.parameters()]
+        finally:
+            torch.set_num_threads(1)
+
+    one, two = run(1), run(2)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+def test_unused_outputs_and_no_grad(ops):
+    torch.manual_seed(7)
+    mods = [make(s, 4, 4, torch.float64) for s in ("lstm2", "rnn1bi", "lstm1")]
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    out = gr.grouped_recurrent(x, mods)
+    out[1].sum().backward()  # only one module's output used
+    assert mods[0].weight_ih_l0.grad is None or mods[0].weight_ih_l0.grad.abs().max() == 0
+    assert mods[1].weight_hh_l0_reverse.grad.abs().max() > 0
+    with torch.no_grad():
+        y = gr.grouped_recurrent(x, mods)
+    for a, b in zip(y, grouped_reference.grouped_recurrent(x.detach(), mods)):
+        assert rel_err(a, b) <= TOL[torch.float64]
+
+
+# --------------------------------------------------------------------------------------------------
+# the autograd wrapper and the op registration
+
+
+def _layer_inputs(kx, n_lstm=2, n_rnn=1, t=3, b=2, h=3, i=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    k = n_lstm + n_rnn
+    g = (4 * n_lstm + n_rnn) * h
+
+    def r(*shape):
+        return (0.5 * torch.randn(*shape, generator=gen, dtype=torch.float64)).requires_grad_(True)
+
+    return r(kx, t, b, i), r(g, i), r(g, h), r(g), n_lstm, [k % 2 for k in range(k)]
+
+
+@pytest.mark.parametrize("per_unit", [False, True], ids=["shared_input", "per_unit_input"])
+def test_gradcheck_layer(ops, per_unit):
+    x, w_ih, w_hh, bias, n_lstm, rev = _layer_inputs(3 if per_unit else 1)
+    assert torch.autograd.gradcheck(
+        lambda *a: gr.grouped_rnn_layer(*a, n_lstm, rev), (x, w_ih, w_hh, bias), eps=1e-6, atol=1e-8
+    )
+
+
+class _Group(nn.Module):
+    def __init__(self, mods):
+        super().__init__()
+        self.mods = nn.ModuleList(mods)
+
+    def forward(self, x):
+        return tuple(gr.grouped_recurrent(x, list(self.mods)))
+
+
+def test_gradcheck_modules(ops):
+    """gradcheck of the whole wrapper (weights concatenated, per-layer groups, bidirectional outputs)."""
+    torch.manual_seed(8)
+    group = _Group([make(s, 3, 2, torch.float64) for s in ("lstm2bi", "rnn2", "lstm1")])
+    names = [n for n, _ in group.named_parameters()]
+    x = torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, *params):
+        return torch.func.functional_call(group, dict(zip(names, params)), (x,))
+
+    params = tuple(p.detach().clone().requires_grad_(True) for p in group.parameters())
+    assert torch.autograd.gradcheck(fn, (x,) + params, eps=1e-6, atol=1e-8)
+
+
+def test_opcheck(ops):
+    x, w_ih, w_hh, bias, n_lstm, rev = _layer_inputs(1)
+    torch.library.opcheck(torch.ops.emodarts.grouped_rnn_forward.default, (x, w_ih, w_hh, bias, n_lstm, rev))
+    xs, w_ih2, w_hh2, bias2, _, _ = _layer_inputs(3, seed=1)
+    torch.library.opcheck(torch.ops.emodarts.grouped_rnn_forward.default, (xs, w_ih2, w_hh2, bias2, n_lstm, rev))
+    with torch.no_grad():
+        hs, cs, gates = torch.ops.emodarts.grouped_rnn_forward(x, w_ih, w_hh, bias, n_lstm, rev)
+    torch.library.opcheck(
+        torch.ops.emodarts.grouped_rnn_backward.default,
+        (torch.randn_like(hs), x.detach(), w_ih.detach(), w_hh.detach(), hs, cs, gates, n_lstm, rev),
+    )
+
+
+def test_rejects_unsupported(ops):
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(TypeError):
+        gr.grouped_recurrent(x, [nn.GRU(4, 4, batch_first=True)])
+    with pytest.raises(ValueError, match="tanh"):
+        gr.grouped_recurrent(x, [nn.RNN(4, 4, nonlinearity="relu", batch_first=True)])
+    with pytest.raises(ValueError, match="proj_size"):
+        gr.grouped_recurrent(x, [nn.LSTM(4, 4, proj_size=2, batch_first=True)])
+    with pytest.raises(ValueError, match="input_size"):
+        gr.grouped_recurrent(x, [nn.LSTM(5, 4, batch_first=True)])
+    with pytest.raises(ValueError, match="batch_first"):
+        gr.grouped_recurrent(x, [nn.LSTM(4, 4, batch_first=True), nn.LSTM(4, 4)])
+    with pytest.raises(ValueError, match="dtype"):
+        gr.grouped_recurrent(x.half(), [nn.LSTM(4, 4, batch_first=True).half()])
+    assert gr.grouped_recurrent(x, []) == []
+
+
+def test_baseline_epilogue_without_avx2(ops):
+    """The baseline (SSE2) copy of the float32 epilogue, picked when AVX2 is switched off (read once per
+    process, hence a subprocess)."""
+    code = (
+        "import torch; from torch import nn; from emodarts.ops import grouped_recurrent as gr\n"
+        "torch.manual_seed(0); torch.set_num_threads(1)\n"
+        "m = [nn.LSTM(12, 12, 2, batch_first=True), nn.RNN(12, 12, batch_first=True, bidirectional=True)]\n"
+        "x = torch.randn(3, 4, 12, requires_grad=True)\n"
+        "out = gr.grouped_recurrent(x, m); ref = [mm(x)[0] for mm in m]\n"
+        "err = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(out, ref))\n"
+        "g1 = torch.autograd.grad(out, [x] + [p for mm in m for p in mm.parameters()], [torch.ones_like(o) for o in out])\n"
+        "g2 = torch.autograd.grad(ref, [x] + [p for mm in m for p in mm.parameters()], [torch.ones_like(o) for o in out])\n"
+        "err = max([err] + [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(g1, g2)])\n"
+        "print(err); assert err < 2e-5, err\n"
+    )
+    env = dict(os.environ, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA: compile check (CPU machines with nvcc) and parity on a GPU
+
+
+def _cuda_build_skip_reason():
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build: it cannot build CUDA extensions"
+    if gr.cuda_home() is None:
+        return "no CUDA toolkit (nvcc) found: set CUDA_HOME to build the CUDA sources"
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # noqa: F401
+        except ImportError:
+            return "ninja is not installed"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cuda_built(ops):
+    """Build csrc/cuda/grouped_rnn_cuda.cu once (for sm_90 without a GPU; cached by ninja across sessions)."""
+    reason = _cuda_build_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return gr.build_cuda_extension()
+
+
+def test_cuda_sources_compile(cuda_built):
+    """nvcc compiles and links the CUDA kernels (Hopper, sm_90, when no GPU is visible) and they register."""
+    assert os.path.isfile(cuda_built)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("emodarts::grouped_rnn_forward", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("emodarts::grouped_rnn_backward", "CUDA")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_matches_torch(ops, dtype):
+    gr.ensure_cuda()
+    torch.manual_seed(9)
+    dev = torch.device("cuda")
+    mods = [m.to(dev) for m in edge_modules(16, dtype, edges=2)]
+    mods += [make(s, 16, 16, dtype).to(dev) for s in ("lstm2bi", "rnn3bi")]
+    compare(mods, torch.randn(3, 7, 16, dtype=dtype, device=dev), 1e-9 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_per_unit_gradcheck(ops):
+    gr.ensure_cuda()
+    for kx in (1, 3):
+        x, w_ih, w_hh, bias, n_lstm, rev = [a.cuda().detach().requires_grad_(True) if torch.is_tensor(a) else a
+                                            for a in _layer_inputs(kx)]
+        assert torch.autograd.gradcheck(lambda *a: gr.grouped_rnn_layer(*a, n_lstm, rev), (x, w_ih, w_hh, bias),
+                                        eps=1e-6, atol=1e-8)

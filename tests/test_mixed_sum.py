@@ -1,0 +1,693 @@
+"""Fused mixed sum (Triton kernels and C++ twin) against the reference, on fresh random inputs.
+
+Tolerances (errors are max |x - truth| / max |truth| per tensor, truth = float64 math on the same inputs):
+- fp32: forward and every grad_y within 1e-6 of the fp32 reference; every tensor, grad_alpha included,
+  within max(2 x the reference's own error, 1e-6) of the truth.
+- bf16 / fp16: fused error <= 2 x the reference's own error (same precision) + 1e-5.
+Triton runs on the CPU under TRITON_INTERPRET=1 (set by conftest when there is no GPU) in fp32 and fp16;
+Triton bf16 is tested on a GPU only (the interpreter's bf16 is broken), bf16 on the CPU goes through C++.
+"""
+import os
+
+import pytest
+import torch
+
+from emodarts.errors import BackendError
+from emodarts.ops import fused, reference
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+# where the Triton kernels can run in this session
+TRITON_DEVICE = "cpu" if INTERPRET else ("cuda" if HAS_CUDA else None)
+
+E, M = 5, 8  # 5 incoming edges x 8 candidates; column 0 is `none` (never has a y)
+KS = (1, 2, 7, 8, 30)
+SHAPES = {"one": (1,), "odd": (3, 5, 7), "large": (16, 8, 20, 24)}  # large: a tiny-preset cell tensor
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, idle OpenMP workers spinning after every op make the
+    hundreds of small reference ops here slow and erratic. Tests that want threads raise it locally."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def cpp():
+    """Load (JIT-building once per session if needed) the C++ extension."""
+    try:
+        return fused.cpp_ops()
+    except BackendError as exc:
+        pytest.fail(f"the C++ extension did not load: {exc}")
+
+
+@pytest.fixture(scope="session")
+def km():
+    if TRITON_DEVICE is None:
+        pytest.skip("Triton needs a CUDA GPU or TRITON_INTERPRET=1")
+    pytest.importorskip("triton")
+    mod = fused.kernels_module()
+    if TRITON_DEVICE == "cpu":
+        assert mod.INTERPRET, "kernels were imported before TRITON_INTERPRET=1 was set"
+    return mod
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_case(k, shape, dtype, device="cpu", seed=0, dominant=False, repeat=False):
+    gen = torch.Generator().manual_seed(seed)
+    alpha = torch.randn(E, M, generator=gen) * 0.5
+    if dominant:
+        alpha[:, 3] += 20.0  # one candidate takes almost all the mass on every edge
+    pairs = [(e, m) for e in range(E) for m in range(1, M)]  # never `none` (m = 0)
+    order = torch.randperm(len(pairs), generator=gen).tolist()
+    index = [pairs[order[i % len(pairs)]] for i in range(k)]
+    if repeat and k >= 2:
+        index[-1] = index[0]  # the same (e, m) twice
+    ys = [torch.randn(shape, generator=gen).to(dtype) for _ in range(k)]
+    g = torch.randn(shape, generator=gen).to(dtype)
+    ys = [y.to(device) for y in ys]
+    return ys, alpha.to(device), index, g.to(device)
+
+
+def run(fn, ys, alpha, index, g):
+    """Forward and grads of every y and of alpha (fresh leaves)."""
+    ys = [y.detach().requires_grad_(True) if y.is_leaf else y for y in ys]  # keeps the strides
+    alpha = alpha.detach().clone().requires_grad_(True)
+    leaves = [y for y in ys if y.requires_grad] + [alpha]
+    out = fn(ys, alpha, index)
+    grads = torch.autograd.grad(out, leaves, g)
+    return out.detach(), list(grads)
+
+
+def run_views(fn, bases, make_views, alpha, index, g):
+    """Like run, but the inputs are views made from leaves (grads are taken w.r.t. the views' bases)."""
+    leaves = [b.detach().clone().requires_grad_(True) for b in bases]
+    a = alpha.detach().clone().requires_grad_(True)
+    ys = make_views(leaves)
+    out = fn(ys, a, index)
+    grads = torch.autograd.grad(out, leaves + [a], g)
+    return out.detach(), list(grads)
+
+
+def truth(ys, alpha, index, g):
+    """float64 math on the same (already rounded) inputs."""
+    ys64 = [y.detach().double().requires_grad_(True) for y in ys]
+    a64 = alpha.detach().double().requires_grad_(True)
+    p = torch.softmax(a64, -1)
+    out = sum(p[e, m] * y for y, (e, m) in zip(ys64, index))
+    grads = torch.autograd.grad(out, ys64 + [a64], g.double())
+    return out.detach(), list(grads)
+
+
+def rel_err(x, t):
+    x = x.detach().double().cpu()
+    t = t.detach().double().cpu()
+    scale = t.abs().max().item()
+    return (x - t).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def check(fn, ys, alpha, index, g, what=""):
+    """Compare fn against the reference and the float64 truth (see module docstring for tolerances)."""
+    out_f, gr_f = run(fn, ys, alpha, index, g)
+    out_r, gr_r = run(reference.mixed_sum, ys, alpha, index, g)
+    out_t, gr_t = truth(ys, alpha, index, g)
+    assert out_f.dtype == out_r.dtype and out_f.shape == out_r.shape, what
+    assert out_f.device == ys[0].device
+    for i, (gf, gr) in enumerate(zip(gr_f, gr_r)):
+        assert gf.dtype == gr.dtype and gf.shape == gr.shape, f"{what}: grad {i}"
+    dtype = ys[0].dtype
+    pairs = [("out", out_f, out_r, out_t)] + [
+        (f"grad[{i}]" if i < len(ys) else "grad_alpha", gf, gr, gt)
+        for i, (gf, gr, gt) in enumerate(zip(gr_f, gr_r, gr_t))
+    ]
+    for name, f, r, t in pairs:
+        ef, er = rel_err(f, t), rel_err(r, t)
+        if dtype == torch.float32:
+            if name != "grad_alpha":
+                assert rel_err(f, r) <= 1e-6, f"{what} {name}: fused vs reference {rel_err(f, r):.3g}"
+            assert ef <= max(2 * er, 1e-6), f"{what} {name}: fused {ef:.3g}, reference {er:.3g}"
+        else:
+            assert ef <= 2 * er + 1e-5, f"{what} {name}: fused {ef:.3g}, reference {er:.3g}"
+    return out_f, gr_f
+
+
+# --------------------------------------------------------------------------------------------------
+# C++ twin
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+@pytest.mark.parametrize("k", KS)
+def test_cpp_matches_reference(cpp, k, shape, dtype):
+    ys, alpha, index, g = make_case(k, shape, dtype, seed=k * 31 + len(shape))
+    check(fused.mixed_sum_cpp, ys, alpha, index, g, f"cpp k={k} {shape} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cpp_big_and_threads(cpp, dtype):
+    """Several blocks and threads, a length that is not a multiple of the block."""
+    ys, alpha, index, g = make_case(8, (3, 100_003), dtype, seed=5)
+    torch.set_num_threads(2)
+    try:
+        check(fused.mixed_sum_cpp, ys, alpha, index, g, "cpp big")
+        one = run(fused.mixed_sum_cpp, ys, alpha, index, g)
+    finally:
+        torch.set_num_threads(1)
+    two = run(fused.mixed_sum_cpp, ys, alpha, index, g)
+    for x, y in zip([one[0]] + one[1], [two[0]] + two[1]):
+        assert torch.equal(x, y)  # the same bits whatever the number of threads
+
+
+@pytest.mark.parametrize(
+    "k,n,dtype", [(2, 4_200_003, torch.float32), (8, 1_100_001, torch.bfloat16)], ids=["fp32", "bf16"]
+)
+def test_cpp_large_outputs(cpp, k, n, dtype):
+    """Outputs of many MB: grad_y is the fp32 product w * g rounded once, bit for bit."""
+    ys, alpha, index, g = make_case(k, (n,), dtype, seed=17)
+    out_f, gf = run(fused.mixed_sum_cpp, ys, alpha, index, g)
+    out_r, gr = run(reference.mixed_sum, ys, alpha, index, g)
+    # p in double, rounded to fp32, as the C++ op computes it
+    w = torch.softmax(alpha.double(), -1).float()[[e for e, _ in index], [m for _, m in index]]
+    for i, x in enumerate(gf[:-1]):
+        assert torch.equal(x, (w[i] * g.float()).to(dtype))
+    if dtype == torch.float32:
+        assert rel_err(out_f, out_r) <= 1e-6
+        assert rel_err(gf[-1], gr[-1]) <= 1e-5
+
+
+_ISA_SCRIPT = r"""
+import sys, torch
+from emodarts.ops import fused
+torch.manual_seed(0)
+# 9 fp32 inputs (a group of 8 and one alone), then a bf16 and an fp16 one: every group path
+ys = [torch.randn(3, 5001) for _ in range(9)] + [torch.randn(3, 5001).bfloat16(), torch.randn(3, 5001).half()]
+g = torch.randn(3, 5001)
+alpha = torch.randn(2, 8)
+index = [i % 16 for i in range(len(ys))]
+ops = fused.cpp_ops()
+out = ops.mixed_sum_fwd(ys, alpha, index)
+grads, dots = ops.mixed_sum_bwd(g, ys, alpha, index)
+h16 = [torch.randn(2, 1003).half() for _ in range(3)]
+out16 = ops.mixed_sum_fwd(h16, alpha, [1, 2, 9])
+g16, d16 = ops.mixed_sum_bwd(torch.randn(2, 1003).half(), h16, alpha, [1, 2, 9])
+torch.save(dict(out=out, grads=grads, dots=dots, out16=out16, g16=g16, d16=d16), sys.argv[1])
+"""
+
+
+def test_cpp_instruction_sets_agree(cpp, tmp_path):
+    """The baseline (SSE2) and AVX2 copies of the block kernels give the same forward and grad_y bits and the
+    same dots up to rounding (each copy is picked once per process, so run both in subprocesses)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = {}
+    for isa in ("baseline", "auto"):
+        env = dict(os.environ, EMODARTS_CPU_ISA=isa, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        path = str(tmp_path / f"{isa}.pt")
+        run_ = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, path], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert run_.returncode == 0, run_.stderr[-3000:]
+        res[isa] = torch.load(path)
+    a, b = res["baseline"], res["auto"]
+    assert torch.equal(a["out"], b["out"]) and torch.equal(a["out16"], b["out16"])
+    for x, y in zip(a["grads"] + a["g16"], b["grads"] + b["g16"]):
+        assert torch.equal(x, y)
+    assert torch.allclose(a["dots"], b["dots"], rtol=1e-5, atol=1e-6)  # grad_alpha: dots up to rounding
+    assert torch.allclose(a["d16"], b["d16"], rtol=1e-5, atol=1e-6)
+
+
+def test_cpp_deterministic(cpp):
+    ys, alpha, index, g = make_case(8, (4, 50_001), torch.float32, seed=9)
+    a = run(fused.mixed_sum_cpp, ys, alpha, index, g)
+    b = run(fused.mixed_sum_cpp, ys, alpha, index, g)
+    for x, y in zip([a[0]] + a[1], [b[0]] + b[1]):
+        assert torch.equal(x, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton
+
+
+def _triton_dtypes():
+    out = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
+    out.append(pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.gpu))
+    return out
+
+
+@pytest.mark.parametrize("dtype", _triton_dtypes())
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+@pytest.mark.parametrize("k", KS)
+def test_triton_matches_reference(km, k, shape, dtype):
+    if dtype == torch.bfloat16 and TRITON_DEVICE != "cuda":
+        pytest.skip("Triton bf16 is broken under the interpreter: tested on a GPU only")
+    ys, alpha, index, g = make_case(k, shape, dtype, device=TRITON_DEVICE, seed=k * 17 + len(shape))
+    check(fused.mixed_sum_triton, ys, alpha, index, g, f"triton k={k} {shape} {dtype}")
+
+
+def test_triton_block_edges(km):
+    """Lengths around the block size, 9 and 17 inputs (chunk boundaries), fp16 scratch accumulation."""
+    for n, k, dtype in [(4095, 9, torch.float32), (4097, 17, torch.float16), (8193, 16, torch.float32)]:
+        ys, alpha, index, g = make_case(k, (n,), dtype, device=TRITON_DEVICE, seed=n)
+        check(fused.mixed_sum_triton, ys, alpha, index, g, f"triton n={n} k={k}")
+
+
+# --------------------------------------------------------------------------------------------------
+# both implementations: special cases
+
+
+def _impls():
+    return [pytest.param("cpp", id="cpp"), pytest.param("triton", id="triton")]
+
+
+@pytest.fixture
+def impl(request, cpp):
+    name = request.param
+    if name == "triton":
+        request.getfixturevalue("km")
+        return fused.mixed_sum_triton, TRITON_DEVICE
+    return fused.mixed_sum_cpp, "cpu"
+
+
+@pytest.mark.parametrize("impl", _impls(), indirect=True)
+@pytest.mark.parametrize("k", [2, 7, 30])
+def test_dominant_candidate(impl, k):
+    fn, dev = impl
+    ys, alpha, index, g = make_case(k, (3, 5, 7), torch.float32, device=dev, seed=k, dominant=True)
+    check(fn, ys, alpha, index, g, "dominant")
+
+
+@pytest.mark.parametrize("impl", _impls(), indirect=True)
+def test_repeated_entries_and_same_tensor(impl):
+    fn, dev = impl
+    ys, alpha, index, g = make_case(9, (2, 33), torch.float32, device=dev, seed=3, repeat=True)
+    check(fn, ys, alpha, index, g, "repeated (e, m)")
+    # the same tensor passed twice (e.g. a skip input listed under two candidates)
+    y = torch.randn(2, 33, device=dev, requires_grad=True)
+    a = alpha.detach().clone().requires_grad_(True)
+    idx = [(0, 1), (0, 1), (1, 4)]
+    out_f = fn([y, y, y], a, idx)
+    gf = torch.autograd.grad(out_f, [y, a], g)
+    out_r = reference.mixed_sum([y, y, y], a, idx)
+    gr = torch.autograd.grad(out_r, [y, a], g)
+    assert rel_err(out_f, out_r) <= 1e-6
+    for x, r in zip(gf, gr):
+        assert rel_err(x, r) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", _impls(), indirect=True)
+def test_none_column_and_empty_edge(impl):
+    """`none` (column 0) and an edge whose candidates have no y at all still get their softmax gradient."""
+    fn, dev = impl
+    gen = torch.Generator().manual_seed(11)
+    alpha = torch.randn(3, 4, generator=gen).to(dev)
+    index = [(0, 1), (0, 2), (2, 3)]  # edge 1 has no inputs; column 0 never has one
+    ys = [torch.randn(5, 6, generator=gen).to(dev) for _ in index]
+    g = torch.randn(5, 6, generator=gen).to(dev)
+    _, grads = check(fn, ys, alpha, index, g, "none column")
+    ga = grads[-1]
+    assert torch.count_nonzero(ga[1]) == 0
+    assert ga[0, 0].abs() > 0 and ga[2, 0].abs() > 0
+
+
+@pytest.mark.parametrize("impl", _impls(), indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_non_contiguous_inputs(impl, dtype, km_or_none):
+    """Transposed, sliced and expanded views are read in place: no copies, same results."""
+    fn, dev = impl
+    gen = torch.Generator().manual_seed(4)
+    shape = (6, 9, 10)
+    bases = [
+        torch.randn(6, 9, 10, generator=gen),  # contiguous
+        torch.randn(6, 9, 10, generator=gen),  # contiguous
+        torch.randn(10, 9, 6, generator=gen),  # -> permute: a transposed (dense) view
+        torch.randn(6, 9, 21, generator=gen),  # -> [..., ::2] slice: strided, not dense
+        torch.randn(6, 1, 10, generator=gen),  # -> expand: stride 0
+        torch.randn(12, 9, 10, generator=gen),  # -> [::2] slice on the outer dim
+    ]
+    bases = [b.to(dtype).to(dev) for b in bases]
+
+    def views(bs):
+        return [
+            bs[0],
+            bs[1],
+            bs[2].permute(2, 1, 0),
+            bs[3][..., 1::2],
+            bs[4].expand(6, 9, 10),
+            bs[5][::2],
+        ]
+
+    alpha = torch.randn(E, M, generator=gen).to(dev)
+    index = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 6)]
+    g = torch.randn(10, 9, 6, generator=gen).to(dtype).to(dev).permute(2, 1, 0)  # non-contiguous grad_out
+    if km_or_none is not None:
+        km_or_none.reset_copy_count()
+    out_f, gf = run_views(fn, bases, views, alpha, index, g)
+    out_r, gr = run_views(reference.mixed_sum, bases, views, alpha, index, g)
+    if km_or_none is not None:
+        assert km_or_none.copy_count() == 0
+    assert out_f.shape == shape and out_f.is_contiguous()  # the majority layout (contiguous) wins
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    assert rel_err(out_f, out_r) <= tol
+    for i, (x, r) in enumerate(zip(gf, gr)):
+        assert rel_err(x, r) <= (1e-5 if dtype == torch.float32 else 1e-2), f"grad {i}"
+    # views fed through the truth check as plain inputs too (non-leaf ys)
+    check(fn, views(bases), alpha, index, g.contiguous(), "views as inputs")
+
+
+@pytest.fixture
+def km_or_none(request):
+    """The Triton module when the test runs Triton (to read its copy counter), else None."""
+    impl_name = request.node.callspec.params.get("impl")
+    return request.getfixturevalue("km") if impl_name == "triton" else None
+
+
+@pytest.mark.parametrize("impl", _impls(), indirect=True)
+def test_same_non_contiguous_layout_is_kept(impl, km_or_none):
+    """All inputs transposed alike: the output takes their layout, nothing is copied."""
+    fn, dev = impl
+    gen = torch.Generator().manual_seed(8)
+    ys = [torch.randn(7, 5, 3, generator=gen).to(dev).transpose(0, 2) for _ in range(4)]
+    alpha = torch.randn(E, M, generator=gen).to(dev)
+    index = [(0, 1), (0, 2), (1, 1), (4, 7)]
+    g = torch.randn(3, 5, 7, generator=gen).to(dev)
+    if km_or_none is not None:
+        km_or_none.reset_copy_count()
+    out, _ = check(fn, ys, alpha, index, g, "transposed")
+    assert out.stride() == ys[0].stride()
+    if km_or_none is not None:
+        assert km_or_none.copy_count() == 0
+
+
+def test_triton_copies_only_when_unavoidable(km):
+    """Strides that do not collapse to 4 dims are copied, and each copy is counted."""
+    gen = torch.Generator().manual_seed(12)
+    dev = TRITON_DEVICE
+    shape = (2, 3, 2, 3, 2, 3)
+    cont = [torch.randn(shape, generator=gen).to(dev) for _ in range(2)]
+    odd = torch.randn(3, 2, 3, 2, 3, 2, generator=gen).to(dev).permute(5, 4, 3, 2, 1, 0)  # 6 un-mergeable dims
+    ys = cont + [odd]
+    alpha = torch.randn(E, M, generator=gen).to(dev)
+    index = [(0, 1), (1, 1), (2, 2)]
+    g = torch.randn(shape, generator=gen).to(dev)
+    km.reset_copy_count()
+    check(fused.mixed_sum_triton, ys, alpha, index, g, "6-d")
+    assert km.copy_count() == 2  # the odd input, once in forward and once in backward
+
+
+def test_cpp_never_copies_high_rank(cpp):
+    gen = torch.Generator().manual_seed(12)
+    shape = (2, 3, 2, 3, 2, 3)
+    ys = [torch.randn(shape, generator=gen) for _ in range(2)]
+    ys.append(torch.randn(3, 2, 3, 2, 3, 2, generator=gen).permute(5, 4, 3, 2, 1, 0))
+    alpha = torch.randn(E, M, generator=gen)
+    g = torch.randn(shape, generator=gen)
+    check(fused.mixed_sum_cpp, ys, alpha, [(0, 1), (1, 1), (2, 2)], g, "6-d cpp")
+
+
+@pytest.mark.parametrize("impl", _impls(), indirect=True)
+def test_sum_backward_expanded_grad(impl):
+    """out.sum().backward() hands the kernel a stride-0 grad_out."""
+    fn, dev = impl
+    ys, alpha, index, _ = make_case(3, (4, 9), torch.float32, device=dev, seed=2)
+    ys_f = [y.clone().requires_grad_(True) for y in ys]
+    ys_r = [y.clone().requires_grad_(True) for y in ys]
+    a_f = alpha.clone().requires_grad_(True)
+    a_r = alpha.clone().requires_grad_(True)
+    fn(ys_f, a_f, index).sum().backward()
+    reference.mixed_sum(ys_r, a_r, index).sum().backward()
+    for x, r in zip(ys_f + [a_f], ys_r + [a_r]):
+        assert rel_err(x.grad, r.grad) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", _impls(), indirect=True)
+def test_mixed_dtypes_promote(impl):
+    fn, dev = impl
+    gen = torch.Generator().manual_seed(6)
+    ys = [torch.randn(4, 7, generator=gen).to(dev), torch.randn(4, 7, generator=gen).to(torch.float16).to(dev)]
+    alpha = torch.randn(2, 3, generator=gen).to(dev)
+    index = [(0, 1), (1, 2)]
+    out_f, gf = run(fn, ys, alpha, index, torch.ones(4, 7, device=dev))
+    out_r, gr = run(reference.mixed_sum, ys, alpha, index, torch.ones(4, 7, device=dev))
+    assert out_f.dtype == out_r.dtype == torch.float32
+    assert rel_err(out_f, out_r) <= 1e-3
+    for x, r in zip(gf, gr):
+        assert x.dtype == r.dtype and rel_err(x, r) <= 1e-3
+
+
+@pytest.mark.parametrize("impl", _impls(), indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_inf_and_nan_propagate(impl, dtype):
+    fn, dev = impl
+    if dtype == torch.bfloat16 and fn is fused.mixed_sum_triton and dev == "cpu":
+        pytest.skip("Triton bf16 is broken under the interpreter")
+    gen = torch.Generator().manual_seed(14)
+    ys = [torch.randn(3, 37, generator=gen) for _ in range(3)]
+    ys[0][0, 3] = float("inf")
+    ys[1][0, 3] = float("-inf")  # inf - inf -> nan
+    ys[1][1, 5] = float("nan")
+    ys[2][2, 36] = float("-inf")
+    ys = [y.to(dtype).to(dev) for y in ys]
+    alpha = torch.randn(2, 4, generator=gen).to(dev)
+    index = [(0, 1), (0, 2), (1, 3)]
+    g = torch.ones(3, 37, dtype=dtype, device=dev)
+    out_f, gf = run(fn, ys, alpha, index, g)
+    out_r, gr = run(reference.mixed_sum, ys, alpha, index, g)
+    assert torch.equal(torch.isnan(out_f), torch.isnan(out_r))
+    assert torch.equal(torch.isinf(out_f), torch.isinf(out_r))
+    fin = torch.isfinite(out_r)
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    assert rel_err(out_f[fin], out_r[fin]) <= tol
+    for x, r in zip(gf[:-1], gr[:-1]):
+        assert rel_err(x, r) <= tol
+    assert not torch.isfinite(gf[-1]).all() and not torch.isfinite(gr[-1]).all()
+
+
+def test_cpp_matches_triton(cpp, km):
+    ys, alpha, index, g = make_case(11, (5, 97), torch.float32, device=TRITON_DEVICE, seed=21)
+    out_t, gr_t = run(fused.mixed_sum_triton, ys, alpha, index, g)
+    cpu = [y.cpu() for y in ys]
+    out_c, gr_c = run(fused.mixed_sum_cpp, cpu, alpha.cpu(), index, g.cpu())
+    assert rel_err(out_t, out_c) <= 1e-6
+    for x, r in zip(gr_t, gr_c):
+        assert rel_err(x, r) <= 1e-5
+
+
+# --------------------------------------------------------------------------------------------------
+# dispatch, errors, custom-op checks
+
+
+def test_dispatch_cpu_uses_cpp_unless_asked(cpp, monkeypatch):
+    monkeypatch.delenv("EMODARTS_TRITON_CPU", raising=False)
+    assert fused.default_impl(torch.device("cpu")) == "cpp"
+    assert fused.default_impl(torch.device("cuda", 0)) == "triton"
+    monkeypatch.setenv("EMODARTS_TRITON_CPU", "1")
+    assert fused.default_impl("cpu") == "triton"
+    monkeypatch.delenv("EMODARTS_TRITON_CPU")
+    ys, alpha, index, g = make_case(3, (2, 5), torch.float32, seed=1)
+    check(fused.mixed_sum, ys, alpha, index, g, "dispatch")
+
+
+def test_backend_switch_gives_the_fused_sum(cpp):
+    from emodarts.ops.backend import get_backend
+
+    ys, alpha, index, g = make_case(3, (2, 5), torch.float32, seed=4)
+    assert torch.equal(get_backend("fused").mixed_sum(ys, alpha, index), fused.mixed_sum(ys, alpha, index))
+
+
+def test_errors(cpp):
+    y = torch.randn(3)
+    alpha = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="index entries"):
+        fused.mixed_sum([y, y], alpha, [(0, 1)])
+    with pytest.raises(ValueError, match="at least one"):
+        fused.mixed_sum([], alpha, [])
+    with pytest.raises(ValueError, match="outside alpha"):
+        fused.mixed_sum([y], alpha, [(2, 1)])
+    with pytest.raises(ValueError, match="shape"):
+        fused.mixed_sum_cpp([y, torch.randn(4)], alpha, [(0, 1), (1, 1)])
+    with pytest.raises(ValueError, match="dtype"):
+        fused.mixed_sum_cpp([y.double()], alpha, [(0, 1)])
+    # the C++ ops check on their own too
+    with pytest.raises(RuntimeError, match="shape"):
+        cpp.mixed_sum_fwd([y, torch.randn(4)], alpha, [1, 2])
+    with pytest.raises(RuntimeError, match="dtype"):
+        cpp.mixed_sum_fwd([y.double()], alpha, [1])
+    with pytest.raises(RuntimeError, match="outside alpha"):
+        cpp.mixed_sum_fwd([y], alpha, [6])
+    # negative indices mean what they mean in the reference
+    check(fused.mixed_sum_cpp, [y, y * 2], alpha, [(-1, -1), (0, 1)], torch.ones(3), "negative index")
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(km, monkeypatch):
+    monkeypatch.setattr(km, "INTERPRET", False)
+    with pytest.raises(BackendError, match="TRITON_INTERPRET=1"):
+        km.forward([torch.randn(3)], torch.ones(1))
+
+
+def test_extension_missing_is_a_clear_error(tmp_path, monkeypatch):
+    from emodarts.ops import extension
+
+    monkeypatch.setattr(extension, "csrc_dir", lambda: str(tmp_path))
+    with pytest.raises(BackendError, match="pip install --no-build-isolation -e ."):
+        extension._jit_build(ImportError("No module named 'emodarts._C'"))
+    (tmp_path / "broken.cpp").write_text("#error this source does not compile\n")
+    monkeypatch.setattr(extension, "build_dir", lambda: str(tmp_path / "build"))
+    (tmp_path / "build").mkdir()
+    with pytest.raises(BackendError, match="C\\+\\+ compiler"):
+        extension._jit_build(ImportError("No module named 'emodarts._C'"))
+
+
+@pytest.mark.parametrize("impl_name", ["cpp", "triton"])
+def test_opcheck(cpp, impl_name, request):
+    if impl_name == "triton":
+        request.getfixturevalue("km")
+    dev = TRITON_DEVICE if impl_name == "triton" else "cpu"
+    ys, alpha, index, _ = make_case(3, (2, 3, 5), torch.float32, device=dev, seed=7)
+    ys = [y.requires_grad_(True) for y in ys]
+    alpha.requires_grad_(True)
+    edges = [e for e, _ in index]
+    cands = [m for _, m in index]
+    torch.library.opcheck(torch.ops.emodarts.mixed_sum.default, (ys, alpha, edges, cands, impl_name))
+    if impl_name == "cpp":
+        plain = [y.detach() for y in ys]
+        a = alpha.detach()
+        flat = [e * M + m for e, m in index]
+        torch.library.opcheck(torch.ops.emodarts.mixed_sum_fwd.default, (plain, a, flat))
+        torch.library.opcheck(torch.ops.emodarts.mixed_sum_bwd.default, (torch.randn(2, 3, 5), plain, a, flat))
+
+
+@pytest.mark.parametrize("impl_name", ["cpp", "triton"])
+def test_custom_op_and_eager_paths_agree(cpp, impl_name, request, monkeypatch):
+    """Eager calls take an autograd.Function, compiled code the custom op: same kernels, same results."""
+    if impl_name == "triton":
+        request.getfixturevalue("km")
+    dev = TRITON_DEVICE if impl_name == "triton" else "cpu"
+    fn = fused.mixed_sum_triton if impl_name == "triton" else fused.mixed_sum_cpp
+    ys, alpha, index, g = make_case(9, (3, 41), torch.float32, device=dev, seed=23, repeat=True)
+    out_a, ga = run(fn, ys, alpha, index, g)
+    monkeypatch.setenv("EMODARTS_FUSED_CUSTOM_OP", "1")
+    out_b, gb = run(fn, ys, alpha, index, g)
+    assert torch.equal(out_a, out_b)
+    for x, y in zip(ga, gb):
+        assert torch.equal(x, y)
+
+
+def test_double_backward_is_a_clear_error(cpp):
+    ys, alpha, index, g = make_case(2, (5,), torch.float32, seed=2)
+    ys = [y.requires_grad_(True) for y in ys]
+    out = fused.mixed_sum_cpp(ys, alpha.requires_grad_(True), index)
+    (gy,) = torch.autograd.grad(out, [ys[0]], g, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gy.sum().backward()
+
+
+def test_torch_compile_traces_the_op(cpp):
+    """The fake kernels let torch.compile trace through (aot_eager: no inductor codegen needed)."""
+    ys, alpha, index, g = make_case(4, (3, 8), torch.float32, seed=13)
+
+    def f(ys, alpha):
+        return fused.mixed_sum_cpp(ys, alpha, index) * 2.0
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    out_c, gr_c = run(lambda ys, a, _i: compiled(ys, a), ys, alpha, index, g)
+    out_e, gr_e = run(lambda ys, a, _i: f(ys, a), ys, alpha, index, g)
+    assert torch.equal(out_c, out_e)
+    for x, r in zip(gr_c, gr_e):
+        assert torch.allclose(x, r, rtol=1e-6, atol=1e-7)
+
+
+_COMPILE_SCRIPT = r"""
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+from triton.compiler import ASTSource, compile
+from triton.backends.compiler import GPUTarget
+from emodarts.ops.fused import kernels_module
+km = kernels_module()
+tgt = GPUTarget("cuda", 90, 32)
+
+def ptr_attrs(sig):
+    return {(i,): [["tt.divisibility", 16]] for i, n in enumerate(sig) if sig[n].startswith("*")}
+
+n = 0
+for dt, num, smask, ra, wa, i64 in [("fp32", 8, 0, False, False, False), ("bf16", 3, 5, True, True, False),
+                                    ("fp16", 1, 1, True, False, True)]:
+    s = {f"y{i}": f"*{dt}" for i in range(8)}
+    s.update({"w_ptr": "*fp32", "out_ptr": f"*{dt}", "acc_ptr": "*fp32", "st_ptr": "*i64" if i64 else "*i32",
+              "N": "i32", "D1": "i32", "D2": "i32", "D3": "i32"})
+    c = {"NUM": num, "SMASK": smask, "HAS_STRIDED": smask != 0, "READ_ACC": ra, "WRITE_ACC": wa, "IDX64": i64,
+         "BLOCK": 1024}
+    s.update({k: "constexpr" for k in c})
+    compile(ASTSource(km._mixed_sum_fwd_kernel, s, c, attrs=ptr_attrs(s)), target=tgt, options={"num_warps": 4})
+    n += 1
+for dt, num, smask, gs, i64 in [("fp32", 8, 0, False, False), ("bf16", 5, 3, True, False), ("fp16", 2, 0, True, True)]:
+    s = {"g_ptr": f"*{dt}"}
+    s.update({f"y{i}": f"*{dt}" for i in range(8)})
+    s.update({f"gy{i}": f"*{dt}" for i in range(8)})
+    s.update({"w_ptr": "*fp32", "part_ptr": "*fp32", "st_ptr": "*i64" if i64 else "*i32",
+              "N": "i32", "D1": "i32", "D2": "i32", "D3": "i32"})
+    c = {"NUM": num, "SMASK": smask, "G_STRIDED": gs, "HAS_STRIDED": gs or smask != 0, "IDX64": i64, "BLOCK": 1024}
+    s.update({k: "constexpr" for k in c})
+    compile(ASTSource(km._mixed_sum_bwd_kernel, s, c, attrs=ptr_attrs(s)), target=tgt, options={"num_warps": 4})
+    n += 1
+print("compiled", n)
+"""
+
+
+def test_triton_kernels_compile_for_gpu():
+    """The interpreter does not type-check like the compiler: compile the kernels for sm_90 (no GPU needed)."""
+    import subprocess
+    import sys
+
+    if HAS_CUDA:
+        pytest.skip("the GPU tests run the compiled kernels for real here")
+    pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"this triton has no ASTSource/GPUTarget API: {exc}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    if res.returncode != 0 and ("ptxas" in res.stderr and "not found" in res.stderr):
+        pytest.skip("no ptxas for an offline compile")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "compiled 6" in res.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("k", [8, 30])
+def test_gpu_large(km, k, dtype):
+    if TRITON_DEVICE != "cuda":
+        pytest.skip("Triton runs under the interpreter in this session")
+    ys, alpha, index, g = make_case(k, (16, 32, 64, 64), dtype, device="cuda", seed=k)
+    check(fused.mixed_sum, ys, alpha, index, g, f"gpu k={k} {dtype}")
+
+
+@pytest.mark.gpu
+def test_gpu_non_contiguous_no_copy(km):
+    if TRITON_DEVICE != "cuda":
+        pytest.skip("Triton runs under the interpreter in this session")
+    x = torch.randn(16, 64, 128, device="cuda")
+    ys = [torch.randn(16, 128, 64, device="cuda") for _ in range(5)] + [x.transpose(1, 2)]
+    alpha = torch.randn(E, M, device="cuda")
+    index = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 6)]
+    g = torch.randn(16, 128, 64, device="cuda")
+    km.reset_copy_count()
+    check(fused.mixed_sum, ys, alpha, index, g, "gpu transposed skip input")
+    assert km.copy_count() == 0
