@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,9 @@ if str(ROOT) not in sys.path:
 
 from emodarts.ops import fused, reference  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from common import device_name  # noqa: E402
+
 SIZES = {
     "tiny (16,8,20,24)": (16, 8, 20, 24),
     "paper C16 (16,16,64,64)": (16, 16, 64, 64),
@@ -44,19 +46,6 @@ SIZES = {
     "64MB (16,64,128,128)": (16, 64, 128, 128),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 class Timer:
