@@ -49,7 +49,7 @@ def measure(job: dict) -> dict:
     backend = "fused" if job["mode"] == "fused" else "reference"
     model = Supernet(model_cfg, n_features, 4, backend=backend).to(device)
     if job["mode"] == "compile":
-        model.compile()
+        model.compile(dynamic=False)  # dynamic shapes fail in Inductor here ("Cannot convert expression to float")
     sc = cfg.search
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
     a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=sc.alpha_betas)
@@ -79,7 +79,8 @@ def run_job(job: dict) -> dict:
 
 def with_ratios(rows: list) -> list:
     """Add speed-up over the reference of the same configuration."""
-    key = lambda r: (r["preset"], r["second_order"], r.get("batch"), r.get("frames"), tuple(r.get("seq_candidates") or ()))  # noqa: E731
+    key = lambda r: (r["preset"], r["second_order"], r.get("growth"), r.get("batch"), r.get("frames"),  # noqa: E731
+                     tuple(r.get("seq_candidates") or ()))
     ref = {key(r): r["seconds"] for r in rows if r["mode"] == "reference" and "seconds" in r}
     for r in rows:
         if "seconds" in r and key(r) in ref:

@@ -30,6 +30,7 @@ def checks() -> List[Check]:
         found = f"{found}, {mode}"
     out.append(("triton", ok, found, "" if ok else "pip install triton (Linux x86_64) for the fused CUDA mixed sum"))
     out.append(_extension_check())
+    out.append(_cuda_kernels_check(torch.cuda.is_available()))
     nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
                                     if os.environ.get("CUDA_HOME") else None)
     out.append(("nvcc", bool(nvcc and os.path.exists(nvcc)), nvcc or "not found",
@@ -55,6 +56,22 @@ def _extension_check() -> Check:
     except Exception as exc:  # pragma: no cover - an unexpected build failure is still reported
         return ("C++ extension (CPU)", False, f"{type(exc).__name__}: {exc}"[:160], "see the error above")
     return ("C++ extension (CPU)", True, getattr(mod, "__file__", "loaded"), "")
+
+
+def _cuda_kernels_check(has_cuda: bool) -> Check:
+    name = "CUDA kernels (fused)"
+    if not has_cuda:
+        return (name, False, "not built: no CUDA device here",
+                "they build on a GPU machine on first use (python bench/run_all.py builds and tests them)")
+    try:
+        from .ops import fused, grouped_recurrent
+
+        grouped_recurrent.ensure_cuda()
+        fused.kernels_module()
+    except Exception as exc:
+        return (name, False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}",
+                "set CUDA_HOME to the CUDA toolkit and install triton")
+    return (name, True, "grouped recurrent layer built, Triton mixed sum importable", "")
 
 
 def format_checks(rows: List[Check]) -> str:
