@@ -22,6 +22,25 @@ COLUMNS = ("utt_id", "path", "label", "speaker", "session", "split")
 REQUIRED = ("path", "label", "speaker")
 
 
+def open_csv(path: Path, required: Sequence[str], what: str = "file", optional: str = "") -> csv.DictReader:
+    """A DictReader over a UTF-8 CSV (BOM allowed) with stripped header names; a DataError naming the file
+    when it cannot be read or lacks a required column."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(
+            f"{path}:1: {what} lacks column(s) {', '.join(missing)} (expected {','.join(required)}"
+            f"{' and ' + optional if optional else ''}; found {','.join(header) or 'no header'})"
+        )
+    reader.fieldnames = header
+    return reader
+
+
 def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, check_files: bool = True,
                   report=None, label_map: Optional[Dict[str, str]] = None) -> List[Utterance]:
     """Read a manifest; returns utterances with absolute paths, in file order.
@@ -34,20 +53,7 @@ def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, ch
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"manifest not found: {csv_path}")
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read manifest {csv_path}: {exc}") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise DataError(
-            f"{csv_path}:1: manifest lacks column(s) {', '.join(missing)} "
-            f"(expected {','.join(REQUIRED)} and optionally utt_id,session,split; "
-            f"found {','.join(header) or 'no header'})"
-        )
-    reader.fieldnames = header
+    reader = open_csv(csv_path, REQUIRED, "manifest", "optionally utt_id,session,split")
     base = Path(os.path.abspath(csv_path)).parent
     if label_map is not None:
         lookup = {k.lower(): v for k, v in label_map.items()}

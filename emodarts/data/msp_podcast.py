@@ -12,14 +12,13 @@ a protocol maps and filters them.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import DataError
 from . import Utterance
+from .manifest import open_csv
 
 LETTERS = ("A", "S", "H", "U", "F", "D", "C", "N", "O", "X")
 LABEL_FILE = "labels_consensus.csv"
@@ -57,16 +56,7 @@ def load_msp_podcast(root: Optional[Path], seed: int = 0, report=None) -> List[U
     strict = report is None
     report = report if report is not None else SkipReport()
     label_path, audio_dir = find_files(root)
-    try:
-        text = label_path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {label_path}: {exc}") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise DataError(f"{label_path}:1: lacks column(s) {', '.join(missing)} (found {','.join(header)})")
-    reader.fieldnames = header
+    reader = open_csv(label_path, COLUMNS, "label file")
     audio: Dict[str, Path] = {p.name: p for p in audio_dir.rglob("*.wav") if not p.name.startswith(".")}
     utts: List[Utterance] = []
     labelled = set()

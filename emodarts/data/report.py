@@ -95,22 +95,16 @@ class SkipReport:
         if not self.entries:
             return "all files usable: nothing skipped"
         lines = []
-        skipped = self.skipped
-        if skipped:
-            by_kind = Counter(e["kind"] for e in skipped)
-            lines.append(f"skipped {len(skipped)} file(s): "
+        for entries, title, show_rest in ((self.skipped, "skipped {} file(s)", True),
+                                          (self.kept_notes, "kept {} file(s) after a conversion", False)):
+            if not entries:
+                continue
+            by_kind = Counter(e["kind"] for e in entries)
+            lines.append(title.format(len(entries)) + ": "
                          + ", ".join(f"{n} {KINDS.get(k, k)}" for k, n in by_kind.most_common()))
-            for e in skipped[:examples]:
-                lines.append(f"  - {e['reason']}")
-            if len(skipped) > examples:
-                lines.append(f"  ... and {len(skipped) - examples} more")
-        notes = self.kept_notes
-        if notes:
-            by_kind = Counter(e["kind"] for e in notes)
-            lines.append(f"kept {len(notes)} file(s) after a conversion: "
-                         + ", ".join(f"{n} {KINDS.get(k, k)}" for k, n in by_kind.most_common()))
-            for e in notes[:examples]:
-                lines.append(f"  - {e['reason']}")
+            lines += [f"  - {e['reason']}" for e in entries[:examples]]
+            if show_rest and len(entries) > examples:
+                lines.append(f"  ... and {len(entries) - examples} more")
         if where is not None:
             lines.append(f"full list: {Path(where) / (REPORT_NAME + '.csv')}")
         return "\n".join(lines)
