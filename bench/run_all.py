@@ -62,15 +62,18 @@ def main() -> None:
     step("build extension", [py, "-c", "from emodarts.ops.extension import load_extension; load_extension();"
                              "import torch; from emodarts.ops import grouped_recurrent as g;"
                              "torch.cuda.is_available() and g.ensure_cuda(); print('extension ok')"], 900, log)
-    env_tests = ["-m", "gpu"] if dev.type == "cuda" else ["-k", "mixed_sum or grouped or fused"]
+    env_tests = ["-m", "gpu"] if dev.type == "cuda" else ["-k", "mixed_sum or grouped or fused or darts_kernel"]
     step("tests", [py, "-m", "pytest", "-q", "tests", *env_tests], 900, log)
     step("bench mixed sum", [py, "bench/bench_mixed_sum.py", "--device", args.device, *quick,
                              "--out", str(RESULTS / f"mixed_sum_{tag}.json")], 900, log)
     step("bench recurrent", [py, "bench/bench_recurrent.py", "--device", args.device, *quick,
                              "--out", f"recurrent_{tag}.json"], 900, log)
+    step("bench darts", [py, "bench/bench_darts.py", "--device", args.device, *quick,
+                         "--out", f"darts_{tag}.json"], 900, log)
     step("bench search", [py, "bench/bench_search.py", "--device", args.device, *quick], 1200, log)
     out = {**header(dev), "steps": log, "results": {}}
-    for name in (f"mixed_sum_{tag}.json", f"recurrent_{tag}.json", f"search_{args.device.replace(':', '')}.json"):
+    for name in (f"mixed_sum_{tag}.json", f"recurrent_{tag}.json", f"darts_{tag}.json",
+                 f"search_{args.device.replace(':', '')}.json"):
         path = RESULTS / name
         if path.exists():
             out["results"][name] = json.loads(path.read_text())

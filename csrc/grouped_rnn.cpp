@@ -37,10 +37,11 @@
 // run concurrently. The shared input's gradient dx = sum_k dgates_k W_ih_k is accumulated after the loop
 // in unit order (deterministic for any thread count).
 //
-// GEMMs call the BLAS that PyTorch links (MKL's sgemm_/dgemm_, exported by libtorch_cpu) directly: ATen's
-// per-call overhead is several microseconds, as much as a whole tiny-preset step. When those symbols are
-// absent (another BLAS build), or with EMODARTS_GROUPED_GEMM=aten, the same GEMMs go through ATen
-// (at::mm_out / addmm_ on strided views of the same buffers). (Measured and dropped: a register-blocked
+// GEMMs (csrc/cpu_common.h, shared with csrc/darts_rnn.cpp) call the BLAS that PyTorch links (MKL's
+// sgemm_/dgemm_, exported by libtorch_cpu) directly: ATen's per-call overhead is several microseconds, as
+// much as a whole tiny-preset step. When those symbols are absent (another BLAS build), or with
+// EMODARTS_GROUPED_GEMM=aten, the same GEMMs go through ATen (at::mm_out / addmm_ on strided views of the
+// same buffers). (Measured and dropped: a register-blocked
 // GEMM fused with the epilogue, and MKL's packed GEMM for W_hh; neither beat plain sgemm + epilogue.)
 // The epilogue is vectorised: float32 runs 8 lanes (GCC/Clang vector extensions, csrc/grouped_rnn_kernels.h
 // compiled for the baseline and for AVX2+FMA, picked at run time) with Cephes-style exp/tanh (max rel.
@@ -58,17 +59,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_common.h"
+
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-extern "C" {
-// Fortran BLAS (LP64), resolved at load time from libtorch_cpu when it exports them; null otherwise.
-void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc) __attribute__((weak));
-void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc) __attribute__((weak));
-}
 
 namespace emodarts {
 namespace grouped_rnn_cpu {
@@ -78,64 +72,10 @@ using at::Tensor;
 
 #define EMO_INLINE inline __attribute__((always_inline))
 
-// ---------------------------------------------------------------------------------------------------
-// GEMM on row-major matrices: C (M x N, ldc) = alpha * op(A) op(B) + beta * C, op(A) M x Kd, op(B) Kd x N.
-
-bool use_blas() {
-  const char* e = std::getenv("EMODARTS_GROUPED_GEMM");
-  if (e != nullptr && std::strcmp(e, "aten") == 0) return false;
-  return sgemm_ != nullptr && dgemm_ != nullptr;
-}
-
-bool fits_int(int64_t v) { return v >= 0 && v <= INT32_MAX; }
-
-template <typename T>
-void blas_gemm(char ta, char tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta,
-               T* c, int ldc);
-template <>
-void blas_gemm<float>(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
-                      int ldb, float beta, float* c, int ldc) {
-  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-template <>
-void blas_gemm<double>(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
-                       const double* b, int ldb, double beta, double* c, int ldc) {
-  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-
-template <typename T>
-Tensor view_rm(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
-  // the row-major (rows x cols, ld) matrix at p, transposed when `trans`
-  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  Tensor t = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, opts);
-  return trans ? t.t() : t;
-}
-
-template <typename T>
-void gemm_rm(bool blas, bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T alpha, const T* A, int64_t lda,
-             const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (M <= 0 || N <= 0) return;
-  if (Kd <= 0) {  // C = beta * C
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
-    return;
-  }
-  if (blas && fits_int(M) && fits_int(N) && fits_int(Kd) && fits_int(lda) && fits_int(ldb) && fits_int(ldc)) {
-    // column-major view: C^T (N x M) = op(B)^T (N x Kd) op(A)^T (Kd x M)
-    blas_gemm<T>(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(Kd),
-                 alpha, B, static_cast<int>(ldb), A, static_cast<int>(lda), beta, C, static_cast<int>(ldc));
-    return;
-  }
-  Tensor a = ta ? view_rm(A, Kd, M, lda, true) : view_rm(A, M, Kd, lda, false);
-  Tensor b = tb ? view_rm(B, N, Kd, ldb, true) : view_rm(B, Kd, N, ldb, false);
-  Tensor c = view_rm(static_cast<const T*>(C), M, N, ldc, false);
-  if (beta == T(0)) {
-    at::mm_out(c, a, b);
-    if (alpha != T(1)) c.mul_(alpha);
-  } else {
-    c.addmm_(a, b, beta, alpha);
-  }
-}
+// GEMMs (BLAS or ATen) and the AVX2 switch: csrc/cpu_common.h
+using cpu_common::avx2_enabled;
+using cpu_common::gemm_rm;
+using cpu_common::use_blas;
 
 // ---------------------------------------------------------------------------------------------------
 // kernels: csrc/grouped_rnn_kernels.h, compiled for the baseline and (x86-64) for AVX2+FMA
@@ -144,8 +84,7 @@ void gemm_rm(bool blas, bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T al
 #include "grouped_rnn_kernels.h"
 #undef EMODARTS_GRNN_NS
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define EMODARTS_GRNN_HAVE_AVX2 1
+#ifdef EMODARTS_CPU_HAVE_AVX2
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -175,23 +114,9 @@ struct Epi {
     NS::lstm_fwd, NS::rnn_fwd, NS::lstm_bwd, NS::rnn_bwd                                               \
   }
 
-bool avx2_enabled() {
-#ifdef EMODARTS_GRNN_HAVE_AVX2
-  static const bool ok = [] {
-    const char* e = std::getenv("EMODARTS_GROUPED_NO_AVX2");
-    if (e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
-
 const Epi& float_epi() {
   static const Epi epi = [] {
-#ifdef EMODARTS_GRNN_HAVE_AVX2
+#ifdef EMODARTS_CPU_HAVE_AVX2
     if (avx2_enabled()) return EMODARTS_GRNN_EPI(avx2);
 #endif
     return EMODARTS_GRNN_EPI(baseline);

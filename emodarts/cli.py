@@ -7,12 +7,12 @@ from typing import Optional
 
 import click
 
-from .config import PRESETS, RunConfig, config_from_dict, with_overrides
+from .config import PRESETS, RunConfig, config_from_dict, with_overrides, with_seq_space
 from .distributed import info
 from .progress import say
 from .errors import EmodartsError
 from .io import atomic_write_json
-from .space import SEQ_SUBSETS
+from .space import DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
 
 CONFIG_NAME = "config.json"
 
@@ -58,7 +58,10 @@ def _model_options(f):
         click.option("--seq-nodes", type=int, default=None, help="Intermediate nodes per sequential cell."),
         click.option("--hidden", type=int, default=None, help="Sequence width H (recurrent hidden size)."),
         click.option("--seq-candidates", type=click.Choice(sorted(SEQ_SUBSETS)), default=None,
-                     help="Sequential candidate set (default: the preset's)."),
+                     help="Sequential candidate set of the emodarts space (default: the preset's)."),
+        click.option("--seq-space", type=click.Choice(list(SEQ_SPACES)), default=None,
+                     help="Sequential search space: emodarts (recurrent candidates per edge, default) or darts "
+                          "(the DARTS recurrent cell: activations mixed over one shared GEMM, 8 nodes; 4 in tiny)."),
         click.option("--train-epochs", type=int, default=None, help="Final-training epochs (`run` only)."),
         click.option("--max-skip", type=click.IntRange(min=0), default=None,
                      help="Cap skip connections per derived CNN normal cell (P-DARTS; default off)."),
@@ -95,9 +98,15 @@ def build_config(command: str, corpus, root, preset, seed, epochs, batch_size, d
                  protocol=None,
                  cnn_layers=None, channels=None, cnn_nodes=None, seq_cells=None, seq_nodes=None, hidden=None,
                  seq_candidates=None, train_epochs=None, max_skip=None, skip_patience=None, amp=None,
-                 channels_last=None) -> RunConfig:
+                 channels_last=None, seq_space=None) -> RunConfig:
     base = PRESETS[preset]
-    model = with_overrides(base.model, cnn_layers=cnn_layers, cnn_channels=channels, cnn_nodes=cnn_nodes,
+    model = base.model
+    if seq_space == "darts":
+        if seq_candidates:
+            raise EmodartsError("--seq-candidates chooses among the emodarts recurrent candidates; the darts space "
+                                f"always mixes {', '.join(DARTS_SEQ_PRIMITIVES[1:])} (drop one of the two options)")
+        model = with_seq_space(model, "darts", preset)
+    model = with_overrides(model, cnn_layers=cnn_layers, cnn_channels=channels, cnn_nodes=cnn_nodes,
                            seq_cells=seq_cells, seq_nodes=seq_nodes, hidden=hidden,
                            seq_primitives=SEQ_SUBSETS[seq_candidates] if seq_candidates else None)
     search_epochs = epochs if command in ("search", "run") else None
@@ -183,13 +192,18 @@ def train(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size,
     from .space import load_genotype
     from .train import run_train
 
+    given = None
+    if genotype_path is not None and resume is None:  # its sequential space shapes the network
+        if not genotype_path.exists():
+            raise EmodartsError(f"{genotype_path}: genotype file not found")
+        given = load_genotype(genotype_path)
     cfg = build_config("train", corpus, root, preset, seed, epochs, batch_size, device, fused, protocol=protocol,
-                       amp=amp, channels_last=channels_last)
+                       amp=amp, channels_last=channels_last, seq_space=given.seq_space if given else None)
     cfg, run_dir, resuming = open_run("train", cfg, out, resume, device, fused)
     genotype_path = genotype_path or run_dir / "genotype.json"
     if not genotype_path.exists():
         raise EmodartsError(f"{genotype_path}: genotype file not found (give --genotype FILE)")
-    genotype = load_genotype(genotype_path)
+    genotype = given or load_genotype(genotype_path)
     if genotype_path != run_dir / "genotype.json":
         from .space import save_genotype
 
@@ -268,15 +282,17 @@ def run(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size, d
 @click.option("--second-order", is_flag=True, help="Compare unrolled second-order steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=None)
+@click.option("--seq-space", type=click.Choice(list(SEQ_SPACES)), default=None,
+              help="Sequential space to compare (default emodarts).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report here.")
 @_friendly_errors
-def compare(preset, device, steps, second_order, seed, batch_size, json_path):
+def compare(preset, device, steps, second_order, seed, batch_size, seq_space, json_path):
     """Run N search steps with the reference and with --fused from one state; exit 1 beyond tolerance."""
     from .compare import compare_backends, format_report
     from .features import FEATURE_PRESETS
 
     cfg = build_config("search", "synthetic", None, preset, seed, None, batch_size, device, True,
-                       second_order=second_order)
+                       second_order=second_order, seq_space=seq_space)
     _check_backend(cfg)
     n_features, n_frames = FEATURE_PRESETS[preset].shape
     report = compare_backends(cfg, steps, n_features, n_frames)

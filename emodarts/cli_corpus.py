@@ -116,6 +116,7 @@ def register(cli, **shared) -> None:
             if not Path(genotype_path).exists():
                 raise EmodartsError(f"{genotype_path}: genotype file not found")
             genotype = load_genotype(genotype_path)
+            model["seq_space"] = model.get("seq_space") or genotype.seq_space
             train_epochs = model.pop("train_epochs")
             cfg = build_config("train", corpus, root, preset, seed, train_epochs or epochs, batch_size, device,
                                fused, protocol=protocol, **model)

@@ -2,7 +2,7 @@
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Dict, Optional, Tuple
 
-from .space import CNN_PRIMITIVES, SEQ_SUBSETS
+from .space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class ModelConfig:
     cnn_primitives: Tuple[str, ...] = CNN_PRIMITIVES
     seq_primitives: Tuple[str, ...] = SEQ_SUBSETS["all"]
     dropout: float = 0.3
+    seq_space: str = "emodarts"  # "darts": the DARTS recurrent cell (seq_nodes steps, one predecessor each)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,23 @@ PRESETS: Dict[str, RunConfig] = {
         train=TrainConfig(epochs=40, batch_size=32, lr=0.05, drop_path=0.1),
     ),
 }
+
+
+DARTS_STEPS: Dict[str, int] = {"paper": 8, "tiny": 4}  # nodes of the DARTS recurrent cell per preset
+
+
+def with_seq_space(model: ModelConfig, seq_space: str, preset: str) -> ModelConfig:
+    """Switch the sequential search space. `darts` takes the DARTS activations as candidates and the DARTS
+    paper's 8 nodes (4 in the tiny preset); --seq-nodes still overrides the node count afterwards."""
+    if seq_space not in SEQ_SPACES:
+        raise ValueError(f"unknown sequential space {seq_space!r}; choose one of {', '.join(SEQ_SPACES)}")
+    if seq_space == model.seq_space:
+        return model
+    if seq_space == "darts":
+        return replace(model, seq_space="darts", seq_primitives=DARTS_SEQ_PRIMITIVES,
+                       seq_nodes=DARTS_STEPS.get(preset, 8))
+    base = PRESETS.get(preset, PRESETS["paper"]).model
+    return replace(model, seq_space="emodarts", seq_primitives=base.seq_primitives, seq_nodes=base.seq_nodes)
 
 
 def _from_dict(cls, data: Dict[str, Any]):

@@ -1,19 +1,20 @@
 """Alphas -> genotype: for each node keep the 2 strongest incoming edges (an edge's strength is the
-weight of its best non-`none` candidate), and on each edge that best candidate."""
+weight of its best non-`none` candidate), and on each edge that best candidate. A DARTS recurrent cell
+keeps 1 edge per node (one predecessor and one activation), as the DARTS paper derives it."""
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .space import CellGenotype, Genotype
+from .space import CellGenotype, Genotype, seq_inputs
 
 
-def _derive(probs: Tensor, primitives: Sequence[str], n_nodes: int, keep: int):
+def _derive(probs: Tensor, primitives: Sequence[str], n_nodes: int, keep: int, n_inputs: int = 2):
     """(cell, [(alpha row, op) of every kept edge])."""
     active = [k for k, p in enumerate(primitives) if p != "none"]
     nodes, kept, offset = [], [], 0
     for i in range(n_nodes):
-        n_in = 2 + i
+        n_in = n_inputs + i
         rows = probs[offset : offset + n_in][:, active]
         best_w, best_k = rows.max(dim=-1)
         # ties broken by the lower state index, so the result is deterministic
@@ -30,12 +31,12 @@ def count_op(cell: CellGenotype, op: str) -> int:
 
 
 def derive_cell(alpha: Tensor, primitives: Sequence[str], n_nodes: int, keep: int = 2,
-                max_skip: Optional[int] = None) -> CellGenotype:
+                max_skip: Optional[int] = None, n_inputs: int = 2) -> CellGenotype:
     """With `max_skip` (P-DARTS' guard against collapse into parameter-free cells), while the cell keeps
     more skip connections than that, the kept skip edge with the lowest skip weight loses its skip
     candidate and the cell is derived again."""
     probs = torch.softmax(alpha.detach().float(), dim=-1)
-    cell, kept = _derive(probs, primitives, n_nodes, keep)
+    cell, kept = _derive(probs, primitives, n_nodes, keep, n_inputs)
     if max_skip is None or "skip_connect" not in primitives:
         return cell
     skip = list(primitives).index("skip_connect")
@@ -44,15 +45,18 @@ def derive_cell(alpha: Tensor, primitives: Sequence[str], n_nodes: int, keep: in
         if not rows:  # every kept skip edge has no other candidate: the cap cannot be met
             break
         probs[min(rows, key=lambda r: float(probs[r, skip])), skip] = -1.0
-        cell, kept = _derive(probs, primitives, n_nodes, keep)
+        cell, kept = _derive(probs, primitives, n_nodes, keep, n_inputs)
     return cell
 
 
 def derive_genotype(model, meta=None, max_skip_normal: Optional[int] = None) -> Genotype:
     cfg = model.cfg
+    darts = cfg.seq_space == "darts"
     return Genotype(
         normal=derive_cell(model.alpha_normal, cfg.cnn_primitives, cfg.cnn_nodes, max_skip=max_skip_normal),
         reduce=derive_cell(model.alpha_reduce, cfg.cnn_primitives, cfg.cnn_nodes),
-        seq=derive_cell(model.alpha_seq, cfg.seq_primitives, cfg.seq_nodes),
+        seq=derive_cell(model.alpha_seq, cfg.seq_primitives, cfg.seq_nodes, keep=1 if darts else 2,
+                        n_inputs=seq_inputs(cfg.seq_space)),
         meta=dict(meta or {}),
+        seq_space=cfg.seq_space,
     )

@@ -4,6 +4,7 @@ from torch import Tensor, nn
 
 from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
 from .config import ModelConfig
+from .darts_cell import FixedDartsCell
 from .ops.cnn import Identity, drop_path, make_cnn_op
 from .ops.recurrent import make_seq_op
 from .space import CellGenotype, Genotype, check_genotype_fits
@@ -63,7 +64,8 @@ class DerivedNetwork(nn.Module):
         self.cell_dropout = nn.Dropout(cfg.dropout)
         last = plan[-1]
         self.handoff = SequenceHandoff(last.c_p, cfg.cnn_nodes * last.c, cfg.hidden)
-        self.seq_cells = nn.ModuleList(FixedSeqCell(genotype.seq, cfg.hidden, cfg.dropout) for _ in range(cfg.seq_cells))
+        seq_cell = FixedDartsCell if cfg.seq_space == "darts" else FixedSeqCell
+        self.seq_cells = nn.ModuleList(seq_cell(genotype.seq, cfg.hidden, cfg.dropout) for _ in range(cfg.seq_cells))
         self.head = Head(cfg.hidden, n_classes, cfg.dropout)
 
     def set_drop_path(self, prob: float) -> None:

@@ -7,7 +7,7 @@ from typing import Dict, List
 import numpy as np
 
 from .config import config_from_dict
-from .space import CELL_KINDS, Genotype, load_genotype
+from .space import CELL_KINDS, Genotype, load_genotype, seq_inputs
 
 
 def _read_jsonl(path: Path) -> List[dict]:
@@ -23,11 +23,11 @@ def _pyplot():
     return plt
 
 
-def _edge_labels(n_nodes: int) -> List[str]:
-    return [f"n{i}<-s{j}" for i in range(n_nodes) for j in range(2 + i)]
+def _edge_labels(n_nodes: int, n_inputs: int = 2) -> List[str]:
+    return [f"n{i}<-s{j}" for i in range(n_nodes) for j in range(n_inputs + i)]
 
 
-def plot_alphas(history: List[dict], kind: str, primitives, n_nodes: int, path: Path) -> None:
+def plot_alphas(history: List[dict], kind: str, primitives, n_nodes: int, path: Path, n_inputs: int = 2) -> None:
     """One heatmap (edges x candidates, softmax weights) per recorded epoch, up to 8 epochs shown."""
     plt = _pyplot()
     key = f"alpha_{kind}"
@@ -35,7 +35,7 @@ def plot_alphas(history: List[dict], kind: str, primitives, n_nodes: int, path: 
     if len(epochs) > 8:
         picks = np.linspace(0, len(epochs) - 1, 8).round().astype(int)
         epochs = [epochs[i] for i in sorted(set(picks))]
-    fig, axes = plt.subplots(1, len(epochs), figsize=(2.2 + 1.9 * len(epochs), 0.35 * (len(_edge_labels(n_nodes)) + 4)),
+    fig, axes = plt.subplots(1, len(epochs), figsize=(2.2 + 1.9 * len(epochs), 0.35 * (len(_edge_labels(n_nodes, n_inputs)) + 4)),
                              squeeze=False)
     lo = min(float(np.min(rec[key])) for rec in epochs)
     hi = max(float(np.max(rec[key])) for rec in epochs)
@@ -46,7 +46,7 @@ def plot_alphas(history: List[dict], kind: str, primitives, n_nodes: int, path: 
         ax.set_xticks(range(len(primitives)))
         ax.set_xticklabels(primitives, rotation=90, fontsize=6)
         ax.set_yticks(range(weights.shape[0]))
-        ax.set_yticklabels(_edge_labels(n_nodes) if ax is axes[0][0] else [], fontsize=6)
+        ax.set_yticklabels(_edge_labels(n_nodes, n_inputs) if ax is axes[0][0] else [], fontsize=6)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.suptitle(f"softmax(alpha), {kind} cell", fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -100,26 +100,30 @@ def plot_cell(genotype: Genotype, kind: str, path: Path) -> None:
     plt = _pyplot()
     nodes = genotype.cell(kind).nodes
     n = len(nodes)
-    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    darts = kind == "seq" and genotype.seq_space == "darts"
+    first = 1 if darts else 2  # state of node 0: after s0 (DARTS recurrent cell) or after s0, s1
+    pos = {0: (0.0, 0.0)} if darts else {0: (0.0, 1.0), 1: (0.0, -1.0)}
     for i in range(n):
-        pos[i + 2] = (1.5 + 1.5 * i, 0.7 if i % 2 else -0.7)
+        pos[i + first] = (1.5 + 1.5 * i, 0.7 if i % 2 else -0.7)
     out_x = 1.5 + 1.5 * n
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * n, 3.2))
     for i, node in enumerate(nodes):
         for op, src in node:
-            (x0, y0), (x1, y1) = pos[src], pos[i + 2]
+            (x0, y0), (x1, y1) = pos[src], pos[i + first]
             ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                         arrowprops=dict(arrowstyle="->", color="tab:blue", lw=1.2, connectionstyle="arc3,rad=0.2"))
             ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.15 * (1 if x1 - x0 > 0 else -1), op, fontsize=7,
                     ha="center", color="tab:red", bbox=dict(fc="white", ec="none", alpha=0.7, pad=0.5))
     for i in range(n):
-        x, y = pos[i + 2]
+        x, y = pos[i + first]
         ax.annotate("", xy=(out_x, 0), xytext=(x, y), arrowprops=dict(arrowstyle="->", color="0.6", lw=0.8))
-    labels = {0: "s0 (k-2)", 1: "s1 (k-1)", **{i + 2: f"node {i}" for i in range(n)}}
+    inputs = {0: "s0 (x_t, h_t-1)"} if darts else {0: "s0 (k-2)", 1: "s1 (k-1)"}
+    labels = {**inputs, **{i + first: f"node {i}" for i in range(n)}}
     for k, (x, y) in pos.items():
         ax.text(x, y, labels[k], ha="center", va="center", fontsize=8,
-                bbox=dict(boxstyle="round", fc="lightyellow" if k < 2 else "lightblue", ec="0.3"))
-    ax.text(out_x, 0, "concat" if kind != "seq" else "concat -> mean", ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round", fc="lightyellow" if k < first else "lightblue", ec="0.3"))
+    out_label = "concat" if kind != "seq" else ("mean -> h_t" if darts else "concat -> mean")
+    ax.text(out_x, 0, out_label, ha="center", va="center", fontsize=8,
             bbox=dict(boxstyle="round", fc="lightgreen", ec="0.3"))
     ax.set_xlim(-0.8, out_x + 0.9)
     ax.set_ylim(-1.5, 1.5)
@@ -141,7 +145,8 @@ def write_report(run_dir: Path) -> Path:
         for kind in CELL_KINDS:
             prims = cfg.model.seq_primitives if kind == "seq" else cfg.model.cnn_primitives
             n_nodes = cfg.model.seq_nodes if kind == "seq" else cfg.model.cnn_nodes
-            plot_alphas(history, kind, prims, n_nodes, out / f"alphas_{kind}.png")
+            n_inputs = seq_inputs(cfg.model.seq_space) if kind == "seq" else 2
+            plot_alphas(history, kind, prims, n_nodes, out / f"alphas_{kind}.png", n_inputs)
             sections.setdefault("Architecture weights per epoch", []).append(f"![alphas {kind}](alphas_{kind}.png)")
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
     if metrics:

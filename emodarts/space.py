@@ -29,6 +29,11 @@ RECURRENT_PRIMITIVES: Tuple[str, ...] = (
 
 SEQ_PRIMITIVES: Tuple[str, ...] = ("none", "skip_connect") + RECURRENT_PRIMITIVES
 
+# The DARTS recurrent cell (`--seq-space darts`): every edge mixes activations of one shared GEMM.
+DARTS_SEQ_PRIMITIVES: Tuple[str, ...] = ("none", "tanh", "relu", "sigmoid", "identity")
+
+SEQ_SPACES: Tuple[str, ...] = ("emodarts", "darts")
+
 SEQ_SUBSETS: Dict[str, Tuple[str, ...]] = {
     "all": SEQ_PRIMITIVES,
     "lstm": ("none", "skip_connect", "lstm_1", "lstm_2", "lstm_3", "lstm_4"),
@@ -43,14 +48,26 @@ CELL_KINDS = ("normal", "reduce", "seq")
 Edge = Tuple[str, int]
 
 
-def n_edges(n_nodes: int) -> int:
-    """Number of mixed edges in a cell with two inputs and `n_nodes` intermediate nodes."""
-    return sum(2 + i for i in range(n_nodes))
+def n_edges(n_nodes: int, n_inputs: int = 2) -> int:
+    """Number of mixed edges in a cell with `n_inputs` inputs and `n_nodes` intermediate nodes (node i reads
+    the inputs and every earlier node). emoDARTS and CNN cells have two inputs; the DARTS recurrent cell has
+    one (its initial state s0)."""
+    return sum(n_inputs + i for i in range(n_nodes))
+
+
+def seq_inputs(seq_space: str) -> int:
+    """States a sequential cell starts from: two cell inputs (emodarts) or the initial state s0 (darts)."""
+    return 1 if seq_space == "darts" else 2
+
+
+def seq_primitives_of(seq_space: str) -> Tuple[str, ...]:
+    return DARTS_SEQ_PRIMITIVES if seq_space == "darts" else SEQ_PRIMITIVES
 
 
 @dataclass(frozen=True)
 class CellGenotype:
-    """Kept edges of one cell: nodes[i] is a list of (op, input state) pairs."""
+    """Kept edges of one cell: nodes[i] is a list of (op, input state) pairs. In a DARTS recurrent cell
+    each node keeps one pair (activation, predecessor): state 0 is s0 and node i is state i + 1."""
 
     nodes: Tuple[Tuple[Edge, ...], ...]
 
@@ -68,10 +85,12 @@ class Genotype:
     reduce: CellGenotype
     seq: CellGenotype
     meta: Dict[str, object] = field(default_factory=dict, compare=False)
+    seq_space: str = "emodarts"
 
     def to_dict(self) -> dict:
         return {
             "format": GENOTYPE_FORMAT,
+            "seq_space": self.seq_space,
             "normal": self.normal.to_json(),
             "reduce": self.reduce.to_json(),
             "seq": self.seq.to_json(),
@@ -82,18 +101,21 @@ class Genotype:
         return getattr(self, kind)
 
 
-def _allowed(kind: str) -> Tuple[str, ...]:
-    return CNN_PRIMITIVES if kind in ("normal", "reduce") else SEQ_PRIMITIVES
-
-
-def _parse_cell(kind: str, raw: object, where: str) -> CellGenotype:
+def _parse_cell(kind: str, raw: object, where: str, seq_space: str = "emodarts") -> CellGenotype:
     if not isinstance(raw, list) or not raw:
         raise GenotypeError(f"{where}: field '{kind}' must be a non-empty list of nodes")
     nodes = []
-    allowed = _allowed(kind)
+    darts = kind == "seq" and seq_space == "darts"
+    allowed = CNN_PRIMITIVES if kind in ("normal", "reduce") else seq_primitives_of(seq_space)
+    n_inputs = 1 if darts else 2
     for i, node in enumerate(raw):
         if not isinstance(node, list) or not node:
             raise GenotypeError(f"{where}: field '{kind}[{i}]' must be a non-empty list of [op, input] pairs")
+        if darts and len(node) != 1:
+            raise GenotypeError(
+                f"{where}: field '{kind}[{i}]' has {len(node)} pairs; a DARTS recurrent node keeps exactly one "
+                "[activation, predecessor] pair"
+            )
         edges = []
         for j, edge in enumerate(node):
             name = f"{kind}[{i}][{j}]"
@@ -105,9 +127,10 @@ def _parse_cell(kind: str, raw: object, where: str) -> CellGenotype:
                     f"{where}: field '{name}' has operation {op!r}; expected one of "
                     f"{', '.join(p for p in allowed if p != 'none')}"
                 )
-            if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < i + 2:
+            if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < i + n_inputs:
                 raise GenotypeError(
-                    f"{where}: field '{name}' has input state {src!r}; node {i} may read states 0..{i + 1}"
+                    f"{where}: field '{name}' has input state {src!r}; node {i} may read states "
+                    f"0..{i + n_inputs - 1}"
                 )
             edges.append((op, src))
         nodes.append(tuple(edges))
@@ -127,8 +150,11 @@ def genotype_from_dict(data: object, where: str = "genotype") -> Genotype:
     meta = data.get("meta", {})
     if not isinstance(meta, dict):
         raise GenotypeError(f"{where}: field 'meta' must be an object")
-    cells = {kind: _parse_cell(kind, data[kind], where) for kind in CELL_KINDS}
-    return Genotype(meta=meta, **cells)
+    seq_space = data.get("seq_space", "emodarts")
+    if seq_space not in SEQ_SPACES:
+        raise GenotypeError(f"{where}: field 'seq_space' is {seq_space!r}; expected one of {', '.join(SEQ_SPACES)}")
+    cells = {kind: _parse_cell(kind, data[kind], where, seq_space) for kind in CELL_KINDS}
+    return Genotype(meta=meta, seq_space=seq_space, **cells)
 
 
 def save_genotype(genotype: Genotype, path: Union[str, Path]) -> None:
@@ -152,6 +178,11 @@ def load_genotype(path: Union[str, Path]) -> Genotype:
 
 def check_genotype_fits(genotype: Genotype, cfg, where: str = "genotype") -> None:
     """Reject a genotype whose node counts or operations do not match the model configuration `cfg`."""
+    if genotype.seq_space != cfg.seq_space:
+        raise GenotypeError(
+            f"{where}: field 'seq_space' is {genotype.seq_space!r}; this configuration searches the "
+            f"{cfg.seq_space!r} sequential space (--seq-space {cfg.seq_space})"
+        )
     for kind in CELL_KINDS:
         seq = kind == "seq"
         allowed = cfg.seq_primitives if seq else cfg.cnn_primitives

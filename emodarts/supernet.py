@@ -10,10 +10,11 @@ from torch import Tensor, nn
 
 from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
 from .config import ModelConfig
+from .darts_cell import MixedDartsCell
 from .ops.backend import Backend, get_backend
 from .ops.cnn import make_cnn_op
 from .ops.recurrent import AttentiveRecurrentOp, make_seq_op
-from .space import n_edges
+from .space import n_edges, seq_inputs
 
 ALPHA_NAMES = ("alpha_normal", "alpha_reduce", "alpha_seq")
 
@@ -125,12 +126,13 @@ class Supernet(nn.Module):
         self.cnn_cells = nn.ModuleList(MixedCnnCell(cfg, p) for p in plan)
         last = plan[-1]
         self.handoff = SequenceHandoff(last.c_p, cfg.cnn_nodes * last.c, cfg.hidden)
-        self.seq_cells = nn.ModuleList(MixedSeqCell(cfg) for _ in range(cfg.seq_cells))
+        seq_cell = MixedDartsCell if cfg.seq_space == "darts" else MixedSeqCell
+        self.seq_cells = nn.ModuleList(seq_cell(cfg) for _ in range(cfg.seq_cells))
         self.head = Head(cfg.hidden, n_classes, cfg.dropout)
         n_cnn, n_seq = len(cfg.cnn_primitives), len(cfg.seq_primitives)
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.cnn_nodes), n_cnn))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.cnn_nodes), n_cnn))
-        self.alpha_seq = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.seq_nodes), n_seq))
+        self.alpha_seq = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.seq_nodes, seq_inputs(cfg.seq_space)), n_seq))
 
     def set_backend(self, name: str) -> None:
         self.backend = get_backend(name)

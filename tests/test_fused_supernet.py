@@ -3,6 +3,7 @@ the reference backend: logits and the gradient of every weight and alpha, on fre
 import pytest
 import torch
 
+from emodarts.space import DARTS_SEQ_PRIMITIVES
 from emodarts.supernet import Supernet
 
 from helpers import small_model_config
@@ -19,10 +20,13 @@ def _grads(backend, cfg, state, x, y):
     return net(x).detach(), {n: g for (n, _), g in zip(net.named_parameters(), grads)}
 
 
-@pytest.mark.parametrize("batch,frames,seq_nodes", [(1, 9, 2), (3, 13, 3), (2, 21, 2)])
-def test_fused_supernet_step_equals_reference(batch, frames, seq_nodes):
+@pytest.mark.parametrize("batch,frames,seq_nodes,seq_space", [(1, 9, 2, "emodarts"), (3, 13, 3, "emodarts"),
+                                                           (2, 21, 2, "emodarts"), (1, 9, 1, "darts"),
+                                                           (3, 13, 4, "darts")])
+def test_fused_supernet_step_equals_reference(batch, frames, seq_nodes, seq_space):
     torch.manual_seed(batch * 100 + frames)
-    cfg = small_model_config(dropout=0.0, seq_nodes=seq_nodes, seq_cells=2, seq_primitives=ALL_SEQ)
+    prims = DARTS_SEQ_PRIMITIVES if seq_space == "darts" else ALL_SEQ
+    cfg = small_model_config(dropout=0.0, seq_nodes=seq_nodes, seq_cells=2, seq_primitives=prims, seq_space=seq_space)
     state = Supernet(cfg, 10, 4).state_dict()
     x, y = torch.randn(batch, 1, 10, frames), torch.randint(0, 4, (batch,))
     ref_out, ref = _grads("reference", cfg, state, x, y)

@@ -18,6 +18,7 @@ class Backend:
     name: str
     mixed_sum: Callable  # (ys, alpha, index) -> weighted sum of one node's candidates
     grouped_recurrent: Callable  # (x, rnns) -> [rnn(x)[0] for rnn in rnns], all candidates reading x
+    darts_rnn: Callable  # (x_proj, h0, w0h, ws, probs) -> hs: the mixed DARTS recurrent cell over time
 
 
 def _fp32_grouped(grouped: Callable) -> Callable:
@@ -37,17 +38,19 @@ def get_backend(name: str) -> Backend:
     """Return the named backend; a fused backend that is not built is an error, never a silent fallback."""
     if name == "reference":
         from . import grouped_reference
+        from .darts_reference import darts_rnn_reference
 
-        return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent)
+        return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent, darts_rnn_reference)
     if name == "fused":
         try:
-            from . import fused, grouped_recurrent
+            from . import darts_fused, fused, grouped_recurrent
         except ImportError as exc:
             raise BackendError(
                 "the fused backend is not built in this installation: its kernels are missing "
                 f"({exc}). Run without --fused to use the reference backend."
             ) from exc
-        return Backend("fused", fused.mixed_sum, _fp32_grouped(grouped_recurrent.grouped_recurrent))
+        return Backend("fused", fused.mixed_sum, _fp32_grouped(grouped_recurrent.grouped_recurrent),
+                       darts_fused.darts_rnn_fused)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

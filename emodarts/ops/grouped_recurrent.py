@@ -84,15 +84,18 @@ def ops():
 
 
 def cuda_sources() -> List[str]:
+    """The CUDA sources of the extension's recurrent ops, built together into one library by
+    build_cuda_extension: the grouped layer and the DARTS cell (emodarts/ops/darts_fused.py)."""
     from emodarts.ops.extension import csrc_dir
 
-    return [os.path.join(csrc_dir(), "cuda", "grouped_rnn_cuda.cu")]
+    return [os.path.join(csrc_dir(), "cuda", f) for f in ("grouped_rnn_cuda.cu", "darts_rnn_cuda.cu")]
 
 
 def ensure_cuda() -> None:
     """Make the CUDA kernels of the grouped ops available: present when emodarts._C was built with them
-    (setup.py with CUDA), else JIT-compiled once from csrc/cuda/grouped_rnn_cuda.cu (needs nvcc and a CUDA
-    build of torch; TORCH_CUDA_ARCH_LIST defaults to the visible GPUs)."""
+    (setup.py with CUDA), else JIT-compiled once from cuda_sources() (csrc/cuda/grouped_rnn_cuda.cu and
+    darts_rnn_cuda.cu; needs nvcc and a CUDA build of torch; TORCH_CUDA_ARCH_LIST defaults to the visible
+    GPUs)."""
     global _cuda_ready
     if _cuda_ready:
         return
@@ -128,8 +131,8 @@ def cuda_home() -> Optional[str]:
 
 
 def build_cuda_extension(build_directory: Optional[str] = None, verbose: bool = False) -> str:
-    """JIT-compile csrc/cuda/grouped_rnn_cuda.cu into a library that registers the CUDA kernels of the
-    grouped ops (torch.utils.cpp_extension.load, is_python_module=False; it is loaded too, which works
+    """JIT-compile cuda_sources() into a library that registers the CUDA kernels of the grouped ops and of
+    the DARTS cell (torch.utils.cpp_extension.load, is_python_module=False; it is loaded too, which works
     without a GPU on a CUDA build of torch); returns the library path. ninja rebuilds only when the source
     or the flags change. Needs nvcc and a CUDA build of torch; without a visible GPU it targets Hopper
     (TORCH_CUDA_ARCH_LIST=9.0) unless TORCH_CUDA_ARCH_LIST is set."""

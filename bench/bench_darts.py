@@ -1,0 +1,245 @@
+"""Benchmark of the mixed DARTS recurrent cell over a whole sequence (emodarts/ops/darts_reference.py's
+contract): the eager reference vs torch.compile of the reference's *cell step* vs the fused op.
+
+Workload: one DARTS layer, darts_rnn(x_proj, h0, w0h, ws, probs) -> hs (T, B, H), float32:
+  tiny   H=32,  S=4 nodes (10 edges), T=12, B=32
+  paper  H=128, S=8 nodes (36 edges), T=32, B=16
+Inputs as the search cell makes them: x_proj = (x W0x)^T, a transposed batch-first tensor (not
+contiguous), h0 = 0, W0x / w0h / ws ~ uniform(-0.04, 0.04) (the DARTS init), probs = the 4 activation
+columns of softmax(alpha) over 5 candidates with alpha = 0 (the start of a search), each node's rows divided
+by its number of predecessors, as emodarts.darts_cell.MixedDartsCell does (summed instead of averaged over
+predecessors, the 8-node cell's states grow geometrically and overflow at T = 32). The script checks that the
+outputs are finite and that the three implementations agree.
+
+Implementations:
+  reference  darts_rnn_reference, eager PyTorch (per step: stack, matmul, split, activations, weighted sum)
+  compile    torch.compile(dynamic=False) of the reference's *cell step* (one time step: the h W0h GEMM, s0,
+             the S nodes, the mean), called from an eager Python loop over time steps; the unrolled time loop
+             is not compiled. Compile time is excluded (warm-up).
+  fused      emodarts.ops.darts_fused.darts_rnn_fused (the whole time loop in one C++ / CUDA op)
+Modes: fwd (forward with autograd recording, as in a search step) and fwd+bwd (forward, then backward of a
+random output gradient into x_proj, w0h, ws and probs). Median and min wall time over --repeats runs after
+--warmup runs, the implementations timed round-robin (one run of each in turn, so that they see the same load
+on a shared machine); CUDA timings are synchronised. The table is printed; everything goes to
+bench/results/darts_<device>.json with the device name, date, command, threads, load average and
+OMP_WAIT_POLICY.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_darts.py              # CPU, 1 thread, ~5 min on 2 cores
+    python bench/bench_darts.py --device cuda
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import header, write_json  # noqa: E402
+from emodarts.ops import darts_fused  # noqa: E402
+from emodarts.ops import grouped_recurrent as gr  # noqa: E402
+from emodarts.ops.darts_reference import activations, darts_rnn_reference, edge_index, n_darts_edges  # noqa: E402
+
+PRESETS = {"tiny": dict(H=32, S=4, T=12, B=32), "paper": dict(H=128, S=8, T=32, B=16)}
+INIT = 0.04
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.compile: the cell step is compiled, the time loop stays in Python
+
+
+def cell_step(x_t: Tensor, h: Tensor, w0h: Tensor, ws: Tensor, probs: Tensor) -> Tensor:
+    """One time step of darts_rnn_reference (the same operations, in the same order)."""
+    steps, hidden = ws.shape[0], h.shape[-1]
+    c0, z0 = (x_t + h @ w0h).split(hidden, dim=-1)
+    states = [h + torch.sigmoid(c0) * (torch.tanh(z0) - h)]
+    for i in range(steps):
+        prev = torch.stack(states)
+        c, z = (prev @ ws[i]).split(hidden, dim=-1)
+        c = torch.sigmoid(c)
+        blended = prev + c * (activations(z) - prev)
+        p = probs[edge_index(i, 0): edge_index(i, 0) + i + 1].t()
+        states.append((p[:, :, None, None] * blended).sum(dim=(0, 1)))
+    return torch.stack(states[1:]).mean(dim=0)
+
+
+_compiled: Dict[str, Callable] = {}
+
+
+def compiled_step() -> Callable:
+    if "step" not in _compiled:
+        # one graph per preset and per requires_grad pattern of h (h0 has none): above dynamo's default limit
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(getattr(dynamo_config, "recompile_limit", 8), 64)
+        dynamo_config.cache_size_limit = max(getattr(dynamo_config, "cache_size_limit", 8), 64)
+        _compiled["step"] = torch.compile(cell_step, dynamic=False)
+    return _compiled["step"]
+
+
+def run_compiled(x_proj: Tensor, h0: Tensor, w0h: Tensor, ws: Tensor, probs: Tensor) -> Tensor:
+    step = compiled_step()
+    h, outputs = h0, []
+    for t in range(x_proj.shape[0]):
+        h = step(x_proj[t], h, w0h, ws, probs)
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
+IMPLS: Dict[str, Callable] = {
+    "reference": darts_rnn_reference,
+    "compile": run_compiled,
+    "fused": darts_fused.darts_rnn_fused,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# workload
+
+
+def build(preset: str, device: torch.device, seed: int = 0):
+    """Leaf parameters (w0x, w0h, ws, alpha) and h0; x_proj is recomputed per run from x (as in the cell)."""
+    p = PRESETS[preset]
+    H, S, T, B = p["H"], p["S"], p["T"], p["B"]
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(*shape):
+        return ((torch.rand(*shape, generator=gen) * 2 - 1) * INIT).to(device).requires_grad_(True)
+
+    x = torch.randn(B, T, 2 * H, generator=gen).to(device)
+    alpha = torch.zeros(n_darts_edges(S), 5).to(device).requires_grad_(True)
+    fan_in = torch.tensor([i + 1.0 for i in range(S) for _ in range(i + 1)], device=device)[:, None]
+    return {"fan_in": fan_in, "x": x, "w0x": uniform(2 * H, 2 * H), "w0h": uniform(H, 2 * H), "ws": uniform(S, H, 2 * H),
+            "alpha": alpha, "h0": torch.zeros(B, H, device=device)}
+
+
+def layer_inputs(w):
+    x_proj = (w["x"] @ w["w0x"].t()).transpose(0, 1)  # (T, B, 2H), strided
+    probs = torch.softmax(w["alpha"], dim=-1)[:, :4] / w["fan_in"]
+    return x_proj, w["h0"], w["w0h"], w["ws"], probs
+
+
+def make_step(fn: Callable, w, mode: str) -> Callable[[], Tensor]:
+    grad = None
+
+    def step():
+        nonlocal grad
+        out = fn(*layer_inputs(w))
+        if mode == "fwd+bwd":
+            if grad is None:
+                gen = torch.Generator().manual_seed(1)
+                grad = torch.randn(out.shape, generator=gen).to(out.device)
+            torch.autograd.grad(out, [w["w0x"], w["w0h"], w["ws"], w["alpha"]], grad)
+        return out
+
+    return step
+
+
+def timed(steps: Dict[str, Callable[[], Tensor]], device: torch.device, repeats: int, warmup: int):
+    """{impl: (median, min)} seconds, round-robin."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times: Dict[str, List[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
+
+
+def gemm_gflop(preset: str) -> float:
+    """GEMM work of one forward of the layer (h W0h and every node's stacked-states GEMM; the x W0x projection
+    before it is not counted); backward does twice that."""
+    p = PRESETS[preset]
+    return p["T"] * 2 * p["B"] * p["H"] * 2 * p["H"] * (1 + n_darts_edges(p["S"])) / 1e9
+
+
+def check_agreement(w, impls: List[str]) -> Dict[str, float]:
+    """Max. relative difference of every implementation's output from the reference's; outputs finite."""
+    with torch.no_grad():
+        outs = {i: IMPLS[i](*layer_inputs(w)) for i in impls}
+    ref = outs.get("reference", next(iter(outs.values())))
+    for name, o in outs.items():
+        if not torch.isfinite(o).all():
+            raise RuntimeError(f"{name}: non-finite outputs")
+    scale = ref.abs().max().item()
+    return {i: (o - ref).abs().max().item() / scale for i, o in outs.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default 1: a shared machine)")
+    ap.add_argument("--presets", default="tiny,paper")
+    ap.add_argument("--impls", default="reference,compile,fused")
+    ap.add_argument("--modes", default="fwd,fwd+bwd")
+    ap.add_argument("--quick", action="store_true", help="3 timed runs each, 1 warm-up (default 9 and 2)")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--out", default=None, help="JSON file name under bench/results/")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    else:
+        darts_fused.ensure_cuda()
+    repeats = args.repeats or (3 if args.quick else 9)
+    warmup = args.warmup or (1 if args.quick else 2)
+    impls = [s for s in args.impls.split(",") if s]
+    base = [i for i in ("reference", "compile") if i in impls]
+    print("compile = torch.compile(dynamic=False) of the reference's cell step (one time step), eager loop over "
+          "time; compile time excluded")
+    cols = [f"{i} ms" for i in impls] + [f"{i} min" for i in impls]
+    ratio_names = [f"{b}/{i}" for b in base for i in impls if i != b and not (b == "compile" and i == "reference")]
+    print(f"{'preset':6} {'mode':7} " + " ".join(f"{c:>14}" for c in cols) + "  "
+          + " ".join(f"{r:>17}" for r in ratio_names))
+    rows = []
+    for preset in args.presets.split(","):
+        w = build(preset, device)
+        agreement = check_agreement(w, impls)
+        for mode in args.modes.split(","):
+            tm = timed({i: make_step(IMPLS[i], w, mode) for i in impls}, device, repeats, warmup)
+            res = {i: {"median_s": tm[i][0], "min_s": tm[i][1]} for i in impls}
+            ratios = {r: res[r.split("/")[0]]["median_s"] / res[r.split("/")[1]]["median_s"] for r in ratio_names}
+            row = {"preset": preset, **PRESETS[preset], "edges": n_darts_edges(PRESETS[preset]["S"]), "mode": mode,
+                   "times": res, "speedup": ratios, "max_rel_diff_vs_reference": agreement}
+            if "fused" in res:
+                flop = gemm_gflop(preset) * (3 if mode == "fwd+bwd" else 1)
+                row["fused_gemm_gflops_per_s"] = flop / res["fused"]["median_s"]
+            rows.append(row)
+            print(f"{preset:6} {mode:7} " + " ".join(f"{res[i]['median_s'] * 1e3:14.2f}" for i in impls) + " "
+                  + " ".join(f"{res[i]['min_s'] * 1e3:14.2f}" for i in impls) + "  "
+                  + " ".join(f"{ratios[r]:17.2f}" for r in ratio_names), flush=True)
+    payload = header(device)
+    payload.update({
+        "benchmark": "darts_rnn", "dtype": "float32", "repeats": repeats, "warmup": warmup,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu_gemm_path": gr.cpu_gemm_path() if device.type == "cpu" else None,
+        "compile": "torch.compile(dynamic=False) of the reference's cell step (one time step: h W0h, s0, the S "
+                   "nodes, the mean); eager Python loop over time steps; compile time excluded",
+        "inputs": f"x_proj = (x W0x)^T strided, h0 = 0, weights uniform(-{INIT}, {INIT}), "
+                  "probs = softmax(alpha)[:, :4] / predecessors of the node, alpha = 0",
+        "speedup_note": "a/b = median time of a / median time of b (> 1: b is faster)",
+        "rows": rows,
+    })
+    path = write_json(args.out or f"darts_{device.type}.json", payload)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+// Shared CPU helpers of the extension's recurrent kernels (csrc/grouped_rnn.cpp, csrc/darts_rnn.cpp):
+// row-major GEMMs through the BLAS that PyTorch links (or ATen), and the run-time AVX2 switch.
+//
+// GEMMs call MKL's sgemm_/dgemm_ (exported by libtorch_cpu) directly: ATen's per-call overhead is several
+// microseconds, as much as a whole tiny-preset step. When those symbols are absent (another BLAS build), or
+// with EMODARTS_GROUPED_GEMM=aten (read at every call), the same GEMMs go through ATen (at::mm_out / addmm_
+// on strided views of the same buffers).
+// The float32 epilogues are compiled twice (baseline and AVX2+FMA, see the *_kernels.h files); the AVX2 copy
+// runs when the CPU has AVX2 and FMA, unless EMODARTS_GROUPED_NO_AVX2 is set to a non-zero value (read once
+// per process).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+extern "C" {
+// Fortran BLAS (LP64), resolved at load time from libtorch_cpu when it exports them; null otherwise.
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EMODARTS_CPU_HAVE_AVX2 1
+#endif
+
+namespace emodarts {
+namespace cpu_common {
+
+inline bool use_blas() {
+  const char* e = std::getenv("EMODARTS_GROUPED_GEMM");
+  if (e != nullptr && std::strcmp(e, "aten") == 0) return false;
+  return sgemm_ != nullptr && dgemm_ != nullptr;
+}
+
+inline bool fits_int(int64_t v) { return v >= 0 && v <= INT32_MAX; }
+
+inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
+                      const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// the row-major (rows x cols, ld) matrix at p as a tensor (no copy), transposed when `trans`
+template <typename T>
+at::Tensor view_rm(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor t = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, opts);
+  return trans ? t.t() : t;
+}
+
+// GEMM on row-major matrices: C (M x N, ldc) = alpha * op(A) op(B) + beta * C, op(A) M x Kd, op(B) Kd x N.
+template <typename T>
+void gemm_rm(bool blas, bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T alpha, const T* A, int64_t lda,
+             const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (Kd <= 0) {  // C = beta * C
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (blas && fits_int(M) && fits_int(N) && fits_int(Kd) && fits_int(lda) && fits_int(ldb) && fits_int(ldc)) {
+    // column-major view: C^T (N x M) = op(B)^T (N x Kd) op(A)^T (Kd x M)
+    blas_gemm(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(Kd),
+              alpha, B, static_cast<int>(ldb), A, static_cast<int>(lda), beta, C, static_cast<int>(ldc));
+    return;
+  }
+  at::Tensor a = ta ? view_rm(A, Kd, M, lda, true) : view_rm(A, M, Kd, lda, false);
+  at::Tensor b = tb ? view_rm(B, N, Kd, ldb, true) : view_rm(B, Kd, N, ldb, false);
+  at::Tensor c = view_rm(static_cast<const T*>(C), M, N, ldc, false);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);
+    if (alpha != T(1)) c.mul_(alpha);
+  } else {
+    c.addmm_(a, b, beta, alpha);
+  }
+}
+
+// whether the AVX2+FMA copies of the float32 epilogues run (read once per process)
+inline bool avx2_enabled() {
+#ifdef EMODARTS_CPU_HAVE_AVX2
+  static const bool ok = [] {
+    const char* e = std::getenv("EMODARTS_GROUPED_NO_AVX2");
+    if (e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+}  // namespace cpu_common
+}  // namespace emodarts

@@ -1,0 +1,397 @@
+// The DARTS recurrent cell over a whole sequence, CUDA implementation: the CUDA kernels of
+// emodarts::darts_rnn_forward and emodarts::darts_rnn_backward (schemas, shapes, the saved-state layout,
+// which is the same on both devices, and the CPU twin: csrc/darts_rnn.cpp; the oracle:
+// emodarts/ops/darts_reference.py).
+//
+// JIT-compiled with the other CUDA kernels of the extension (emodarts/ops/grouped_recurrent.py
+// cuda_sources(), ensure_cuda) into a library that only registers CUDA kernels. Like
+// csrc/cuda/grouped_rnn_cuda.cu it includes no ATen/cuda/CUDAContext.h: GEMMs go through ATen (cuBLAS via
+// at::mm_out / addmm_ / bmm_out on views of the saved buffers, no copies), the stream comes from c10.
+//
+// Forward, per step: pre0[t] += h_{t-1} W0h (pre0 starts as a copy of x_proj), the s0 kernel, then per node
+// i one GEMM of the stacked states s_0 .. s_i ((i + 1) B x H, contiguous) by W_i into the node's
+// pre-activation block and one epilogue kernel (one thread per (b, h): gate, the four activations, the
+// blend with probs, the sum over predecessors; the last node also writes h_t = mean(s_1 .. s_S)).
+// Backward, per step (last to first): one kernel sets dL/ds_k = (grad_hs[t] + carried dL/dh_t) / S; per
+// node in reverse order one epilogue kernel ([dC | dZ] into a saved block, the direct term into dL/ds_j)
+// and one GEMM dL/ds_{0..i} += [dC | dZ] W_i^T (in place, beta = 1); then the s0 kernel writes
+// dL/dx_proj[t] and the direct part of dL/dh_{t-1}, and one GEMM adds [dc0 | dz0] W0h^T. The state
+// gradients of every step are kept (T, S + 1, B, H): after the loop one kernel reduces the probs gradient
+// over (t, b, h) per edge (fixed grid, double partial sums, block tree reduction, then a sum over chunks:
+// deterministic), dW_i = sum_t S_{i,t}^T dPre_{i,t} as one strided batched GEMM over t and a sum, and dW0h
+// as two GEMMs (h0, then hs[0 .. T-2]).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+namespace emodarts {
+namespace darts_rnn_cuda {
+namespace {
+
+using at::Tensor;
+
+struct Dims {
+  int64_t T, B, H, S, E;
+};
+
+void check_same(const Tensor& a, const Tensor& ref, const char* name) {
+  TORCH_CHECK(a.scalar_type() == ref.scalar_type(), "darts_rnn: ", name, " has dtype ", a.scalar_type(),
+              ", x_proj has ", ref.scalar_type());
+  TORCH_CHECK(a.device() == ref.device(), "darts_rnn: ", name, " is on ", a.device(), ", x_proj on ", ref.device());
+}
+
+// shapes of x_proj (T, B, 2H) (or, in backward, of hs (T, B, H): half = true), h0, w0h, ws, probs
+Dims make_dims(const Tensor& seq, bool half, const Tensor& h0, const Tensor& w0h, const Tensor& ws,
+               const Tensor& probs) {
+  TORCH_CHECK(seq.dim() == 3, "darts_rnn: ", half ? "hs" : "x_proj", " must be 3-D, got ", seq.sizes());
+  TORCH_CHECK(h0.dim() == 2, "darts_rnn: h0 must be (B, H), got ", h0.sizes());
+  TORCH_CHECK(ws.dim() == 3, "darts_rnn: ws must be (S, H, 2H), got ", ws.sizes());
+  Dims d;
+  d.T = seq.size(0);
+  d.B = seq.size(1);
+  d.H = h0.size(1);
+  d.S = ws.size(0);
+  d.E = d.S * (d.S + 1) / 2;
+  TORCH_CHECK(d.T >= 1 && d.B >= 1 && d.H >= 1 && d.S >= 1, "darts_rnn: empty sizes are not supported (T = ", d.T,
+              ", B = ", d.B, ", H = ", d.H, ", S = ", d.S, ")");
+  TORCH_CHECK(seq.size(2) == (half ? d.H : 2 * d.H), "darts_rnn: ", half ? "hs" : "x_proj", " has ", seq.size(2),
+              " features, expected ", half ? d.H : 2 * d.H);
+  TORCH_CHECK(h0.size(0) == d.B, "darts_rnn: h0 has ", h0.size(0), " rows, batch is ", d.B);
+  TORCH_CHECK(w0h.dim() == 2 && w0h.size(0) == d.H && w0h.size(1) == 2 * d.H, "darts_rnn: w0h must be (", d.H,
+              ", ", 2 * d.H, "), got ", w0h.sizes());
+  TORCH_CHECK(ws.size(1) == d.H && ws.size(2) == 2 * d.H, "darts_rnn: ws must be (S, ", d.H, ", ", 2 * d.H,
+              "), got ", ws.sizes());
+  TORCH_CHECK(probs.dim() == 2 && probs.size(0) == d.E && probs.size(1) == 4, "darts_rnn: probs must be (", d.E,
+              ", 4) for ", d.S, " nodes, got ", probs.sizes());
+  check_same(h0, seq, "h0");
+  check_same(w0h, seq, "w0h");
+  check_same(ws, seq, "ws");
+  check_same(probs, seq, "probs");
+  TORCH_CHECK(d.E <= 65535, "darts_rnn (CUDA): at most 65535 edges (S <= 361), got ", d.E);
+  TORCH_CHECK(seq.is_cuda(), "darts_rnn (CUDA kernel) got a tensor on ", seq.device());
+  TORCH_CHECK(seq.scalar_type() == at::kFloat || seq.scalar_type() == at::kDouble,
+              "darts_rnn (CUDA): float32 or float64 only, got ", seq.scalar_type());
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// element-wise kernels: one thread per (b, h) of a step, grid-stride loops
+
+template <typename T>
+__device__ __forceinline__ T sigm(T x) {
+  return T(1) / (T(1) + exp(-x));
+}
+template <typename T>
+__device__ __forceinline__ T relu_(T x) {
+  return x > T(0) ? x : T(0);
+}
+
+constexpr int kThreads = 256;
+
+int64_t blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return std::max<int64_t>(1, std::min<int64_t>(b, 65535 * 8));
+}
+
+// pre0 (B, 2H): [c0 | z0] in, [sigmoid(c0) | z0] out; h (B, H) = h_{t-1}; s0 (B, H)
+template <typename T>
+__global__ void s0_fwd_kernel(int64_t B, int64_t H, T* __restrict__ pre0, const T* __restrict__ h,
+                              T* __restrict__ s0) {
+  const int64_t n = B * H;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = idx / H, x = idx % H;
+    T* pr = pre0 + b * 2 * H;
+    const T c = sigm(pr[x]);
+    const T z = pr[H + x];
+    const T hv = h[idx];
+    pr[x] = c;
+    s0[idx] = hv + c * (tanh(z) - hv);
+  }
+}
+
+// Node with nj sources. st: the step's states (S + 1, B, H), sources 0 .. nj-1, output state nj; pre: the
+// node's (nj * B, 2H) block, [C | Z] in, [sigmoid(C) | Z] out; p: its probs rows (nj, 4). out != nullptr
+// (the last node, nj == S): also h_t = mean(s_1 .. s_S).
+template <typename T>
+__global__ void node_fwd_kernel(int64_t B, int64_t H, int64_t nj, int64_t S, const T* __restrict__ p,
+                                T* __restrict__ pre, T* __restrict__ st, T* __restrict__ out) {
+  const int64_t BH = B * H;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < BH; idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = idx / H, x = idx % H;
+    T acc = T(0);
+    for (int64_t j = 0; j < nj; ++j) {
+      T* pr = pre + (j * B + b) * 2 * H;
+      const T c = sigm(pr[x]);
+      const T z = pr[H + x];
+      const T s = st[j * BH + idx];
+      pr[x] = c;
+      const T p0 = p[4 * j], p1 = p[4 * j + 1], p2 = p[4 * j + 2], p3 = p[4 * j + 3];
+      const T a = p0 * tanh(z) + p1 * relu_(z) + p2 * sigm(z) + p3 * z;
+      const T ps_s = (p0 + p1 + p2 + p3) * s;
+      acc += ps_s + c * (a - ps_s);
+    }
+    st[nj * BH + idx] = acc;
+    if (out != nullptr) {
+      T sum = T(0);
+      for (int64_t k = 1; k < S; ++k) sum += st[k * BH + idx];
+      out[idx] = (sum + acc) / T(S);
+    }
+  }
+}
+
+// dL/ds_k = (grad_hs[t] + dh) / S for k = 1 .. S (dh: the carry from step t + 1; absent on the last step),
+// dL/ds_0 = 0. ds: the step's (S + 1, B, H) block.
+template <typename T>
+__global__ void ds_init_kernel(int64_t BH, int64_t S, const T* __restrict__ gh, const T* __restrict__ dh,
+                               T* __restrict__ ds) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < BH; idx += int64_t(gridDim.x) * blockDim.x) {
+    const T g = (gh[idx] + (dh != nullptr ? dh[idx] : T(0))) / T(S);
+    ds[idx] = T(0);
+    for (int64_t k = 1; k <= S; ++k) ds[k * BH + idx] = g;
+  }
+}
+
+// Node with nj sources, backward: g = ds[nj] (final); per source j writes [dC | dZ] into dpre (the node's
+// (nj * B, 2H) block) and adds the direct term g ps (1 - c) to ds[j].
+template <typename T>
+__global__ void node_bwd_kernel(int64_t B, int64_t H, int64_t nj, const T* __restrict__ p, const T* __restrict__ pre,
+                                const T* __restrict__ st, T* __restrict__ dpre, T* __restrict__ ds) {
+  const int64_t BH = B * H;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < BH; idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = idx / H, x = idx % H;
+    const T g = ds[nj * BH + idx];
+    for (int64_t j = 0; j < nj; ++j) {
+      const int64_t row = (j * B + b) * 2 * H;
+      const T c = pre[row + x];
+      const T z = pre[row + H + x];
+      const T s = st[j * BH + idx];
+      const T p0 = p[4 * j], p1 = p[4 * j + 1], p2 = p[4 * j + 2], p3 = p[4 * j + 3];
+      const T ps = p0 + p1 + p2 + p3;
+      const T th = tanh(z), sg = sigm(z);
+      const T a = p0 * th + p1 * relu_(z) + p2 * sg + p3 * z;
+      const T da = p0 * (T(1) - th * th) + p1 * (z > T(0) ? T(1) : T(0)) + p2 * sg * (T(1) - sg) + p3;
+      const T gc = g * c;
+      dpre[row + x] = g * (a - ps * s) * c * (T(1) - c);
+      dpre[row + H + x] = gc * da;
+      ds[j * BH + idx] += ps * (g - gc);
+    }
+  }
+}
+
+// s0 backward: ds0 = dL/ds0, pre0 = [c0 | z0] (B, 2H), h = h_{t-1}. Writes [dc0 | dz0] to gx (B, 2H) and the
+// direct part of dL/dh_{t-1}, ds0 (1 - c0), to dh.
+template <typename T>
+__global__ void s0_bwd_kernel(int64_t B, int64_t H, const T* __restrict__ pre0, const T* __restrict__ h,
+                              const T* __restrict__ ds0, T* __restrict__ gx, T* __restrict__ dh) {
+  const int64_t n = B * H;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = idx / H, x = idx % H;
+    const T c = pre0[b * 2 * H + x];
+    const T z = pre0[b * 2 * H + H + x];
+    const T g = ds0[idx];
+    const T hv = h[idx];
+    const T tz = tanh(z);
+    const T gc = g * c;
+    gx[b * 2 * H + x] = g * (tz - hv) * c * (T(1) - c);
+    gx[b * 2 * H + H + x] = gc * (T(1) - tz * tz);
+    dh[idx] = g - gc;
+  }
+}
+
+// dL/dp[e, f] = sum over (t, b, h) of g (s + c (f(z) - s)), g = dL/ds_{i+1}, s = s_j, for edge e = (i, j).
+// Grid (chunks, E): block (chunk, e) sums a fixed, strided part of the T*B*H elements in double, reduces it
+// in the block (warp shuffles, then shared memory) and writes partial[e, chunk, 0..3].
+template <typename T>
+__global__ void probs_grad_kernel(Dims d, const T* __restrict__ states, const T* __restrict__ pre,
+                                  const T* __restrict__ dstates, double* __restrict__ partial) {
+  const int64_t e = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
+  int64_t i = 0;
+  while ((i + 1) * (i + 2) / 2 <= e) ++i;
+  const int64_t j = e - i * (i + 1) / 2;
+  const int64_t BH = d.B * d.H, N = d.T * BH, H = d.H;
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};
+  for (int64_t n = chunk * int64_t(blockDim.x) + threadIdx.x; n < N; n += chunks * int64_t(blockDim.x)) {
+    const int64_t t = n / BH, r = n % BH;
+    const int64_t b = r / H, x = r % H;
+    const T g = dstates[(t * (d.S + 1) + i + 1) * BH + r];
+    const T s = states[(t * (d.S + 1) + j) * BH + r];
+    const T* pr = pre + ((t * d.E + e) * d.B + b) * 2 * H;
+    const T c = pr[x];
+    const T z = pr[H + x];
+    const T gc = g * c;
+    const T base = g * s - gc * s;
+    acc[0] += static_cast<double>(base + gc * tanh(z));
+    acc[1] += static_cast<double>(base + gc * relu_(z));
+    acc[2] += static_cast<double>(base + gc * sigm(z));
+    acc[3] += static_cast<double>(base + gc * z);
+  }
+  __shared__ double red[4][kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int f = 0; f < 4; ++f) {
+    double v = acc[f];
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    if (lane == 0) red[f][warp] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < 4) {
+    const int f = threadIdx.x;
+    double v = 0.0;
+    for (int w = 0; w < kThreads / 32; ++w) v += red[f][w];
+    partial[(e * chunks + chunk) * 4 + f] = v;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// forward
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> darts_rnn_forward_cuda(const Tensor& x_proj, const Tensor& h0_,
+                                                                  const Tensor& w0h_, const Tensor& ws_,
+                                                                  const Tensor& probs_) {
+  const Dims d = make_dims(x_proj, false, h0_, w0h_, ws_, probs_);
+  const c10::cuda::CUDAGuard guard(x_proj.device());
+  const Tensor h0 = h0_.contiguous(), w0h = w0h_.contiguous(), ws = ws_.contiguous(), probs = probs_.contiguous();
+  const int64_t T_ = d.T, B = d.B, H = d.H, S = d.S, E = d.E, BH = B * H;
+  auto opts = x_proj.options();
+  Tensor hs = at::empty({T_, B, H}, opts);
+  Tensor states = at::empty({T_, S + 1, B, H}, opts);
+  Tensor pre0 = at::empty({T_, B, 2 * H}, opts);
+  pre0.copy_(x_proj);  // strided x_proj: copied here, once
+  Tensor pre = at::empty({T_, E, B, 2 * H}, opts);
+  Tensor states2d = states.view({T_ * (S + 1) * B, H});
+  Tensor pre2d = pre.view({T_ * E * B, 2 * H});
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  for (int64_t t = 0; t < T_; ++t) {
+    const Tensor h = t == 0 ? h0 : hs[t - 1];
+    Tensor p0 = pre0[t];
+    p0.addmm_(h, w0h);  // [c0 | z0] = x_proj[t] + h_{t-1} W0h
+    AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "darts_rnn_forward_cuda_s0", [&] {
+      s0_fwd_kernel<scalar_t><<<blocks_for(BH), kThreads, 0, stream>>>(
+          B, H, p0.data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), states[t][0].data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    for (int64_t i = 0; i < S; ++i) {
+      const int64_t nj = i + 1, e0 = i * (i + 1) / 2;
+      Tensor pn = pre2d.narrow(0, (t * E + e0) * B, nj * B);
+      at::mm_out(pn, states2d.narrow(0, t * (S + 1) * B, nj * B), ws[i]);
+      AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "darts_rnn_forward_cuda_node", [&] {
+        node_fwd_kernel<scalar_t><<<blocks_for(BH), kThreads, 0, stream>>>(
+            B, H, nj, S, probs.const_data_ptr<scalar_t>() + 4 * e0, pn.data_ptr<scalar_t>(),
+            states[t].data_ptr<scalar_t>(), nj == S ? hs[t].data_ptr<scalar_t>() : nullptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
+  }
+  return {hs, states, pre0, pre};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// backward
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
+    const Tensor& grad_hs_, const Tensor& h0_, const Tensor& w0h_, const Tensor& ws_, const Tensor& probs_,
+    const Tensor& hs_, const Tensor& states_, const Tensor& pre0_, const Tensor& pre_) {
+  const Dims d = make_dims(hs_, true, h0_, w0h_, ws_, probs_);
+  check_same(grad_hs_, hs_, "grad_hs");
+  check_same(states_, hs_, "states");
+  check_same(pre0_, hs_, "pre0");
+  check_same(pre_, hs_, "pre");
+  TORCH_CHECK(grad_hs_.sizes() == hs_.sizes(), "darts_rnn_backward: grad_hs must be (T, B, H) like hs");
+  TORCH_CHECK(states_.sizes() == at::IntArrayRef({d.T, d.S + 1, d.B, d.H}), "darts_rnn_backward: bad states shape ",
+              states_.sizes());
+  TORCH_CHECK(pre0_.sizes() == at::IntArrayRef({d.T, d.B, 2 * d.H}), "darts_rnn_backward: bad pre0 shape ",
+              pre0_.sizes());
+  TORCH_CHECK(pre_.sizes() == at::IntArrayRef({d.T, d.E, d.B, 2 * d.H}), "darts_rnn_backward: bad pre shape ",
+              pre_.sizes());
+  const c10::cuda::CUDAGuard guard(hs_.device());
+  const Tensor gh = grad_hs_.contiguous(), h0 = h0_.contiguous(), w0h = w0h_.contiguous(), ws = ws_.contiguous(),
+               probs = probs_.contiguous(), hs = hs_.contiguous(), states = states_.contiguous(),
+               pre0 = pre0_.contiguous(), pre = pre_.contiguous();
+  const int64_t T_ = d.T, B = d.B, H = d.H, S = d.S, E = d.E, BH = B * H;
+  auto opts = hs.options();
+  Tensor gx = at::empty({T_, B, 2 * H}, opts);
+  Tensor dh = at::empty({B, H}, opts);  // dL/dh carried to the previous step; dL/dh0 at the end
+  Tensor dpre = at::empty({T_, E, B, 2 * H}, opts);
+  Tensor dstates = at::empty({T_, S + 1, B, H}, opts);
+  Tensor dpre2d = dpre.view({T_ * E * B, 2 * H});
+  Tensor dstates2d = dstates.view({T_ * (S + 1) * B, H});
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const Tensor h = t == 0 ? h0 : hs[t - 1];
+    Tensor dst = dstates[t];
+    AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_init", [&] {
+      ds_init_kernel<scalar_t><<<blocks_for(BH), kThreads, 0, stream>>>(
+          BH, S, gh[t].const_data_ptr<scalar_t>(), t < T_ - 1 ? dh.const_data_ptr<scalar_t>() : nullptr,
+          dst.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    for (int64_t i = S - 1; i >= 0; --i) {
+      const int64_t nj = i + 1, e0 = i * (i + 1) / 2;
+      Tensor dpn = dpre2d.narrow(0, (t * E + e0) * B, nj * B);
+      AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_node", [&] {
+        node_bwd_kernel<scalar_t><<<blocks_for(BH), kThreads, 0, stream>>>(
+            B, H, nj, probs.const_data_ptr<scalar_t>() + 4 * e0,
+            pre.const_data_ptr<scalar_t>() + (t * E + e0) * B * 2 * H, states[t].const_data_ptr<scalar_t>(),
+            dpn.data_ptr<scalar_t>(), dst.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+      // dL/ds_j += [dC_j | dZ_j] W_i^T for j = 0 .. i, one GEMM over the stacked rows
+      Tensor dsn = dstates2d.narrow(0, t * (S + 1) * B, nj * B);
+      dsn.addmm_(dpn, ws[i].t());
+    }
+    Tensor gxt = gx[t];
+    AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_s0", [&] {
+      s0_bwd_kernel<scalar_t><<<blocks_for(BH), kThreads, 0, stream>>>(
+          B, H, pre0[t].const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), dst[0].const_data_ptr<scalar_t>(),
+          gxt.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    dh.addmm_(gxt, w0h.t());  // dL/dh_{t-1} += [dc0 | dz0] W0h^T
+  }
+  // weight gradients over all steps
+  Tensor gw0h = at::empty({H, 2 * H}, opts);
+  at::mm_out(gw0h, h0.t(), gx[0]);
+  if (T_ > 1) gw0h.addmm_(hs.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}).t(),
+                          gx.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 2 * H}));
+  Tensor gws = at::empty({S, H, 2 * H}, opts);
+  Tensor per_step = at::empty({T_, H, 2 * H}, opts);
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t nj = i + 1, e0 = i * (i + 1) / 2;
+    // (T, H, nj B): every step's stacked sources, transposed; (T, nj B, 2H): their pre-activation gradients
+    Tensor src = states.as_strided({T_, H, nj * B}, {(S + 1) * BH, 1, H}, states.storage_offset());
+    Tensor dp = dpre.as_strided({T_, nj * B, 2 * H}, {E * B * 2 * H, 2 * H, 1},
+                                dpre.storage_offset() + e0 * B * 2 * H);
+    at::bmm_out(per_step, src, dp);
+    Tensor gwi = gws[i];
+    const int64_t dim0[1] = {0};
+    at::sum_out(gwi, per_step, at::IntArrayRef(dim0, 1));
+  }
+  // probs gradient: fixed grid (deterministic), double partial sums
+  const int64_t N = T_ * BH;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(256, (N + kThreads * 8 - 1) / (kThreads * 8)));
+  Tensor partial = at::empty({E, chunks, 4}, opts.dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_probs", [&] {
+    probs_grad_kernel<scalar_t><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(E)), kThreads, 0,
+                                  stream>>>(d, states.const_data_ptr<scalar_t>(), pre.const_data_ptr<scalar_t>(),
+                                            dstates.const_data_ptr<scalar_t>(), partial.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  Tensor gprobs = partial.sum(1).to(hs.scalar_type());
+  return {gx, dh, gw0h, gws, gprobs};
+}
+
+}  // namespace
+}  // namespace darts_rnn_cuda
+}  // namespace emodarts
+
+TORCH_LIBRARY_IMPL(emodarts, CUDA, m) {
+  m.impl("darts_rnn_forward", &emodarts::darts_rnn_cuda::darts_rnn_forward_cuda);
+  m.impl("darts_rnn_backward", &emodarts::darts_rnn_cuda::darts_rnn_backward_cuda);
+}

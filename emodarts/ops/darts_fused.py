@@ -1,0 +1,181 @@
+"""The DARTS recurrent cell over a whole sequence as one fused op: the twin of
+emodarts.ops.darts_reference.darts_rnn_reference (same signature, same contract).
+
+    hs = darts_rnn_fused(x_proj, h0, w0h, ws, probs)   # (T, B, H)
+
+x_proj (T, B, 2H) = x W0x (the caller's GEMM; may be strided, e.g. a transposed batch-first tensor),
+h0 (B, H), w0h (H, 2H), ws (S, H, 2H), probs (S (S + 1) / 2, 4): the mixing weights of tanh, relu, sigmoid,
+identity on every edge (rows may sum to less than 1: the `none` mass).
+
+It runs the C++/CUDA op `emodarts::darts_rnn_forward` (the whole time loop in C++: per step one GEMM for
+h W0h, per node one GEMM of the stacked states by W_i and one fused epilogue; see csrc/darts_rnn.cpp and
+csrc/cuda/darts_rnn_cuda.cu). `emodarts::darts_rnn_backward`, registered here with
+torch.library.register_autograd, runs backward through time and returns the gradients of x_proj, h0, w0h,
+ws and probs. Fake (meta) kernels are registered for torch.compile / opcheck. Double backward is not
+supported (the search's second-order step uses finite differences of first-order gradients).
+
+dtypes: float32 and float64 run as they are (an input of the other of the two is promoted, as the
+reference's type promotion would). bf16 / fp16 inputs, or any input under autocast (float64 aside, which
+autocast leaves alone), run in float32 with autocast off and the result is cast back to x_proj's dtype
+(the idea of backend._fp32_grouped: the kernel accumulates in float32).
+"""
+import threading
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from emodarts.errors import BackendError
+
+OP_FWD = "emodarts::darts_rnn_forward"
+OP_BWD = "emodarts::darts_rnn_backward"
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+_lock = threading.Lock()
+_ready = False
+_cuda_ready = False
+
+
+def _op_defined(name: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(name, "")
+        return True
+    except RuntimeError:
+        return False
+
+
+def ops():
+    """torch.ops.emodarts with the DARTS-cell ops loaded (JIT-building the extension if needed), their fake
+    kernels and autograd registered."""
+    global _ready
+    if not _ready:
+        with _lock:
+            if not _ready:
+                if not _op_defined(OP_FWD):
+                    from emodarts.ops.extension import load_extension
+
+                    load_extension()
+                if not _op_defined(OP_FWD):
+                    raise BackendError(
+                        "the emodarts extension is loaded but has no darts_rnn operators: it was built from "
+                        "sources older than csrc/darts_rnn.cpp; rebuild it (pip install --no-build-isolation -e .)"
+                    )
+                _register_python_parts()
+                _ready = True
+    return torch.ops.emodarts
+
+
+def ensure_cuda() -> None:
+    """Make the CUDA kernels of the DARTS-cell ops available: they are built with the other CUDA kernels of
+    the extension (emodarts.ops.grouped_recurrent.cuda_sources(), JIT-compiled once by its ensure_cuda)."""
+    global _cuda_ready
+    if _cuda_ready:
+        return
+    ops()
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
+        from emodarts.ops import grouped_recurrent
+
+        grouped_recurrent.ensure_cuda()
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
+        raise BackendError(
+            "the CUDA kernels of emodarts::darts_rnn did not register: the CUDA library loaded in this process "
+            "was built without csrc/cuda/darts_rnn_cuda.cu (restart the process to rebuild it)"
+        )
+    _cuda_ready = True
+
+
+def _register_python_parts() -> None:
+    def fwd_fake(x_proj, h0, w0h, ws, probs):
+        t, b, h, s = x_proj.shape[0], x_proj.shape[1], h0.shape[-1], ws.shape[0]
+        e = s * (s + 1) // 2
+        return (x_proj.new_empty((t, b, h)), x_proj.new_empty((t, s + 1, b, h)), x_proj.new_empty((t, b, 2 * h)),
+                x_proj.new_empty((t, e, b, 2 * h)))
+
+    def bwd_fake(grad_hs, h0, w0h, ws, probs, hs, states, pre0, pre):
+        t, b, h = hs.shape
+        return (hs.new_empty((t, b, 2 * h)), hs.new_empty((b, h)), hs.new_empty((h, 2 * h)),
+                hs.new_empty(tuple(ws.shape)), hs.new_empty(tuple(probs.shape)))
+
+    for name, fn in ((OP_FWD, fwd_fake), (OP_BWD, bwd_fake)):
+        try:
+            torch.library.register_fake(name, fn)
+        except RuntimeError as exc:  # already registered (module reloaded)
+            if "already" not in str(exc):
+                raise
+    try:
+        torch.library.register_autograd(OP_FWD, _backward, setup_context=_setup_context)
+    except RuntimeError as exc:
+        if "already" not in str(exc):
+            raise
+
+
+def _setup_context(ctx, inputs, output):
+    _, h0, w0h, ws, probs = inputs
+    hs, states, pre0, pre = output
+    ctx.save_for_backward(h0, w0h, ws, probs, hs, states, pre0, pre)
+    ctx.mark_non_differentiable(states, pre0, pre)  # saved state, not results
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_hs, grad_states, grad_pre0, grad_pre):
+    need = ctx.needs_input_grad
+    if grad_hs is None or not any(need[:5]):
+        return None, None, None, None, None
+    h0, w0h, ws, probs, hs, states, pre0, pre = ctx.saved_tensors
+    with torch.autocast(hs.device.type, enabled=False):
+        grads = torch.ops.emodarts.darts_rnn_backward(grad_hs.contiguous(), h0, w0h, ws, probs, hs, states, pre0,
+                                                      pre)
+    return tuple(g if n else None for g, n in zip(grads, need))
+
+
+def _check(x_proj: Tensor, h0: Tensor, w0h: Tensor, ws: Tensor, probs: Tensor) -> None:
+    for name, t in (("x_proj", x_proj), ("h0", h0), ("w0h", w0h), ("ws", ws), ("probs", probs)):
+        if not torch.is_tensor(t) or not t.is_floating_point():
+            raise ValueError(f"darts_rnn_fused: {name} must be a floating-point tensor")
+        if t.device != x_proj.device:
+            raise ValueError(f"darts_rnn_fused: {name} is on {t.device}, x_proj on {x_proj.device}")
+    if x_proj.dim() != 3 or h0.dim() != 2 or w0h.dim() != 2 or ws.dim() != 3 or probs.dim() != 2:
+        raise ValueError("darts_rnn_fused: expected x_proj (T, B, 2H), h0 (B, H), w0h (H, 2H), ws (S, H, 2H), "
+                         f"probs (E, 4); got {tuple(x_proj.shape)}, {tuple(h0.shape)}, {tuple(w0h.shape)}, "
+                         f"{tuple(ws.shape)}, {tuple(probs.shape)}")
+    t, b, h2 = x_proj.shape
+    h, s = h0.shape[1], ws.shape[0]
+    if t < 1 or b < 1 or h < 1 or s < 1:
+        raise ValueError(f"darts_rnn_fused: empty sizes (T={t}, B={b}, H={h}, S={s}) are not supported")
+    if (h2 != 2 * h or h0.shape[0] != b or tuple(w0h.shape) != (h, 2 * h) or tuple(ws.shape[1:]) != (h, 2 * h)
+            or tuple(probs.shape) != (s * (s + 1) // 2, 4)):
+        raise ValueError("darts_rnn_fused: inconsistent shapes: x_proj (T, B, 2H), h0 (B, H), w0h (H, 2H), "
+                         f"ws (S, H, 2H), probs (S(S+1)/2, 4); got {tuple(x_proj.shape)}, {tuple(h0.shape)}, "
+                         f"{tuple(w0h.shape)}, {tuple(ws.shape)}, {tuple(probs.shape)}")
+
+
+def compute_dtypes(x_proj: Tensor, *others: Tensor) -> Tuple[torch.dtype, torch.dtype]:
+    """(the dtype the kernel runs in, the dtype of the result)."""
+    tensors = (x_proj,) + others
+    autocast = torch.is_autocast_enabled(x_proj.device.type)
+    if any(t.dtype in LOW_PRECISION for t in tensors) or (
+            autocast and any(t.dtype != torch.float64 for t in tensors)):
+        return torch.float32, x_proj.dtype
+    dtype = x_proj.dtype
+    for t in others:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype, dtype
+
+
+def darts_rnn_fused(x_proj: Tensor, h0: Tensor, w0h: Tensor, ws: Tensor, probs: Tensor) -> Tensor:
+    """Fused twin of darts_rnn_reference: every h_t of the mixed DARTS cell, (T, B, H)."""
+    _check(x_proj, h0, w0h, ws, probs)
+    o = ops()
+    if x_proj.device.type == "cuda":
+        ensure_cuda()
+    dtype, out_dtype = compute_dtypes(x_proj, h0, w0h, ws, probs)
+    args = [t.to(dtype) for t in (x_proj, h0, w0h, ws, probs)]
+    if torch.is_autocast_enabled(x_proj.device.type):
+        with torch.autocast(x_proj.device.type, enabled=False):
+            hs = o.darts_rnn_forward(*args)[0]
+    else:
+        hs = o.darts_rnn_forward(*args)[0]
+    return hs if hs.dtype == out_dtype else hs.to(out_dtype)
+
+
+__all__ = ["darts_rnn_fused", "ops", "ensure_cuda", "compute_dtypes", "OP_FWD", "OP_BWD"]

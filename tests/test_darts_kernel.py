@@ -1,0 +1,388 @@
+"""The fused DARTS recurrent cell (emodarts/ops/darts_fused.py, csrc/darts_rnn.cpp, csrc/cuda/darts_rnn_cuda.cu)
+against its plain-PyTorch oracle emodarts.ops.darts_reference.darts_rnn_reference.
+
+Every comparison runs the same inputs through both and compares the output and the gradients of all five
+inputs (x_proj, h0, w0h, ws, probs) under the same random output gradient. Errors are relative to the
+largest magnitude of each reference tensor.
+- float64 (the precision path: std::exp / std::tanh, dgemm): within 1e-10.
+- float32: the fused op in float32 against the reference in float64 (the exact function), within 5e-6.
+  Both are float32 evaluations that round differently: sgemm with K up to 2H, the Cephes-style exp / tanh of
+  the vectorised epilogue (max. rel. error ~2e-7), sums over predecessors and steps, all carried through the
+  recurrence. On these inputs the fused op is measured at <= ~6e-7 and PyTorch's own float32 evaluation of
+  the reference at <= ~7e-7: 5e-6 leaves a margin of ~8x for other BLAS builds and CPUs, and a wrong formula
+  (a dropped term, a wrong derivative) gives errors of 1e-3 and more.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from emodarts.errors import BackendError
+from emodarts.ops import darts_fused as df
+from emodarts.ops import grouped_recurrent as gr
+from emodarts.ops.darts_reference import darts_rnn_reference, n_darts_edges
+
+HAS_CUDA = torch.cuda.is_available()
+TOL64 = 1e-10
+TOL32 = 5e-6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread (a small shared CPU); test_two_threads raises it locally."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def ops():
+    """Load (JIT-building once if needed) the extension with the DARTS-cell ops."""
+    try:
+        return df.ops()
+    except BackendError as exc:
+        pytest.fail(f"the C++ extension did not load: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs and comparison
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = max(b.abs().max().item(), 1e-30)
+    return (a.to(b.dtype) - b).abs().max().item() / scale
+
+
+def make_probs(edges: int, kind: str, gen: torch.Generator, dtype) -> torch.Tensor:
+    """(E, 4) mixing weights, as the search makes them: softmax over 5 candidates (tanh, relu, sigmoid,
+    identity, none), then the 4 computed columns (a strided view, rows summing to less than 1).
+    kind: 'softmax' (random logits), 'dominant' (one random column per edge ~0.99), 'none_heavy' (`none` holds
+    most of the mass: rows sum to ~0.1)."""
+    logits = torch.randn(edges, 5, generator=gen, dtype=torch.float64)
+    if kind == "dominant":
+        cols = torch.randint(0, 4, (edges,), generator=gen)
+        logits[torch.arange(edges), cols] += 8.0
+    elif kind == "none_heavy":
+        logits[:, 4] += 3.0
+    elif kind != "softmax":
+        raise ValueError(kind)
+    return torch.softmax(logits, dim=-1).to(dtype)[:, :4]
+
+
+def make_inputs(T, B, H, S, dtype=torch.float64, probs="softmax", seed=0, batch_first_x=True, strided_ws=False):
+    """x_proj (T, B, 2H) (when batch_first_x: a transposed view of a wider batch-first tensor, never
+    contiguous, even for B = 1 or T = 1), h0, w0h,
+    ws (a transposed view when strided_ws), probs. Weights ~ N(0, 1 / (4H)) (std 0.044 at H = 128, twice the
+    DARTS init's uniform(-0.04, 0.04)): with N(0, 1/H) an 8-node cell sums enough relu / identity paths to
+    grow |h| to ~500 over 5 steps, an ill-conditioned test problem (every float32 evaluation, PyTorch's
+    included, is then off by ~3e-5)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return scale * torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    x = randn(B, T, 2 * H + 3)[..., : 2 * H].transpose(0, 1) if batch_first_x else randn(T, B, 2 * H)
+    h0 = randn(B, H, scale=0.5)
+    w = 0.5 * H ** -0.5
+    w0h = randn(H, 2 * H, scale=w)
+    ws = randn(S, 2 * H, H, scale=w).transpose(1, 2) if strided_ws else randn(S, H, 2 * H, scale=w)
+    p = make_probs(n_darts_edges(S), probs, gen, torch.float64)
+    return [t.to(dtype) for t in (x, h0, w0h, ws, p)]
+
+
+def run(fn, inputs, grad_out):
+    """fn's output and the gradients of all five inputs (leaf copies that keep the inputs' strides)."""
+    leaves = [t.detach().clone().requires_grad_(True) if t.is_contiguous() else
+              t.detach().requires_grad_(True) for t in inputs]
+    out = fn(*leaves)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+    return [out] + list(grads)
+
+
+NAMES = ("out", "grad_x_proj", "grad_h0", "grad_w0h", "grad_ws", "grad_probs")
+
+
+def compare(inputs, tol, device="cpu", seed=1):
+    """Fused (in the inputs' dtype) against the reference in float64; returns the errors."""
+    T, B, H = inputs[0].shape[0], inputs[0].shape[1], inputs[1].shape[1]
+    grad_out = torch.randn(T, B, H, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ref = run(darts_rnn_reference, [t.double() for t in inputs], grad_out)
+    got = run(df.darts_rnn_fused, [t.to(device) for t in inputs], grad_out.to(device))
+    errs = {}
+    for name, a, b in zip(NAMES, got, ref):
+        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+        assert a.dtype == inputs[0].dtype, f"{name}: dtype {a.dtype}"
+        errs[name] = rel_err(a.cpu(), b)
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    assert not bad, f"errors above {tol:g}: " + ", ".join(f"{k} {v:.3g}" for k, v in errs.items())
+    return errs
+
+
+# --------------------------------------------------------------------------------------------------
+# parity on the CPU
+
+CASES = {
+    # name: (T, B, H, S, probs, extra)
+    "T1_B1_S1": (1, 1, 5, 1, "softmax", {}),
+    "oddT_oddH": (7, 3, 5, 3, "softmax", {}),
+    "S8_H33": (3, 2, 33, 8, "softmax", {}),
+    "B1_S8_dominant": (5, 1, 8, 8, "dominant", {}),
+    "S1_long_none_heavy": (9, 2, 4, 1, "none_heavy", {}),
+    "S4_dominant_strided_ws": (4, 3, 6, 4, "dominant", {"strided_ws": True}),
+    "S2_contiguous_x": (3, 4, 7, 2, "none_heavy", {"batch_first_x": False}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_reference_float64(ops, case):
+    T, B, H, S, probs, extra = CASES[case]
+    inputs = make_inputs(T, B, H, S, probs=probs, seed=len(case), **extra)
+    if T * B > 1:  # (1, 1, 2H) is contiguous whatever its strides
+        assert inputs[0].is_contiguous() == (not extra.get("batch_first_x", True))
+    compare(inputs, TOL64)
+
+
+F32_CASES = {
+    "H16_S4": (6, 4, 16, 4, "softmax"),  # full 8-lane vectors only
+    "H33_S8": (5, 3, 33, 8, "softmax"),  # vectors and a 1-lane tail
+    "H5_S3_dominant": (7, 2, 5, 3, "dominant"),  # tail only
+    "H12_S2_none_heavy": (3, 1, 12, 2, "none_heavy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(F32_CASES))
+def test_matches_reference_float32(ops, case):
+    T, B, H, S, probs = F32_CASES[case]
+    compare(make_inputs(T, B, H, S, dtype=torch.float32, probs=probs, seed=len(case)), TOL32)
+
+
+def test_saved_state_layout(ops):
+    """The forward's outputs follow the layout csrc/darts_rnn.cpp documents (the CUDA kernels use the same)."""
+    T, B, H, S = 3, 2, 4, 3
+    x, h0, w0h, ws, p = make_inputs(T, B, H, S)
+    hs, states, pre0, pre = torch.ops.emodarts.darts_rnn_forward(x, h0, w0h, ws, p)
+    assert hs.shape == (T, B, H) and states.shape == (T, S + 1, B, H)
+    assert pre0.shape == (T, B, 2 * H) and pre.shape == (T, n_darts_edges(S), B, 2 * H)
+    h = h0
+    for t in range(T):  # s0 and the gate of s0 / node 0, by hand
+        pre_t = x[t] + h @ w0h
+        assert torch.allclose(pre0[t, :, :H], torch.sigmoid(pre_t[:, :H]), atol=1e-12)
+        assert torch.allclose(pre0[t, :, H:], pre_t[:, H:], atol=1e-12)
+        s0 = h + torch.sigmoid(pre_t[:, :H]) * (torch.tanh(pre_t[:, H:]) - h)
+        assert torch.allclose(states[t, 0], s0, atol=1e-12)
+        assert torch.allclose(pre[t, 0, :, H:], s0 @ ws[0][:, H:], atol=1e-12)
+        assert torch.allclose(hs[t], states[t, 1:].mean(0), atol=1e-12)
+        h = hs[t]
+    assert torch.allclose(hs, darts_rnn_reference(x, h0, w0h, ws, p), atol=1e-12)
+
+
+def test_only_probs_needs_grad(ops):
+    """The architect's step: only probs requires grad (weights frozen) - the other gradients are not returned."""
+    x, h0, w0h, ws, p = make_inputs(4, 2, 6, 3)
+    pf = p.clone().requires_grad_(True)
+    pr = p.clone().requires_grad_(True)
+    gf, = torch.autograd.grad(df.darts_rnn_fused(x, h0, w0h, ws, pf).square().sum(), [pf])
+    gr_, = torch.autograd.grad(darts_rnn_reference(x, h0, w0h, ws, pr).square().sum(), [pr])
+    assert rel_err(gf, gr_) <= TOL64
+    with torch.no_grad():
+        y = df.darts_rnn_fused(x, h0, w0h, ws, p)
+    assert not y.requires_grad and rel_err(y, darts_rnn_reference(x, h0, w0h, ws, p)) <= TOL64
+
+
+def test_mixed_dtypes_promote(ops):
+    """float64 weights with float32 probs (the cell makes probs with alpha.float()): runs in float64 like the
+    reference's type promotion, and probs gets a float32 gradient."""
+    x, h0, w0h, ws, p = make_inputs(3, 2, 5, 2)
+    p32 = p.float().requires_grad_(True)
+    p32r = p.float().requires_grad_(True)
+    y = df.darts_rnn_fused(x, h0, w0h, ws, p32)
+    yr = darts_rnn_reference(x, h0, w0h, ws, p32r)
+    assert y.dtype == yr.dtype == torch.float64
+    assert rel_err(y, yr) <= TOL64
+    g, = torch.autograd.grad(y.sum(), [p32])
+    gr_, = torch.autograd.grad(yr.sum(), [p32r])
+    assert g.dtype == torch.float32 and rel_err(g, gr_) <= 1e-6
+
+
+def test_low_precision_runs_in_float32(ops):
+    """bf16 x_proj, or float32 inputs under CPU bf16 autocast: computed in float32 (autocast off inside), the
+    result cast back to x_proj's dtype; gradients reach the float32 weights in float32."""
+    x, h0, w0h, ws, p = make_inputs(4, 3, 8, 3, dtype=torch.float32)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (w0h, ws, p)]
+    xb = x.bfloat16()
+    y = df.darts_rnn_fused(xb, h0, *leaves)
+    expect = df.darts_rnn_fused(xb.float(), h0, w0h, ws, p)  # the same computation in float32
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, expect.bfloat16())
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in leaves)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = df.darts_rnn_fused(x, h0, w0h, ws, p)
+        yr = darts_rnn_reference(x, h0, w0h, ws, p)  # bf16 matmuls inside: much less accurate
+    assert ya.dtype == torch.float32
+    assert torch.equal(ya, df.darts_rnn_fused(x, h0, w0h, ws, p))
+    assert rel_err(yr.float(), ya) < 0.05  # the bf16-autocast reference is near, to bf16 precision
+
+
+def test_aten_gemm_path(ops, monkeypatch):
+    """The fallback that calls ATen GEMMs instead of the BLAS symbols (read at every call)."""
+    monkeypatch.setenv("EMODARTS_GROUPED_GEMM", "aten")
+    assert gr.cpu_gemm_path() == "aten"
+    compare(make_inputs(3, 2, 5, 3), TOL64)
+
+
+def test_two_threads(ops):
+    """Batch rows spread over 2 threads (B and H large enough for the epilogue's parallel path): same results
+    as the reference, and the probs gradient (per-row partials summed in row order) is reproducible."""
+    inputs = make_inputs(2, 48, 40, 4, dtype=torch.float32)
+    torch.set_num_threads(2)
+    try:
+        compare(inputs, TOL32)
+        grads = [run(df.darts_rnn_fused, inputs, torch.ones(2, 48, 40))[-1] for _ in range(2)]
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_baseline_epilogue_without_avx2(ops):
+    """The baseline (SSE2) copy of the float32 epilogue, picked when AVX2 is switched off (read once per
+    process, hence a subprocess)."""
+    code = (
+        "import torch; from emodarts.ops.darts_fused import darts_rnn_fused\n"
+        "from emodarts.ops.darts_reference import darts_rnn_reference\n"
+        "g = torch.Generator().manual_seed(0); T, B, H, S = 4, 3, 13, 3\n"
+        "ins = [torch.randn(T, B, 2 * H, generator=g), 0.5 * torch.randn(B, H, generator=g),\n"
+        "       torch.randn(H, 2 * H, generator=g) / H ** 0.5, torch.randn(S, H, 2 * H, generator=g) / H ** 0.5,\n"
+        "       torch.softmax(torch.randn(6, 5, generator=g), -1)[:, :4]]\n"
+        "a = [t.clone().requires_grad_(True) for t in ins]; b = [t.double().requires_grad_(True) for t in ins]\n"
+        "ya, yb = darts_rnn_fused(*a), darts_rnn_reference(*b)\n"
+        "ga = torch.autograd.grad(ya.sum(), a); gb = torch.autograd.grad(yb.sum(), b)\n"
+        "err = max(((u.double() - v).abs().max() / v.abs().max()).item() for u, v in zip((ya,) + ga, (yb,) + gb))\n"
+        "print(err); assert err < 2e-5, err\n"
+    )
+    env = dict(os.environ, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------------------------------
+# autograd, registration, errors
+
+
+def test_gradcheck(ops):
+    x, h0, w0h, ws, p = make_inputs(3, 2, 3, 2, probs="none_heavy")
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in (x, h0, w0h, ws, p))
+    assert torch.autograd.gradcheck(df.darts_rnn_fused, leaves, eps=1e-6, atol=1e-8)
+
+
+def test_opcheck(ops):
+    x, h0, w0h, ws, p = make_inputs(3, 2, 4, 2)
+    args = tuple(t.detach().clone().requires_grad_(True) for t in (x, h0, w0h, ws, p))
+    torch.library.opcheck(torch.ops.emodarts.darts_rnn_forward.default, args)
+    with torch.no_grad():
+        saved = torch.ops.emodarts.darts_rnn_forward(x, h0, w0h, ws, p)
+    torch.library.opcheck(torch.ops.emodarts.darts_rnn_backward.default,
+                          (torch.randn_like(saved[0]), h0, w0h, ws, p.contiguous()) + tuple(saved))
+
+
+def test_rejects_bad_inputs(ops):
+    x, h0, w0h, ws, p = make_inputs(2, 2, 4, 2)
+    with pytest.raises(ValueError, match="inconsistent"):
+        df.darts_rnn_fused(x, h0, w0h, ws, p[:2])
+    with pytest.raises(ValueError, match="inconsistent"):
+        df.darts_rnn_fused(x[..., :6], h0, w0h, ws, p)
+    with pytest.raises(ValueError, match="floating"):
+        df.darts_rnn_fused(x, h0, w0h, ws.long(), p)
+    with pytest.raises(ValueError, match="empty"):
+        df.darts_rnn_fused(x[:0], h0, w0h, ws, p)
+    with pytest.raises(RuntimeError, match="probs must be"):  # the op's own checks
+        torch.ops.emodarts.darts_rnn_forward(x, h0, w0h, ws, p[:2])
+    with pytest.raises(RuntimeError, match="dtype"):
+        torch.ops.emodarts.darts_rnn_forward(x, h0, w0h, ws, p.float())
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA: compile check (CPU machines with nvcc) and parity on a GPU
+
+
+def _cuda_build_skip_reason():
+    import shutil
+
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build: it cannot build CUDA extensions"
+    if gr.cuda_home() is None:
+        return "no CUDA toolkit (nvcc) found: set CUDA_HOME to build the CUDA sources"
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # noqa: F401
+        except ImportError:
+            return "ninja is not installed"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cuda_built(ops):
+    """Build the CUDA sources (cuda_sources(): the grouped layer and the DARTS cell) once, for sm_90 without a
+    GPU; ninja caches the objects across sessions."""
+    reason = _cuda_build_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return gr.build_cuda_extension()
+
+
+def test_cuda_sources_compile(cuda_built):
+    """nvcc compiles and links csrc/cuda/darts_rnn_cuda.cu (Hopper, sm_90, when no GPU is visible) and its
+    kernels register for both ops."""
+    assert any(s.endswith(os.path.join("cuda", "darts_rnn_cuda.cu")) for s in gr.cuda_sources())
+    assert os.path.isfile(cuda_built)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(df.OP_FWD, "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(df.OP_BWD, "CUDA")
+
+
+GPU_CASES = {  # well-conditioned inputs (see make_inputs), as on the CPU
+    "T1_B1_S1": (1, 1, 5, 1, "softmax"),
+    "oddT_H33_S8": (5, 3, 33, 8, "softmax"),
+    "S4_none_heavy_dominant": (7, 4, 16, 4, "dominant"),
+    "paper_like_none_heavy": (8, 16, 128, 8, "none_heavy"),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", sorted(GPU_CASES))
+def test_cuda_matches_reference(ops, case, dtype):
+    df.ensure_cuda()
+    T, B, H, S, probs = GPU_CASES[case]
+    compare(make_inputs(T, B, H, S, dtype=dtype, probs=probs, seed=len(case)),
+            1e-9 if dtype == torch.float64 else 1e-4, device="cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_saved_state_matches_cpu(ops):
+    """The CUDA forward writes the same saved state (layout and values) as the CPU forward, and the CUDA
+    backward is deterministic (fixed-grid probs reduction)."""
+    df.ensure_cuda()
+    inputs = make_inputs(4, 3, 12, 3)
+    cpu = torch.ops.emodarts.darts_rnn_forward(*inputs)
+    gpu = torch.ops.emodarts.darts_rnn_forward(*[t.cuda() for t in inputs])
+    for a, b in zip(gpu, cpu):
+        assert a.shape == b.shape and rel_err(a.cpu(), b) <= 1e-12
+    g = torch.randn_like(gpu[0])
+    args = (g,) + tuple(t.cuda().contiguous() for t in inputs[1:]) + tuple(gpu)
+    one = torch.ops.emodarts.darts_rnn_backward(*args)
+    two = torch.ops.emodarts.darts_rnn_backward(*args)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_cuda_gradcheck(ops):
+    df.ensure_cuda()
+    x, h0, w0h, ws, p = make_inputs(3, 2, 3, 2)
+    leaves = tuple(t.detach().cuda().requires_grad_(True) for t in (x, h0, w0h, ws, p))
+    assert torch.autograd.gradcheck(df.darts_rnn_fused, leaves, eps=1e-6, atol=1e-8)
