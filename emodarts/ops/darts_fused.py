@@ -36,14 +36,6 @@ _ready = False
 _cuda_ready = False
 
 
-def _op_defined(name: str) -> bool:
-    try:
-        torch._C._dispatch_find_schema_or_throw(name, "")
-        return True
-    except RuntimeError:
-        return False
-
-
 def ops():
     """torch.ops.emodarts with the DARTS-cell ops loaded (JIT-building the extension if needed), their fake
     kernels and autograd registered."""
@@ -51,15 +43,9 @@ def ops():
     if not _ready:
         with _lock:
             if not _ready:
-                if not _op_defined(OP_FWD):
-                    from emodarts.ops.extension import load_extension
+                from emodarts.ops.extension import require_op
 
-                    load_extension()
-                if not _op_defined(OP_FWD):
-                    raise BackendError(
-                        "the emodarts extension is loaded but has no darts_rnn operators: it was built from "
-                        "sources older than csrc/darts_rnn.cpp; rebuild it (pip install --no-build-isolation -e .)"
-                    )
+                require_op(OP_FWD, "csrc/darts_rnn.cpp")
                 _register_python_parts()
                 _ready = True
     return torch.ops.emodarts
@@ -96,17 +82,9 @@ def _register_python_parts() -> None:
         return (hs.new_empty((t, b, 2 * h)), hs.new_empty((b, h)), hs.new_empty((h, 2 * h)),
                 hs.new_empty(tuple(ws.shape)), hs.new_empty(tuple(probs.shape)))
 
-    for name, fn in ((OP_FWD, fwd_fake), (OP_BWD, bwd_fake)):
-        try:
-            torch.library.register_fake(name, fn)
-        except RuntimeError as exc:  # already registered (module reloaded)
-            if "already" not in str(exc):
-                raise
-    try:
-        torch.library.register_autograd(OP_FWD, _backward, setup_context=_setup_context)
-    except RuntimeError as exc:
-        if "already" not in str(exc):
-            raise
+    from emodarts.ops.extension import register_python_parts
+
+    register_python_parts(OP_FWD, OP_BWD, fwd_fake, bwd_fake, _backward, _setup_context)
 
 
 def _setup_context(ctx, inputs, output):

@@ -98,4 +98,45 @@ def _jit_build(installed_error):
         ) from exc
 
 
-__all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT"]
+def op_defined(name: str) -> bool:
+    """Whether the operator `name` ("emodarts::...") is registered in this process."""
+    import torch
+
+    try:
+        torch._C._dispatch_find_schema_or_throw(name, "")
+        return True
+    except RuntimeError:
+        return False
+
+
+def require_op(name: str, source: str) -> None:
+    """Make sure operator `name` is registered: load (or JIT-build) the extension when it is not, and say
+    how to rebuild when the loaded build predates `source` (the file that defines it)."""
+    if not op_defined(name):
+        load_extension()
+    if not op_defined(name):
+        raise BackendError(
+            f"the emodarts extension is loaded but has no {name} operator: it was built from sources older than "
+            f"{source}; rebuild it (pip install --no-build-isolation -e .)"
+        )
+
+
+def register_python_parts(op_fwd: str, op_bwd: str, fwd_fake, bwd_fake, backward, setup_context) -> None:
+    """Register the fake (meta) kernels of a forward/backward operator pair and the forward's autograd
+    formula; registering again (a reloaded module) is not an error."""
+    import torch
+
+    def once(register):
+        try:
+            register()
+        except RuntimeError as exc:
+            if "already" not in str(exc):
+                raise
+
+    once(lambda: torch.library.register_fake(op_fwd, fwd_fake))
+    once(lambda: torch.library.register_fake(op_bwd, bwd_fake))
+    once(lambda: torch.library.register_autograd(op_fwd, backward, setup_context=setup_context))
+
+
+__all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT", "op_defined", "require_op",
+           "register_python_parts"]

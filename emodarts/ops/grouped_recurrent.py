@@ -53,13 +53,6 @@ _cuda_ready = False
 # loading the operators
 
 
-def _op_defined(name: str) -> bool:
-    try:
-        torch._C._dispatch_find_schema_or_throw(name, "")
-        return True
-    except RuntimeError:
-        return False
-
 
 def ops():
     """torch.ops.emodarts with the grouped-RNN ops loaded (JIT-building the extension if needed), their fake
@@ -68,16 +61,9 @@ def ops():
     if not _ready:
         with _lock:
             if not _ready:
-                if not _op_defined(OP_FWD):
-                    from emodarts.ops.extension import load_extension
+                from emodarts.ops.extension import require_op
 
-                    load_extension()
-                if not _op_defined(OP_FWD):
-                    raise BackendError(
-                        "the emodarts extension is loaded but has no grouped_rnn operators: it was built "
-                        "from sources older than csrc/grouped_rnn.cpp; rebuild it "
-                        "(pip install --no-build-isolation -e .)"
-                    )
+                require_op(OP_FWD, "csrc/grouped_rnn.cpp")
                 _register_python_parts()
                 _ready = True
     return torch.ops.emodarts
@@ -188,17 +174,9 @@ def _register_python_parts() -> None:
         return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
                 w_hh.new_empty((w_hh.shape[0],)))
 
-    for name, fn in ((OP_FWD, fwd_fake), (OP_BWD, bwd_fake)):
-        try:
-            torch.library.register_fake(name, fn)
-        except RuntimeError as exc:  # already registered (module reloaded)
-            if "already" not in str(exc):
-                raise
-    try:
-        torch.library.register_autograd(OP_FWD, _backward, setup_context=_setup_context)
-    except RuntimeError as exc:
-        if "already" not in str(exc):
-            raise
+    from emodarts.ops.extension import register_python_parts
+
+    register_python_parts(OP_FWD, OP_BWD, fwd_fake, bwd_fake, _backward, _setup_context)
 
 
 def _setup_context(ctx, inputs, output):
