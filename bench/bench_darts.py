@@ -29,9 +29,7 @@ OMP_WAIT_POLICY.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -42,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import header, write_json  # noqa: E402
+from bench.common import header, timed_round_robin, write_json  # noqa: E402
 from emodarts.ops import darts_fused  # noqa: E402
 from emodarts.ops import grouped_recurrent as gr  # noqa: E402
 from emodarts.ops.darts_reference import activations, darts_rnn_reference, edge_index, n_darts_edges  # noqa: E402
@@ -142,24 +140,6 @@ def make_step(fn: Callable, w, mode: str) -> Callable[[], Tensor]:
     return step
 
 
-def timed(steps: Dict[str, Callable[[], Tensor]], device: torch.device, repeats: int, warmup: int):
-    """{impl: (median, min)} seconds, round-robin."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times: Dict[str, List[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
-    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
-
-
 def gemm_gflop(preset: str) -> float:
     """GEMM work of one forward of the layer (h W0h and every node's stacked-states GEMM; the x W0x projection
     before it is not counted); backward does twice that."""
@@ -212,7 +192,7 @@ def main(argv=None) -> None:
         w = build(preset, device)
         agreement = check_agreement(w, impls)
         for mode in args.modes.split(","):
-            tm = timed({i: make_step(IMPLS[i], w, mode) for i in impls}, device, repeats, warmup)
+            tm = timed_round_robin({i: make_step(IMPLS[i], w, mode) for i in impls}, device, repeats, warmup)
             res = {i: {"median_s": tm[i][0], "min_s": tm[i][1]} for i in impls}
             ratios = {r: res[r.split("/")[0]]["median_s"] / res[r.split("/")[1]]["median_s"] for r in ratio_names}
             row = {"preset": preset, **PRESETS[preset], "edges": n_darts_edges(PRESETS[preset]["S"]), "mode": mode,

@@ -25,9 +25,7 @@ bench/results/recurrent_<device>.json with the device name, date, command, threa
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
@@ -39,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import header, write_json  # noqa: E402
+from bench.common import header, timed_round_robin, write_json  # noqa: E402
 from emodarts.ops import grouped_recurrent as gr  # noqa: E402
 from emodarts.ops.recurrent import make_seq_op  # noqa: E402
 from emodarts.space import RECURRENT_PRIMITIVES  # noqa: E402
@@ -149,25 +147,6 @@ def make_step(fn, groups, mode: str) -> Callable[[], None]:
     return step
 
 
-def timed(steps: Dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int):
-    """{impl: (median, min)} seconds; the implementations are timed round-robin (one run of each in turn),
-    so that they see the same load on a shared machine."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times: Dict[str, List[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
-    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -198,7 +177,7 @@ def main(argv=None) -> None:
             groups = build(scope, preset, device)
             n_mod = sum(len(m) for _, m in groups)
             for mode in args.modes.split(","):
-                tm = timed({i: make_step(impl_fn(i), groups, mode) for i in impls}, device, repeats, warmup)
+                tm = timed_round_robin({i: make_step(impl_fn(i), groups, mode) for i in impls}, device, repeats, warmup)
                 res = {i: {"median_s": tm[i][0], "min_s": tm[i][1]} for i in impls}
                 ratios = {f"loop/{i}": res["loop"]["median_s"] / res[i]["median_s"]
                           for i in impls if i != "loop" and "loop" in res}

@@ -6,7 +6,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -44,6 +44,26 @@ def median_time(fn: Callable[[], object], device: torch.device, repeats: int, wa
             fn()
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def timed_round_robin(steps: Dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                      warmup: int) -> Dict[str, Tuple[float, float]]:
+    """{impl: (median, min)} seconds; the implementations are timed round-robin (one run of each in turn),
+    so that they see the same load on a shared machine."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times: Dict[str, List[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
 def header(device: torch.device) -> Dict[str, object]:

@@ -38,6 +38,39 @@ def tiny_synthetic(tmp_path_factory):
     return ensure_synthetic_corpus(tmp_path_factory.mktemp("synthetic"), seed=0, n_speakers=4, utts_per_class=2)
 
 
+def _cuda_build_skip_reason():
+    import shutil
+
+    import torch
+
+    from emodarts.ops import grouped_recurrent as gr
+
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build: it cannot build CUDA extensions"
+    if gr.cuda_home() is None:
+        return "no CUDA toolkit (nvcc) found: set CUDA_HOME to build the CUDA sources"
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # noqa: F401
+        except ImportError:
+            return "ninja is not installed"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cuda_built():
+    """Build the extension's CUDA sources (cuda_sources(): the grouped layer and the DARTS cell) once, for
+    sm_90 when no GPU is visible; ninja caches the objects across sessions. Returns the library path."""
+    reason = _cuda_build_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from emodarts.ops import darts_fused, grouped_recurrent
+
+    grouped_recurrent.ops()  # the CPU library defines the operators the CUDA one implements
+    darts_fused.ops()
+    return grouped_recurrent.build_cuda_extension()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped when torch.cuda.is_available() is false)")
 

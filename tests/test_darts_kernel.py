@@ -310,31 +310,6 @@ def test_rejects_bad_inputs(ops):
 # CUDA: compile check (CPU machines with nvcc) and parity on a GPU
 
 
-def _cuda_build_skip_reason():
-    import shutil
-
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is not a CUDA build: it cannot build CUDA extensions"
-    if gr.cuda_home() is None:
-        return "no CUDA toolkit (nvcc) found: set CUDA_HOME to build the CUDA sources"
-    if shutil.which("ninja") is None:
-        try:
-            import ninja  # noqa: F401
-        except ImportError:
-            return "ninja is not installed"
-    return None
-
-
-@pytest.fixture(scope="session")
-def cuda_built(ops):
-    """Build the CUDA sources (cuda_sources(): the grouped layer and the DARTS cell) once, for sm_90 without a
-    GPU; ninja caches the objects across sessions."""
-    reason = _cuda_build_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    return gr.build_cuda_extension()
-
-
 def test_cuda_sources_compile(cuda_built):
     """nvcc compiles and links csrc/cuda/darts_rnn_cuda.cu (Hopper, sm_90, when no GPU is visible) and its
     kernels register for both ops."""
