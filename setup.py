@@ -28,8 +28,10 @@ def extension_modules():
     )
     if not cpu_sources:
         return [], {}
+    # -fopenmp on Linux, as emodarts/ops/extension.py: at::parallel_for forks threads only with it
+    openmp = ["-fopenmp"] if platform.system() == "Linux" else []
     ext = cpp_extension.CppExtension(
-        "emodarts._C", cpu_sources, extra_compile_args={"cxx": ["-O3"]}
+        "emodarts._C", cpu_sources, extra_compile_args={"cxx": ["-O3", *openmp]}, extra_link_args=openmp
     )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 

@@ -4,12 +4,19 @@ fused = the C++ twin on the CPU, the Triton kernels on CUDA. For each K (inputs)
 forward and forward+backward (grads of every y and of alpha), median time after warm-up (CUDA events on a
 GPU), the minimum bytes any implementation must move (forward (K+1)*N*b, backward (2K+1)*N*b, so
 forward+backward (3K+2)*N*b) and the effective bandwidth that gives, next to the measured copy bandwidth
-(dst.copy_(src) over the forward's working set, (K+1)*N*b in all). Implementations are timed round-robin.
-The table is printed and everything is written as JSON to bench/results/mixed_sum_<device>.json with the
-device name, the date and the command.
+(dst.copy_(src) over the forward's working set, (K+1)*N*b in all). Implementations are timed round-robin,
+in a fresh random order every round (seeded), so that the allocator state one implementation leaves behind
+(e.g. a heap glibc has just trimmed) does not always land on the same next one. On the CPU each call's
+minor page faults and system time are recorded too (getrusage): on a VM a fault on fresh memory costs about
+as much as the kernel itself (~0.45 ms per MB measured on the 2-core EPYC VM), so a slow median with
+thousands of faults per call measures the allocator, not the kernel. The table is printed and everything
+is written as JSON to bench/results/mixed_sum_<device>.json with the device name, the date, the command
+and (CPU) what the C++ op runs (kernel copy, threading: torch.ops.emodarts.mixed_sum_cpu_info()).
 
 On a small shared CPU, OpenMP workers spinning after each op slow down whatever runs next; run with
-OMP_WAIT_POLICY=PASSIVE for steadier numbers (recorded in the JSON).
+OMP_WAIT_POLICY=PASSIVE for steadier numbers (recorded in the JSON). `--heap steady` keeps glibc from
+returning freed memory to the system (mallopt M_TRIM_THRESHOLD / M_MMAP_THRESHOLD) for every
+implementation alike, so that page faults drop out of all of them.
 
     python bench/bench_mixed_sum.py --quick          # CPU: a few minutes
     python bench/bench_mixed_sum.py --device cuda    # GPU: K = 2..16, sizes up to 64 MB per tensor
@@ -19,13 +26,21 @@ Sizes are cell-level tensors: `tiny` preset (B=16, C=8, 20x24), `paper` preset (
 and size); its compile time is excluded (warm-up).
 """
 import argparse
+import ctypes
 import datetime
 import json
 import os
+import random
+import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import torch
 import torch._dynamo.config as dynamo_config
@@ -49,13 +64,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Timer:
-    """Times several callables round-robin (one call of each per round), so that load spikes on a shared
-    machine hit every implementation alike; reports the median (and the minimum) per callable."""
+    """Times several callables round-robin (one call of each per round, in a new random order every round),
+    so that load spikes on a shared machine and the allocator state left by the previous call hit every
+    implementation alike; reports the median and the minimum per callable, and on the CPU the median minor
+    page faults and system time per call."""
 
-    def __init__(self, dev: torch.device):
+    def __init__(self, dev: torch.device, seed: int = 0):
         self.dev = dev
+        self.rng = random.Random(seed)
 
-    def _once(self, fn) -> float:
+    def _once(self, fn):
+        """(seconds, minor faults, system seconds); faults and system time are None on a GPU."""
         if self.dev.type == "cuda":
             a = torch.cuda.Event(enable_timing=True)
             b = torch.cuda.Event(enable_timing=True)
@@ -63,13 +82,19 @@ class Timer:
             fn()
             b.record()
             b.synchronize()
-            return a.elapsed_time(b) / 1e3
+            return a.elapsed_time(b) / 1e3, None, None
+        r0 = resource.getrusage(resource.RUSAGE_SELF) if resource else None
         t = time.perf_counter()
         fn()
-        return time.perf_counter() - t
+        dt = time.perf_counter() - t
+        if r0 is None:
+            return dt, None, None
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        return dt, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime
 
     def many(self, fns: dict, reps: int, warmup: int) -> dict:
-        """{name: (median s, min s) or an exception}"""
+        """{name: dict(median=s, min=s, minflt=median faults per call, sys=median system s per call) or an
+        exception}"""
         ok = {}
         res = {}
         for name, fn in fns.items():
@@ -81,19 +106,39 @@ class Timer:
                 res[name] = exc
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
-        times = {name: [] for name in ok}
+        samples = {name: [] for name in ok}
+        names = list(ok)
         for _ in range(reps):
-            for name, fn in ok.items():
-                times[name].append(self._once(fn))
-        for name, ts in times.items():
-            res[name] = (statistics.median(ts), min(ts))
+            self.rng.shuffle(names)
+            for name in names:
+                samples[name].append(self._once(ok[name]))
+        for name, ss in samples.items():
+            ts = [x[0] for x in ss]
+            flt = [x[1] for x in ss if x[1] is not None]
+            sys_s = [x[2] for x in ss if x[2] is not None]
+            res[name] = dict(median=statistics.median(ts), min=min(ts),
+                             minflt=statistics.median(flt) if flt else None,
+                             sys=statistics.median(sys_s) if sys_s else None)
         return res
 
     def __call__(self, fn, reps: int, warmup: int) -> float:
         r = self.many({"f": fn}, reps, warmup)["f"]
         if isinstance(r, Exception):
             raise r
-        return r[0]
+        return r["median"]
+
+
+def steady_heap() -> bool:
+    """Keep glibc from handing freed memory back to the system (and from serving blocks <= 32 MB with
+    fresh mmaps), so that a freed output's pages are reused instead of faulted in again. Process-wide, for
+    every implementation alike. False where there is no glibc mallopt."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)) == 1
+        return ok and libc.mallopt(m_mmap_threshold, ctypes.c_int(32 * 2**20)) == 1
+    except (OSError, AttributeError):
+        return False
 
 
 def make_inputs(k, shape, dtype, dev, seed=0):
@@ -133,9 +178,10 @@ def bench_case(impls, k, shape, dtype, dev, timer, reps, warmup):
             if isinstance(r, Exception):
                 rows.append(dict(impl=name, mode=mode, error=f"{type(r).__name__}: {r}"[:300]))
                 continue
-            t, tmin = r
-            rows.append(dict(impl=name, mode=mode, ms=t * 1e3, min_ms=tmin * 1e3, min_bytes=nbytes[mode],
-                             gbps=nbytes[mode] / t / 1e9))
+            t = r["median"]
+            rows.append(dict(impl=name, mode=mode, ms=t * 1e3, min_ms=r["min"] * 1e3, min_bytes=nbytes[mode],
+                             gbps=nbytes[mode] / t / 1e9, minflt_per_call=r["minflt"],
+                             sys_ms_per_call=None if r["sys"] is None else r["sys"] * 1e3))
     return rows
 
 
@@ -157,6 +203,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, help="timed repetitions (default GPU 50, CPU 25; quick: GPU 20, CPU 15)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--heap", choices=("default", "steady"), default="default",
+                    help="steady: glibc keeps freed memory (no page faults on reused outputs), for all impls")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the per-round order of the implementations")
     ap.add_argument("--out", help="JSON path (default bench/results/mixed_sum_<device>.json)")
     args = ap.parse_args(argv)
 
@@ -173,7 +222,11 @@ def main(argv=None):
     else:  # the 64 MB case takes minutes per K on a small CPU
         sizes = {s: v for s, v in SIZES.items() if not s.startswith("64MB")}
     reps = args.reps or ((20 if args.quick else 50) if gpu else (15 if args.quick else 25))
-    timer = Timer(dev)
+    timer = Timer(dev, args.seed)
+    heap = args.heap
+    if heap == "steady" and not steady_heap():
+        print("--heap steady: no glibc mallopt here, running with the default heap")
+        heap = "default"
 
     impls = {"eager": reference.mixed_sum}
     if not args.no_compile:
@@ -191,11 +244,13 @@ def main(argv=None):
         fused.cpp_ops()  # build/load the extension before timing
         impls["fused"] = fused.mixed_sum_cpp
         fused_kind = "c++"
+    fused_info = _cpp_info() if not gpu else None
 
     results = []
     copy_bw = {}
     print(f"device {dev} ({device_name(dev)}), dtype {args.dtype}, threads {torch.get_num_threads()}, "
-          f"fused = {fused_kind}, reps {reps}")
+          f"fused = {fused_kind}{f' ({fused_info})' if fused_info else ''}, reps {reps}, heap {heap}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     hdr = f"{'size':<26}{'K':>3} {'mode':<8}" + "".join(f"{n + ' ms':>13}{n + ' GB/s':>13}" for n in impls)
     hdr += f"{'fused/eager':>12}{'fused/comp':>11}{'%copy':>7}{'copy GB/s':>10}"
     print(hdr)
@@ -222,6 +277,11 @@ def main(argv=None):
                 sp_c = c["ms"] / f["ms"] if "ms" in f and "ms" in c else float("nan")
                 pct = 100 * f["gbps"] / bw if "gbps" in f else float("nan")
                 line += f"{sp_e:>12.2f}{sp_c:>11.2f}{pct:>7.0f}{bw:>10.1f}"
+                if not gpu:  # per call: min ms, minor faults, system ms (medians)
+                    line += "   min ms / faults / sys ms: " + ", ".join(
+                        f"{name} {by[name]['min_ms']:.2f}/{by[name]['minflt_per_call']:.0f}/"
+                        f"{by[name]['sys_ms_per_call']:.1f}"
+                        for name in impls if "min_ms" in by.get(name, {}) and by[name]["minflt_per_call"] is not None)
                 print(line, flush=True)
                 for r in by.values():
                     results.append(dict(size=sname, shape=list(shape), numel=n, k=k, dtype=args.dtype, **r,
@@ -236,17 +296,20 @@ def main(argv=None):
         device=str(dev),
         device_name=device_name(dev),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+        command=shlex.join([os.path.basename(sys.executable)] + sys.argv),
         torch=torch.__version__,
         triton=_triton_version(),
         threads=torch.get_num_threads(),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        heap=heap,
+        fused_info=fused_info,
+        order=f"random per round (seed {args.seed})",
         load_average=_loadavg(),
         dtype=args.dtype,
         fused=fused_kind,
         reps=reps,
-        timing="median (and min) of reps after warm-up, implementations timed round-robin"
-        + (" (CUDA events)" if gpu else " (perf_counter)"),
+        timing="median (and min) of reps after warm-up, implementations timed round-robin in a random order"
+        + (" (CUDA events)" if gpu else " (perf_counter; minflt_per_call and sys_ms_per_call: medians, getrusage)"),
         bytes_model="fwd (K+1)*N*b, fwd+bwd (3K+2)*N*b (bwd alone (2K+1)*N*b)",
         copy_gbps_per_tensor=copy_bw,
         results=results,
@@ -254,6 +317,13 @@ def main(argv=None):
     out.write_text(json.dumps(doc, indent=1))
     print(f"wrote {out}")
     return doc
+
+
+def _cpp_info():
+    try:
+        return torch.ops.emodarts.mixed_sum_cpu_info()
+    except (AttributeError, RuntimeError):  # an extension built before the op existed
+        return None
 
 
 def _loadavg():

@@ -14,31 +14,42 @@
 // Inputs may be float32, bfloat16 or float16 (mixed: the output takes the promoted dtype), any shape,
 // any strides: inputs whose layout differs from the output's are read in place through their strides
 // (never copied). Layout rules mirror kernels/layout.py (keep them in step: the fake kernel relies on them).
-// Work is split into blocks of kBlock elements and spread over threads with at::parallel_for. Within a
-// block, up to 8 flat inputs of one dtype are streamed together (like the Triton kernel's 8 pointers per
-// launch) with explicit vectors (GCC/Clang vector extensions), which keeps several memory streams in flight
-// and the fp32 accumulator in registers; the sum runs left to right as in the reference. Dot products are
-// accumulated in fp32 lanes per input, flushed into double every 256 elements; the per-block partials are
-// reduced in double, in block order (deterministic for any number of threads). The block kernels live in
-// mixed_sum_kernels.h, compiled twice: a baseline copy (SSE2 / NEON, 4 lanes) and, on x86-64 with
-// GCC/Clang, an AVX2 + F16C copy (8 lanes) picked at run time when the CPU has it
-// (EMODARTS_CPU_ISA=baseline forces the baseline copy).
+// Work is split into blocks of kBlock elements and spread over the intra-op threads with at::parallel_for (calls
+// that move less than kGrainBytes stay on one thread). Within a block, up to 8 flat inputs of one dtype are streamed together
+// (like the Triton kernel's 8 pointers per launch) with explicit vectors (GCC/Clang vector extensions),
+// which keeps several memory streams in flight and the fp32 accumulator in registers; the sum runs left to
+// right as in the reference. Dot products are accumulated in fp32 lanes per input, flushed into double
+// every 256 elements; the per-block partials are reduced in double, in block order (deterministic for any
+// number of threads). The block kernels live in mixed_sum_kernels.h, compiled twice: a baseline copy
+// (SSE2 / NEON, 4 lanes) and, on x86-64 with GCC/Clang, an AVX2 + F16C copy (8 lanes) picked at run time
+// when the CPU has it (EMODARTS_CPU_ISA=baseline forces the baseline copy). The sums are memory-bound:
+// an AVX-512 copy, software prefetch, non-temporal stores, other block sizes and one-input-at-a-time
+// streaming were measured (2-core EPYC VM) and gave nothing once both threads run, or lost.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
-#include <cstdint>
 #include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define EMODARTS_HAVE_AVX2_COPY 1
+#endif
+
+// at::parallel_for is a header template: with torch's OpenMP backend it only forks threads in a source
+// compiled with -fopenmp (ATen/ParallelOpenMP.h); without the flag it silently runs the whole range on the
+// calling thread. The build passes -fopenmp on Linux (setup.py, emodarts/ops/extension.py); this guard
+// makes a Linux build without it fail loudly rather than run on one core.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP) && defined(__linux__)
+#error "csrc/*.cpp must be compiled with -fopenmp: torch uses OpenMP for intra-op parallelism"
 #endif
 
 namespace emodarts {
@@ -49,7 +60,11 @@ using at::Tensor;
 using at::TensorList;
 
 constexpr int64_t kBlock = 2048;         // elements per block
-constexpr int64_t kGrainElems = 1 << 15;  // fewer elements than this per task: stay on one thread
+// A second thread is only worth its start-up when the call moves more than this many bytes (every y read,
+// every output written): waking a sleeping OpenMP worker costs 10-150 us (the high end measured on a 2-core
+// VM with OMP_WAIT_POLICY=PASSIVE), about what one core streams through 2-4 MB. Tiny-preset calls
+// (61k elements, K = 8: 2.2 MB forward) stay on one thread; paper-preset ones (1M+ elements) use all.
+constexpr int64_t kGrainBytes = int64_t(4) << 20;
 constexpr int kMaxDims = 64;
 constexpr int64_t kFlush = 256;  // dot products: fp32 lanes are flushed into double every kFlush elements
 
@@ -261,7 +276,10 @@ std::vector<float> gather_weights(const std::vector<double>& p, at::IntArrayRef 
   return w;
 }
 
-int64_t grain_blocks() { return std::max<int64_t>(1, kGrainElems / kBlock); }
+// Blocks per task for a call that moves `bytes_per_elem` bytes per output element.
+int64_t grain_blocks(int64_t bytes_per_elem) {
+  return std::max<int64_t>(1, at::divup(kGrainBytes, std::max<int64_t>(1, bytes_per_elem) * kBlock));
+}
 
 // What the block kernels need (mixed_sum_kernels.h).
 struct FwdCtx {
@@ -372,7 +390,9 @@ Tensor mixed_sum_fwd(TensorList ys, const Tensor& alpha, at::IntArrayRef index) 
   const std::vector<Group> groups = make_groups(plan);
   const FwdCtx ctx{&plan, &groups, w.data(), out.data_ptr(), dtype, dtype == at::kFloat, n};
   const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  at::parallel_for(0, nblocks, grain_blocks(), [&](int64_t b0, int64_t b1) { fwd_range(ctx, b0, b1); });
+  int64_t bytes_per_elem = out.element_size();
+  for (const auto& y : ys) bytes_per_elem += y.element_size();
+  at::parallel_for(0, nblocks, grain_blocks(bytes_per_elem), [&](int64_t b0, int64_t b1) { fwd_range(ctx, b0, b1); });
   return out;
 }
 
@@ -403,7 +423,9 @@ std::tuple<std::vector<Tensor>, Tensor> mixed_sum_bwd(const Tensor& grad_out, Te
   const int64_t nblocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(static_cast<size_t>(nblocks * k));
   const BwdCtx ctx{&plan, &groups, w.data(), gdata, partial.data(), k, n, plan.g.flat && plan.g.dtype == at::kFloat};
-  at::parallel_for(0, nblocks, grain_blocks(), [&](int64_t b0, int64_t b1) { bwd_range(ctx, b0, b1); });
+  int64_t bytes_per_elem = g.element_size();
+  for (const auto& y : ys) bytes_per_elem += 2 * y.element_size();  // y read, grad_y written
+  at::parallel_for(0, nblocks, grain_blocks(bytes_per_elem), [&](int64_t b0, int64_t b1) { bwd_range(ctx, b0, b1); });
 
   for (int64_t i = 0; i < k; ++i) {
     double s = 0.0;
@@ -411,6 +433,19 @@ std::tuple<std::vector<Tensor>, Tensor> mixed_sum_bwd(const Tensor& grad_out, Te
     d[static_cast<size_t>(index[i])] += s;
   }
   return {grads, alpha_grad(alpha, p, d)};
+}
+
+// What a call runs here: the kernel copy and how blocks are spread over threads (benchmarks record it).
+std::string mixed_sum_cpu_info() {
+  std::string s = use_avx2() ? "isa=avx2" : "isa=baseline";
+#if defined(_OPENMP)
+  s += " threads=openmp";
+#elif AT_PARALLEL_NATIVE
+  s += " threads=aten-native";
+#else
+  s += " threads=single";
+#endif
+  return s + " max_threads=" + std::to_string(at::get_num_threads());
 }
 
 }  // namespace
@@ -421,6 +456,7 @@ std::tuple<std::vector<Tensor>, Tensor> mixed_sum_bwd(const Tensor& grad_out, Te
 TORCH_LIBRARY_FRAGMENT(emodarts, m) {
   m.def("mixed_sum_fwd(Tensor[] ys, Tensor alpha, int[] index) -> Tensor");
   m.def("mixed_sum_bwd(Tensor grad_out, Tensor[] ys, Tensor alpha, int[] index) -> (Tensor[], Tensor)");
+  m.def("mixed_sum_cpu_info() -> str", &emodarts::mixed_sum_cpu::mixed_sum_cpu_info);
 }
 
 TORCH_LIBRARY_IMPL(emodarts, CPU, m) {

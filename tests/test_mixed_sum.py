@@ -223,6 +223,45 @@ def test_cpp_instruction_sets_agree(cpp, tmp_path):
     assert torch.allclose(a["d16"], b["d16"], rtol=1e-5, atol=1e-6)
 
 
+def _thread_cpu_ticks():
+    """{thread id: user + system clock ticks} of this process (Linux)."""
+    ticks = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        ticks[tid] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="needs Linux /proc and two CPUs")
+def test_cpp_uses_several_threads(cpp):
+    """With two intra-op threads, a large call does work on two threads. (at::parallel_for forks nothing in
+    a source compiled without -fopenmp: the build must pass it. Each thread gets a fixed half of the blocks,
+    so both accrue CPU time even on a loaded machine.)"""
+    info = cpp.mixed_sum_cpu_info()
+    if "threads=openmp" not in info and "threads=aten-native" not in info:
+        pytest.skip(f"this torch build has no intra-op thread pool the extension can use: {info}")
+    ys, alpha, index, g = make_case(8, (2, 1_000_000), torch.float32, seed=3)
+    flat = [e * M + m for e, m in index]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpp.mixed_sum_fwd(ys, alpha, flat)  # the team's threads exist from here on
+        before = _thread_cpu_ticks()
+        for _ in range(20):
+            cpp.mixed_sum_fwd(ys, alpha, flat)
+            cpp.mixed_sum_bwd(g, ys, alpha, flat)
+        after = _thread_cpu_ticks()
+    finally:
+        torch.set_num_threads(threads)
+    busy = [tid for tid, t in after.items() if t - before.get(tid, 0) >= 2]
+    assert len(busy) >= 2, f"{info}: CPU ticks per thread {[(t - before.get(tid, 0)) for tid, t in after.items()]}"
+
+
 def test_cpp_deterministic(cpp):
     ys, alpha, index, g = make_case(8, (4, 50_001), torch.float32, seed=9)
     a = run(fused.mixed_sum_cpp, ys, alpha, index, g)

@@ -33,6 +33,13 @@ def cpu_sources() -> list:
     return sorted(glob.glob(os.path.join(csrc_dir(), "*.cpp")))
 
 
+def openmp_flags() -> list:
+    """-fopenmp on Linux: at::parallel_for forks threads only in sources compiled with it (without it every
+    CPU op silently runs on one core). The extension then links libgomp.so.1, the runtime torch has already
+    loaded, so both share one thread pool and torch.set_num_threads."""
+    return ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+
 def build_dir() -> str:
     import torch
 
@@ -83,7 +90,8 @@ def _jit_build(installed_error):
         return load(
             name=JIT_NAME,
             sources=sources,
-            extra_cflags=["-O3"],
+            extra_cflags=["-O3", *openmp_flags()],
+            extra_ldflags=openmp_flags(),
             build_directory=build_dir(),
             is_python_module=True,
             verbose=False,
