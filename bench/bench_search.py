@@ -7,6 +7,7 @@ warm-up (CUDA events on a GPU); ratios are against the reference in the same run
 runs in its own process so that its peak memory (max RSS on the CPU, max allocated on CUDA) is its own.
 
     python bench/bench_search.py --device cpu --quick
+    python bench/bench_search.py --device cpu --quick --no-growth --seq-space darts
     python bench/bench_search.py --device cuda
 """
 import argparse
@@ -26,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from common import RESULTS, header, median_time, write_json  # noqa: E402
 
 from emodarts.architect import Architect  # noqa: E402
-from emodarts.config import PRESETS  # noqa: E402
+from emodarts.config import PRESETS, with_seq_space  # noqa: E402
 from emodarts.features import FEATURE_PRESETS  # noqa: E402
 from emodarts.space import SEQ_SUBSETS  # noqa: E402
 from emodarts.supernet import Supernet  # noqa: E402
@@ -42,6 +43,8 @@ def measure(job: dict) -> dict:
     model_cfg = cfg.model
     if job.get("seq_candidates"):
         model_cfg = replace(model_cfg, seq_primitives=tuple(job["seq_candidates"]))
+    if job.get("seq_space"):
+        model_cfg = with_seq_space(model_cfg, job["seq_space"], job["preset"])
     n_features, n_frames = FEATURE_PRESETS[job["preset"]].shape
     n_frames = job.get("frames") or n_frames
     batch = job.get("batch") or cfg.search.batch_size
@@ -66,7 +69,8 @@ def measure(job: dict) -> dict:
     seconds = median_time(step, device, job["repeats"], warmup=job["warmup"])
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {**job, "seconds": seconds, "peak_bytes": int(peak), "batch": batch, "frames": n_frames}
+    return {**job, "seconds": seconds, "peak_bytes": int(peak), "batch": batch, "frames": n_frames,
+            "n_seq": len(model_cfg.seq_primitives)}
 
 
 def run_job(job: dict) -> dict:
@@ -95,7 +99,7 @@ def print_table(rows: list, title: str) -> None:
         if "error" in r:
             print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['mode']:<10} error: {r['error']}")
             continue
-        n_seq = len(r.get("seq_candidates") or PRESETS[r["preset"]].model.seq_primitives)
+        n_seq = r.get("n_seq") or len(r.get("seq_candidates") or PRESETS[r["preset"]].model.seq_primitives)
         print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['batch']:>5} {r['frames']:>4} {n_seq:>9} "
               f"{r['mode']:<10} {1e3 * r['seconds']:>9.1f} {r['peak_bytes'] / 2**20:>9.0f} {r.get('speedup_vs_reference', float('nan')):>6.2f}")
 
@@ -128,6 +132,8 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--quick", action="store_true", help="fewer repeats, no second-order growth sweep")
     p.add_argument("--no-growth", action="store_true")
+    p.add_argument("--seq-space", default="emodarts", choices=["emodarts", "darts"],
+                   help="sequential search space of the supernet (darts: the DARTS recurrent cell)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -137,14 +143,14 @@ def main() -> None:
     presets = (args.presets or ("tiny,paper" if device.type == "cuda" else "tiny")).split(",")
     modes = args.modes.split(",")
     repeats, warmup = (3, 1) if args.quick else (7, 2)
-    base = {"device": args.device, "repeats": repeats, "warmup": warmup}
+    base = {"device": args.device, "repeats": repeats, "warmup": warmup, "seq_space": args.seq_space}
     rows = []
     for preset in presets:
         for second_order in (False, True):
             for mode in modes:
                 rows.append(run_job({**base, "preset": preset, "second_order": second_order, "mode": mode}))
     with_ratios(rows)
-    print_table(rows, f"search step, {header(device)['device']}")
+    print_table(rows, f"search step, {args.seq_space} sequential space, {header(device)['device']}")
 
     growth = []
     if not args.no_growth:
@@ -165,7 +171,7 @@ def main() -> None:
                     growth.append(r)
         with_ratios(growth)
         print_table(growth, "cost growth (tiny preset, first order)")
-    tag = args.device.replace(":", "")
+    tag = args.device.replace(":", "") + ("" if args.seq_space == "emodarts" else f"_{args.seq_space}")
     if growth:
         png = RESULTS / f"search_growth_{tag}.png"
         try:

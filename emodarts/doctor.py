@@ -55,7 +55,13 @@ def _extension_check() -> Check:
                 "pip install --no-build-isolation -e . (or install g++ and ninja for a build on first use)")
     except Exception as exc:  # pragma: no cover - an unexpected build failure is still reported
         return ("C++ extension (CPU)", False, f"{type(exc).__name__}: {exc}"[:160], "see the error above")
-    return ("C++ extension (CPU)", True, getattr(mod, "__file__", "loaded"), "")
+    import torch
+
+    try:
+        threads = torch.ops.emodarts.mixed_sum_cpu_info()  # instruction set and thread pool of the C++ ops
+    except Exception:  # pragma: no cover - an older build without the query
+        threads = "threads unknown"
+    return ("C++ extension (CPU)", True, f"{getattr(mod, '__file__', 'loaded')} ({threads})", "")
 
 
 def _cuda_kernels_check(has_cuda: bool) -> Check:
@@ -64,14 +70,15 @@ def _cuda_kernels_check(has_cuda: bool) -> Check:
         return (name, False, "not built: no CUDA device here",
                 "they build on a GPU machine on first use (python bench/run_all.py builds and tests them)")
     try:
-        from .ops import fused, grouped_recurrent
+        from .ops import darts_fused, fused, grouped_recurrent
 
         grouped_recurrent.ensure_cuda()
+        darts_fused.ensure_cuda()
         fused.kernels_module()
     except Exception as exc:
         return (name, False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}",
                 "set CUDA_HOME to the CUDA toolkit and install triton")
-    return (name, True, "grouped recurrent layer built, Triton mixed sum importable", "")
+    return (name, True, "grouped recurrent layer and DARTS cell built, Triton mixed sum importable", "")
 
 
 def format_checks(rows: List[Check]) -> str:
