@@ -1,4 +1,9 @@
-"""Small shared builders for the model tests: a miniature configuration and random data."""
+"""Small shared builders for the model tests: a miniature configuration and random data, and a fresh
+Python process for settings read once per process."""
+import os
+import subprocess
+import sys
+
 import torch
 
 from emodarts.config import ModelConfig, RunConfig, SearchConfig, TrainConfig
@@ -32,3 +37,14 @@ def random_split(n: int, n_features: int = 10, n_frames: int = 13, seed: int = 0
 def random_run_data(n: int = 16) -> RunData:
     return RunData(["angry", "happy", "neutral", "sad"], random_split(n, seed=1), random_split(n, seed=2),
                    random_split(n, seed=3), random_split(n // 2, seed=4), random_split(n // 2, seed=5))
+
+
+def run_in_fresh_process(code: str, **env: str) -> str:
+    """Run `code` in a new interpreter with extra environment variables (e.g. a switch the extension reads
+    once, at load time); fail the test with its stderr when it fails. Returns its stdout."""
+    full_env = dict(os.environ, **env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout

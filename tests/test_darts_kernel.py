@@ -13,8 +13,6 @@ largest magnitude of each reference tensor.
   (a dropped term, a wrong derivative) gives errors of 1e-3 and more.
 """
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,6 +21,8 @@ from emodarts.errors import BackendError
 from emodarts.ops import darts_fused as df
 from emodarts.ops import grouped_recurrent as gr
 from emodarts.ops.darts_reference import darts_rnn_reference, n_darts_edges
+
+from helpers import run_in_fresh_process
 
 HAS_CUDA = torch.cuda.is_available()
 TOL64 = 1e-10
@@ -263,11 +263,7 @@ def test_baseline_epilogue_without_avx2(ops):
         "err = max(((u.double() - v).abs().max() / v.abs().max()).item() for u, v in zip((ya,) + ga, (yb,) + gb))\n"
         "print(err); assert err < 2e-5, err\n"
     )
-    env = dict(os.environ, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_in_fresh_process(code, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ float64: within 1e-10 (relative to the largest magnitude of each tensor). float3
 """
 import copy
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,6 +18,8 @@ from emodarts.ops import grouped_recurrent as gr
 from emodarts.ops import grouped_reference
 from emodarts.ops.recurrent import make_seq_op
 from emodarts.space import RECURRENT_PRIMITIVES
+
+from helpers import run_in_fresh_process
 
 HAS_CUDA = torch.cuda.is_available()
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
@@ -278,11 +278,7 @@ def test_baseline_epilogue_without_avx2(ops):
         "err = max([err] + [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(g1, g2)])\n"
         "print(err); assert err < 2e-5, err\n"
     )
-    env = dict(os.environ, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_in_fresh_process(code, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
 
 
 # --------------------------------------------------------------------------------------------------
