@@ -28,6 +28,16 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define EMODARTS_CPU_HAVE_AVX2 1
+// Code between these two is compiled for AVX2 + FMA: the second copy of a kernel header, whose functions
+// run only when avx2_enabled() says so.
+#if defined(__clang__)
+#define EMODARTS_BEGIN_AVX2_FMA \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma\"))), apply_to = function)")
+#define EMODARTS_END_AVX2_FMA _Pragma("clang attribute pop")
+#else
+#define EMODARTS_BEGIN_AVX2_FMA _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma\")")
+#define EMODARTS_END_AVX2_FMA _Pragma("GCC pop_options")
+#endif
 #endif
 
 namespace emodarts {

@@ -70,20 +70,11 @@ using cpu_common::use_blas;
 #undef EMODARTS_DARTS_NS
 
 #ifdef EMODARTS_CPU_HAVE_AVX2
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+EMODARTS_BEGIN_AVX2_FMA
 #define EMODARTS_DARTS_NS avx2
 #include "darts_rnn_kernels.h"
 #undef EMODARTS_DARTS_NS
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+EMODARTS_END_AVX2_FMA
 #endif
 
 // float32 kernels of one instruction set, picked once at run time
@@ -273,17 +264,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward(
     const Tensor& hs_, const Tensor& states_, const Tensor& pre0_, const Tensor& pre_) {
   const Dims d = make_dims(hs_, true, h0_, w0h_, ws_, probs_);
   TORCH_CHECK(hs_.device().is_cpu(), "darts_rnn (CPU kernel) got a tensor on ", hs_.device());
-  check_same(grad_hs_, hs_, "grad_hs");
-  check_same(states_, hs_, "states");
-  check_same(pre0_, hs_, "pre0");
-  check_same(pre_, hs_, "pre");
-  TORCH_CHECK(grad_hs_.sizes() == hs_.sizes(), "darts_rnn_backward: grad_hs must be (T, B, H) like hs");
-  TORCH_CHECK(states_.sizes() == at::IntArrayRef({d.T, d.S + 1, d.B, d.H}), "darts_rnn_backward: bad states shape ",
-              states_.sizes());
-  TORCH_CHECK(pre0_.sizes() == at::IntArrayRef({d.T, d.B, 2 * d.H}), "darts_rnn_backward: bad pre0 shape ",
-              pre0_.sizes());
-  TORCH_CHECK(pre_.sizes() == at::IntArrayRef({d.T, d.E, d.B, 2 * d.H}), "darts_rnn_backward: bad pre shape ",
-              pre_.sizes());
+  check_saved(d, grad_hs_, hs_, states_, pre0_, pre_);
   const Tensor gh = grad_hs_.contiguous(), h0 = h0_.contiguous(), w0h = w0h_.contiguous(), ws = ws_.contiguous(),
                probs = probs_.contiguous(), hs = hs_.contiguous(), states = states_.contiguous(),
                pre0 = pre0_.contiguous(), pre = pre_.contiguous();

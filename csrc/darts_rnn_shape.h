@@ -41,3 +41,19 @@ inline Dims check_dims(const Tensor& seq, bool half, const Tensor& h0, const Ten
   check_same(probs, seq, "probs");
   return d;
 }
+
+// backward: the output gradient and the state forward saved must match hs and the dims
+inline void check_saved(const Dims& d, const Tensor& grad_hs_, const Tensor& hs_, const Tensor& states_,
+                        const Tensor& pre0_, const Tensor& pre_) {
+  check_same(grad_hs_, hs_, "grad_hs");
+  check_same(states_, hs_, "states");
+  check_same(pre0_, hs_, "pre0");
+  check_same(pre_, hs_, "pre");
+  TORCH_CHECK(grad_hs_.sizes() == hs_.sizes(), "darts_rnn_backward: grad_hs must be (T, B, H) like hs");
+  TORCH_CHECK(states_.sizes() == at::IntArrayRef({d.T, d.S + 1, d.B, d.H}), "darts_rnn_backward: bad states shape ",
+              states_.sizes());
+  TORCH_CHECK(pre0_.sizes() == at::IntArrayRef({d.T, d.B, 2 * d.H}), "darts_rnn_backward: bad pre0 shape ",
+              pre0_.sizes());
+  TORCH_CHECK(pre_.sizes() == at::IntArrayRef({d.T, d.E, d.B, 2 * d.H}), "darts_rnn_backward: bad pre shape ",
+              pre_.sizes());
+}

@@ -85,20 +85,11 @@ using cpu_common::use_blas;
 #undef EMODARTS_GRNN_NS
 
 #ifdef EMODARTS_CPU_HAVE_AVX2
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+EMODARTS_BEGIN_AVX2_FMA
 #define EMODARTS_GRNN_NS avx2
 #include "grouped_rnn_kernels.h"
 #undef EMODARTS_GRNN_NS
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+EMODARTS_END_AVX2_FMA
 #endif
 
 // float32 kernels of one instruction set, picked once at run time (EMODARTS_GROUPED_NO_AVX2=1: baseline)
@@ -157,49 +148,7 @@ void rnn_bwd(int64_t B, int64_t H, const double* h, const double* gh, const doub
 // ---------------------------------------------------------------------------------------------------
 // shapes and checks
 
-struct Plan {
-  int64_t K, KL, Kx, T, B, I, H, G;
-  std::vector<int64_t> goff, gh;  // gate column offset and width of each unit
-  std::vector<bool> rev;
-};
-
-Plan make_plan(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, int64_t n_lstm, at::IntArrayRef reverse) {
-  TORCH_CHECK(x.dim() == 4, "grouped_rnn: x must be (Kx, T, B, I), got ", x.sizes());
-  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "grouped_rnn: w_ih and w_hh must be 2-D");
-  Plan p;
-  p.K = static_cast<int64_t>(reverse.size());
-  p.KL = n_lstm;
-  p.Kx = x.size(0);
-  p.T = x.size(1);
-  p.B = x.size(2);
-  p.I = x.size(3);
-  p.H = w_hh.size(1);
-  TORCH_CHECK(p.K >= 1, "grouped_rnn: needs at least one unit");
-  TORCH_CHECK(0 <= p.KL && p.KL <= p.K, "grouped_rnn: n_lstm = ", p.KL, " outside [0, ", p.K, "]");
-  TORCH_CHECK(p.Kx == 1 || p.Kx == p.K, "grouped_rnn: x holds ", p.Kx, " inputs for ", p.K, " units");
-  TORCH_CHECK(p.T >= 1 && p.B >= 1 && p.I >= 1 && p.H >= 1, "grouped_rnn: empty sizes are not supported");
-  p.G = (4 * p.KL + (p.K - p.KL)) * p.H;
-  TORCH_CHECK(w_hh.size(0) == p.G, "grouped_rnn: w_hh has ", w_hh.size(0), " rows, expected ", p.G);
-  TORCH_CHECK(w_ih.size(0) == p.G && w_ih.size(1) == p.I, "grouped_rnn: w_ih must be (", p.G, ", ", p.I,
-              "), got ", w_ih.sizes());
-  p.goff.resize(p.K);
-  p.gh.resize(p.K);
-  p.rev.resize(p.K);
-  int64_t off = 0;
-  for (int64_t k = 0; k < p.K; ++k) {
-    p.gh[k] = (k < p.KL ? 4 : 1) * p.H;
-    p.goff[k] = off;
-    off += p.gh[k];
-    p.rev[k] = reverse[k] != 0;
-  }
-  return p;
-}
-
-void check_same(const Tensor& a, const Tensor& ref, const char* name) {
-  TORCH_CHECK(a.scalar_type() == ref.scalar_type(), "grouped_rnn: ", name, " has dtype ", a.scalar_type(),
-              ", x has ", ref.scalar_type());
-  TORCH_CHECK(a.device() == ref.device(), "grouped_rnn: ", name, " is on ", a.device(), ", x on ", ref.device());
-}
+#include "grouped_rnn_plan.h"
 
 // Runs fn(k) for every unit, units spread over threads by an atomic counter (LSTM units come first: the
 // longest tasks start first). No time-step barrier: each task owns a whole time loop.

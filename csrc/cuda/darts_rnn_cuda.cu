@@ -268,17 +268,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
     const Tensor& grad_hs_, const Tensor& h0_, const Tensor& w0h_, const Tensor& ws_, const Tensor& probs_,
     const Tensor& hs_, const Tensor& states_, const Tensor& pre0_, const Tensor& pre_) {
   const Dims d = make_dims(hs_, true, h0_, w0h_, ws_, probs_);
-  check_same(grad_hs_, hs_, "grad_hs");
-  check_same(states_, hs_, "states");
-  check_same(pre0_, hs_, "pre0");
-  check_same(pre_, hs_, "pre");
-  TORCH_CHECK(grad_hs_.sizes() == hs_.sizes(), "darts_rnn_backward: grad_hs must be (T, B, H) like hs");
-  TORCH_CHECK(states_.sizes() == at::IntArrayRef({d.T, d.S + 1, d.B, d.H}), "darts_rnn_backward: bad states shape ",
-              states_.sizes());
-  TORCH_CHECK(pre0_.sizes() == at::IntArrayRef({d.T, d.B, 2 * d.H}), "darts_rnn_backward: bad pre0 shape ",
-              pre0_.sizes());
-  TORCH_CHECK(pre_.sizes() == at::IntArrayRef({d.T, d.E, d.B, 2 * d.H}), "darts_rnn_backward: bad pre shape ",
-              pre_.sizes());
+  check_saved(d, grad_hs_, hs_, states_, pre0_, pre_);
   const c10::cuda::CUDAGuard guard(hs_.device());
   const Tensor gh = grad_hs_.contiguous(), h0 = h0_.contiguous(), w0h = w0h_.contiguous(), ws = ws_.contiguous(),
                probs = probs_.contiguous(), hs = hs_.contiguous(), states = states_.contiguous(),

@@ -19,7 +19,6 @@ reference's type promotion would). bf16 / fp16 inputs, or any input under autoca
 autocast leaves alone), run in float32 with autocast off and the result is cast back to x_proj's dtype
 (the idea of backend._fp32_grouped: the kernel accumulates in float32).
 """
-import threading
 from typing import Tuple
 
 import torch
@@ -31,24 +30,15 @@ OP_FWD = "emodarts::darts_rnn_forward"
 OP_BWD = "emodarts::darts_rnn_backward"
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-_lock = threading.Lock()
-_ready = False
 _cuda_ready = False
 
 
 def ops():
     """torch.ops.emodarts with the DARTS-cell ops loaded (JIT-building the extension if needed), their fake
     kernels and autograd registered."""
-    global _ready
-    if not _ready:
-        with _lock:
-            if not _ready:
-                from emodarts.ops.extension import require_op
+    from emodarts.ops.extension import load_ops
 
-                require_op(OP_FWD, "csrc/darts_rnn.cpp")
-                _register_python_parts()
-                _ready = True
-    return torch.ops.emodarts
+    return load_ops(OP_FWD, OP_BWD, "csrc/darts_rnn.cpp", _fwd_fake, _bwd_fake, _backward, _setup_context)
 
 
 def ensure_cuda() -> None:
@@ -70,21 +60,17 @@ def ensure_cuda() -> None:
     _cuda_ready = True
 
 
-def _register_python_parts() -> None:
-    def fwd_fake(x_proj, h0, w0h, ws, probs):
-        t, b, h, s = x_proj.shape[0], x_proj.shape[1], h0.shape[-1], ws.shape[0]
-        e = s * (s + 1) // 2
-        return (x_proj.new_empty((t, b, h)), x_proj.new_empty((t, s + 1, b, h)), x_proj.new_empty((t, b, 2 * h)),
-                x_proj.new_empty((t, e, b, 2 * h)))
+def _fwd_fake(x_proj, h0, w0h, ws, probs):
+    t, b, h, s = x_proj.shape[0], x_proj.shape[1], h0.shape[-1], ws.shape[0]
+    e = s * (s + 1) // 2
+    return (x_proj.new_empty((t, b, h)), x_proj.new_empty((t, s + 1, b, h)), x_proj.new_empty((t, b, 2 * h)),
+            x_proj.new_empty((t, e, b, 2 * h)))
 
-    def bwd_fake(grad_hs, h0, w0h, ws, probs, hs, states, pre0, pre):
-        t, b, h = hs.shape
-        return (hs.new_empty((t, b, 2 * h)), hs.new_empty((b, h)), hs.new_empty((h, 2 * h)),
-                hs.new_empty(tuple(ws.shape)), hs.new_empty(tuple(probs.shape)))
 
-    from emodarts.ops.extension import register_python_parts
-
-    register_python_parts(OP_FWD, OP_BWD, fwd_fake, bwd_fake, _backward, _setup_context)
+def _bwd_fake(grad_hs, h0, w0h, ws, probs, hs, states, pre0, pre):
+    t, b, h = hs.shape
+    return (hs.new_empty((t, b, 2 * h)), hs.new_empty((b, h)), hs.new_empty((h, 2 * h)),
+            hs.new_empty(tuple(ws.shape)), hs.new_empty(tuple(probs.shape)))
 
 
 def _setup_context(ctx, inputs, output):

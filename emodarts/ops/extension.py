@@ -15,7 +15,7 @@ import threading
 from emodarts.errors import BackendError
 
 JIT_NAME = "emodarts_C"
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: load_ops holds it while it loads the extension
 _module = None
 
 BUILD_HINT = (
@@ -117,34 +117,41 @@ def op_defined(name: str) -> bool:
         return False
 
 
-def require_op(name: str, source: str) -> None:
-    """Make sure operator `name` is registered: load (or JIT-build) the extension when it is not, and say
-    how to rebuild when the loaded build predates `source` (the file that defines it)."""
-    if not op_defined(name):
-        load_extension()
-    if not op_defined(name):
-        raise BackendError(
-            f"the emodarts extension is loaded but has no {name} operator: it was built from sources older than "
-            f"{source}; rebuild it (pip install --no-build-isolation -e .)"
-        )
+_registered = set()  # forward ops whose fake kernels (and autograd) this process has registered
 
 
-def register_python_parts(op_fwd: str, op_bwd: str, fwd_fake, bwd_fake, backward, setup_context) -> None:
-    """Register the fake (meta) kernels of a forward/backward operator pair and the forward's autograd
-    formula; registering again (a reloaded module) is not an error."""
+def load_ops(op_fwd: str, op_bwd: str, source: str, fwd_fake, bwd_fake, backward=None, setup_context=None):
+    """torch.ops.emodarts with a forward/backward operator pair ready: the extension loaded (or JIT-built) if
+    `op_fwd` is not registered yet, then, once per process, the pair's fake (meta) kernels and, when
+    `backward` is given, the forward's autograd formula. A loaded build older than `source` (the file that
+    defines the pair) is an error that says how to rebuild."""
     import torch
 
-    def once(register):
-        try:
-            register()
-        except RuntimeError as exc:
-            if "already" not in str(exc):
-                raise
+    if op_fwd in _registered:
+        return torch.ops.emodarts
+    with _lock:
+        if op_fwd not in _registered:
+            if not op_defined(op_fwd):
+                load_extension()
+            if not op_defined(op_fwd):
+                raise BackendError(
+                    f"the emodarts extension is loaded but has no {op_fwd} operator: it was built from sources "
+                    f"older than {source}; rebuild it (pip install --no-build-isolation -e .)"
+                )
 
-    once(lambda: torch.library.register_fake(op_fwd, fwd_fake))
-    once(lambda: torch.library.register_fake(op_bwd, bwd_fake))
-    once(lambda: torch.library.register_autograd(op_fwd, backward, setup_context=setup_context))
+            def once(register):
+                try:
+                    register()
+                except RuntimeError as exc:  # registered already (e.g. by another module instance)
+                    if "already" not in str(exc):
+                        raise
+
+            once(lambda: torch.library.register_fake(op_fwd, fwd_fake))
+            once(lambda: torch.library.register_fake(op_bwd, bwd_fake))
+            if backward is not None:
+                once(lambda: torch.library.register_autograd(op_fwd, backward, setup_context=setup_context))
+            _registered.add(op_fwd)
+    return torch.ops.emodarts
 
 
-__all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT", "op_defined", "require_op",
-           "register_python_parts"]
+__all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT", "op_defined", "load_ops"]

@@ -28,7 +28,6 @@ import functools
 import importlib.util
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -38,8 +37,6 @@ from torch import Tensor
 from emodarts.errors import BackendError
 
 IMPLS = ("triton", "cpp")
-_cpp_lock = threading.Lock()
-_cpp_ready = False
 _kernels = None
 
 
@@ -97,34 +94,13 @@ def _load_source_kernels_pkg() -> None:
 
 
 def cpp_ops():
-    """torch.ops.emodarts with the C++ mixed-sum ops loaded (JIT-building the extension if needed)."""
-    global _cpp_ready
-    if not _cpp_ready:
-        with _cpp_lock:
-            if not _cpp_ready:
-                from emodarts.ops.extension import load_extension
+    """torch.ops.emodarts with the C++ mixed-sum ops loaded (JIT-building the extension if needed) and their
+    fake kernels registered (so they can be traced and opchecked on their own too)."""
+    from emodarts.ops.extension import load_ops
 
-                load_extension()
-                _register_cpp_fakes()
-                _cpp_ready = True
-    return torch.ops.emodarts
-
-
-def _register_cpp_fakes() -> None:
-    """Fake kernels of the C++ ops (so they can be traced and opchecked on their own too)."""
-
-    def fwd_fake(ys, alpha, index):
-        return _empty_out(ys)
-
-    def bwd_fake(grad_out, ys, alpha, index):
-        return _empty_grads(ys), torch.empty_like(alpha)
-
-    for name, fn in (("emodarts::mixed_sum_fwd", fwd_fake), ("emodarts::mixed_sum_bwd", bwd_fake)):
-        try:
-            torch.library.register_fake(name, fn)
-        except RuntimeError as exc:  # already registered (e.g. by another module instance)
-            if "already" not in str(exc):
-                raise
+    return load_ops("emodarts::mixed_sum_fwd", "emodarts::mixed_sum_bwd", "csrc/mixed_sum.cpp",
+                    lambda ys, alpha, index: _empty_out(ys),
+                    lambda grad_out, ys, alpha, index: (_empty_grads(ys), torch.empty_like(alpha)))
 
 
 def _layout():

@@ -45,28 +45,18 @@ OP_BWD = "emodarts::grouped_rnn_backward"
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _lock = threading.Lock()
-_ready = False
 _cuda_ready = False
-
 
 # --------------------------------------------------------------------------------------------------
 # loading the operators
 
 
-
 def ops():
     """torch.ops.emodarts with the grouped-RNN ops loaded (JIT-building the extension if needed), their fake
     kernels and autograd registered."""
-    global _ready
-    if not _ready:
-        with _lock:
-            if not _ready:
-                from emodarts.ops.extension import require_op
+    from emodarts.ops.extension import load_ops
 
-                require_op(OP_FWD, "csrc/grouped_rnn.cpp")
-                _register_python_parts()
-                _ready = True
-    return torch.ops.emodarts
+    return load_ops(OP_FWD, OP_BWD, "csrc/grouped_rnn.cpp", _fwd_fake, _bwd_fake, _backward, _setup_context)
 
 
 def cuda_sources() -> List[str]:
@@ -165,18 +155,14 @@ def cpu_gemm_path() -> str:
     return ops().grouped_rnn_cpu_gemm()
 
 
-def _register_python_parts() -> None:
-    def fwd_fake(x, w_ih, w_hh, bias, n_lstm, reverse):
-        k, t, b, h = len(reverse), x.shape[1], x.shape[2], w_hh.shape[1]
-        return (x.new_empty((k, t, b, h)), x.new_empty((n_lstm, t, b, h)), x.new_empty((t * b * w_hh.shape[0],)))
+def _fwd_fake(x, w_ih, w_hh, bias, n_lstm, reverse):
+    k, t, b, h = len(reverse), x.shape[1], x.shape[2], w_hh.shape[1]
+    return (x.new_empty((k, t, b, h)), x.new_empty((n_lstm, t, b, h)), x.new_empty((t * b * w_hh.shape[0],)))
 
-    def bwd_fake(grad_hs, x, w_ih, w_hh, hs, cs, gates, n_lstm, reverse):
-        return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
-                w_hh.new_empty((w_hh.shape[0],)))
 
-    from emodarts.ops.extension import register_python_parts
-
-    register_python_parts(OP_FWD, OP_BWD, fwd_fake, bwd_fake, _backward, _setup_context)
+def _bwd_fake(grad_hs, x, w_ih, w_hh, hs, cs, gates, n_lstm, reverse):
+    return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            w_hh.new_empty((w_hh.shape[0],)))
 
 
 def _setup_context(ctx, inputs, output):
