@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import header, timed_round_robin, write_json  # noqa: E402
+from bench.common import add_run_options, header, run_settings, timed_round_robin, write_json  # noqa: E402
 from emodarts.ops import darts_fused  # noqa: E402
 from emodarts.ops import grouped_recurrent as gr  # noqa: E402
 from emodarts.ops.darts_reference import activations, darts_rnn_reference, edge_index, n_darts_edges  # noqa: E402
@@ -161,24 +161,12 @@ def check_agreement(w, impls: List[str]) -> Dict[str, float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default 1: a shared machine)")
+    add_run_options(ap, default_repeats=9)
     ap.add_argument("--presets", default="tiny,paper")
     ap.add_argument("--impls", default="reference,compile,fused")
     ap.add_argument("--modes", default="fwd,fwd+bwd")
-    ap.add_argument("--quick", action="store_true", help="3 timed runs each, 1 warm-up (default 9 and 2)")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--out", default=None, help="JSON file name under bench/results/")
     args = ap.parse_args(argv)
-
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    else:
-        darts_fused.ensure_cuda()
-    repeats = args.repeats or (3 if args.quick else 9)
-    warmup = args.warmup or (1 if args.quick else 2)
+    device, repeats, warmup = run_settings(args, 9, darts_fused.ensure_cuda)
     impls = [s for s in args.impls.split(",") if s]
     base = [i for i in ("reference", "compile") if i in impls]
     print("compile = torch.compile(dynamic=False) of the reference's cell step (one time step), eager loop over "

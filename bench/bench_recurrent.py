@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import header, timed_round_robin, write_json  # noqa: E402
+from bench.common import add_run_options, header, run_settings, timed_round_robin, write_json  # noqa: E402
 from emodarts.ops import grouped_recurrent as gr  # noqa: E402
 from emodarts.ops.recurrent import make_seq_op  # noqa: E402
 from emodarts.space import RECURRENT_PRIMITIVES  # noqa: E402
@@ -149,25 +149,13 @@ def make_step(fn, groups, mode: str) -> Callable[[], None]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--quick", action="store_true", help="3 timed runs each, 1 warm-up (default 7 and 2)")
-    ap.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default 1: a shared machine)")
+    add_run_options(ap, default_repeats=7)
     ap.add_argument("--presets", default="tiny,paper")
     ap.add_argument("--scopes", default="edge,source,cell")
     ap.add_argument("--impls", default="loop,compile,grouped")
     ap.add_argument("--modes", default="fwd,fwd+bwd")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--out", default=None, help="JSON file name under bench/results/")
     args = ap.parse_args(argv)
-
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    else:
-        gr.ensure_cuda()
-    repeats = args.repeats or (3 if args.quick else 7)
-    warmup = args.warmup or (1 if args.quick else 2)
+    device, repeats, warmup = run_settings(args, 7, gr.ensure_cuda)
     impls = [s for s in args.impls.split(",") if s]
     rows = []
     print(f"{'preset':6} {'scope':6} {'mode':7} " + " ".join(f"{i + ' ms':>12}" for i in impls)

@@ -66,6 +66,30 @@ def timed_round_robin(steps: Dict[str, Callable[[], object]], device: torch.devi
     return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
+def add_run_options(ap, default_repeats: int) -> None:
+    """The options every layer benchmark shares: device, threads, repeats, warm-up, output name."""
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default 1: a shared machine)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"3 timed runs each, 1 warm-up (default {default_repeats} and 2)")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--out", default=None, help="JSON file name under bench/results/")
+
+
+def run_settings(args, default_repeats: int, ensure_cuda: Callable[[], None]) -> Tuple[torch.device, int, int]:
+    """(device, repeats, warm-up runs) from add_run_options' options; sets the CPU threads or builds the CUDA
+    kernels."""
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    else:
+        ensure_cuda()
+    repeats = args.repeats or (3 if args.quick else default_repeats)
+    warmup = args.warmup or (1 if args.quick else 2)
+    return device, repeats, warmup
+
+
 def header(device: torch.device) -> Dict[str, object]:
     return {
         "device": device_name(device), "device_type": device.type, "torch": torch.__version__,

@@ -38,6 +38,19 @@ def tiny_synthetic(tmp_path_factory):
     return ensure_synthetic_corpus(tmp_path_factory.mktemp("synthetic"), seed=0, n_speakers=4, utts_per_class=2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: on a small shared CPU, idle OpenMP workers spinning after every
+    op make hundreds of small reference ops slow and erratic. Tests that want threads raise it locally.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cuda_build_skip_reason():
     import shutil
 

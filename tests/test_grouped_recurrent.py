@@ -25,13 +25,7 @@ HAS_CUDA = torch.cuda.is_available()
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread (a small shared CPU); test_threads_agree raises it locally."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="session")

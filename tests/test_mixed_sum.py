@@ -25,14 +25,7 @@ KS = (1, 2, 7, 8, 30)
 SHAPES = {"one": (1,), "odd": (3, 5, 7), "large": (16, 8, 20, 24)}  # large: a tiny-preset cell tensor
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, idle OpenMP workers spinning after every op make the
-    hundreds of small reference ops here slow and erratic. Tests that want threads raise it locally."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="session")
