@@ -46,3 +46,16 @@ inline void check_same(const Tensor& a, const Tensor& ref, const char* name) {
               ", x has ", ref.scalar_type());
   TORCH_CHECK(a.device() == ref.device(), "grouped_rnn: ", name, " is on ", a.device(), ", x on ", ref.device());
 }
+
+// backward: the output gradient, the weights and the state forward saved must match x and the plan
+inline void check_saved(const Plan& p, const Tensor& x_, const Tensor& grad_hs_, const Tensor& w_ih_,
+                        const Tensor& w_hh_, const Tensor& hs_, const Tensor& cs_, const Tensor& gates_) {
+  for (const auto& pr : {std::make_pair(&grad_hs_, "grad_hs"), std::make_pair(&w_ih_, "w_ih"),
+                         std::make_pair(&w_hh_, "w_hh"), std::make_pair(&hs_, "hs"), std::make_pair(&cs_, "cs"),
+                         std::make_pair(&gates_, "gates")})
+    check_same(*pr.first, x_, pr.second);
+  TORCH_CHECK(grad_hs_.sizes() == hs_.sizes() && hs_.sizes() == at::IntArrayRef({p.K, p.T, p.B, p.H}),
+              "grouped_rnn_backward: grad_hs and hs must be (K, T, B, H)");
+  TORCH_CHECK(cs_.sizes() == at::IntArrayRef({p.KL, p.T, p.B, p.H}), "grouped_rnn_backward: bad cs shape");
+  TORCH_CHECK(gates_.dim() == 1 && gates_.size(0) == p.T * p.B * p.G, "grouped_rnn_backward: bad gates shape");
+}

@@ -258,14 +258,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward_cuda(const Tenso
                                                                      at::IntArrayRef reverse) {
   const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
   TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
-  for (const auto& pr : {std::make_pair(&grad_hs_, "grad_hs"), std::make_pair(&w_ih_, "w_ih"),
-                         std::make_pair(&w_hh_, "w_hh"), std::make_pair(&hs_, "hs"), std::make_pair(&cs_, "cs"),
-                         std::make_pair(&gates_, "gates")})
-    check_same(*pr.first, x_, pr.second);
-  TORCH_CHECK(grad_hs_.sizes() == hs_.sizes() && hs_.sizes() == at::IntArrayRef({p.K, p.T, p.B, p.H}),
-              "grouped_rnn_backward: grad_hs and hs must be (K, T, B, H)");
-  TORCH_CHECK(cs_.sizes() == at::IntArrayRef({p.KL, p.T, p.B, p.H}), "grouped_rnn_backward: bad cs shape");
-  TORCH_CHECK(gates_.dim() == 1 && gates_.size(0) == p.T * p.B * p.G, "grouped_rnn_backward: bad gates shape");
+  check_saved(p, x_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
   const c10::cuda::CUDAGuard guard(x_.device());
   const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), w_ih = w_ih_.contiguous(),
                w_hh = w_hh_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
