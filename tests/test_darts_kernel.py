@@ -5,8 +5,9 @@ Every comparison runs the same inputs through both and compares the output and t
 inputs (x_proj, h0, w0h, ws, probs) under the same random output gradient. Errors are relative to the
 largest magnitude of each reference tensor.
 - float64 (the precision path: std::exp / std::tanh, dgemm): within 1e-10.
-- float32: the fused op in float32 against the reference in float64 (the exact function), within 5e-6.
-  Both are float32 evaluations that round differently: sgemm with K up to 2H, the Cephes-style exp / tanh of
+- float32: judged as `emodarts compare` judges (tests/parity.py): the fused op's error against the reference
+  in float64 (the exact function) within 4x the float32 reference's own error, or below 5e-6 of the tensor's
+  largest magnitude (or 8 ulps of the largest tensor). Both are float32 evaluations that round differently: sgemm with K up to 2H, the Cephes-style exp / tanh of
   the vectorised epilogue (max. rel. error ~2e-7), sums over predecessors and steps, all carried through the
   recurrence. On these inputs the fused op is measured at <= ~6e-7 and PyTorch's own float32 evaluation of
   the reference at <= ~7e-7: 5e-6 leaves a margin of ~8x for other BLAS builds and CPUs, and a wrong formula
@@ -23,6 +24,7 @@ from emodarts.ops import grouped_recurrent as gr
 from emodarts.ops.darts_reference import darts_rnn_reference, n_darts_edges
 
 from helpers import run_in_fresh_process
+from parity import assert_parity
 
 HAS_CUDA = torch.cuda.is_available()
 TOL64 = 1e-10
@@ -99,20 +101,21 @@ def run(fn, inputs, grad_out):
 NAMES = ("out", "grad_x_proj", "grad_h0", "grad_w0h", "grad_ws", "grad_probs")
 
 
-def compare(inputs, tol, device="cpu", seed=1):
-    """Fused (in the inputs' dtype) against the reference in float64; returns the errors."""
+def compare(inputs, rel_floor, device="cpu", seed=1):
+    """Fused (in the inputs' dtype) against the reference in float64 (the oracle), judged as `emodarts compare`
+    judges (tests/parity.py): in float32 within 4x the float32 reference's own error, or below `rel_floor`."""
     T, B, H = inputs[0].shape[0], inputs[0].shape[1], inputs[1].shape[1]
+    dtype = inputs[0].dtype
     grad_out = torch.randn(T, B, H, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    ref = run(darts_rnn_reference, [t.double() for t in inputs], grad_out)
+    oracle = run(darts_rnn_reference, [t.double() for t in inputs], grad_out)
+    ref = None
+    if dtype != torch.float64:
+        ref = [t.cpu() for t in run(darts_rnn_reference, [t.to(device) for t in inputs], grad_out.to(device))]
     got = run(df.darts_rnn_fused, [t.to(device) for t in inputs], grad_out.to(device))
-    errs = {}
-    for name, a, b in zip(NAMES, got, ref):
-        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
-        assert a.dtype == inputs[0].dtype, f"{name}: dtype {a.dtype}"
-        errs[name] = rel_err(a.cpu(), b)
-    bad = {k: v for k, v in errs.items() if not v <= tol}
-    assert not bad, f"errors above {tol:g}: " + ", ".join(f"{k} {v:.3g}" for k, v in errs.items())
-    return errs
+    for name, a in zip(NAMES, got):
+        assert a.dtype == dtype, f"{name}: dtype {a.dtype}"
+    triples = [(name, a.cpu(), ref[i] if ref else None, b) for i, (name, a, b) in enumerate(zip(NAMES, got, oracle))]
+    return assert_parity(triples, dtype, rel_floor=rel_floor, what="DARTS cell")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,17 +248,11 @@ def test_baseline_epilogue_without_avx2(ops):
     """The baseline (SSE2) copy of the float32 epilogue, picked when AVX2 is switched off (read once per
     process, hence a subprocess)."""
     code = (
-        "import torch; from emodarts.ops.darts_fused import darts_rnn_fused\n"
-        "from emodarts.ops.darts_reference import darts_rnn_reference\n"
-        "g = torch.Generator().manual_seed(0); T, B, H, S = 4, 3, 13, 3\n"
-        "ins = [torch.randn(T, B, 2 * H, generator=g), 0.5 * torch.randn(B, H, generator=g),\n"
-        "       torch.randn(H, 2 * H, generator=g) / H ** 0.5, torch.randn(S, H, 2 * H, generator=g) / H ** 0.5,\n"
-        "       torch.softmax(torch.randn(6, 5, generator=g), -1)[:, :4]]\n"
-        "a = [t.clone().requires_grad_(True) for t in ins]; b = [t.double().requires_grad_(True) for t in ins]\n"
-        "ya, yb = darts_rnn_fused(*a), darts_rnn_reference(*b)\n"
-        "ga = torch.autograd.grad(ya.sum(), a); gb = torch.autograd.grad(yb.sum(), b)\n"
-        "err = max(((u.double() - v).abs().max() / v.abs().max()).item() for u, v in zip((ya,) + ga, (yb,) + gb))\n"
-        "print(err); assert err < 2e-5, err\n"
+        f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "import torch; torch.set_num_threads(1)\n"
+        "from test_darts_kernel import TOL32, compare, make_inputs\n"
+        "compare(make_inputs(4, 3, 13, 3, dtype=torch.float32), TOL32)\n"
+        "compare(make_inputs(5, 1, 8, 8, dtype=torch.float32, probs='dominant', seed=2), TOL32)\n"
     )
     run_in_fresh_process(code, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
 
