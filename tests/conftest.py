@@ -38,6 +38,19 @@ def tiny_synthetic(tmp_path_factory):
     return ensure_synthetic_corpus(tmp_path_factory.mktemp("synthetic"), seed=0, n_speakers=4, utts_per_class=2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def suite_threads():
+    """The whole suite on one intra-op thread, as the CLI's default (emodarts/threads.py): on a small shared
+    CPU, two threads beside another busy process make every step 2.5-3.5x slower (bench/bench_threads.py).
+    Tests that want threads raise it locally."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a test module: on a small shared CPU, idle OpenMP workers spinning after every
