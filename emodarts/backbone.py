@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .distributed import BatchDropout
 from .ops.cnn import FactorizedReduce, ReLUConvBN
 
 
@@ -94,7 +95,7 @@ class Head(nn.Module):
 
     def __init__(self, hidden: int, n_classes: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = BatchDropout(dropout)
         self.linear = nn.Linear(hidden, n_classes)
 
     def forward(self, seq: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .distributed import BatchDropout
 from .ops.backend import Backend
 from .ops.darts_reference import DARTS_ACTIVATIONS
 from .space import CellGenotype
@@ -57,7 +58,7 @@ class MixedDartsCell(nn.Module):
         self.columns = activation_columns(cfg.seq_primitives)
         fan_in = [i + 1 for i in range(cfg.seq_nodes) for _ in range(i + 1)]  # predecessors of each edge's node
         self.register_buffer("fan_in", torch.tensor(fan_in, dtype=torch.float32)[:, None], persistent=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = BatchDropout(cfg.dropout)
 
     def mixing_weights(self, alpha: Tensor) -> Tensor:
         """softmax over every candidate (so `none` keeps its mass), then the columns of the activations in
@@ -91,7 +92,7 @@ class FixedDartsCell(nn.Module):
         self.input = _DartsInput(hidden)
         self.nodes = [node[0] for node in cell.nodes]  # (activation, predecessor state)
         self.ws = _uniform(len(self.nodes), hidden, 2 * hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = BatchDropout(dropout)
 
     def step(self, x_proj_t: Tensor, h: Tensor) -> Tensor:
         c0, z0 = (x_proj_t + h @ self.input.w0h).split(self.hidden, dim=-1)

@@ -7,8 +7,9 @@ global batch. Batch norm uses statistics of the global batch (`GlobalBatchNorm2d
 torch's SyncBatchNorm does not run. Only rank 0 writes files.
 """
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +73,48 @@ def shard(n: int) -> slice:
     per, extra = divmod(n, _INFO.world)
     start = _INFO.rank * per + min(_INFO.rank, extra)
     return slice(start, start + per + (1 if _INFO.rank < extra else 0))
+
+
+_GLOBAL_BATCH: Optional[int] = None
+
+
+@contextmanager
+def global_batch(n: int) -> Iterator[slice]:
+    """While the model runs on this rank's shard of a global batch of n items, random per-sample masks are
+    drawn for all n and cut to the shard (`batch_mask`), so every rank draws the same numbers one process
+    would, and the data-parallel step equals the single-process step with dropout on."""
+    global _GLOBAL_BATCH
+    outer, _GLOBAL_BATCH = _GLOBAL_BATCH, n
+    try:
+        yield shard(n)
+    finally:
+        _GLOBAL_BATCH = outer
+
+
+def batch_mask(shape: Sequence[int], keep: float, device, dtype) -> Tensor:
+    """Bernoulli(keep) mask of `shape` (dim 0 the batch), drawn as for the whole global batch when one is
+    active (global_batch) and cut to this rank's rows; with one process, simply a mask of `shape`."""
+    n = _GLOBAL_BATCH
+    if n is None or not _INFO.active:
+        return torch.empty(tuple(shape), device=device, dtype=dtype).bernoulli_(keep)
+    part = shard(n)
+    if part.stop - part.start != shape[0]:
+        raise RuntimeError(f"batch_mask: a shard of {shape[0]} rows, but this rank's part of {n} is {part}")
+    return torch.empty((n, *shape[1:]), device=device, dtype=dtype).bernoulli_(keep)[part]
+
+
+class BatchDropout(nn.Dropout):
+    """nn.Dropout (a bernoulli_ mask scaled by 1/keep) whose mask comes from `batch_mask`, so data-parallel
+    ranks drop what one process would. No parameters: checkpoints are those of nn.Dropout."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        if keep == 0.0:
+            return x * 0.0
+        noise = batch_mask(x.shape, keep, x.device, x.dtype).div_(keep)
+        return x * noise
 
 
 def sum_gradients(grads: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:

@@ -4,6 +4,7 @@ from torch import Tensor, nn
 
 from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
 from .config import ModelConfig
+from .distributed import BatchDropout
 from .darts_cell import FixedDartsCell
 from .ops.cnn import Identity, drop_path, make_cnn_op
 from .ops.recurrent import make_seq_op
@@ -41,7 +42,7 @@ class FixedSeqCell(nn.Module):
         super().__init__()
         self.sources = [[src for _, src in node] for node in cell.nodes]
         self.ops = nn.ModuleList(nn.ModuleList(make_seq_op(op, hidden) for op, _ in node) for node in cell.nodes)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = BatchDropout(dropout)
 
     def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
         states = [s0, s1]
@@ -61,7 +62,7 @@ class DerivedNetwork(nn.Module):
         self.cnn_cells = nn.ModuleList(
             FixedCnnCell(genotype.reduce if p.reduction else genotype.normal, p) for p in plan
         )
-        self.cell_dropout = nn.Dropout(cfg.dropout)
+        self.cell_dropout = BatchDropout(cfg.dropout)
         last = plan[-1]
         self.handoff = SequenceHandoff(last.c_p, cfg.cnn_nodes * last.c, cfg.hidden)
         seq_cell = FixedDartsCell if cfg.seq_space == "darts" else FixedSeqCell

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
 from .config import ModelConfig
+from .distributed import BatchDropout
 from .darts_cell import MixedDartsCell
 from .ops.backend import Backend, get_backend
 from .ops.cnn import make_cnn_op
@@ -54,7 +55,7 @@ class MixedCnnCell(nn.Module):
                 self.edges.append(
                     nn.ModuleDict({name: make_cnn_op(name, plan.c, stride, affine=False) for _, name in self.active})
                 )
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = BatchDropout(cfg.dropout)
 
     def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, mixed_sum: Callable) -> Tensor:
         states = [self.pre[0](s0), self.pre[1](s1)]
@@ -106,7 +107,7 @@ class MixedSeqCell(nn.Module):
             nn.ModuleDict({name: make_seq_op(name, cfg.hidden) for _, name in self.active})
             for _ in range(n_edges(cfg.seq_nodes))
         )
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = BatchDropout(cfg.dropout)
 
     def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend) -> Tensor:
         nodes = _grouped_seq_nodes(self, s0, s1, alpha, backend)

@@ -1,4 +1,4 @@
-"""Data parallel on CPU: 2 gloo processes give the alphas of one process on the same global batch."""
+"""Data parallel on CPU: 2 gloo processes give the alphas of one process on the same global batch, dropout on."""
 import socket
 from dataclasses import replace
 
@@ -6,15 +6,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from emodarts.distributed import DistInfo, set_info
+from emodarts.distributed import BatchDropout, DistInfo, global_batch, set_info
+from emodarts.ops.cnn import drop_path
 from emodarts.train import run_search, run_train
 
 from helpers import random_run_data, small_run_config
 
 
 def _config(second_order: bool = False):
-    # no dropout, so that both runs draw no random masks; the global batch is 8 (4 per rank)
-    return small_run_config(epochs=2, second_order=second_order, dropout=0.0)
+    # dropout on: every rank draws the masks of the whole global batch (8, 4 per rank) and keeps its rows
+    # (distributed.batch_mask), so the data-parallel run drops what one process drops
+    return small_run_config(epochs=2, second_order=second_order, dropout=0.3)
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -47,3 +49,26 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
         if value.is_floating_point():
             torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert (tmp_path / "ddp" / "model.pt").exists()
+
+
+def test_shards_draw_the_masks_of_one_process():
+    """Dropout and drop-path on each rank's shard of an uneven global batch (7 over 3 ranks) give, put
+    together, exactly what one process gives on the whole batch from the same seed."""
+    x = torch.randn(7, 3, 5)
+
+    def apply(t):
+        return drop_path(BatchDropout(0.3).train()(t), 0.4, True)
+
+    torch.manual_seed(0)
+    whole = apply(x)
+    parts = []
+    try:
+        for rank in range(3):
+            set_info(DistInfo(rank, 3))
+            torch.manual_seed(0)
+            with global_batch(7) as part:
+                parts.append(apply(x[part]))
+    finally:
+        set_info(DistInfo())
+    assert torch.equal(torch.cat(parts), whole)
+    assert (whole == 0).any() and (whole != 0).any()

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import batch_mask  # per-sample masks as one process draws them, also data-parallel
+
 
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool):
@@ -100,5 +102,5 @@ def drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
     if not training or prob <= 0.0:
         return x
     keep = 1.0 - prob
-    mask = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).bernoulli_(keep)
+    mask = batch_mask((x.shape[0], *([1] * (x.dim() - 1))), keep, x.device, x.dtype)
     return x * mask / keep
