@@ -47,20 +47,22 @@ class ProtocolData:
 
 def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], seed: int,
                        cache_dir: Optional[Path] = None, progress: bool = True, report=None, workers: int = 1,
-                       backend: str = "librosa", device: Optional[str] = None) -> ProtocolData:
+                       backend: str = "librosa", device: Optional[str] = None,
+                       min_duration: Optional[float] = None) -> ProtocolData:
     """Load the corpus, apply the protocol, extract (or reuse) the features, build the folds and count.
-    Unusable files go to `report` (a new SkipReport when None); DataError only when nothing is left."""
+    Unusable files (clips under `min_duration` seconds included) go to `report` (a new SkipReport when
+    None); DataError only when nothing is left."""
     from .data.protocols import class_list, fold_counts
     from .data.registry import load_protocol
     from .data.report import SkipReport
-    from .features import FEATURE_PRESETS, build_features, default_cache_dir
+    from .features import FEATURE_PRESETS, build_features, default_cache_dir, feature_config
 
     if preset not in FEATURE_PRESETS:
         raise DataError(f"unknown feature preset {preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
     report = report if report is not None else SkipReport()
     utts, excluded, proto = load_protocol(corpus, root, seed=CORPUS_SEED, report=report, protocol=protocol)
-    features = build_features(utts, FEATURE_PRESETS[preset], cache_dir or default_cache_dir(), progress=progress,
-                              report=report, workers=workers, backend=backend, device=device)
+    features = build_features(utts, feature_config(preset, min_duration), cache_dir or default_cache_dir(),
+                              progress=progress, report=report, workers=workers, backend=backend, device=device)
     usable = list(features.utterances)
     report.raise_if_empty(len(usable), f"corpus {corpus!r}")
     classes = class_list(usable)
@@ -177,7 +179,7 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
         folds = folds or ",".join(str(k) for k in state.get("folds", []))
 
     data = load_protocol_data(cfg.corpus, Path(cfg.root) if cfg.root else None, cfg.preset, protocol, cfg.seed,
-                              cache_dir=cache_dir, progress=progress, workers=workers)
+                              cache_dir=cache_dir, progress=progress, workers=workers, min_duration=cfg.min_duration)
     proto = data.protocol
     selected = parse_folds(folds, len(data.folds))
     mode = "genotype" if genotype is not None else "search"

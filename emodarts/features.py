@@ -5,6 +5,8 @@ first 8 s (zero-pad shorter clips at the end), 128 MFCCs with librosa defaults (
 Hann, 128 mel bands, power to dB, DCT-II ortho) -> 128 x 512 frames (1 + 262000 // 512; trimmed or
 padded to 512 in general), then max-pooled over time by 4 -> 128 x 128. No normalisation.
 The `tiny` preset (16 kHz, 3 s, 20 MFCCs, n_fft 512, hop 256, 40 mel bands, time pool 4) gives 20 x 47.
+Clips shorter than `min_duration_s` (MIN_DURATION_S by default) are left out as "too short" rather than
+zero-padded into a window of mostly silence.
 
 Two backends compute the same features: `librosa` (the reference, one file at a time, over a process pool
 with workers > 1) and `torchaudio` (batched torchaudio transforms, on the GPU when one is there; it
@@ -24,17 +26,24 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import DataError
+from .io import fsync_dir, fsync_file, make_temp_dir
 
 FEATURE_VERSION = 1  # bump when the extraction changes in a way that invalidates caches
+
+# Shortest usable clip, in seconds of audio before padding. Absolute rather than a fraction of the window:
+# a fraction of the paper preset's 8 s window large enough to matter (10 %: 0.8 s) could drop genuine short
+# utterances (a one-word answer) and change the published utterance counts, while 0.25 s (about one short
+# syllable) is shorter than a spoken word and still rejects clicks, cut-off files and near-empty clips
+# (0.05 s in the tiny preset's 3 s window would be 98 % padding).
+MIN_DURATION_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class FeatureConfig:
     hop_length: int
     n_mels: int
     time_pool: int
+    min_duration_s: float = MIN_DURATION_S  # shorter clips are skipped ("too-short"); part of key()
 
     def key(self) -> str:
         """A short hash of the settings and FEATURE_VERSION (names cache folders)."""
@@ -76,13 +86,25 @@ FEATURE_PRESETS: Dict[str, FeatureConfig] = {
 }
 
 
+def feature_config(preset: str, min_duration_s: Optional[float] = None) -> FeatureConfig:
+    """The feature preset `preset`, with another minimum clip duration when one is given (--min-duration)."""
+    if preset not in FEATURE_PRESETS:
+        raise DataError(f"unknown feature preset {preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
+    cfg = FEATURE_PRESETS[preset]
+    if min_duration_s is None:
+        return cfg
+    if not min_duration_s >= 0:
+        raise DataError(f"the minimum clip duration must be 0 s or more (got {min_duration_s})")
+    return replace(cfg, min_duration_s=float(min_duration_s))
+
+
 # --------------------------------------------------------------------------------------------------
 # audio
 
 
 class AudioError(DataError):
     """An audio file that cannot be used; `kind` is the skipped-files category (missing, unreadable,
-    empty, truncated, not-finite). The message names the file."""
+    empty, truncated, not-finite, too-short). The message names the file."""
 
     def __init__(self, message: str, kind: str):
         super().__init__(message)
@@ -159,6 +181,14 @@ def load_audio(path, sr: int) -> np.ndarray:
 
         y = librosa.resample(y, orig_sr=file_sr, target_sr=sr)
     return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def check_duration(path, seconds: float, cfg: FeatureConfig) -> None:
+    """Raise AudioError ("too-short") for a clip under cfg.min_duration_s: zero-padded to the window, it
+    would be a few frames of speech in a sea of silence, labelled with an emotion."""
+    if seconds < cfg.min_duration_s:
+        raise AudioError(f"audio too short ({seconds:.3f} s; the minimum is {cfg.min_duration_s:g} s, "
+                         f"--min-duration changes it): {path}", "too-short")
 
 
 def _fix_length(y: np.ndarray, n: int) -> np.ndarray:
@@ -442,7 +472,8 @@ def _audio_facts(path: str) -> Optional[dict]:
         import soundfile as sf
 
         info = sf.info(path)
-        return {"sr": int(info.samplerate), "channels": int(info.channels), "subtype": str(info.subtype)}
+        return {"sr": int(info.samplerate), "channels": int(info.channels), "subtype": str(info.subtype),
+                "frames": int(info.frames)}
     except Exception:
         return None
 
@@ -461,8 +492,10 @@ def extract_chunk(items: Sequence[Tuple[str, str]], cfg: FeatureConfig, backend:
         for i, (_, path) in enumerate(items):
             try:
                 feats[i] = extract_mfcc(path, cfg)  # looked up at call time (tests count the calls)
-                ok[i] = True
                 facts[i] = _audio_facts(path)
+                if facts[i]:
+                    check_duration(path, facts[i]["frames"] / facts[i]["sr"], cfg)
+                ok[i] = True
             except DataError as exc:
                 errors[i] = [getattr(exc, "kind", "unreadable"), str(exc)]
                 if strict:
@@ -470,7 +503,9 @@ def extract_chunk(items: Sequence[Tuple[str, str]], cfg: FeatureConfig, backend:
     elif backend == "torchaudio":
         def read(item):
             try:
-                return read_audio(item[1])
+                y, r, f = read_audio(item[1])
+                check_duration(item[1], len(y) / r, cfg)
+                return y, r, f
             except DataError as exc:
                 return exc
 
@@ -489,7 +524,7 @@ def extract_chunk(items: Sequence[Tuple[str, str]], cfg: FeatureConfig, backend:
                     break
                 continue
             y, r, f = d
-            facts[i] = {"sr": r, "channels": int(f["channels"]), "subtype": str(f["subtype"])}
+            facts[i] = {"sr": r, "channels": int(f["channels"]), "subtype": str(f["subtype"]), "frames": len(y)}
             good.append(i)
         if good and not (strict and errors):
             feats[good] = mfcc_torch([decoded[i][0] for i in good], [decoded[i][1] for i in good], cfg, device)
@@ -720,7 +755,7 @@ def _extract_into(work: Path, folder: Path, utts: list, cfg: FeatureConfig, prog
         err.skipped = skipped
         raise err
     notes, audio = _notes([utts[i] for i in kept], [facts[i] for i in kept], cfg)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = make_temp_dir(folder.parent, folder.name)  # with the user's umask, like the files in it
     try:
         feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float32,
                                           shape=(len(kept),) + cfg.shape)
@@ -737,10 +772,12 @@ def _extract_into(work: Path, folder: Path, utts: list, cfg: FeatureConfig, prog
                  "skipped": skipped, "notes": notes, "audio": audio, "backend": backend,
                  "requested": len(utts), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (tmp / "index.json").write_text(json.dumps(index))
+        _fsync_entry(tmp)
         if folder.exists():  # a stale entry (audio changed): replace it
             shutil.rmtree(folder)
         try:
             os.replace(tmp, folder)
+            fsync_dir(folder.parent)
         except OSError:
             # another process finished the same entry first: use theirs
             if _load_cached(folder, utts, cfg) is None:
@@ -750,6 +787,13 @@ def _extract_into(work: Path, folder: Path, utts: list, cfg: FeatureConfig, prog
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _fsync_entry(folder: Path) -> None:
+    """Flush an assembled entry to the disk before it is renamed into place (index.json marks it done)."""
+    for name in ("features.npy", "index.json"):
+        fsync_file(folder / name)
+    fsync_dir(folder)
 
 
 def default_cache_dir() -> Path:

@@ -1,17 +1,25 @@
 """`emodarts report RUN_DIR`: plots of a run (alphas per epoch, loss and UA curves, confusion matrix, cell
 diagrams) as PNG files plus a Markdown summary linking them, all under RUN_DIR/report/."""
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from .config import config_from_dict
+from .errors import EmodartsError
+from .io import read_jsonl, torn_line_note
 from .space import CELL_KINDS, Genotype, load_genotype, seq_inputs
 
 
-def _read_jsonl(path: Path) -> List[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+def _read_jsonl(path: Path, notes: List[str]) -> List[dict]:
+    """The records of a run log; a last line cut off by a kill is left out and noted in `notes`."""
+    records, torn = read_jsonl(path, required=("epoch",))
+    if torn:
+        notes.append(torn_line_note(path))
+    return records
 
 
 def _pyplot():
@@ -53,18 +61,31 @@ def plot_alphas(history: List[dict], kind: str, primitives, n_nodes: int, path: 
     plt.close(fig)
 
 
-def plot_curves(metrics: List[dict], path: Path) -> None:
-    plt = _pyplot()
-    fig, (ax_loss, ax_ua) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for phase, loss_key, ua_key, label in (("search", "alpha_loss", "alpha_ua", "search (alpha split)"),
-                                           ("train", "dev_loss", "dev_ua", "final training (dev)")):
+# per phase: the split its weights are fitted on, and the split it is judged on (with their metric keys)
+_CURVES = (("search", "search (weight split)", "search (alpha split)", "alpha_loss", "alpha_ua"),
+           ("train", "final training (training split)", "final training (dev)", "dev_loss", "dev_ua"))
+
+
+def curve_series(metrics: List[dict]) -> List[Tuple[str, str, str, List[int], List[float]]]:
+    """(panel, line style, legend label, epochs, values) of every curve the metrics allow; panel is
+    "loss" or "ua". Fitted-split losses are solid, judged-split curves dashed."""
+    out = []
+    for phase, fit_label, judge_label, loss_key, ua_key in _CURVES:
         rows = [m for m in metrics if m.get("phase") == phase]
         if not rows:
             continue
         ep = [m["epoch"] + 1 for m in rows]
-        ax_loss.plot(ep, [m["train_loss"] for m in rows], label=f"{phase} train loss")
-        ax_loss.plot(ep, [m[loss_key] for m in rows], "--", label=f"{label} loss")
-        ax_ua.plot(ep, [m[ua_key] for m in rows], marker=".", label=f"{label} UA")
+        out.append(("loss", "-", f"{fit_label} loss", ep, [m.get("train_loss", np.nan) for m in rows]))
+        out.append(("loss", "--", f"{judge_label} loss", ep, [m.get(loss_key, np.nan) for m in rows]))
+        out.append(("ua", ".-", f"{judge_label} UA", ep, [m.get(ua_key, np.nan) for m in rows]))
+    return out
+
+
+def plot_curves(metrics: List[dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, (ax_loss, ax_ua) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for panel, style, label, ep, values in curve_series(metrics):
+        (ax_ua if panel == "ua" else ax_loss).plot(ep, values, style, label=label)
     for ax, title in ((ax_loss, "loss"), (ax_ua, "unweighted accuracy")):
         ax.set_xlabel("epoch")
         ax.set_title(title, fontsize=9)
@@ -95,52 +116,129 @@ def plot_confusion(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_cell(genotype: Genotype, kind: str, path: Path) -> None:
-    """The derived cell as a DAG: inputs s0, s1, intermediate nodes, edges labelled with operations."""
-    plt = _pyplot()
+_CELL_FONT = 8  # points, every label of a cell drawing
+_ROW = 0.42  # inches between state rows
+_GAP = 0.3  # inches between columns
+_PAD = 0.2  # inches a label box adds to its text's width
+
+
+def _text_width(text: str, monospace: bool = False) -> float:
+    """Width of `text` at the cell font size, in inches: columns are sized to their longest label."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    prop = FontProperties(family="monospace" if monospace else None, size=_CELL_FONT)
+    return TextToPath().get_text_width_height_descent(text, prop, ismath=False)[0] / 72.0
+
+
+@dataclass
+class CellLayout:
+    """Where a cell drawing puts its boxes, in inches from the lower left corner of the figure."""
+
+    states: Dict[int, Tuple[float, float, str]]  # state -> (x, y, label); inputs first, then the nodes
+    ops: Dict[Tuple[int, int], Tuple[float, float, str]]  # (node's state, source state) -> (x, y, operation)
+    output: Tuple[float, float, str]
+    n_inputs: int
+    size: Tuple[float, float]
+
+
+def cell_layout(genotype: Genotype, kind: str) -> CellLayout:
+    """States on a diagonal, each with its own row and column; the operation of edge j -> i sits where the
+    row of state j meets the column of node i. No two operations share a place, and every column is as
+    wide as its longest label, so every label is readable in full."""
     nodes = genotype.cell(kind).nodes
-    n = len(nodes)
     darts = kind == "seq" and genotype.seq_space == "darts"
-    first = 1 if darts else 2  # state of node 0: after s0 (DARTS recurrent cell) or after s0, s1
-    pos = {0: (0.0, 0.0)} if darts else {0: (0.0, 1.0), 1: (0.0, -1.0)}
-    for i in range(n):
-        pos[i + first] = (1.5 + 1.5 * i, 0.7 if i % 2 else -0.7)
-    out_x = 1.5 + 1.5 * n
-    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * n, 3.2))
+    inputs = ["s0 (x_t, h_t-1)"] if darts else ["s0 (k-2)", "s1 (k-1)"]
+    first = len(inputs)  # state of node 0: after s0 (DARTS recurrent cell) or after s0, s1
+    labels = inputs + [f"node {i}" for i in range(len(nodes))]
+    op_text: Dict[Tuple[int, int], str] = {}
     for i, node in enumerate(nodes):
         for op, src in node:
-            (x0, y0), (x1, y1) = pos[src], pos[i + first]
-            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                        arrowprops=dict(arrowstyle="->", color="tab:blue", lw=1.2, connectionstyle="arc3,rad=0.2"))
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.15 * (1 if x1 - x0 > 0 else -1), op, fontsize=7,
-                    ha="center", color="tab:red", bbox=dict(fc="white", ec="none", alpha=0.7, pad=0.5))
-    for i in range(n):
-        x, y = pos[i + first]
-        ax.annotate("", xy=(out_x, 0), xytext=(x, y), arrowprops=dict(arrowstyle="->", color="0.6", lw=0.8))
-    inputs = {0: "s0 (x_t, h_t-1)"} if darts else {0: "s0 (k-2)", 1: "s1 (k-1)"}
-    labels = {**inputs, **{i + first: f"node {i}" for i in range(n)}}
-    for k, (x, y) in pos.items():
-        ax.text(x, y, labels[k], ha="center", va="center", fontsize=8,
-                bbox=dict(boxstyle="round", fc="lightyellow" if k < first else "lightblue", ec="0.3"))
+            key = (first + i, src)
+            op_text[key] = f"{op_text[key]} + {op}" if key in op_text else op
     out_label = "concat" if kind != "seq" else ("mean -> h_t" if darts else "concat -> mean")
-    ax.text(out_x, 0, out_label, ha="center", va="center", fontsize=8,
-            bbox=dict(boxstyle="round", fc="lightgreen", ec="0.3"))
-    ax.set_xlim(-0.8, out_x + 0.9)
-    ax.set_ylim(-1.5, 1.5)
+    widths = [max([_text_width(label)] + [_text_width(t, True) for (k, _), t in op_text.items() if k == state])
+              + _PAD for state, label in enumerate(labels)]
+    out_w = _text_width(out_label) + _PAD
+    xs, x = [], _GAP / 2
+    for w in widths:
+        xs.append(x + w / 2)
+        x += w + _GAP
+    width = x + out_w + _GAP / 2
+    height = _ROW * (len(labels) + 1) + 0.35  # one row per state, one for the output, the title
+    ys = [height - 0.35 - _ROW * (k + 0.5) for k in range(len(labels))]
+    return CellLayout(states={k: (xs[k], ys[k], labels[k]) for k in range(len(labels))},
+                      ops={(k, j): (xs[k], ys[j], t) for (k, j), t in op_text.items()},
+                      output=(x + out_w / 2, height - 0.35 - _ROW * (len(labels) + 0.5), out_label),
+                      n_inputs=first, size=(width, height))
+
+
+def draw_cell(genotype: Genotype, kind: str):
+    """The derived cell as a figure (see cell_layout): a source's row runs right to the operations that read
+    it, a node's column collects its operations, and every node feeds the output."""
+    plt = _pyplot()
+    lay = cell_layout(genotype, kind)
+    width, height = lay.size
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
     ax.axis("off")
-    ax.set_title(f"{kind} cell", fontsize=9)
+    out_x, out_y, out_label = lay.output
+    nodes = [k for k in lay.states if k >= lay.n_inputs]
+    for j, (x, y, _) in lay.states.items():  # each state's row, to its last reader
+        ends = [ox for (_, src), (ox, _, _) in lay.ops.items() if src == j] + ([out_x] if j in nodes else [])
+        if ends:
+            ax.plot([x, max(ends)], [y, y], color="0.55", lw=1, zorder=1)
+    arrow = dict(arrowstyle="->", lw=1.2, shrinkA=0, shrinkB=8)
+    for k in nodes:  # each node's column, from its topmost operation down into the node
+        x, y, _ = lay.states[k]
+        tops = [oy for (node, _), (_, oy, _) in lay.ops.items() if node == k]
+        if tops:
+            ax.annotate("", xy=(x, y), xytext=(x, max(tops)), arrowprops=dict(arrow, color="tab:blue"), zorder=2)
+    if nodes:
+        ax.annotate("", xy=(out_x, out_y), xytext=(out_x, lay.states[nodes[0]][1]),
+                    arrowprops=dict(arrow, color="0.55"), zorder=2)
+    for x, y, op in lay.ops.values():
+        ax.text(x, y, op, ha="center", va="center", fontsize=_CELL_FONT, family="monospace", color="tab:red",
+                zorder=3, gid="op", bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="tab:red", lw=0.6))
+    for k, (x, y, label) in lay.states.items():
+        ax.text(x, y, label, ha="center", va="center", fontsize=_CELL_FONT, zorder=3, gid="state",
+                bbox=dict(boxstyle="round", fc="lightyellow" if k < lay.n_inputs else "lightblue", ec="0.3"))
+    ax.text(out_x, out_y, out_label, ha="center", va="center", fontsize=_CELL_FONT, zorder=3, gid="state",
+            bbox=dict(boxstyle="round", fc="lightgreen", ec="0.3"))
+    ax.text(width / 2, height - 0.08, f"{kind} cell", ha="center", va="top", fontsize=9)
+    return fig
+
+
+def plot_cell(genotype: Genotype, kind: str, path: Path) -> None:
+    """The derived cell as a PNG (see draw_cell)."""
+    plt = _pyplot()
+    fig = draw_cell(genotype, kind)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def _run_config(run_dir: Path):
+    """The run's settings; a folder without a readable config.json is not a run folder."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise EmodartsError(f"{path}: not found ({run_dir} is not a run folder)")
+    try:
+        return config_from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise EmodartsError(f"{path}: not a readable run configuration ({exc})") from None
 
 
 def write_report(run_dir: Path) -> Path:
     """Write every plot the run's files allow and report/README.md; returns the Markdown path."""
     run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
     sections: Dict[str, List[str]] = {}
-    history = _read_jsonl(run_dir / "alphas.jsonl")
+    notes: List[str] = []
+    history = _read_jsonl(run_dir / "alphas.jsonl", notes)
     if history:
         for kind in CELL_KINDS:
             prims = cfg.model.seq_primitives if kind == "seq" else cfg.model.cnn_primitives
@@ -148,7 +246,7 @@ def write_report(run_dir: Path) -> Path:
             n_inputs = seq_inputs(cfg.model.seq_space) if kind == "seq" else 2
             plot_alphas(history, kind, prims, n_nodes, out / f"alphas_{kind}.png", n_inputs)
             sections.setdefault("Architecture weights per epoch", []).append(f"![alphas {kind}](alphas_{kind}.png)")
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    metrics = _read_jsonl(run_dir / "metrics.jsonl", notes)
     if metrics:
         plot_curves(metrics, out / "curves.png")
         sections["Loss and UA"] = ["![curves](curves.png)"]
@@ -170,6 +268,10 @@ def write_report(run_dir: Path) -> Path:
           f"{'second' if cfg.search.second_order else 'first'}-order search.", ""]
     for title, lines in sections.items():
         md += [f"## {title}", "", *lines, ""]
+    if notes:
+        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
     path = out / "README.md"
     path.write_text("\n".join(md))
     return path

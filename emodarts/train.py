@@ -1,5 +1,7 @@
 """Search loop, final-training loop and evaluation, with per-epoch checkpoints and exact resume."""
 import json
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,8 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everyt
 from .config import RunConfig
 from .derive import count_op, derive_genotype
 from .distributed import info as dist_info
-from .distributed import check_replicas, shard, sum_gradients, use_global_batch_norm
-from .io import append_jsonl, atomic_write, atomic_write_json
+from .distributed import check_replicas, global_batch, sum_gradients, use_global_batch_norm
+from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps, torn_line_note
 from .metrics import classification_metrics
 from .network import DerivedNetwork
 from .precision import autocast, prepare_input, prepare_model
@@ -90,15 +92,29 @@ def evaluate_split(model: nn.Module, split: TensorSplit, n_classes: int, device:
 
 
 def _truncate_jsonl(path: Path, phase: str, before_epoch: int) -> None:
-    """Drop records of `phase` from epoch `before_epoch` on (written after the checkpoint we resume from)."""
+    """Drop records of `phase` from epoch `before_epoch` on (written after the checkpoint we resume from),
+    and a last line cut off by the interruption (said on stderr: that epoch is run again)."""
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("phase", phase) != phase or rec["epoch"] < before_epoch:
-            keep.append(line)
-    atomic_write(path, lambda tmp: tmp.write_text("".join(k + "\n" for k in keep)))
+    records, torn = read_jsonl(path, required=("epoch",))
+    if torn:
+        _warn(torn_line_note(path))
+    keep = [r for r in records if r.get("phase", phase) != phase or r["epoch"] < before_epoch]
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+
+
+def _warn(line: str) -> None:
+    """One line on stderr, without breaking the progress bars."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _open_for_resume(run_dir: Path) -> None:
+    """Remove the temporary files of atomic writes that the interruption left behind (one writer per run
+    folder: rank 0, which is here)."""
+    if dist_info().is_main:
+        remove_stale_temps(run_dir)
 
 
 # ----------------------------------------------------------------------------------------- search
@@ -122,12 +138,15 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
     architect = Architect(model, w_opt, a_opt, second_order=sc.second_order, loss_fn=sharded_cross_entropy())
     start, best = 0, {"alpha_loss": float("inf"), "epoch": -1, "genotype": None}
     ckpt_path = run_dir / "checkpoint.pt"
+    if resume:
+        _open_for_resume(run_dir)
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, cfg.to_dict())
         model.load_state_dict(state["model"])
         w_opt.load_state_dict(state["w_opt"])
         a_opt.load_state_dict(state["a_opt"])
         sched.load_state_dict(state["sched"])
+        stretch_cosine(sched, sc.epochs)
         set_rng_state(state["rng"])
         start, best = state["epoch"] + 1, state["best"]
     if dist_info().is_main:
@@ -189,14 +208,29 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
     return genotype_from_dict(best["genotype"], where=str(run_dir / "checkpoint.pt"))
 
 
+def stretch_cosine(sched: torch.optim.lr_scheduler.CosineAnnealingLR, epochs: int) -> None:
+    """A run resumed with another epoch count (--resume --epochs N) continues on the cosine schedule of an
+    N-epoch run: T_max becomes N and the learning rate that of epoch `last_epoch` on that schedule (the
+    restored scheduler would otherwise keep the old length and, past it, climb again)."""
+    if sched.T_max == epochs:
+        return
+    sched.T_max = epochs
+    e = sched.last_epoch
+    lrs = [sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * e / epochs)) / 2 for base in sched.base_lrs]
+    for group, lr in zip(sched.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs
+
+
 def sharded_cross_entropy(class_weights: Optional[Tensor] = None):
     """loss_fn(model, x, y) over a global batch: this rank's shard of it, summed and divided by the global
     batch's denominator, so that summing gradients across ranks gives the single-process gradient (with
     one process it is the plain mean cross entropy)."""
 
     def loss_fn(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        part = shard(len(y))
-        total = nn.functional.cross_entropy(model(x[part]), y[part], weight=class_weights, reduction="sum")
+        with global_batch(len(y)) as part:  # dropout masks drawn as one process draws them
+            logits = model(x[part])
+        total = nn.functional.cross_entropy(logits, y[part], weight=class_weights, reduction="sum")
         denominator = class_weights[y].sum() if class_weights is not None else y.new_tensor(len(y), dtype=total.dtype)
         return total / denominator
 
@@ -245,11 +279,14 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
     weights = class_weights(data.train.y, len(data.classes)).to(device)
     start, best = 0, {"ua": -1.0, "epoch": -1}
     ckpt_path = run_dir / "train_checkpoint.pt"
+    if resume:
+        _open_for_resume(run_dir)
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, cfg.to_dict())
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
+        stretch_cosine(sched, tc.epochs)
         set_rng_state(state["rng"])
         start, best = state["epoch"] + 1, state["best"]
     if dist_info().is_main:

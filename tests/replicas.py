@@ -1,5 +1,5 @@
 """Small replicas of the real corpus layouts (real folder and file names, real label-file formats, a few
-hundred bytes of synthetic audio per file), for the loader, protocol, bad-input and cv tests."""
+tenths of a second of synthetic audio per file), for the loader, protocol, bad-input and cv tests."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 
 SR = 16000
-N_SAMPLES = 120  # 240 bytes of PCM_16 + a 44-byte header
+N_SAMPLES = 4800  # 0.3 s (above features.MIN_DURATION_S): 9,600 bytes of PCM_16 + a 44-byte header
 
 
 def tiny_wav(path: Path, seed: int = 0, sr: int = SR, n: int = N_SAMPLES, subtype: str = "PCM_16",

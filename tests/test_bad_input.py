@@ -91,7 +91,7 @@ def test_truncated_wav(iemocap, tmp_path, librosa_warm):
         p.write_bytes(data[: len(data) - 100])
 
     e = _audio_case(iemocap, tmp_path, librosa_warm, "truncated", cut)
-    assert "header declares 240 bytes" in e["reason"] and "holds 140" in e["reason"]
+    assert "header declares 9600 bytes" in e["reason"] and "holds 9500" in e["reason"]
 
 
 def test_nan_samples(iemocap, tmp_path, librosa_warm):
@@ -106,8 +106,8 @@ def test_nan_samples(iemocap, tmp_path, librosa_warm):
 def test_unexpected_sample_rates_are_resampled(iemocap, tmp_path, librosa_warm):
     root, _, usable = iemocap
     low, high = Path(usable[0]["path"]), Path(usable[1]["path"])
-    tiny_wav(low, 1, sr=8000, n=60)
-    tiny_wav(high, 2, sr=44100, n=330)
+    tiny_wav(low, 1, sr=8000, n=2400)
+    tiny_wav(high, 2, sr=44100, n=13230)
     data, report = _run(root, tmp_path)
     notes = [e for e in report.entries if e["kind"] == "resampled"]
     assert not report.skipped and len(data.utts) == len(usable)
@@ -255,7 +255,7 @@ def test_features_command_reports_every_problem(iemocap, tmp_path, monkeypatch, 
     root, recs, usable = iemocap
     Path(usable[0]["path"]).write_text("not audio")  # unreadable
     Path(usable[1]["path"]).write_bytes(b"")  # empty
-    tiny_wav(Path(usable[2]["path"]), 3, sr=22050, n=200)  # resampled
+    tiny_wav(Path(usable[2]["path"]), 3, sr=22050, n=6615)  # resampled
     tiny_wav(Path(usable[3]["path"]), 4, channels=2)  # stereo
     tiny_wav(Path(usable[4]["path"]), 5, subtype="PCM_24")  # fine
     Path(usable[5]["path"]).unlink()  # label line without audio

@@ -19,7 +19,7 @@ TINY = FEATURE_PRESETS["tiny"]
 def _corpus(folder, n=10, sr=16000):
     utts = []
     for i in range(n):
-        p = tiny_wav(folder / f"u{i:02d}.wav", i, sr=sr, n=400)
+        p = tiny_wav(folder / f"u{i:02d}.wav", i, sr=sr, n=sr * 3 // 10)
         utts.append(Utterance(f"u{i:02d}", str(p), "sad", f"F{i % 3}"))
     return utts
 
@@ -81,7 +81,7 @@ def test_damaged_or_stale_shards_are_redone(tmp_path, monkeypatch, librosa_warm)
         F._write_shard(work / f"shard-{c:05d}.npz", [utts[i].utt_id for i in rows],
                        [F._file_stamp(utts[i].path) for i in rows], res, "librosa")
     (work / "shard-00001.npz").write_bytes((work / "shard-00001.npz").read_bytes()[:100])
-    tiny_wav(__import__("pathlib").Path(utts[5].path), 99, n=500)  # audio changed after its shard
+    tiny_wav(__import__("pathlib").Path(utts[5].path), 99, n=6000)  # audio changed after its shard
     calls.clear()
     fs = build_features(utts, TINY, cache, progress=False, report=SkipReport())
     assert sorted(calls) == sorted([utts[2].path, utts[3].path, utts[4].path, utts[5].path])

@@ -66,3 +66,19 @@ def test_resume_refuses_another_configuration(tmp_path):
     run_search(small_run_config(epochs=1), data, tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="hidden"):
         run_search(small_run_config(epochs=2, hidden=12), data, tmp_path, resume=True, progress=False)
+
+
+def test_resume_with_more_epochs_follows_the_longer_schedule(tmp_path):
+    """--resume --epochs N on a finished 1-epoch search: epochs 1.. run at the learning rates of an N-epoch
+    search (not the old schedule's, which past its end climbs again)."""
+    data = random_run_data()
+    longer = small_run_config(epochs=3)
+    run_search(small_run_config(epochs=1), data, tmp_path / "cut", progress=False)
+    run_search(longer, data, tmp_path / "cut", resume=True, progress=False)
+    run_search(longer, data, tmp_path / "full", progress=False)
+    lines = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
+    lr_cut = [r["lr"] for r in lines(tmp_path / "cut" / "metrics.jsonl")]
+    lr_full = [r["lr"] for r in lines(tmp_path / "full" / "metrics.jsonl")]
+    assert len(lr_cut) == len(lr_full) == 3
+    assert lr_cut[1:] == pytest.approx(lr_full[1:], rel=1e-12)  # epoch 0 ran on the 1-epoch schedule
+    assert lr_cut[2] == pytest.approx(longer.search.w_lr_min, rel=1e-12)

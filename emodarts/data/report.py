@@ -36,6 +36,7 @@ KINDS = {
     "empty": "audio file without samples",
     "truncated": "audio file shorter than its header says",
     "not-finite": "NaN or infinite samples",
+    "too-short": "audio shorter than the minimum duration (--min-duration)",
     "resampled": "sample rate differs from the corpus's usual rate (resampled)",
     "mixed-down": "more than one channel (averaged to mono)",
 }
