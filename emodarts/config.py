@@ -1,7 +1,11 @@
 """Model and run configuration: presets `paper` and `tiny`; any field can be overridden."""
-from dataclasses import asdict, dataclass, field, fields, replace
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from .errors import EmodartsError
 from .space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
 
 
@@ -58,6 +62,7 @@ class RunConfig:
     root: str = ""
     protocol: str = ""  # a named protocol of the corpus (fold 0 is used by search/train/run); "" = default split
     preset: str = "tiny"
+    min_duration: Optional[float] = None  # shortest usable clip in seconds; None: the feature preset's (0.25)
     seed: int = 0
     device: str = "cpu"
     backend: str = "reference"
@@ -120,6 +125,88 @@ def _from_dict(cls, data: Dict[str, Any]):
 
 def config_from_dict(data: Dict[str, Any]) -> RunConfig:
     return _from_dict(RunConfig, data)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field annotated `hint` (int, float, str, bool, tuples, Optional)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_type_ok(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def config_problem(data: Any, cls=RunConfig, prefix: str = "") -> Optional[str]:
+    """The first thing that keeps `data` from being a configuration of `cls` (an unknown field, a field
+    of the wrong type), or None. Missing fields take their defaults (a config.json of an older version)."""
+    if not isinstance(data, dict):
+        return f"field '{prefix.rstrip('.')}' must be an object" if prefix else "expected a JSON object"
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        return f"unknown field '{prefix}{unknown[0]}'"
+    for name, value in data.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            problem = config_problem(value, hint, f"{prefix}{name}.")
+            if problem:
+                return problem
+        elif not _type_ok(value, hint):
+            return f"field '{prefix}{name}' is {value!r}; expected {_describe(hint)}"
+    if not prefix and "model" not in data:
+        return "field 'model' is missing"
+    return None
+
+
+def load_config(path: Path) -> RunConfig:
+    """The configuration in a run's config.json. A file that is not JSON, or not a configuration, is an
+    EmodartsError naming the file and what is wrong (the CLI prints one line, not a traceback)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise EmodartsError(f"{path}: cannot read the run configuration ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise EmodartsError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise EmodartsError(f"{path}: not a text file ({exc.reason})") from exc
+    problem = config_problem(data)
+    if problem:
+        raise EmodartsError(f"{path}: not a valid emodarts configuration: {problem}")
+    if data["model"].get("seq_space", "emodarts") not in SEQ_SPACES:
+        raise EmodartsError(f"{path}: not a valid emodarts configuration: field 'model.seq_space' is "
+                            f"{data['model']['seq_space']!r}; expected one of {', '.join(SEQ_SPACES)}")
+    return config_from_dict(data)
+
+
+def with_changes(cfg: RunConfig, changes: Dict[str, Any]) -> RunConfig:
+    """`cfg` with top-level values and nested ones ({"search": {"epochs": 6}}) replaced; None is ignored."""
+    top = {}
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            value = with_overrides(getattr(cfg, key), **value)
+        top[key] = value
+    return with_overrides(cfg, **top)
 
 
 def with_overrides(cfg, **changes):

@@ -2,7 +2,7 @@
 import importlib
 import os
 import shutil
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 Check = Tuple[str, bool, str, str]  # (component, ok, what was found, what to do)
 
@@ -79,6 +79,32 @@ def _cuda_kernels_check(has_cuda: bool) -> Check:
         return (name, False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}",
                 "set CUDA_HOME to the CUDA toolkit and install triton")
     return (name, True, "grouped recurrent layer and DARTS cell built, Triton mixed sum importable", "")
+
+
+def _row(rows: List[Check], name: str) -> Check:
+    return next((r for r in rows if r[0] == name), (name, False, "not checked", ""))
+
+
+def unmet(rows: List[Check], device: Optional[str] = None, fused: bool = False) -> List[str]:
+    """What the user asked `doctor` for (a --device, the --fused kernels for it) that this machine cannot
+    give, one line each; empty when everything asked for is there (doctor then exits 0)."""
+    from .errors import BackendError
+    from .ops.backend import check_device
+
+    out = []
+    if device:
+        try:
+            check_device(device)
+        except BackendError as exc:
+            out.append(str(exc))
+    if fused:
+        cuda = bool(device) and device.startswith("cuda")
+        needed = ("triton", "CUDA kernels (fused)") if cuda else ("C++ extension (CPU)",)
+        for name in needed:
+            _, ok, found, _ = _row(rows, name)
+            if not ok:
+                out.append(f"--fused on {'cuda' if cuda else 'cpu'} needs the {name}: {found}")
+    return out
 
 
 def format_checks(rows: List[Check]) -> str:

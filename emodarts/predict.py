@@ -1,5 +1,4 @@
 """`emodarts predict RUN_DIR AUDIO...`: the emotion the run's final network hears in each audio file."""
-import json
 from pathlib import Path
 from typing import List, Sequence
 
@@ -7,7 +6,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import config_from_dict
+from .config import load_config
 from .errors import DataError, EmodartsError
 from .network import DerivedNetwork
 from .space import genotype_from_dict
@@ -19,7 +18,7 @@ def load_predictor(run_dir: Path, device: str = "cpu"):
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise EmodartsError(f"{config_path}: not a run folder (config.json is missing)")
-    cfg = config_from_dict(json.loads(config_path.read_text()))
+    cfg = load_config(config_path)
     state = load_checkpoint(run_dir / "model.pt", cfg.to_dict())
     genotype = genotype_from_dict(state["genotype"], where=str(run_dir / "model.pt"))
     n_features = state["model"]["norm.mean"].shape[0]
@@ -37,6 +36,9 @@ def predict_files(run_dir: Path, paths: Sequence[Path], device: str = "cpu") -> 
     feature_cfg = FEATURE_PRESETS[cfg.preset]
     out = []
     for path in paths:
+        if Path(path).is_dir():  # else "audio file not found", which misleads
+            out.append({"file": str(path), "error": f"{path} is a directory, not an audio file"})
+            continue
         try:
             x = extract_mfcc(str(path), feature_cfg)
         except DataError as exc:

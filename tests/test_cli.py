@@ -27,7 +27,7 @@ def test_short_run_beats_chance(short_run):
                  "checkpoint.pt", "model.pt", "metrics.json"):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "UA " in result.output and "WA " in result.output
+    assert "UA " in result.output and "WA " in result.output and f"run folder: {out}" in result.output
     # chance is 0.25 on the 4 balanced classes of the held-out speakers
     assert metrics["ua"] >= UA_FLOOR, metrics["ua"]
 
@@ -103,3 +103,10 @@ def test_predict_matches_the_evaluation(short_run, monkeypatch):
 
     result = CliRunner().invoke(cli, ["predict", str(out), test[0].path, __file__])
     assert result.exit_code == 1 and "error" in result.output and __file__ in result.output
+
+
+def test_predict_on_a_directory_says_so(short_run, tmp_path):
+    out, _, _ = short_run
+    result = CliRunner().invoke(cli, ["predict", str(out), str(tmp_path), str(out)])
+    assert result.exit_code == 1
+    assert f"{tmp_path} is a directory" in result.output and f"{out} is a directory" in result.output

@@ -54,13 +54,34 @@ def get_backend(name: str) -> Backend:
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def check_device(device: str) -> str:
+    """Refuse, in one line and before any work, a device this machine cannot use: an unknown name, cuda
+    without a visible GPU, cuda:N beyond the GPUs (torch would fail much later, in a long traceback).
+    Returns `device` unchanged."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise BackendError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type != "cuda":
+        raise BackendError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise BackendError(f"--device {device}: no CUDA device is visible on this machine "
+                           "(torch.cuda.is_available() is false); use --device cpu")
+    n = torch.cuda.device_count()
+    if dev.index is not None and not 0 <= dev.index < n:
+        raise BackendError(f"--device {device}: there is no GPU {dev.index}; this machine has {n} "
+                           f"(cuda:0..cuda:{n - 1})")
+    return device
+
+
 def check_backend(name: str, device: str) -> Backend:
     """Fail early, with a clear message, when `name` cannot run on `device` (e.g. --fused without its
-    compiled extension or without Triton)."""
+    compiled extension or without Triton, or a device that is not there)."""
+    check_device(device)
     backend = get_backend(name)
     if name == "fused":
-        import torch
-
         from . import fused
 
         kind = torch.device(device).type

@@ -52,6 +52,45 @@ def build_dir() -> str:
     return path
 
 
+class _NoCudaRuntimeNote:
+    """Drops torch.utils.cpp_extension's import-time "No CUDA runtime is found" warning: on a machine
+    without a GPU every fused command would print it, though a CPU build needs no CUDA runtime."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def cpp_extension():
+    """torch.utils.cpp_extension, imported without its "No CUDA runtime is found" warning."""
+    import logging
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeNote) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntimeNote())
+    from torch.utils import cpp_extension as module
+
+    return module
+
+
+def needs_build(build_directory: str, name: str, sources: list) -> bool:
+    """Whether torch's JIT load will compile rather than load a cached build: no library of `name` in
+    `build_directory`, or a source (or a header beside one) newer than it. Only a real build is announced."""
+    libs = glob.glob(os.path.join(build_directory, f"{name}*.so")) + glob.glob(
+        os.path.join(build_directory, f"{name}*.pyd"))
+    if not libs:
+        return True
+    built = max(os.path.getmtime(p) for p in libs)
+    folders = {os.path.dirname(s) for s in sources}
+    inputs = list(sources) + [h for d in folders for h in glob.glob(os.path.join(d, "*.h"))]
+    return any(os.path.getmtime(p) > built for p in inputs if os.path.exists(p))
+
+
+def announce_build(what: str) -> None:
+    """One line on stderr before a JIT build, which is silent for minutes otherwise."""
+    print(f"building {what}...", file=sys.stderr, flush=True)
+
+
 def load_extension():
     """Return the loaded extension module; its operators are registered under torch.ops.emodarts.
 
@@ -83,16 +122,20 @@ def _jit_build(installed_error):
         )
     try:
         import torch  # noqa: F401
-        from torch.utils.cpp_extension import load
+
+        load = cpp_extension().load
     except Exception as exc:  # pragma: no cover - torch is a hard dependency
         raise BackendError(f"cannot build the emodarts C++ extension: torch.utils.cpp_extension: {exc}")
+    directory = build_dir()
+    if needs_build(directory, JIT_NAME, sources):
+        announce_build("the C++ extension (about a minute)")
     try:
         return load(
             name=JIT_NAME,
             sources=sources,
             extra_cflags=["-O3", *openmp_flags()],
             extra_ldflags=openmp_flags(),
-            build_directory=build_dir(),
+            build_directory=directory,
             is_python_module=True,
             verbose=False,
         )
@@ -154,4 +197,5 @@ def load_ops(op_fwd: str, op_bwd: str, source: str, fwd_fake, bwd_fake, backward
     return torch.ops.emodarts
 
 
-__all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT", "op_defined", "load_ops"]
+__all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT", "op_defined", "load_ops",
+           "cpp_extension", "needs_build", "announce_build"]

@@ -112,10 +112,10 @@ def build_cuda_extension(build_directory: Optional[str] = None, verbose: bool = 
     without a GPU on a CUDA build of torch); returns the library path. ninja rebuilds only when the source
     or the flags change. Needs nvcc and a CUDA build of torch; without a visible GPU it targets Hopper
     (TORCH_CUDA_ARCH_LIST=9.0) unless TORCH_CUDA_ARCH_LIST is set."""
-    from torch.utils import cpp_extension
+    from emodarts.ops.extension import announce_build, build_dir, needs_build
+    from emodarts.ops.extension import cpp_extension as quiet_cpp_extension
 
-    from emodarts.ops.extension import build_dir
-
+    cpp_extension = quiet_cpp_extension()  # without its "No CUDA runtime is found" warning
     if torch.version.cuda is None:
         raise BackendError(f"torch {torch.__version__} is not a CUDA build: it cannot build CUDA extensions")
     home = cuda_home()
@@ -130,6 +130,8 @@ def build_cuda_extension(build_directory: Optional[str] = None, verbose: bool = 
     if not saved_env["TORCH_CUDA_ARCH_LIST"] and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
     cpp_extension.CUDA_HOME = home  # read at import time by cpp_extension; refresh it
+    if needs_build(bdir, name, cuda_sources()):
+        announce_build("the CUDA kernels (a few minutes)")
     try:
         cpp_extension.load(
             name=name, sources=cuda_sources(), extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
