@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
 from .config import ModelConfig
+from .cnn_grouped import grouped_cnn_nodes
 from .distributed import BatchDropout
 from .darts_cell import MixedDartsCell
 from .ops.backend import Backend, get_backend
@@ -57,9 +58,13 @@ class MixedCnnCell(nn.Module):
                 )
         self.dropout = BatchDropout(cfg.dropout)
 
-    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, mixed_sum: Callable) -> Tensor:
+    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend) -> Tensor:
         states = [self.pre[0](s0), self.pre[1](s1)]
-        nodes = _mixed_nodes(states, self.edges, self.active, alpha, self.n_nodes, mixed_sum)
+        if backend.group_cnn:
+            nodes = grouped_cnn_nodes(states, self.edges, self.active, alpha, self.n_nodes, self.reduction,
+                                      backend.mixed_sum, backend.pool_pair)
+        else:
+            nodes = _mixed_nodes(states, self.edges, self.active, alpha, self.n_nodes, backend.mixed_sum)
         return self.dropout(torch.cat(nodes, dim=1))
 
 
@@ -151,11 +156,10 @@ class Supernet(nn.Module):
         return {n: torch.softmax(getattr(self, n).detach(), dim=-1) for n in ALPHA_NAMES}
 
     def forward(self, x: Tensor) -> Tensor:
-        mixed_sum = self.backend.mixed_sum
         s0 = s1 = self.stem(self.norm(x))
         for cell in self.cnn_cells:
             alpha = self.alpha_reduce if cell.reduction else self.alpha_normal
-            s0, s1 = s1, cell(s0, s1, alpha, mixed_sum)
+            s0, s1 = s1, cell(s0, s1, alpha, self.backend)
         q0, q1 = self.handoff(s0, s1)
         for cell in self.seq_cells:
             q0, q1 = q1, cell(q0, q1, self.alpha_seq, self.backend)

@@ -89,7 +89,7 @@ def test_each_cell_shape_and_grad():
     s0 = s1 = net.stem(x)
     for cell in net.cnn_cells:
         alpha = net.alpha_reduce if cell.reduction else net.alpha_normal
-        out = cell(s0, s1, alpha, net.backend.mixed_sum)
+        out = cell(s0, s1, alpha, net.backend)
         assert out.shape[1] == cfg.cnn_nodes * cell.pre[1][1].out_channels
         assert out.shape[2] == -(-s1.shape[2] // (2 if cell.reduction else 1))
         s0, s1 = s1, out

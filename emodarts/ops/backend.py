@@ -19,6 +19,8 @@ class Backend:
     mixed_sum: Callable  # (ys, alpha, index) -> weighted sum of one node's candidates
     grouped_recurrent: Callable  # (x, rnns) -> [rnn(x)[0] for rnn in rnns], all candidates reading x
     darts_rnn: Callable  # (x_proj, h0, w0h, ws, probs) -> hs: the mixed DARTS recurrent cell over time
+    pool_pair: Callable  # (x, stride) -> (max_pool_3x3(x), avg_pool_3x3(x)), the search space's two pools
+    group_cnn: bool = False  # CNN cells grouped by source state (emodarts/cnn_grouped.py), not per candidate
 
 
 def _fp32_grouped(grouped: Callable) -> Callable:
@@ -34,13 +36,23 @@ def _fp32_grouped(grouped: Callable) -> Callable:
     return run
 
 
+def _pool_pair() -> Callable:
+    """The fused pool pair (C++ on the CPU) when it is built in, else the reference's ATen pools."""
+    try:
+        from .pool_fused import pool3x3_pair
+    except ImportError:
+        from .pool_reference import pool3x3_pair
+    return pool3x3_pair
+
+
 def get_backend(name: str) -> Backend:
     """Return the named backend; a fused backend that is not built is an error, never a silent fallback."""
     if name == "reference":
-        from . import grouped_reference
+        from . import grouped_reference, pool_reference
         from .darts_reference import darts_rnn_reference
 
-        return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent, darts_rnn_reference)
+        return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent, darts_rnn_reference,
+                       pool_reference.pool3x3_pair)
     if name == "fused":
         try:
             from . import darts_fused, fused, grouped_recurrent
@@ -50,7 +62,7 @@ def get_backend(name: str) -> Backend:
                 f"({exc}). Run without --fused to use the reference backend."
             ) from exc
         return Backend("fused", fused.mixed_sum, _fp32_grouped(grouped_recurrent.grouped_recurrent),
-                       darts_fused.darts_rnn_fused)
+                       darts_fused.darts_rnn_fused, _pool_pair(), group_cnn=True)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -1,0 +1,100 @@
+"""The mixed CNN cell grouped by source state (docs/grouped-cnn.md): every candidate of every edge leaving one
+state is computed together, so what depends only on the state is computed once.
+
+For a state h with E outgoing edges (all of one stride):
+- the two pools (max and avg 3x3) in one call of the backend's `pool_pair`, once, and their affine-free batch
+  norm once: during the search those candidates have no parameters, so every edge gets the same output
+  (each edge's BatchNorm2d still keeps the running statistics the reference keeps);
+- skip_connect at stride 1 is h itself, for every edge;
+- ReLU(h) once, shared by every convolution candidate (sep_conv, dil_conv, the factorized reduce) of every
+  edge; their weights stay in the candidates' own modules, so checkpoints, genotypes, the derived network
+  and `compare` are unchanged.
+The per-candidate path (supernet._mixed_nodes) is the reference twin; the node sums take their inputs in
+the same order (source state, then candidate).
+"""
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .space import n_edges
+
+POOLS = {"max_pool_3x3": 0, "avg_pool_3x3": 1}  # name -> position in pool_pair's output
+
+PoolPair = Callable[[Tensor, int], Tuple[Tensor, Tensor]]
+
+
+def _plain_training_bns(bns: Sequence[nn.Module]) -> bool:
+    """Whether one batch-statistics pass stands for all of them: plain affine-free BatchNorm2d in training
+    mode (the data-parallel GlobalBatchNorm2d and eval mode go module by module)."""
+    return all(type(b) is nn.BatchNorm2d and b.training and not b.affine and b.track_running_stats
+               and b.running_mean is not None for b in bns)
+
+
+def shared_batch_norm(x: Tensor, bns: Sequence[nn.Module]) -> List[Tensor]:
+    """Each module's output for the same input x: in training, one normalisation with the batch's statistics
+    (the same for all of them) and each module's running statistics updated as its own forward would."""
+    if not _plain_training_bns(bns):
+        return [bn(x) for bn in bns]
+    first = bns[0]
+    y = F.batch_norm(x, None, None, None, None, True, 0.0, first.eps)
+    with torch.no_grad():
+        xs = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+        var, mean = torch.var_mean(xs, dim=(0, 2, 3), correction=1)
+        for bn in bns:
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
+            bn.running_var.mul_(1 - m).add_(var.to(bn.running_var.dtype), alpha=m)
+    return [y] * len(bns)
+
+
+def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence[Tuple[int, str]], stride: int,
+                  pool_pair: PoolPair) -> List[Dict[int, Tensor]]:
+    """{candidate index: output} for each edge in `edge_ops`, all leaving state h with `stride`."""
+    out: List[Dict[int, Tensor]] = [{} for _ in edge_ops]
+    names = [name for _, name in active]
+    pools = [(k, name) for k, name in active if name in POOLS]
+    if pools:
+        pooled = pool_pair(h, stride)
+        for k, name in pools:
+            bns = [ops[name][1] for ops in edge_ops]
+            for e, y in enumerate(shared_batch_norm(pooled[POOLS[name]], bns)):
+                out[e][k] = y
+    relu_h = F.relu(h) if any(hasattr(ops[n], "forward_from_relu") for ops in edge_ops for n in names) else None
+    for k, name in active:
+        if name in POOLS:
+            continue
+        for e, ops in enumerate(edge_ops):
+            op = ops[name]
+            out[e][k] = op.forward_from_relu(relu_h) if hasattr(op, "forward_from_relu") else op(h)
+    return out
+
+
+def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequence[Tuple[int, str]],
+                      alpha: Tensor, n_nodes: int, reduction: bool, mixed_sum: Callable,
+                      pool_pair: PoolPair) -> List[Tensor]:
+    """The cell's n_nodes mixed nodes from its two input states, grouped by source state (module docstring);
+    node i sums its inputs in the order of supernet._mixed_nodes."""
+    first = [n_edges(i) for i in range(n_nodes)]  # index of node i's first incoming edge
+    pending: List[list] = [[] for _ in range(n_nodes)]  # node i -> [(source j, candidate k, y)]
+
+    def run_source(j: int, h: Tensor) -> None:
+        targets = list(range(max(0, j - 1), n_nodes))  # node i reads states 0 .. i + 1
+        stride = 2 if reduction and j < 2 else 1
+        outs = state_outputs(h, [edges[first[i] + j] for i in targets], active, stride, pool_pair)
+        for i, ys in zip(targets, outs):
+            pending[i].extend((j, k, ys[k]) for k, _ in active)
+
+    states = list(states)
+    run_source(0, states[0])
+    run_source(1, states[1])
+    for i in range(n_nodes):
+        entries = sorted(pending[i], key=lambda e: (e[0], e[1]))
+        node = mixed_sum([e[2] for e in entries], alpha[first[i]: first[i] + 2 + i], [(e[0], e[1]) for e in entries])
+        states.append(node)
+        if i + 1 < n_nodes:
+            run_source(2 + i, node)
+    return states[2:]
+
