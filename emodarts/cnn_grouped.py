@@ -7,8 +7,10 @@ For a state h with E outgoing edges (all of one stride):
   (each edge's BatchNorm2d still keeps the running statistics the reference keeps);
 - skip_connect at stride 1 is h itself, for every edge;
 - ReLU(h) once, shared by every convolution candidate (sep_conv, dil_conv, the factorized reduce) of every
-  edge; their weights stay in the candidates' own modules, so checkpoints, genotypes, the derived network
-  and `compare` are unchanged.
+  edge; the first depthwise convolutions of all sep_conv / dil_conv candidates of all edges in one
+  `multi_depthwise` call, then each candidate's pointwise convolution and batch norm, then the separable
+  convolutions' second depthwise convolutions in one more call. Weights stay in the candidates' own
+  modules, so checkpoints, genotypes, the derived network and `compare` are unchanged.
 The per-candidate path (supernet._mixed_nodes) is the reference twin; the node sums take their inputs in
 the same order (source state, then candidate).
 """
@@ -18,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ops.cnn import DilConv, SepConv
 from .space import n_edges
 
 POOLS = {"max_pool_3x3": 0, "avg_pool_3x3": 1}  # name -> position in pool_pair's output
 
 PoolPair = Callable[[Tensor, int], Tuple[Tensor, Tensor]]
+MultiDepthwise = Callable[[Sequence[Tensor], Sequence[Tensor], Sequence[int], int], List[Tensor]]
 
 
 def _plain_training_bns(bns: Sequence[nn.Module]) -> bool:
@@ -50,8 +54,42 @@ def shared_batch_norm(x: Tensor, bns: Sequence[nn.Module]) -> List[Tensor]:
     return [y] * len(bns)
 
 
+def _depthwise_args(dil_conv: DilConv) -> Tuple[Tensor, int, int]:
+    """(weight, dilation, stride) of a DilConv's depthwise convolution."""
+    conv = dil_conv[1]
+    return conv.weight, conv.dilation[0], conv.stride[0]
+
+
+def _batchable(op: nn.Module) -> bool:
+    """DilConv or SepConv whose depthwise convolutions have the padding multi_depthwise assumes."""
+    halves = [op] if type(op) is DilConv else list(op) if type(op) is SepConv else []
+    return bool(halves) and all(
+        h[1].padding == (h[1].dilation[0] * (h[1].kernel_size[0] - 1) // 2,) * 2 and h[1].kernel_size[0] % 2 == 1
+        for h in halves)
+
+
+def _conv_outputs(relu_h: Tensor, convs: List[nn.Module], stride: int,
+                  multi_depthwise: MultiDepthwise) -> List[Tensor]:
+    """The outputs of DilConv / SepConv candidates that all read state h: the first depthwise convolutions
+    of all of them in one multi_depthwise call on the shared ReLU(h), their pointwise convolutions and batch
+    norms per candidate, then the separable convolutions' second halves in one more call."""
+    first = [op if type(op) is DilConv else op[0] for op in convs]
+    args = [_depthwise_args(m) for m in first]
+    assert all(s == stride for _, _, s in args), "a candidate's stride differs from its state's"
+    dw = multi_depthwise([relu_h], [w for w, _, _ in args], [d for _, d, _ in args], stride)
+    outs = [m[3](m[2](y)) for m, y in zip(first, dw)]
+    sep = [i for i, op in enumerate(convs) if type(op) is SepConv]
+    if sep:
+        second = [convs[i][1] for i in sep]
+        args2 = [_depthwise_args(m) for m in second]
+        dw2 = multi_depthwise([F.relu(outs[i]) for i in sep], [w for w, _, _ in args2], [d for _, d, _ in args2], 1)
+        for i, m, y in zip(sep, second, dw2):
+            outs[i] = m[3](m[2](y))
+    return outs
+
+
 def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence[Tuple[int, str]], stride: int,
-                  pool_pair: PoolPair) -> List[Dict[int, Tensor]]:
+                  pool_pair: PoolPair, multi_depthwise: MultiDepthwise) -> List[Dict[int, Tensor]]:
     """{candidate index: output} for each edge in `edge_ops`, all leaving state h with `stride`."""
     out: List[Dict[int, Tensor]] = [{} for _ in edge_ops]
     names = [name for _, name in active]
@@ -63,18 +101,26 @@ def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence
             for e, y in enumerate(shared_batch_norm(pooled[POOLS[name]], bns)):
                 out[e][k] = y
     relu_h = F.relu(h) if any(hasattr(ops[n], "forward_from_relu") for ops in edge_ops for n in names) else None
+    batched = []  # (edge, candidate, module) of the convolutions computed together
     for k, name in active:
         if name in POOLS:
             continue
         for e, ops in enumerate(edge_ops):
             op = ops[name]
-            out[e][k] = op.forward_from_relu(relu_h) if hasattr(op, "forward_from_relu") else op(h)
+            if _batchable(op):
+                batched.append((e, k, op))
+            else:
+                out[e][k] = op.forward_from_relu(relu_h) if hasattr(op, "forward_from_relu") else op(h)
+    if batched:
+        ys = _conv_outputs(relu_h, [op for _, _, op in batched], stride, multi_depthwise)
+        for (e, k, _), y in zip(batched, ys):
+            out[e][k] = y
     return out
 
 
 def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequence[Tuple[int, str]],
                       alpha: Tensor, n_nodes: int, reduction: bool, mixed_sum: Callable,
-                      pool_pair: PoolPair) -> List[Tensor]:
+                      pool_pair: PoolPair, multi_depthwise: MultiDepthwise) -> List[Tensor]:
     """The cell's n_nodes mixed nodes from its two input states, grouped by source state (module docstring);
     node i sums its inputs in the order of supernet._mixed_nodes."""
     first = [n_edges(i) for i in range(n_nodes)]  # index of node i's first incoming edge
@@ -83,7 +129,7 @@ def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequen
     def run_source(j: int, h: Tensor) -> None:
         targets = list(range(max(0, j - 1), n_nodes))  # node i reads states 0 .. i + 1
         stride = 2 if reduction and j < 2 else 1
-        outs = state_outputs(h, [edges[first[i] + j] for i in targets], active, stride, pool_pair)
+        outs = state_outputs(h, [edges[first[i] + j] for i in targets], active, stride, pool_pair, multi_depthwise)
         for i, ys in zip(targets, outs):
             pending[i].extend((j, k, ys[k]) for k, _ in active)
 

@@ -62,7 +62,7 @@ class MixedCnnCell(nn.Module):
         states = [self.pre[0](s0), self.pre[1](s1)]
         if backend.group_cnn:
             nodes = grouped_cnn_nodes(states, self.edges, self.active, alpha, self.n_nodes, self.reduction,
-                                      backend.mixed_sum, backend.pool_pair)
+                                      backend.mixed_sum, backend.pool_pair, backend.multi_depthwise)
         else:
             nodes = _mixed_nodes(states, self.edges, self.active, alpha, self.n_nodes, backend.mixed_sum)
         return self.dropout(torch.cat(nodes, dim=1))

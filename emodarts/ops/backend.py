@@ -20,6 +20,7 @@ class Backend:
     grouped_recurrent: Callable  # (x, rnns) -> [rnn(x)[0] for rnn in rnns], all candidates reading x
     darts_rnn: Callable  # (x_proj, h0, w0h, ws, probs) -> hs: the mixed DARTS recurrent cell over time
     pool_pair: Callable  # (x, stride) -> (max_pool_3x3(x), avg_pool_3x3(x)), the search space's two pools
+    multi_depthwise: Callable  # (xs, weights, dilations, stride) -> depthwise conv of each candidate
     group_cnn: bool = False  # CNN cells grouped by source state (emodarts/cnn_grouped.py), not per candidate
 
 
@@ -48,21 +49,21 @@ def _pool_pair() -> Callable:
 def get_backend(name: str) -> Backend:
     """Return the named backend; a fused backend that is not built is an error, never a silent fallback."""
     if name == "reference":
-        from . import grouped_reference, pool_reference
+        from . import dw_reference, grouped_reference, pool_reference
         from .darts_reference import darts_rnn_reference
 
         return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent, darts_rnn_reference,
-                       pool_reference.pool3x3_pair)
+                       pool_reference.pool3x3_pair, dw_reference.multi_depthwise)
     if name == "fused":
         try:
-            from . import darts_fused, fused, grouped_recurrent
+            from . import darts_fused, dw_fused, fused, grouped_recurrent
         except ImportError as exc:
             raise BackendError(
                 "the fused backend is not built in this installation: its kernels are missing "
                 f"({exc}). Run without --fused to use the reference backend."
             ) from exc
         return Backend("fused", fused.mixed_sum, _fp32_grouped(grouped_recurrent.grouped_recurrent),
-                       darts_fused.darts_rnn_fused, _pool_pair(), group_cnn=True)
+                       darts_fused.darts_rnn_fused, _pool_pair(), dw_fused.multi_depthwise, group_cnn=True)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -1,0 +1,192 @@
+// Multi-depthwise convolution on the CPU: the depthwise convolutions of every convolution candidate leaving
+// one state of a DARTS CNN cell (3x3, 5x5, dilated 3x3 and 5x5; one stride), in one call.
+//
+//   multi_dw_fwd(xs, ws, dilations, stride) -> outs
+//   multi_dw_bwd(grads, xs, ws, dilations, stride) -> (grad_xs, grad_ws)
+//
+// xs: one input (B, C, H, W) read by every candidate (the shared ReLU of a state), or one input per
+// candidate (the second halves of the separable convolutions). ws[i]: (C, 1, k, k), k odd, padding
+// dilations[i] * (k - 1) / 2, so every output is (B, C, (H - 1) / s + 1, (W - 1) / s + 1). float32 and float64,
+// contiguous (the Python wrapper, emodarts/ops/dw_fused.py, makes them so and upcasts bf16/fp16).
+//
+// Work is split over channels with at::parallel_for: a thread owns channel c of every batch item and every
+// candidate, so it reads each input plane once for all candidates while it is in cache, writes its own
+// gradient planes and weight-gradient rows (no atomics; the same bits whatever the thread count). The
+// weight gradients sum per plane in 8 partial sums of the input type, then across planes in double.
+// Plane kernels: csrc/multi_dw_kernels.h (baseline and AVX2+FMA copies; EMODARTS_GROUPED_NO_AVX2=1 picks the
+// baseline, as for the other kernels). Reference twin: F.conv2d per candidate (emodarts/ops/dw_reference.py).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <tuple>
+#include <vector>
+
+#include "cpu_common.h"
+
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP) && defined(__linux__)
+#error "csrc/*.cpp must be compiled with -fopenmp: torch uses OpenMP for intra-op parallelism"
+#endif
+
+namespace emodarts {
+namespace multi_dw_cpu {
+namespace {
+
+using at::Tensor;
+
+#define EMODARTS_MDW_NS baseline
+#include "multi_dw_kernels.h"
+#undef EMODARTS_MDW_NS
+
+#ifdef EMODARTS_CPU_HAVE_AVX2
+EMODARTS_BEGIN_AVX2_FMA
+#define EMODARTS_MDW_NS avx2
+#include "multi_dw_kernels.h"
+#undef EMODARTS_MDW_NS
+EMODARTS_END_AVX2_FMA
+#endif
+
+template <typename T>
+struct Kernels {
+  decltype(&baseline::plane_fwd<T>) fwd;
+  decltype(&baseline::plane_bwd<T>) bwd;
+};
+
+template <typename T>
+Kernels<T> kernels() {
+#ifdef EMODARTS_CPU_HAVE_AVX2
+  if (std::is_same<T, float>::value && cpu_common::avx2_enabled())
+    return {avx2::plane_fwd<T>, avx2::plane_bwd<T>};
+#endif
+  return {baseline::plane_fwd<T>, baseline::plane_bwd<T>};
+}
+
+struct Geometry {
+  int64_t B, C, H, W, Ho, Wo, stride, n;
+  bool shared;
+  std::vector<int64_t> k, d, p;
+};
+
+Geometry check(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, int64_t stride) {
+  const int64_t n = static_cast<int64_t>(ws.size());
+  TORCH_CHECK(n >= 1, "multi_dw: no candidates");
+  TORCH_CHECK(xs.size() == 1 || static_cast<int64_t>(xs.size()) == n,
+              "multi_dw: give one shared input or one input per candidate, got ", xs.size(), " inputs for ", n);
+  TORCH_CHECK(static_cast<int64_t>(dilations.size()) == n, "multi_dw: ", dilations.size(), " dilations for ", n,
+              " candidates");
+  TORCH_CHECK(stride >= 1, "multi_dw: stride must be positive, got ", stride);
+  const Tensor& x0 = xs[0];
+  TORCH_CHECK(x0.dim() == 4, "multi_dw: inputs must be (B, C, H, W), got ", x0.sizes());
+  TORCH_CHECK(x0.scalar_type() == at::kFloat || x0.scalar_type() == at::kDouble,
+              "multi_dw: float32 or float64 inputs, got ", x0.scalar_type());
+  Geometry g{x0.size(0), x0.size(1), x0.size(2), x0.size(3), 0, 0, stride, n, xs.size() == 1, {}, {}, {}};
+  TORCH_CHECK(g.H >= 1 && g.W >= 1, "multi_dw: empty spatial size ", x0.sizes());
+  g.Ho = (g.H - 1) / stride + 1;
+  g.Wo = (g.W - 1) / stride + 1;
+  for (const Tensor& x : xs) {
+    TORCH_CHECK(x.sizes() == x0.sizes() && x.scalar_type() == x0.scalar_type() && x.is_contiguous() &&
+                    x.device().is_cpu(),
+                "multi_dw: inputs must share one shape and dtype, be contiguous and on the CPU");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const Tensor& w = ws[i];
+    TORCH_CHECK(w.dim() == 4 && w.size(0) == g.C && w.size(1) == 1 && w.size(2) == w.size(3) && w.size(2) % 2 == 1,
+                "multi_dw: weight ", i, " must be (C, 1, k, k) with k odd and C = ", g.C, ", got ", w.sizes());
+    TORCH_CHECK(w.scalar_type() == x0.scalar_type() && w.is_contiguous() && w.device().is_cpu(),
+                "multi_dw: weight ", i, " must match the inputs' dtype, be contiguous and on the CPU");
+    TORCH_CHECK(dilations[i] >= 1, "multi_dw: dilation must be positive, got ", dilations[i]);
+    g.k.push_back(w.size(2));
+    g.d.push_back(dilations[i]);
+    g.p.push_back(dilations[i] * (w.size(2) - 1) / 2);
+  }
+  return g;
+}
+
+// channels per task: enough work that waking a second thread pays (about 2^18 multiply-adds)
+int64_t channel_grain(const Geometry& g) {
+  int64_t per_channel = 0;
+  for (int64_t i = 0; i < g.n; ++i) per_channel += g.B * g.Ho * g.Wo * g.k[i] * g.k[i];
+  return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, per_channel));
+}
+
+template <typename T>
+std::vector<Tensor> fwd_typed(at::TensorList xs, at::TensorList ws, const Geometry& g) {
+  std::vector<Tensor> outs;
+  for (int64_t i = 0; i < g.n; ++i) outs.push_back(at::empty({g.B, g.C, g.Ho, g.Wo}, xs[0].options()));
+  const Kernels<T> kern = kernels<T>();
+  const int64_t in_plane = g.H * g.W, out_plane = g.Ho * g.Wo;
+  at::parallel_for(0, g.C, channel_grain(g), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t b = 0; b < g.B; ++b)
+        for (int64_t i = 0; i < g.n; ++i) {
+          const T* x = xs[g.shared ? 0 : i].template data_ptr<T>() + (b * g.C + c) * in_plane;
+          const T* w = ws[i].template data_ptr<T>() + c * g.k[i] * g.k[i];
+          T* out = outs[i].template data_ptr<T>() + (b * g.C + c) * out_plane;
+          kern.fwd(x, g.H, g.W, w, g.k[i], g.d[i], g.stride, g.p[i], out, g.Ho, g.Wo);
+        }
+  });
+  return outs;
+}
+
+template <typename T>
+std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList grads, at::TensorList xs,
+                                                               at::TensorList ws, const Geometry& g) {
+  std::vector<Tensor> gxs, gws, gw64;
+  for (size_t j = 0; j < xs.size(); ++j) gxs.push_back(at::zeros_like(xs[j]));
+  for (int64_t i = 0; i < g.n; ++i) gw64.push_back(at::zeros(ws[i].sizes(), ws[i].options().dtype(at::kDouble)));
+  std::vector<Tensor> go;
+  for (int64_t i = 0; i < g.n; ++i) go.push_back(grads[i].contiguous());
+  const Kernels<T> kern = kernels<T>();
+  const int64_t in_plane = g.H * g.W, out_plane = g.Ho * g.Wo;
+  at::parallel_for(0, g.C, channel_grain(g), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t b = 0; b < g.B; ++b)
+        for (int64_t i = 0; i < g.n; ++i) {
+          const int64_t j = g.shared ? 0 : i;
+          const int64_t kk = g.k[i] * g.k[i];
+          kern.bwd(go[i].template data_ptr<T>() + (b * g.C + c) * out_plane,
+                   xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane, g.H, g.W,
+                   ws[i].template data_ptr<T>() + c * kk, g.k[i], g.d[i], g.stride, g.p[i], g.Ho, g.Wo,
+                   gxs[j].template data_ptr<T>() + (b * g.C + c) * in_plane,
+                   gw64[i].template data_ptr<double>() + c * kk);
+        }
+  });
+  for (int64_t i = 0; i < g.n; ++i) gws.push_back(gw64[i].to(ws[i].scalar_type()));
+  return {gxs, gws};
+}
+
+std::vector<Tensor> multi_dw_fwd(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, int64_t stride) {
+  const Geometry g = check(xs, ws, dilations, stride);
+  return xs[0].scalar_type() == at::kFloat ? fwd_typed<float>(xs, ws, g) : fwd_typed<double>(xs, ws, g);
+}
+
+std::tuple<std::vector<Tensor>, std::vector<Tensor>> multi_dw_bwd(at::TensorList grads, at::TensorList xs,
+                                                                  at::TensorList ws, at::IntArrayRef dilations,
+                                                                  int64_t stride) {
+  const Geometry g = check(xs, ws, dilations, stride);
+  TORCH_CHECK(static_cast<int64_t>(grads.size()) == g.n, "multi_dw_bwd: ", grads.size(), " gradients for ", g.n,
+              " candidates");
+  for (int64_t i = 0; i < g.n; ++i) {
+    TORCH_CHECK(grads[i].dim() == 4 && grads[i].size(0) == g.B && grads[i].size(1) == g.C &&
+                    grads[i].size(2) == g.Ho && grads[i].size(3) == g.Wo &&
+                    grads[i].scalar_type() == xs[0].scalar_type(),
+                "multi_dw_bwd: gradient ", i, " must be (", g.B, ", ", g.C, ", ", g.Ho, ", ", g.Wo, ") of the inputs' dtype");
+  }
+  return xs[0].scalar_type() == at::kFloat ? bwd_typed<float>(grads, xs, ws, g) : bwd_typed<double>(grads, xs, ws, g);
+}
+
+}  // namespace
+}  // namespace multi_dw_cpu
+}  // namespace emodarts
+
+TORCH_LIBRARY_FRAGMENT(emodarts, m) {
+  m.def("multi_dw_fwd(Tensor[] xs, Tensor[] ws, int[] dilations, int stride) -> Tensor[]");
+  m.def("multi_dw_bwd(Tensor[] grads, Tensor[] xs, Tensor[] ws, int[] dilations, int stride) -> (Tensor[], Tensor[])");
+}
+
+TORCH_LIBRARY_IMPL(emodarts, CPU, m) {
+  m.impl("multi_dw_fwd", &emodarts::multi_dw_cpu::multi_dw_fwd);
+  m.impl("multi_dw_bwd", &emodarts::multi_dw_cpu::multi_dw_bwd);
+}
