@@ -10,7 +10,8 @@ from typing import Dict, Iterable, Iterator, Optional, Set
 import click
 from click.core import ParameterSource
 
-from .config import PRESETS, RunConfig, load_config, with_changes, with_overrides, with_seq_space
+from .config import (PRESETS, RunConfig, alpha_split_problem, aux_weight_problem, load_config, with_changes,
+                     with_overrides, with_seq_space)
 from .distributed import info
 from .progress import say
 from .errors import EmodartsError
@@ -107,10 +108,34 @@ def _model_options(f):
                      help="Cap skip connections per derived CNN normal cell (P-DARTS; default off)."),
         click.option("--skip-patience", type=click.IntRange(min=1), default=None,
                      help="Stop the search after this many epochs in a row over --max-skip."),
+        click.option("--alpha-split", type=float, default=None, metavar="FRACTION",
+                     help="Share of the search data (the training speakers' utterances) that trains the alphas; "
+                          "the rest trains the weights. Default 0.5 (DARTS); 0.8 as the published emoDARTS code."),
     ]
     for opt in reversed(options):
         f = opt(f)
     return f
+
+
+# Options that only the search reads: `cv --genotype` (no search) refuses them.
+SEARCH_ONLY = ("second_order", "max_skip", "skip_patience", "alpha_split")
+
+
+def _aux_option(f):
+    """The auxiliary head of the final training (train, run, cv)."""
+    return click.option("--aux-weight", type=float, default=None, metavar="WEIGHT",
+                        help="Weight of the auxiliary head's loss in the final training (DARTS's auxiliary "
+                             "classifier after the second reduction cell; training only). 0 turns it off. "
+                             "Default: the preset's (paper 0.4, tiny 0).")(f)
+
+
+def refuse_given(options: Iterable[str], why: str) -> None:
+    """Options typed on the command line that the command would not use are an error, not dropped."""
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params if isinstance(p, click.Option) and p.name in set(options)
+             and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE]
+    if given:
+        raise EmodartsError(f"{', '.join(given)}: {why}")
 
 
 def _precision_options(f):
@@ -183,7 +208,11 @@ def build_config(command: str, corpus, root, preset, seed, epochs, batch_size, d
                  protocol=None,
                  cnn_layers=None, channels=None, cnn_nodes=None, seq_cells=None, seq_nodes=None, hidden=None,
                  seq_candidates=None, train_epochs=None, max_skip=None, skip_patience=None, amp=None,
-                 channels_last=None, seq_space=None, min_duration=None) -> RunConfig:
+                 channels_last=None, seq_space=None, min_duration=None, alpha_split=None,
+                 aux_weight=None) -> RunConfig:
+    for value, problem in ((alpha_split, alpha_split_problem), (aux_weight, aux_weight_problem)):
+        if value is not None and problem(value):
+            raise EmodartsError(problem(value))
     base = PRESETS[preset]
     model = base.model
     if seq_space == "darts":
@@ -197,8 +226,8 @@ def build_config(command: str, corpus, root, preset, seed, epochs, batch_size, d
     search_epochs = epochs if command in ("search", "run") else None
     final_epochs = train_epochs if command == "run" else (epochs if command == "train" else None)
     search = with_overrides(base.search, epochs=search_epochs, batch_size=batch_size, second_order=second_order or None,
-                            max_skip_normal=max_skip, skip_patience=skip_patience)
-    train = with_overrides(base.train, epochs=final_epochs, batch_size=batch_size)
+                            max_skip_normal=max_skip, skip_patience=skip_patience, alpha_split=alpha_split)
+    train = with_overrides(base.train, epochs=final_epochs, batch_size=batch_size, aux_weight=aux_weight)
     return with_overrides(base, corpus=corpus, root=str(root) if root else "", protocol=protocol, seed=seed, device=device,
                           backend="fused" if fused else "reference", model=model, search=search, train=train,
                           amp=amp, channels_last=channels_last or None, min_duration=min_duration)
@@ -360,6 +389,7 @@ def search(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size
 
     _apply_threads(threads)
     refuse_resume_conflicts(resume)
+    refuse_given(["train_epochs"], "`search` has no final training (give it to `run` or `cv`)")
     model.pop("train_epochs")
     cfg = None
     if resume is None:
@@ -381,10 +411,11 @@ def search(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size
 @click.option("--genotype", "genotype_path", type=click.Path(path_type=Path), default=None,
               help="Genotype JSON to train (required unless --resume, which trains RUN_DIR/genotype.json).")
 @_shape_options
+@_aux_option
 @_precision_options
 @_friendly_errors
 def train(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, threads,
-          genotype_path, amp, channels_last, **shape):
+          genotype_path, amp, channels_last, aux_weight, **shape):
     """Train the network of a genotype from scratch; the epoch is chosen on the dev speakers.
 
     The CNN and sequential node counts and the sequential space come from the genotype (a genotype of
@@ -405,7 +436,7 @@ def train(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size,
         check_corpus_names(corpus, protocol)
         genotype = read_genotype(genotype_path)
         cfg = build_config("train", corpus, root, preset, seed, epochs, batch_size, device, fused, protocol=protocol,
-                           amp=amp, channels_last=channels_last, **genotype_shape(genotype, shape))
+                           amp=amp, channels_last=channels_last, aux_weight=aux_weight, **genotype_shape(genotype, shape))
         cfg = fit_genotype(cfg, genotype, genotype_path, shape.get("seq_candidates"))
     changes = resume_changes({"train": epochs}, amp, channels_last)
     cfg, run_dir, resuming = open_run("train", cfg, out, resume, device, fused, changes, create=False)
@@ -429,12 +460,25 @@ def train(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size,
 @_friendly_errors
 def evaluate(run_dir, device, progress):
     """Evaluate RUN_DIR's trained network on the test speakers (once); writes RUN_DIR/metrics.json."""
+    from .cv import legacy_fold_config
     from .pipeline import prepare_data
     from .train import run_evaluate
 
-    cfg, run_dir, _ = open_run("evaluate", None, None, run_dir, device, False)
+    legacy = legacy_fold_config(run_dir)  # a fold folder of a `cv` of an older version
+    if legacy is None:
+        cfg, run_dir, _ = open_run("evaluate", None, None, run_dir, device, False)
+    else:
+        cfg = _with_device(legacy, device)
     data = prepare_data(cfg, progress, report_dir=run_dir)
     _print_metrics(run_evaluate(cfg, data, run_dir), run_dir)
+
+
+def _with_device(cfg: RunConfig, device: str) -> RunConfig:
+    from .distributed import init_from_env
+    from .ops.backend import check_device
+
+    check_device(device)
+    return with_overrides(cfg, device=init_from_env(device)[1])
 
 
 def _write_report(run_dir: Path) -> None:
@@ -458,6 +502,7 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
 @cli.command()
 @_common
 @_model_options
+@_aux_option
 @_precision_options
 @_friendly_errors
 def run(corpus, protocol, root, preset, seed, out, resume, epochs, batch_size, device, fused, progress, threads,
@@ -582,7 +627,8 @@ def _register_extra_commands() -> None:
                         build_config=build_config, open_run=open_run, run_folder=run_folder,
                         refuse_resume_conflicts=refuse_resume_conflicts, resume_changes=resume_changes,
                         read_genotype=read_genotype, genotype_shape=genotype_shape, fit_genotype=fit_genotype,
-                        apply_threads=_apply_threads, resume_may_change=RESUME_MAY_CHANGE)
+                        apply_threads=_apply_threads, resume_may_change=RESUME_MAY_CHANGE,
+                        aux_option=_aux_option, refuse_given=refuse_given, search_only=SEARCH_ONLY)
 
 
 _register_extra_commands()

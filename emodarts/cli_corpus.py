@@ -51,6 +51,9 @@ def register(cli, **shared) -> None:
     genotype_shape = shared["genotype_shape"]
     fit_genotype = shared["fit_genotype"]
     apply_threads = shared["apply_threads"]
+    aux_option = shared["aux_option"]
+    refuse_given = shared["refuse_given"]
+    search_only = shared["search_only"]
     resume_may_change = (*shared["resume_may_change"], "folds", "workers")
 
     from .features import BACKENDS, FEATURE_PRESETS
@@ -118,6 +121,7 @@ def register(cli, **shared) -> None:
     @cli.command()
     @common
     @model_options
+    @aux_option
     @click.option("--genotype", "genotype_path", type=click.Path(path_type=Path), default=None,
                   help="Train and evaluate this genotype on every fold instead of searching one per fold.")
     @click.option("--folds", "folds", default=None, help="Only these folds, e.g. 0,2 (default: all).")
@@ -140,6 +144,9 @@ def register(cli, **shared) -> None:
         apply_threads(threads)
         refuse_resume_conflicts(resume, resume_may_change)
         genotype, cfg = None, None
+        if genotype_path is not None:
+            refuse_given(search_only, "search settings, but `cv --genotype` trains the given genotype on every fold "
+                                      "without a search (drop them, or drop --genotype)")
         if resume is None:  # check the names and the genotype before a run folder is made
             if corpus not in known_corpora():
                 raise DataError(f"unknown corpus {corpus!r}; known corpora: {', '.join(known_corpora())}")

@@ -38,7 +38,8 @@ class SearchConfig:
     alpha_lr: float = 3e-4
     alpha_betas: Tuple[float, float] = (0.5, 0.999)
     alpha_weight_decay: float = 1e-3
-    weight_fraction: float = 0.5  # share of the search data that trains w (the rest trains alpha)
+    alpha_split: float = 0.5  # share of the search data that trains alpha (the rest trains w); DARTS: 0.5,
+    # the published emoDARTS code: 0.8. Older config.json files stored its complement as `weight_fraction`.
     second_order: bool = False
     max_skip_normal: Optional[int] = None  # cap on skip connections per derived CNN normal cell (off: None)
     skip_patience: int = 0  # stop the search after this many epochs over the cap in a row (0: never)
@@ -54,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     drop_path: float = 0.2
+    aux_weight: float = 0.0  # weight of the auxiliary head's loss (0: no auxiliary head); the paper preset: 0.4
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class RunConfig:
     corpus: str = "synthetic"
     root: str = ""
     protocol: str = ""  # a named protocol of the corpus (fold 0 is used by search/train/run); "" = default split
+    fold: int = 0  # the protocol's fold this run uses (`cv` writes one configuration per fold)
     preset: str = "tiny"
     min_duration: Optional[float] = None  # shortest usable clip in seconds; None: the feature preset's (0.25)
     seed: int = 0
@@ -77,7 +80,7 @@ class RunConfig:
 
 
 PRESETS: Dict[str, RunConfig] = {
-    "paper": RunConfig(preset="paper"),
+    "paper": RunConfig(preset="paper", train=TrainConfig(aux_weight=0.4)),
     "tiny": RunConfig(
         preset="tiny",
         model=ModelConfig(
@@ -109,6 +112,36 @@ def with_seq_space(model: ModelConfig, seq_space: str, preset: str) -> ModelConf
     return replace(model, seq_space="emodarts", seq_primitives=base.seq_primitives, seq_nodes=base.seq_nodes)
 
 
+def upgrade_config_dict(data: Any) -> Any:
+    """A configuration dict of an older version in today's form (a copy; anything else is returned as it is):
+    `search.weight_fraction` (the share that trained w) becomes `search.alpha_split` (the share that trains
+    alpha). Fields that did not exist yet (train.aux_weight, fold) take their defaults, which are what those
+    runs did (no auxiliary head, fold 0)."""
+    if not isinstance(data, dict) or not isinstance(data.get("search"), dict) or "weight_fraction" not in data["search"]:
+        return data
+    fraction = data["search"]["weight_fraction"]
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+        return data  # left for config_problem to name
+    search = {k: v for k, v in data["search"].items() if k != "weight_fraction"}
+    search.setdefault("alpha_split", round(1.0 - float(fraction), 12))
+    return {**data, "search": search}
+
+
+def alpha_split_problem(value: float, name: str = "--alpha-split") -> Optional[str]:
+    """Why `value` cannot be the alpha share of the search data, or None."""
+    if not 0.0 < value < 1.0:
+        return (f"{name} is the share of the search data that trains the alphas, strictly between 0 and 1 "
+                f"(0.5: DARTS; 0.8: the published emoDARTS code); got {value}")
+    return None
+
+
+def aux_weight_problem(value: float, name: str = "--aux-weight") -> Optional[str]:
+    """Why `value` cannot weigh the auxiliary head's loss, or None."""
+    if not value >= 0.0:
+        return f"{name} is the weight of the auxiliary head's loss, 0 (off) or more; got {value}"
+    return None
+
+
 def _from_dict(cls, data: Dict[str, Any]):
     kwargs = {}
     for f in fields(cls):
@@ -124,7 +157,7 @@ def _from_dict(cls, data: Dict[str, Any]):
 
 
 def config_from_dict(data: Dict[str, Any]) -> RunConfig:
-    return _from_dict(RunConfig, data)
+    return _from_dict(RunConfig, upgrade_config_dict(data))
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -190,13 +223,20 @@ def load_config(path: Path) -> RunConfig:
         raise EmodartsError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
     except UnicodeDecodeError as exc:
         raise EmodartsError(f"{path}: not a text file ({exc.reason})") from exc
+    data = upgrade_config_dict(data)
     problem = config_problem(data)
     if problem:
         raise EmodartsError(f"{path}: not a valid emodarts configuration: {problem}")
     if data["model"].get("seq_space", "emodarts") not in SEQ_SPACES:
         raise EmodartsError(f"{path}: not a valid emodarts configuration: field 'model.seq_space' is "
                             f"{data['model']['seq_space']!r}; expected one of {', '.join(SEQ_SPACES)}")
-    return config_from_dict(data)
+    cfg = config_from_dict(data)
+    problem = (alpha_split_problem(cfg.search.alpha_split, "field 'search.alpha_split'")
+               or aux_weight_problem(cfg.train.aux_weight, "field 'train.aux_weight'")
+               or (f"field 'fold' is {cfg.fold}; expected 0 or more" if cfg.fold < 0 else None))
+    if problem:
+        raise EmodartsError(f"{path}: not a valid emodarts configuration: {problem}")
+    return cfg
 
 
 def with_changes(cfg: RunConfig, changes: Dict[str, Any]) -> RunConfig:

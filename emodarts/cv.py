@@ -7,7 +7,10 @@ saved as RUN_DIR/cv_results.json and cv_results.md. A fold whose metrics.json ex
 --resume, finished folds are skipped and an unfinished one continues from its last checkpoint.
 
 RUN_DIR also holds config.json, cv.json (protocol, folds, mode), fold_counts.json/.md (utterances per class,
-fold and part) and, when files were left out, skipped_files.csv/.json.
+fold and part) and, when files were left out, skipped_files.csv/.json. Each fold_<k>/ holds the config.json of
+that fold (the run's, with the protocol's name and `fold: k`), so that `emodarts evaluate RUN_DIR/fold_<k>`,
+`predict` and `report` work on it as on any run folder (a fold folder of an older version, without its own
+config.json, is read through legacy_fold_config).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, load_config, with_overrides
 from .data import Utterance
 from .errors import DataError, EmodartsError
 from .io import atomic_write_json, atomic_write_text
@@ -85,13 +88,36 @@ def prepare_fold_data(cfg: RunConfig, fold, features, classes: Sequence[str], wi
     classes = list(classes)
     split = fold.split
     if with_search:
-        w_part, a_part = search_halves(split.train, cfg.seed, cfg.search.weight_fraction)
+        w_part, a_part = search_halves(split.train, cfg.seed, alpha_split=cfg.search.alpha_split)
         search_w, search_a = _tensors(features, w_part, classes), _tensors(features, a_part, classes)
     else:
         search_w = search_a = _empty_split(features)
     return RunData(classes=classes, search_w=search_w, search_a=search_a,
                    train=_tensors(features, split.train, classes), dev=_tensors(features, split.dev, classes),
                    test=_tensors(features, split.test, classes))
+
+
+def fold_config(cfg: RunConfig, protocol: str, k: int) -> RunConfig:
+    """The configuration of fold k of a cv run: the run's, with the protocol named and the fold recorded."""
+    return with_overrides(cfg, protocol=protocol, fold=k)
+
+
+def legacy_fold_config(run_dir: Path) -> Optional[RunConfig]:
+    """For a fold folder written by `cv` of an older version (fold.json, but no config.json of its own):
+    the cv run's configuration (../config.json) with the protocol of ../cv.json and the fold of fold.json.
+    None for any other folder."""
+    run_dir = Path(run_dir)
+    parent = run_dir.parent
+    if (run_dir / "config.json").exists() or not (run_dir / "fold.json").is_file():
+        return None
+    if not (parent / "config.json").is_file() or not (parent / CV_STATE).is_file():
+        return None
+    try:
+        k = int(json.loads((run_dir / "fold.json").read_text())["fold"])
+        protocol = str(json.loads((parent / CV_STATE).read_text())["protocol"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EmodartsError(f"{run_dir}: a cv fold folder whose fold.json or ../{CV_STATE} is unreadable ({exc})") from exc
+    return fold_config(load_config(parent / "config.json"), protocol, k)
 
 
 def parse_folds(text: Optional[str], n_folds: int) -> List[int]:
@@ -198,6 +224,7 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
         fold = data.folds[k]
         fold_dir = run_dir / f"fold_{k}"
         fold_dir.mkdir(parents=True, exist_ok=True)
+        fold_cfg = fold_config(cfg, proto.name, k)
         metrics_path = fold_dir / "metrics.json"
         if resume and metrics_path.is_file():
             metrics = json.loads(metrics_path.read_text())
@@ -208,14 +235,15 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
             sp = fold.speakers()
             atomic_write_json(fold_dir / "fold.json", {"fold": k, "name": fold.name, "speakers": sp,
                                                        "counts": data.counts["folds"][k]["counts"]})
-            run_data = prepare_fold_data(cfg, fold, data.features, data.classes, with_search=genotype is None)
+            atomic_write_json(fold_dir / "config.json", fold_cfg.to_dict())
+            run_data = prepare_fold_data(fold_cfg, fold, data.features, data.classes, with_search=genotype is None)
             if genotype is None:
-                fold_genotype = run_search(cfg, run_data, fold_dir, resume=resume, progress=progress)
+                fold_genotype = run_search(fold_cfg, run_data, fold_dir, resume=resume, progress=progress)
             else:
                 fold_genotype = genotype
             save_genotype(fold_genotype, fold_dir / "genotype.json")
-            run_train(cfg, fold_genotype, run_data, fold_dir, resume=resume, progress=progress)
-            metrics = run_evaluate(cfg, run_data, fold_dir)
+            run_train(fold_cfg, fold_genotype, run_data, fold_dir, resume=resume, progress=progress)
+            metrics = run_evaluate(fold_cfg, run_data, fold_dir)
             del run_data
         row = {"fold": k, "name": fold.name, "test_speakers": fold.test_speakers, "n_test": int(metrics["n"]),
                "ua": float(metrics["ua"]), "wa": float(metrics["wa"]), "macro_f1": float(metrics["macro_f1"]),

@@ -32,7 +32,9 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     """Corpus -> features -> one split -> tensors.
 
     Without a protocol (and no `cfg.protocol`), the split is speaker_split(seed) over the corpus's default
-    protocol's utterances; with one, it is fold 0 of that protocol (data/protocols.py). Files that cannot
+    protocol's utterances; with one, it is fold `cfg.fold` (0 unless the run is a fold of `cv`) of that
+    protocol (data/protocols.py). The search data (the training speakers' utterances) is cut into the weight
+    and alpha parts by `cfg.search.alpha_split` (data/splits.py: search_halves). Files that cannot
     be used are left out, summarised on the console and listed in skipped_files.csv/json in `report_dir`
     (default: the feature cache entry)."""
     from .data.registry import load_protocol
@@ -56,17 +58,23 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     if not utts:
         raise DataError(f"corpus {cfg.corpus!r} has no usable utterances")
     classes = class_list(utts)
+    fold = getattr(cfg, "fold", 0)
     if protocol:
-        split = proto.make_folds(utts, cfg.seed)[0].split
+        folds = proto.make_folds(utts, cfg.seed)
+        if not 0 <= fold < len(folds):
+            raise DataError(f"protocol {proto.name} has folds 0..{len(folds) - 1}; the run asks for fold {fold}")
+        split = folds[fold].split
+    elif fold:
+        raise DataError(f"fold {fold} needs a protocol; the run has none (`cv` records the protocol of its folds)")
     else:
         split = speaker_split(utts, cfg.seed)
-    w_part, a_part = search_halves(split.train, cfg.seed, cfg.search.weight_fraction)
+    w_part, a_part = search_halves(split.train, cfg.seed, alpha_split=cfg.search.alpha_split)
     counts = {name: len(part) for name, part in (("train", split.train), ("dev", split.dev), ("test", split.test))}
     say(f"corpus {cfg.corpus}: {len(utts)} utterances, classes {', '.join(classes)}; "
                   f"speakers train/dev/test {len(set(u.speaker for u in split.train))}/"
                   f"{len(set(u.speaker for u in split.dev))}/{len(set(u.speaker for u in split.test))}; "
                   f"utterances {counts}; features {features.shape[1]}x{features.shape[2]}"
-                  + (f"; protocol {proto.name} fold 0" if protocol else ""))
+                  + (f"; protocol {proto.name} fold {fold}" if protocol else ""))
     return RunData(
         classes=classes,
         search_w=_tensors(features, w_part, classes),

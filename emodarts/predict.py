@@ -5,24 +5,39 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
 from .config import load_config
 from .errors import DataError, EmodartsError
-from .network import DerivedNetwork
+from .network import DerivedNetwork, has_auxiliary_head
 from .space import genotype_from_dict
 
 
-def load_predictor(run_dir: Path, device: str = "cpu"):
-    """(config, classes, network in eval mode) from RUN_DIR/model.pt."""
+def run_folder_config(run_dir: Path):
+    """RUN_DIR/config.json; for a `cv` fold folder of an older version (no config.json of its own), the cv
+    run's configuration with the fold's protocol and number (cv.legacy_fold_config)."""
+    from .cv import legacy_fold_config
+
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
-    if not config_path.is_file():
+    if config_path.is_file():
+        return load_config(config_path)
+    cfg = legacy_fold_config(run_dir)
+    if cfg is None:
         raise EmodartsError(f"{config_path}: not a run folder (config.json is missing)")
-    cfg = load_config(config_path)
-    state = load_checkpoint(run_dir / "model.pt", cfg.to_dict())
+    return cfg
+
+
+def load_predictor(run_dir: Path, device: str = "cpu"):
+    """(config, classes, network in eval mode) from RUN_DIR/model.pt (a run's or a cv fold's). A network
+    trained with an auxiliary head keeps it in model.pt; it is loaded but never used here."""
+    from .train import load_run_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = run_folder_config(run_dir)
+    state = load_run_checkpoint(run_dir / "model.pt", cfg)
     genotype = genotype_from_dict(state["genotype"], where=str(run_dir / "model.pt"))
     n_features = state["model"]["norm.mean"].shape[0]
-    net = DerivedNetwork(cfg.model, genotype, n_features, len(state["classes"]))
+    net = DerivedNetwork(cfg.model, genotype, n_features, len(state["classes"]),
+                         auxiliary=has_auxiliary_head(state["model"]))
     net.load_state_dict(state["model"])
     return cfg, list(state["classes"]), net.to(device).eval()
 

@@ -1,4 +1,5 @@
 """Search loop, final-training loop and evaluation, with per-epoch checkpoints and exact resume."""
+import copy
 import json
 import math
 import sys
@@ -14,12 +15,13 @@ from torch import Tensor, nn
 from .architect import Architect
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .config import RunConfig
+from .errors import CheckpointError
 from .derive import count_op, derive_genotype
 from .distributed import info as dist_info
 from .distributed import check_replicas, global_batch, sum_gradients, use_global_batch_norm
 from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps, torn_line_note
 from .metrics import classification_metrics
-from .network import DerivedNetwork
+from .network import DerivedNetwork, has_auxiliary_head
 from .precision import autocast, prepare_input, prepare_model
 from .progress import progress_bar, say
 from .space import Genotype, genotype_from_dict, save_genotype
@@ -117,6 +119,41 @@ def _open_for_resume(run_dir: Path) -> None:
         remove_stale_temps(run_dir)
 
 
+def run_config_dicts(cfg: RunConfig) -> List[dict]:
+    """cfg.to_dict(), then the forms in which older versions wrote the same run's configuration into its
+    checkpoints: `search.weight_fraction` (1 - alpha_split) instead of `search.alpha_split`, no
+    `train.aux_weight` (there was no auxiliary head) and no `fold` (a `cv` fold's checkpoints held the cv
+    run's configuration, whose protocol may be "" for the corpus's default one)."""
+    d = cfg.to_dict()
+    out = [d]
+    if cfg.train.aux_weight == 0:
+        old = copy.deepcopy(d)
+        old.pop("fold")
+        old["train"].pop("aux_weight")
+        old["search"]["weight_fraction"] = round(1.0 - old["search"].pop("alpha_split"), 12)
+        out.append(old)
+        if old["protocol"]:
+            out.append({**old, "protocol": ""})
+    return out
+
+
+def load_run_checkpoint(path: Path, cfg: RunConfig) -> Dict[str, object]:
+    """load_checkpoint for a checkpoint written under `cfg`, by this version or an older one (see
+    run_config_dicts); the error is the one against today's form."""
+    forms = run_config_dicts(cfg)
+    try:
+        return load_checkpoint(path, forms[0])
+    except CheckpointError as exc:
+        error = exc
+    if Path(path).exists():
+        for form in forms[1:]:
+            try:
+                return load_checkpoint(path, form)
+            except CheckpointError:
+                continue
+    raise error
+
+
 # ----------------------------------------------------------------------------------------- search
 def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = False, progress: bool = True,
                stop_after: Optional[int] = None) -> Genotype:
@@ -141,7 +178,7 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
     if resume:
         _open_for_resume(run_dir)
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, cfg.to_dict())
+        state = load_run_checkpoint(ckpt_path, cfg)
         model.load_state_dict(state["model"])
         w_opt.load_state_dict(state["w_opt"])
         a_opt.load_state_dict(state["a_opt"])
@@ -222,15 +259,27 @@ def stretch_cosine(sched: torch.optim.lr_scheduler.CosineAnnealingLR, epochs: in
     sched._last_lr = lrs
 
 
-def sharded_cross_entropy(class_weights: Optional[Tensor] = None):
+def sharded_cross_entropy(class_weights: Optional[Tensor] = None, aux_weight: float = 0.0):
     """loss_fn(model, x, y) over a global batch: this rank's shard of it, summed and divided by the global
     batch's denominator, so that summing gradients across ranks gives the single-process gradient (with
-    one process it is the plain mean cross entropy)."""
+    one process it is the plain mean cross entropy).
+
+    With aux_weight > 0 and a model with an auxiliary head (DerivedNetwork in training mode), the loss is
+    CE(logits) + aux_weight * CE(auxiliary logits), as DARTS trains. A global batch of one utterance
+    (a last short batch) skips the head: its batch norm after the 2x2 convolution would see one value per
+    channel."""
 
     def loss_fn(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        aux = None
         with global_batch(len(y)) as part:  # dropout masks drawn as one process draws them
-            logits = model(x[part])
+            if aux_weight and len(y) > 1 and getattr(model, "aux_head", None) is not None:
+                logits, aux = model.forward_with_aux(x[part])
+            else:
+                logits = model(x[part])
         total = nn.functional.cross_entropy(logits, y[part], weight=class_weights, reduction="sum")
+        if aux is not None:
+            total = total + aux_weight * nn.functional.cross_entropy(aux, y[part], weight=class_weights,
+                                                                     reduction="sum")
         denominator = class_weights[y].sum() if class_weights is not None else y.new_tensor(len(y), dtype=total.dtype)
         return total / denominator
 
@@ -238,10 +287,11 @@ def sharded_cross_entropy(class_weights: Optional[Tensor] = None):
 
 
 def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, clip: float,
-                class_weights: Optional[Tensor] = None) -> float:
-    """One SGD step on the weights only (alphas, if any, get no gradient), from a global batch."""
+                class_weights: Optional[Tensor] = None, aux_weight: float = 0.0) -> float:
+    """One SGD step on the weights only (alphas, if any, get no gradient), from a global batch; with
+    aux_weight, the auxiliary head's loss is added (see sharded_cross_entropy)."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    loss = sharded_cross_entropy(class_weights)(model, x, y)
+    loss = sharded_cross_entropy(class_weights, aux_weight)(model, x, y)
     grads = sum_gradients(torch.autograd.grad(loss, params, allow_unused=True))
     for p, g in zip(params, grads):
         p.grad = g
@@ -258,7 +308,8 @@ def class_weights(y: Tensor, n_classes: int) -> Tensor:
 
 
 def build_final_network(cfg: RunConfig, genotype: Genotype, data: RunData) -> DerivedNetwork:
-    net = DerivedNetwork(cfg.model, genotype, data.n_features, len(data.classes))
+    """The network of `genotype`, with DARTS's auxiliary head when cfg.train.aux_weight > 0."""
+    net = DerivedNetwork(cfg.model, genotype, data.n_features, len(data.classes), auxiliary=cfg.train.aux_weight > 0)
     net.norm.set_stats(*feature_stats(data.train.x))
     return net
 
@@ -282,7 +333,7 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
     if resume:
         _open_for_resume(run_dir)
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, cfg.to_dict())
+        state = load_run_checkpoint(ckpt_path, cfg)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -302,7 +353,7 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
         for x, y in progress_bar(list(batches(data.train, tc.batch_size, gen)), progress, desc=f"epoch {epoch + 1}", leave=False):
             with autocast(device, cfg.amp):
                 losses.append(weight_step(net, opt, prepare_input(x, device, cfg.channels_last), y.to(device),
-                                          tc.grad_clip, weights))
+                                          tc.grad_clip, weights, tc.aux_weight))
         sched.step()
         check_replicas(list(net.named_parameters()))
         dev = evaluate_split(net, data.dev, len(data.classes), device, cfg.amp, cfg.channels_last)
@@ -329,9 +380,12 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
 
 
 def load_final_network(run_dir: Path, cfg: RunConfig, data: RunData) -> DerivedNetwork:
-    state = load_checkpoint(Path(run_dir) / "model.pt", cfg.to_dict())
+    """RUN_DIR/model.pt's network (with its auxiliary head when it was trained with one: the head is kept
+    in the file but never used outside training)."""
+    state = load_run_checkpoint(Path(run_dir) / "model.pt", cfg)
     genotype = genotype_from_dict(state["genotype"], where=str(Path(run_dir) / "model.pt"))
-    net = DerivedNetwork(cfg.model, genotype, data.n_features, len(data.classes))
+    net = DerivedNetwork(cfg.model, genotype, data.n_features, len(data.classes),
+                         auxiliary=has_auxiliary_head(state["model"]))
     net.load_state_dict(state["model"])
     return prepare_model(net, cfg.device, cfg.channels_last)
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from emodarts.cli import cli
@@ -122,6 +123,41 @@ def test_cv_search_then_resume(replica, home, tmp_path, librosa_warm):
     assert json.loads((gen_out / "fold_1" / "genotype.json").read_text()) == \
         json.loads((out / "fold_0" / "genotype.json").read_text())
 
+    # any fold is a run folder: its config.json records the protocol and the fold; evaluate gives the fold's
+    # metrics again, predict and report work on it
+    fold_cfg = json.loads((out / "fold_2" / "config.json").read_text())
+    assert fold_cfg["fold"] == 2 and fold_cfg["protocol"] == "standard"
+    assert json.loads((out / "config.json").read_text())["fold"] == 0
+    expected = json.loads((out / "fold_2" / "metrics.json").read_text())
+    ev = CliRunner().invoke(cli, ["evaluate", str(out / "fold_2"), "--no-progress"])
+    assert ev.exit_code == 0, ev.output
+    got = json.loads((out / "fold_2" / "metrics.json").read_text())
+    assert got["ua"] == expected["ua"] and got["confusion"] == expected["confusion"]
+    wav = str(next(replica.rglob("*.wav")))
+    pred = CliRunner().invoke(cli, ["predict", str(out / "fold_2"), wav, "--json"])
+    assert pred.exit_code == 0, pred.output
+    assert json.loads(pred.output)[0]["label"] in res["classes"]
+    assert CliRunner().invoke(cli, ["report", str(out / "fold_2")]).exit_code == 0
+
+    # a fold folder of an older version: no config.json of its own, checkpoints under the cv run's
+    # configuration (no fold, the search split as weight_fraction, no aux_weight)
+    legacy = json.loads((out / "config.json").read_text())
+    legacy.pop("fold")
+    legacy["train"].pop("aux_weight")
+    legacy["search"]["weight_fraction"] = 1 - legacy["search"].pop("alpha_split")
+    (out / "config.json").write_text(json.dumps(legacy))
+    (out / "fold_1" / "config.json").unlink()
+    state = torch.load(out / "fold_1" / "model.pt", weights_only=False)
+    state["config"] = legacy
+    torch.save(state, out / "fold_1" / "model.pt")
+    expected = json.loads((out / "fold_1" / "metrics.json").read_text())
+    ev = CliRunner().invoke(cli, ["evaluate", str(out / "fold_1"), "--no-progress"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((out / "fold_1" / "metrics.json").read_text())["ua"] == expected["ua"]
+    assert not (out / "fold_1" / "config.json").exists()
+    pred = CliRunner().invoke(cli, ["predict", str(out / "fold_1"), wav])
+    assert pred.exit_code == 0, pred.output
+
 
 def test_cv_errors(replica, home, tmp_path):
     r = _cv("--corpus", "iemocap", "--root", str(replica), "--out", str(tmp_path / "a"), "--protocol", "nope")
@@ -132,6 +168,33 @@ def test_cv_errors(replica, home, tmp_path):
     r = _cv("--corpus", "iemocap", "--root", str(replica), "--out", str(tmp_path / "c"), "--genotype",
             str(tmp_path / "none.json"))
     assert r.exit_code == 2 and "genotype file not found" in r.output
+
+
+def test_prepare_data_follows_the_fold_and_the_alpha_split(replica, tmp_path, librosa_warm):
+    from emodarts.pipeline import prepare_data
+
+    cache = tmp_path / "cache"
+    cfg = with_overrides(PRESETS["tiny"], corpus="iemocap", root=str(replica), protocol="standard")
+    proto_data = load_protocol_data("iemocap", replica, "tiny", "standard", cfg.seed, cache_dir=cache, progress=False)
+    for k in (0, 3):
+        data = prepare_data(with_overrides(cfg, fold=k), progress=False, cache_dir=cache)
+        ref = prepare_fold_data(cfg, proto_data.folds[k], proto_data.features, proto_data.classes)
+        for part in ("train", "dev", "test", "search_w", "search_a"):
+            assert torch.equal(getattr(data, part).x, getattr(ref, part).x), (k, part)
+    with pytest.raises(DataError, match="folds 0..4; the run asks for fold 5"):
+        prepare_data(with_overrides(cfg, fold=5), progress=False, cache_dir=cache)
+
+    half = prepare_data(cfg, progress=False, cache_dir=cache)
+    published = with_overrides(cfg, search=with_overrides(cfg.search, alpha_split=0.8))
+    data = prepare_data(published, progress=False, cache_dir=cache)
+    n = len(data.train)
+    assert len(data.search_w) + len(data.search_a) == n == len(half.search_w) + len(half.search_a)
+    assert len(data.search_a) > len(half.search_a)
+    assert abs(len(data.search_a) - 0.8 * n) <= len(data.classes)
+    again = prepare_data(published, progress=False, cache_dir=cache)  # deterministic for a seed
+    assert torch.equal(again.search_a.x, data.search_a.x)
+    fold = prepare_fold_data(published, proto_data.folds[0], proto_data.features, proto_data.classes)
+    assert torch.equal(fold.search_a.x, data.search_a.x)  # cv cuts its folds' search data the same way
 
 
 def test_prepare_data_with_protocol_uses_fold_0(replica, tmp_path, librosa_warm):

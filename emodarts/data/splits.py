@@ -81,11 +81,18 @@ def speaker_split(utts: Sequence[Utterance], seed: int, n_test_speakers: int = 3
     )
 
 
-def search_halves(train: Sequence[Utterance], seed: int,
-                  weight_fraction: float = 0.5) -> Tuple[List[Utterance], List[Utterance]]:
+def search_halves(train: Sequence[Utterance], seed: int, weight_fraction: float = 0.5, *,
+                  alpha_split: Optional[float] = None) -> Tuple[List[Utterance], List[Utterance]]:
     """Split the search data into (w_part, alpha_part): `weight_fraction` of each label's utterances
-    train the weights, the rest the architecture parameters. Stratified by label, deterministic from
-    `seed` (independent of input order); each part keeps the input order."""
+    train the weights, the rest the architecture parameters; or, given `alpha_split` (the --alpha-split
+    of a run), 1 - alpha_split of them train the weights (with the same rounding: alpha_split 0.5 gives the
+    split weight_fraction 0.5 gives). Each label with 2 or more utterances has at least one in each part.
+    Stratified by label, deterministic from `seed` (independent of input order); each part keeps the
+    input order."""
+    if alpha_split is not None:
+        if not 0.0 < alpha_split < 1.0:
+            raise DataError(f"--alpha-split must be strictly between 0 and 1, got {alpha_split}")
+        weight_fraction = 1.0 - alpha_split
     if not 0.0 < weight_fraction < 1.0:
         raise DataError(f"weight_fraction must be in (0, 1), got {weight_fraction}")
     by_label: Dict[str, List[Utterance]] = defaultdict(list)
@@ -103,5 +110,10 @@ def search_halves(train: Sequence[Utterance], seed: int,
     w_part = [u for u in train if u.utt_id in w_ids]
     a_part = [u for u in train if u.utt_id not in w_ids]
     if not w_part or not a_part:
-        raise DataError(f"cannot split {len(train)} utterances into two non-empty search halves")
+        which = "weight" if not w_part else "alpha"
+        how = (f"--alpha-split {alpha_split} leaves the {which} part empty" if alpha_split is not None
+               else f"weight_fraction {weight_fraction} leaves the {which} part empty")
+        raise DataError(f"cannot split the {len(train)} search utterances of the training speakers in two: {how} "
+                        f"(each label has one utterance; give more data or another --alpha-split)"
+                        if len(train) else "no search utterances: the training speakers have none")
     return w_part, a_part
