@@ -26,7 +26,6 @@ Sizes are cell-level tensors: `tiny` preset (B=16, C=8, 20x24), `paper` preset (
 and size); its compile time is excluded (warm-up).
 """
 import argparse
-import ctypes
 import datetime
 import json
 import os
@@ -129,16 +128,10 @@ class Timer:
 
 
 def steady_heap() -> bool:
-    """Keep glibc from handing freed memory back to the system (and from serving blocks <= 32 MB with
-    fresh mmaps), so that a freed output's pages are reused instead of faulted in again. Process-wide, for
-    every implementation alike. False where there is no glibc mallopt."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)) == 1
-        return ok and libc.mallopt(m_mmap_threshold, ctypes.c_int(32 * 2**20)) == 1
-    except (OSError, AttributeError):
-        return False
+    """glibc keeps freed memory (emodarts/heap.py), for every implementation alike."""
+    from emodarts.heap import keep_freed_memory
+
+    return keep_freed_memory()
 
 
 def make_inputs(k, shape, dtype, dev, seed=0):

@@ -9,6 +9,10 @@ runs in its own process so that its peak memory (max RSS on the CPU, max allocat
     python bench/bench_search.py --device cpu --quick
     python bench/bench_search.py --device cpu --quick --no-growth --seq-space darts
     python bench/bench_search.py --device cuda
+    python bench/bench_search.py --presets tiny,paper --no-growth --breakdown --threads 2 [--heap steady]
+
+CPU configurations run on --threads intra-op threads (default 1) with OpenMP's default wait policy; page
+faults per step are recorded (see --heap).
 """
 import argparse
 import json
@@ -36,9 +40,57 @@ from emodarts.train import weight_step  # noqa: E402
 MODES = ("reference", "compile", "fused")
 
 
+def part_times(model, x: torch.Tensor, device: torch.device, repeats: int, warmup: int) -> dict:
+    """Where a step's time goes: forward+backward of the CNN part (stem and cells, from the features) and of
+    the sequential part (hand-off, sequential cells, head, from the CNN maps), each into its inputs and every
+    weight and alpha; a first-order step runs each twice (alpha step, weight step), the rest is optimiser
+    and bookkeeping."""
+    params = list(model.parameters())
+
+    def cnn():
+        s0 = s1 = model.stem(model.norm(x))
+        for cell in model.cnn_cells:
+            alpha = model.alpha_reduce if cell.reduction else model.alpha_normal
+            s0, s1 = s1, cell(s0, s1, alpha, model.backend)
+        return s0, s1
+
+    with torch.no_grad():
+        c0, c1 = cnn()
+    c0, c1 = c0.detach().requires_grad_(True), c1.detach().requires_grad_(True)
+
+    def seq():
+        q0, q1 = model.handoff(c0, c1)
+        for cell in model.seq_cells:
+            q0, q1 = q1, cell(q0, q1, model.alpha_seq, model.backend)
+        return model.head(q1)
+
+    def back(outs):
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    return {"cnn_fwd_bwd_s": median_time(lambda: back(cnn()), device, repeats, warmup),
+            "seq_fwd_bwd_s": median_time(lambda: back(seq()), device, repeats, warmup)}
+
+
+def cuda_launches(step) -> int:
+    """Kernel launches of one step (torch.profiler's CUDA kernel events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA"))
+
+
 def measure(job: dict) -> dict:
     """One configuration: build the supernet, time search steps, report the median and peak memory."""
     device = torch.device(job["device"])
+    if device.type == "cpu":
+        torch.set_num_threads(job.get("threads") or 1)
+    if job.get("heap") == "steady":
+        from emodarts.heap import keep_freed_memory
+
+        job = {**job, "heap_applied": keep_freed_memory()}
     cfg = PRESETS[job["preset"]]
     model_cfg = cfg.model
     if job.get("seq_candidates"):
@@ -66,11 +118,18 @@ def measure(job: dict) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     seconds = median_time(step, device, job["repeats"], warmup=job["warmup"])
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / (job["repeats"] + job["warmup"])
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {**job, "seconds": seconds, "peak_bytes": int(peak), "batch": batch, "frames": n_frames,
-            "n_seq": len(model_cfg.seq_primitives)}
+    out = {**job, "seconds": seconds, "peak_bytes": int(peak), "batch": batch, "frames": n_frames,
+           "n_seq": len(model_cfg.seq_primitives), "page_faults_per_step": faults}
+    if job.get("breakdown") and job["mode"] != "compile":
+        out.update(part_times(model, x, device, max(1, job["repeats"] // 2), 1))
+    if device.type == "cuda":
+        out["kernel_launches_per_step"] = cuda_launches(step)
+    return out
 
 
 def run_job(job: dict) -> dict:
@@ -104,6 +163,18 @@ def print_table(rows: list, title: str) -> None:
               f"{r['mode']:<10} {1e3 * r['seconds']:>9.1f} {r['peak_bytes'] / 2**20:>9.0f} {r.get('speedup_vs_reference', float('nan')):>6.2f}")
 
 
+def print_breakdown(rows: list) -> None:
+    print("\nwhere a step goes: forward+backward of each part alone (a step runs the model forward and backward")
+    print("twice in first order: the alpha step, whose backward skips the weight gradients, and the weight step)")
+    print(f"{'preset':<7} {'order':<6} {'mode':<10} {'step ms':>9} {'CNN f+b ms':>11} {'seq f+b ms':>11} {'CNN share':>10}")
+    for r in rows:
+        if "cnn_fwd_bwd_s" not in r:
+            continue
+        cnn, seq = r["cnn_fwd_bwd_s"], r["seq_fwd_bwd_s"]
+        print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} "
+              f"{1e3 * cnn:>11.1f} {1e3 * seq:>11.1f} {100 * cnn / (cnn + seq):>9.0f}%")
+
+
 def plot_growth(rows: list, path: Path) -> None:
     import matplotlib
 
@@ -134,6 +205,15 @@ def main() -> None:
     p.add_argument("--no-growth", action="store_true")
     p.add_argument("--seq-space", default="emodarts", choices=["emodarts", "darts"],
                    help="sequential search space of the supernet (darts: the DARTS recurrent cell)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per configuration (default 7, quick 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1)")
+    p.add_argument("--heap", default="default", choices=["default", "steady"],
+                   help="steady: glibc keeps freed memory in every configuration (emodarts/heap.py)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time forward+backward of the CNN part and of the sequential part")
+    p.add_argument("--orders", default="1,2", help="1: first order, 2: second order (comma list)")
+    p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads of every configuration")
+    p.add_argument("--tag", default="", help="suffix of the result file names")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -143,10 +223,13 @@ def main() -> None:
     presets = (args.presets or ("tiny,paper" if device.type == "cuda" else "tiny")).split(",")
     modes = args.modes.split(",")
     repeats, warmup = (3, 1) if args.quick else (7, 2)
-    base = {"device": args.device, "repeats": repeats, "warmup": warmup, "seq_space": args.seq_space}
+    repeats, warmup = args.repeats or repeats, args.warmup or warmup
+    base = {"device": args.device, "repeats": repeats, "warmup": warmup, "seq_space": args.seq_space,
+            "heap": args.heap, "breakdown": args.breakdown, "threads": args.threads}
     rows = []
+    orders = [o.strip() == "2" for o in args.orders.split(",")]
     for preset in presets:
-        for second_order in (False, True):
+        for second_order in orders:
             for mode in modes:
                 rows.append(run_job({**base, "preset": preset, "second_order": second_order, "mode": mode}))
     with_ratios(rows)
@@ -171,7 +254,7 @@ def main() -> None:
                     growth.append(r)
         with_ratios(growth)
         print_table(growth, "cost growth (tiny preset, first order)")
-    tag = args.device.replace(":", "") + ("" if args.seq_space == "emodarts" else f"_{args.seq_space}")
+    tag = args.device.replace(":", "") + ("" if args.seq_space == "emodarts" else f"_{args.seq_space}") + args.tag
     if growth:
         png = RESULTS / f"search_growth_{tag}.png"
         try:
@@ -179,10 +262,12 @@ def main() -> None:
             print(f"\nplot: {png}")
         except ImportError as exc:  # e.g. a GPU machine without matplotlib: the JSON still holds every figure
             print(f"\nno plot ({exc})")
-    out = write_json(f"search_{tag}.json", {**header(device), "rows": rows, "growth": growth})
+    if args.breakdown:
+        print_breakdown(rows)
+    out = write_json(f"search_{tag}.json", {**header(device), "loadavg": os.getloadavg(), "rows": rows,
+                                             "growth": growth})
     print(f"results: {out}")
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main()

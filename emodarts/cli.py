@@ -68,9 +68,16 @@ def _threads_option():
 
 
 def _apply_threads(n: Optional[int]) -> int:
-    """Set the intra-op threads first thing, before any tensor work."""
+    """Set the process-wide run-time settings first thing, before any tensor work: the intra-op threads
+    (emodarts/threads.py) and the heap policy (emodarts/heap.py, EMODARTS_HEAP)."""
+    from .errors import EmodartsError
+    from .heap import apply_heap, heap_mode
     from .threads import apply_threads
 
+    try:
+        apply_heap(heap_mode())
+    except ValueError as exc:
+        raise EmodartsError(str(exc)) from None
     return apply_threads(n)
 
 
