@@ -1,64 +1,141 @@
 """emodarts: differentiable architecture search for speech emotion recognition.
 
-The C++/CUDA extension `emodarts._C` is built here only when torch is importable at build time
-(``pip install --no-build-isolation``); otherwise it is JIT-compiled on first use
-(see emodarts/ops/extension.py). torch is deliberately not a build requirement: an isolated
-build would pull a second multi-GB torch.
+Compiled parts, built here only when torch is importable at build time, i.e. with
+``pip install --no-build-isolation [-e] .`` against the torch already installed (torch is deliberately not a
+build requirement: an isolated build would pull a second multi-GB torch). A plain ``pip install -e .`` builds
+in isolation, finds no torch and builds nothing; then everything is JIT-compiled on first use
+(emodarts/ops/extension.py for the C++ part, emodarts/ops/grouped_recurrent.py ensure_cuda for the CUDA part).
+
+- ``emodarts._C``: the C++ CPU ops (csrc/*.cpp). Built whenever torch is importable.
+- ``emodarts._C_cuda``: the CUDA kernels of the grouped recurrent layer and of the DARTS cell
+  (csrc/cuda/*.cu). Built when all of these hold:
+    * torch is a CUDA build (torch.version.cuda is not None),
+    * a CUDA toolkit is found (CUDA_HOME, CUDA_PATH, /usr/local/cuda or nvcc on the PATH, holding bin/nvcc
+      and include/cuda_runtime.h),
+    * EMODARTS_NO_CUDA_EXT is not set,
+    * and a GPU is visible (torch.cuda.is_available()), or it is asked for explicitly with
+      EMODARTS_CUDA_EXT=1 or a TORCH_CUDA_ARCH_LIST. An nvcc build takes minutes on a small machine, so an
+      install on a machine without a GPU never compiles CUDA unless asked to.
+  Without a visible GPU the build targets TORCH_CUDA_ARCH_LIST (9.0, Hopper, when unset). When it is not
+  built here, the CUDA kernels are JIT-compiled on first use on a GPU (35-80 s).
+
+EMODARTS_NO_EXT=1 skips both extensions.
 """
 import os
 import platform
+import shutil
 
 from setuptools import setup
 
 PACKAGES = ["emodarts", "emodarts.data", "emodarts.ops", "emodarts.kernels"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_cuda_home(environ=os.environ):
+    """The CUDA toolkit folder: $CUDA_HOME / $CUDA_PATH, /usr/local/cuda, or nvcc's folder's parent (followed
+    through symlinks), whichever has bin/nvcc and include/cuda_runtime.h; None when there is none. (The same
+    rule as emodarts.ops.grouped_recurrent.cuda_home, repeated here so that setup.py imports no emodarts.)"""
+
+    def ok(d):
+        return bool(d) and os.path.isfile(os.path.join(d, "bin", "nvcc")) and os.path.isfile(
+            os.path.join(d, "include", "cuda_runtime.h"))
+
+    candidates = [environ.get("CUDA_HOME"), environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for d in candidates:
+        if ok(d):
+            return d
+    return None
+
+
+def cuda_extension_wanted(environ, torch_cuda_version, cuda_home, gpu_visible):
+    """(build emodarts._C_cuda?, why): the rule of the module docstring, as a pure function."""
+    if environ.get("EMODARTS_NO_CUDA_EXT"):
+        return False, "EMODARTS_NO_CUDA_EXT is set"
+    if torch_cuda_version is None:
+        return False, "torch is not a CUDA build"
+    if cuda_home is None:
+        return False, "no CUDA toolkit (nvcc) found; set CUDA_HOME"
+    if gpu_visible:
+        return True, "a GPU is visible"
+    if environ.get("EMODARTS_CUDA_EXT") == "1":
+        return True, "EMODARTS_CUDA_EXT=1"
+    if environ.get("TORCH_CUDA_ARCH_LIST"):
+        return True, f"TORCH_CUDA_ARCH_LIST={environ['TORCH_CUDA_ARCH_LIST']}"
+    return False, ("no GPU visible (set EMODARTS_CUDA_EXT=1 or TORCH_CUDA_ARCH_LIST to build the CUDA kernels "
+                   "anyway; otherwise they are JIT-compiled on first use on a GPU)")
+
+
+def _sources(folder, suffix):
+    return sorted(os.path.join(folder, f) for f in os.listdir(os.path.join(HERE, folder)) if f.endswith(suffix))
 
 
 def extension_modules():
-    """Return ([ext], cmdclass) when torch is importable, else ([], {})."""
+    """([extensions], cmdclass): emodarts._C when torch is importable, plus emodarts._C_cuda when
+    cuda_extension_wanted says so; ([], {}) without torch."""
     if os.environ.get("EMODARTS_NO_EXT") == "1":
         return [], {}
     try:
-        import torch  # noqa: F401
+        import torch
+    except ImportError:
+        return [], {}
+    cpu_sources = _sources("csrc", ".cpp")
+    if not cpu_sources:
+        return [], {}
+    home = find_cuda_home()
+    want_cuda, why = cuda_extension_wanted(os.environ, torch.version.cuda, home, torch.cuda.is_available())
+    if want_cuda:
+        # torch.utils.cpp_extension reads CUDA_HOME when it is imported (and guesses from `which nvcc` alone,
+        # wrong when nvcc is a wrapper script); without a GPU, nvcc needs an explicit target
+        os.environ["CUDA_HOME"] = home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    try:
         from torch.utils import cpp_extension
     except ImportError:
         return [], {}
-    here = os.path.dirname(os.path.abspath(__file__))
-    cpu_sources = sorted(
-        os.path.join("csrc", f) for f in os.listdir(os.path.join(here, "csrc")) if f.endswith(".cpp")
-    )
-    if not cpu_sources:
-        return [], {}
     # -fopenmp on Linux, as emodarts/ops/extension.py: at::parallel_for forks threads only with it
     openmp = ["-fopenmp"] if platform.system() == "Linux" else []
-    ext = cpp_extension.CppExtension(
+    exts = [cpp_extension.CppExtension(
         "emodarts._C", cpu_sources, extra_compile_args={"cxx": ["-O3", *openmp]}, extra_link_args=openmp
+    )]
+    print(f"emodarts: building emodarts._C; emodarts._C_cuda {'too' if want_cuda else 'not'} ({why})", flush=True)
+    if want_cuda:
+        # the .cu files only register CUDA kernels (TORCH_LIBRARY_IMPL) for the operators emodarts._C defines;
+        # csrc/extension.cpp gives the library its module init, so `import emodarts._C_cuda` loads it
+        exts.append(cpp_extension.CUDAExtension(
+            "emodarts._C_cuda", _sources(os.path.join("csrc", "cuda"), ".cu") + [os.path.join("csrc", "extension.cpp")],
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+        ))
+    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import its functions
+    ext_modules, cmdclass = extension_modules()
+    linux_x86 = platform.system() == "Linux" and platform.machine() == "x86_64"
+
+    setup(
+        name="emodarts",
+        version="0.1.0",
+        description="emoDARTS: joint CNN + sequential differentiable architecture search for speech emotion recognition",
+        packages=PACKAGES,
+        package_dir={"emodarts.kernels": "kernels"},
+        python_requires=">=3.10",
+        install_requires=[
+            "torch>=2.11",
+            "torchaudio>=2.11",
+            "numpy",
+            "librosa",
+            "soundfile",
+            "click",
+            "tqdm",
+            "matplotlib",
+        ]
+        + (["triton"] if linux_x86 else []),
+        extras_require={"test": ["pytest", "hypothesis", "ninja"]},
+        entry_points={"console_scripts": ["emodarts=emodarts.cli:main"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
     )
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
-
-
-ext_modules, cmdclass = extension_modules()
-linux_x86 = platform.system() == "Linux" and platform.machine() == "x86_64"
-
-setup(
-    name="emodarts",
-    version="0.1.0",
-    description="emoDARTS: joint CNN + sequential differentiable architecture search for speech emotion recognition",
-    packages=PACKAGES,
-    package_dir={"emodarts.kernels": "kernels"},
-    python_requires=">=3.10",
-    install_requires=[
-        "torch>=2.11",
-        "torchaudio>=2.11",
-        "numpy",
-        "librosa",
-        "soundfile",
-        "click",
-        "tqdm",
-        "matplotlib",
-    ]
-    + (["triton"] if linux_x86 else []),
-    extras_require={"test": ["pytest", "hypothesis", "ninja"]},
-    entry_points={"console_scripts": ["emodarts=emodarts.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)

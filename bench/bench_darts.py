@@ -17,6 +17,11 @@ Implementations:
              the S nodes, the mean), called from an eager Python loop over time steps; the unrolled time loop
              is not compiled. Compile time is excluded (warm-up).
   fused      emodarts.ops.darts_fused.darts_rnn_fused (the whole time loop in one C++ / CUDA op)
+Memory (CUDA only; skipped on the CPU): the fused op's forward+backward at a large size, --memory-size
+(default H=1024, S=8 nodes (36 edges), T=128, B=128), with torch.cuda.max_memory_allocated over the call and
+its share above the inputs; the backward keeps one step of [dC | dZ] and of the state gradients and
+accumulates dW_i step by step, where a (T, E, B, 2H) stack took 4.8 GB at that size (the forward's saved
+pre-activations (T, E, B, 2H) are the bulk of what remains). Written under "memory" in the JSON.
 Modes: fwd (forward with autograd recording, as in a search step) and fwd+bwd (forward, then backward of a
 random output gradient into x_proj, w0h, ws and probs). Median and min wall time over --repeats runs after
 --warmup runs, the implementations timed round-robin (one run of each in turn, so that they see the same load
@@ -25,7 +30,7 @@ bench/results/darts_<device>.json with the device name, date, command, threads, 
 OMP_WAIT_POLICY.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_darts.py              # CPU, 1 thread, ~5 min on 2 cores
-    python bench/bench_darts.py --device cuda
+    python bench/bench_darts.py --device cuda                        # + peak memory at H=1024, T=B=128
 """
 import argparse
 import os
@@ -46,6 +51,7 @@ from emodarts.ops import grouped_recurrent as gr  # noqa: E402
 from emodarts.ops.darts_reference import activations, darts_rnn_reference, edge_index, n_darts_edges  # noqa: E402
 
 PRESETS = {"tiny": dict(H=32, S=4, T=12, B=32), "paper": dict(H=128, S=8, T=32, B=16)}
+MEMORY_SIZE = dict(H=1024, S=8, T=128, B=128)  # the size of issue 13's memory review (E = 36)
 INIT = 0.04
 
 
@@ -102,9 +108,10 @@ IMPLS: Dict[str, Callable] = {
 # workload
 
 
-def build(preset: str, device: torch.device, seed: int = 0):
-    """Leaf parameters (w0x, w0h, ws, alpha) and h0; x_proj is recomputed per run from x (as in the cell)."""
-    p = PRESETS[preset]
+def build(preset, device: torch.device, seed: int = 0):
+    """Leaf parameters (w0x, w0h, ws, alpha) and h0; x_proj is recomputed per run from x (as in the cell).
+    `preset`: a name of PRESETS or a dict with H, S, T, B."""
+    p = PRESETS[preset] if isinstance(preset, str) else preset
     H, S, T, B = p["H"], p["S"], p["T"], p["B"]
     gen = torch.Generator().manual_seed(seed)
 
@@ -159,12 +166,59 @@ def check_agreement(w, impls: List[str]) -> Dict[str, float]:
     return {i: (o - ref).abs().max().item() / scale for i, o in outs.items()}
 
 
+def parse_size(text: str) -> Dict[str, int]:
+    """'H=1024,S=8,T=128,B=128' -> dict (missing keys from MEMORY_SIZE)."""
+    size = dict(MEMORY_SIZE)
+    for part in filter(None, text.split(",")):
+        key, value = part.split("=")
+        if key.strip() not in size:
+            raise argparse.ArgumentTypeError(f"unknown size key {key!r} (H, S, T, B)")
+        size[key.strip()] = int(value)
+    return size
+
+
+def measure_memory(size: Dict[str, int], device: torch.device, repeats: int) -> Dict[str, object]:
+    """Peak CUDA memory and time of the fused op's forward+backward at `size` (float32)."""
+    import statistics
+    import time
+
+    H, S, T, B = size["H"], size["S"], size["T"], size["B"]
+    E, f = n_darts_edges(S), 4
+    w = build(size, device)
+    step = make_step(IMPLS["fused"], w, "fwd+bwd")
+    step()  # warm
+    torch.cuda.synchronize(device)
+    times = []
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device)
+    return {
+        **size, "edges": E, "dtype": "float32", "median_s": statistics.median(times), "repeats": len(times),
+        "peak_bytes": int(peak), "peak_above_inputs_bytes": int(peak - base),
+        "saved_pre_bytes": T * E * B * 2 * H * f, "saved_states_bytes": T * (S + 1) * B * H * f,
+        "old_backward_stacks_bytes": {"dpre (T, E, B, 2H)": T * E * B * 2 * H * f,
+                                      "dstates (T, S+1, B, H)": T * (S + 1) * B * H * f,
+                                      "per-step dW (T, H, 2H)": T * H * 2 * H * f},
+        "note": "peak over forward+backward (x W0x, the layer, autograd's saved state and the gradients); the "
+                "old_backward_stacks are what the backward allocated before issue 13 on top of that",
+    }
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_options(ap, default_repeats=9)
     ap.add_argument("--presets", default="tiny,paper")
     ap.add_argument("--impls", default="reference,compile,fused")
     ap.add_argument("--modes", default="fwd,fwd+bwd")
+    ap.add_argument("--memory-size", type=parse_size, default=dict(MEMORY_SIZE),
+                    help="CUDA: peak memory of the fused forward+backward at this size (default "
+                         "H=1024,S=8,T=128,B=128); skipped on the CPU")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = ap.parse_args(argv)
     device, repeats, warmup = run_settings(args, 9, darts_fused.ensure_cuda)
     impls = [s for s in args.impls.split(",") if s]
@@ -192,6 +246,14 @@ def main(argv=None) -> None:
             print(f"{preset:6} {mode:7} " + " ".join(f"{res[i]['median_s'] * 1e3:14.2f}" for i in impls) + " "
                   + " ".join(f"{res[i]['min_s'] * 1e3:14.2f}" for i in impls) + "  "
                   + " ".join(f"{ratios[r]:17.2f}" for r in ratio_names), flush=True)
+    memory = None
+    if device.type == "cuda" and not args.no_memory and "fused" in impls:
+        memory = measure_memory(args.memory_size, device, 1 if args.quick else 3)
+        print(f"memory: fused fwd+bwd at H={memory['H']} S={memory['S']} T={memory['T']} B={memory['B']}: peak "
+              f"{memory['peak_bytes'] / 2**30:.2f} GiB ({memory['peak_above_inputs_bytes'] / 2**30:.2f} GiB above "
+              f"the inputs), {memory['median_s'] * 1e3:.1f} ms", flush=True)
+    elif device.type != "cuda":
+        print("memory: skipped on the CPU (the large size is a GPU measurement)")
     payload = header(device)
     payload.update({
         "benchmark": "darts_rnn", "dtype": "float32", "repeats": repeats, "warmup": warmup,
@@ -204,6 +266,7 @@ def main(argv=None) -> None:
                   "probs = softmax(alpha)[:, :4] / predecessors of the node, alpha = 0",
         "speedup_note": "a/b = median time of a / median time of b (> 1: b is faster)",
         "rows": rows,
+        "memory": memory,
     })
     path = write_json(args.out or f"darts_{device.type}.json", payload)
     print(f"wrote {path}")

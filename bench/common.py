@@ -1,6 +1,7 @@
 """Shared bits of the benchmarks: device names, medians of timed runs, result files."""
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -10,7 +11,8 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where result files go: bench/results, or EMODARTS_BENCH_RESULTS (run_all.py --results-dir, e.g. its dry run)
+RESULTS = Path(os.environ.get("EMODARTS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def device_name(dev: torch.device) -> str:

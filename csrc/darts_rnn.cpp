@@ -25,11 +25,12 @@
 // plus what step t + 1 carried back); nodes in reverse order: the epilogue backward (dC, dZ into a saved
 // block, the direct term into dL/ds_j, the probs gradient accumulated per batch row), then one GEMM
 // dL/ds_{0..i} += [dC | dZ] W_i^T; then s0's backward gives dL/dx_proj[t] = [dc0 | dz0] and
-// dL/dh_{t-1} = dL/ds0 (1 - c0) + [dc0 | dz0] W0h^T, carried to the previous step. After the loop the weight
-// gradients as GEMMs over the saved pre-activation gradients: dW0h = sum_t h_{t-1}^T [dc0 | dz0]_t (two
-// GEMMs: h0 and hs[0 .. T-2]), dW_i = sum_t S_{i,t}^T dPre_{i,t} (per step and node, accumulated by the
-// GEMM's beta). The probs gradient: per batch row partial sums (double) over steps and hidden units, then
-// a sum over rows in row order, so it is deterministic for any thread count.
+// dL/dh_{t-1} = dL/ds0 (1 - c0) + [dc0 | dz0] W0h^T, carried to the previous step. dW_i = sum_t S_{i,t}^T
+// dPre_{i,t} is accumulated inside the loop (one GEMM per step and node, accumulated by the GEMM's beta), so
+// [dC | dZ] is kept for one step only ((E, B, 2H), not (T, E, B, 2H)); after the loop dW0h =
+// sum_t h_{t-1}^T [dc0 | dz0]_t (two GEMMs: h0 and hs[0 .. T-2]). The probs gradient: per batch row partial
+// sums (double) over steps and hidden units, then a sum over rows in row order, so it is deterministic for
+// any thread count.
 //
 // CPU mapping: GEMMs through the BLAS PyTorch links (csrc/cpu_common.h; EMODARTS_GROUPED_GEMM=aten
 // switches to ATen GEMMs). Epilogues: float32 8 lanes (csrc/darts_rnn_kernels.h, baseline and AVX2+FMA
@@ -230,12 +231,16 @@ void backward_impl(const Dims& d, const T* gh, const T* h0, const T* w0h, const 
     for (int64_t i = S - 1; i >= 0; --i) {
       const int64_t nj = i + 1, e0 = i * (i + 1) / 2;
       const T* pn = pre + (t * E + e0) * B * H2;
-      T* dpn = dpre + (t * E + e0) * B * H2;
+      T* dpn = dpre + e0 * B * H2;  // this step's buffer (E, B, 2H)
       for_rows(B, nj * H, [&](int64_t b0, int64_t b1) {
         node_bwd(b0, b1, B, H, nj, probs + 4 * e0, pn, st, dpn, dst, part + 4 * e0, E * 4);
       });
       // dL/ds_j += [dC_j | dZ_j] W_i^T for j = 0 .. i: one GEMM over the stacked rows
       gemm_rm<T>(blas, false, true, nj * B, H, H2, T(1), dpn, H2, ws + i * H * H2, H2, T(1), dst, H);
+      // dW_i += S_{i,t}^T [dC | dZ]_{i,t}, accumulated step by step (the GEMM's beta), so [dC | dZ] is kept
+      // for one step only
+      gemm_rm<T>(blas, true, false, H, H2, nj * B, T(1), st, H, dpn, H2, t == T_ - 1 ? T(0) : T(1), gws + i * H * H2,
+                 H2);
     }
     const T* h = t == 0 ? h0 : hs + (t - 1) * BH;
     T* gxt = gx + t * B * H2;
@@ -246,12 +251,6 @@ void backward_impl(const Dims& d, const T* gh, const T* h0, const T* w0h, const 
   // weight gradients over all steps
   gemm_rm<T>(blas, true, false, H, H2, B, T(1), h0, H, gx, H2, T(0), gw0h, H2);
   if (T_ > 1) gemm_rm<T>(blas, true, false, H, H2, (T_ - 1) * B, T(1), hs, H, gx + B * H2, H2, T(1), gw0h, H2);
-  for (int64_t i = 0; i < S; ++i) {
-    const int64_t nj = i + 1, e0 = i * (i + 1) / 2;
-    for (int64_t t = 0; t < T_; ++t)
-      gemm_rm<T>(blas, true, false, H, H2, nj * B, T(1), states + t * (S + 1) * BH, H, dpre + (t * E + e0) * B * H2,
-                 H2, t == 0 ? T(0) : T(1), gws + i * H * H2, H2);
-  }
   for (int64_t q = 0; q < E * 4; ++q) {
     double s = 0.0;
     for (int64_t b = 0; b < B; ++b) s += part[b * E * 4 + q];
@@ -274,7 +273,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward(
   Tensor gw0h = at::empty({d.H, 2 * d.H}, opts);
   Tensor gws = at::empty({d.S, d.H, 2 * d.H}, opts);
   Tensor gprobs = at::empty({d.E, 4}, opts);
-  Tensor dpre = at::empty({d.T * d.E * d.B * 2 * d.H}, opts);
+  Tensor dpre = at::empty({d.E * d.B * 2 * d.H}, opts);  // one step's [dC | dZ], reused at every step
   Tensor dst = at::empty({(d.S + 1) * d.B * d.H}, opts);
   Tensor dh = at::empty({d.B * d.H}, opts);
   Tensor part = at::empty({d.B * d.E * 4}, opts.dtype(at::kDouble));

@@ -4,6 +4,7 @@ A checkpoint remembers the configuration it was made with; resuming it under ano
 configuration is an error, not a silent restart.
 """
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Dict
 
@@ -15,13 +16,36 @@ from .io import atomic_write
 
 
 def rng_state() -> Dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The CPU, numpy and Python generators' states, and every GPU's ('cuda', one state per device) when CUDA
+    is initialised in this process (a GPU run's dropout and drop-path masks come from those)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore rng_state()'s generators. A saved GPU state is restored on as many devices as both the
+    checkpoint and this machine have (a warning names a difference in count); without CUDA it cannot be
+    restored, which is a warning, not an error (a GPU run may be resumed on the CPU; its random masks then
+    differ from those of an uninterrupted run)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    cuda = state.get("cuda")
+    if cuda is None:
+        return
+    if not torch.cuda.is_available():
+        warnings.warn("the checkpoint holds the CUDA random state of a GPU run, but no CUDA device is visible: "
+                      "it is not restored (the random masks after the resume differ from an uninterrupted run's)",
+                      RuntimeWarning, stacklevel=2)
+        return
+    n = torch.cuda.device_count()
+    if len(cuda) != n:
+        warnings.warn(f"the checkpoint holds the CUDA random state of {len(cuda)} device(s), this machine has {n}: "
+                      f"restored on the first {min(n, len(cuda))}", RuntimeWarning, stacklevel=2)
+    for i, s in enumerate(cuda[:n]):
+        torch.cuda.set_rng_state(s, device=i)
 
 
 def seed_everything(seed: int) -> None:

@@ -9,12 +9,18 @@ Up to MAX_INPUTS pointers go into one launch; more inputs run in chunks, in plac
 fp32 scratch buffer for bf16/fp16 outputs) carries the running sum between chunks. Inputs may have
 different dtypes (the output takes the promoted one). Non-contiguous inputs are read through their
 strides (see layout.py); a copy happens only when the strides do not collapse to MAX_DIMS dims, and each
-copy is counted in COPIES.
+copy is counted in COPIES. The strides of the strided inputs (and of grad_out) go to the kernels as scalar
+arguments: no stride table is built on the host and copied to the device, so a call never synchronises with
+the GPU and can be captured in a CUDA graph.
+
+Device: every allocation and launch runs under the inputs' device (torch.cuda.device_of), not the current
+one, so inputs on cuda:1 work whatever the current device is.
 
 On the CPU these kernels run only under the Triton interpreter (TRITON_INTERPRET=1 set before this module
 is imported). Loops use tl.static_range over constexpr bounds and there is no autotuning, so the same
 code runs under the interpreter of triton 3.6 (the GPU machine) and 3.8.
 """
+import contextlib
 import os
 from typing import List, Sequence, Tuple
 
@@ -30,6 +36,9 @@ from .layout import is_flat, max_offset, out_strides, plan_strided, result_dtype
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_INPUTS = 8  # pointers per launch
 MAX_DIMS = 4  # collapsed dims a strided input may have without being copied
+# Offsets at or beyond this use 64-bit index arithmetic (IDX64). A module-level name so that tests can lower it
+# and run the int64 path on a small tensor (under the interpreter on the CPU, too).
+IDX64_LIMIT = 2**31 - 1
 SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 
 # Copies of inputs made because their layout could not be read in place (module-level, tests read it).
@@ -61,10 +70,11 @@ def _coords(offs, D1, D2, D3):
 
 
 @triton.jit
-def _load_f32(ptr, offs, mask, st_ptr, ROW: tl.constexpr, STRIDED: tl.constexpr, c0, c1, c2, c3):
+def _load_f32(ptr, offs, mask, t0, t1, t2, t3, STRIDED: tl.constexpr, c0, c1, c2, c3):
+    """Element j of a flat input (at the output's offset j) or of a strided one (t0..t3: its strides on the
+    collapsed dims, passed by value), as fp32."""
     if STRIDED:
-        s = st_ptr + ROW * 4
-        off = c0 * tl.load(s) + c1 * tl.load(s + 1) + c2 * tl.load(s + 2) + c3 * tl.load(s + 3)
+        off = c0 * t0 + c1 * t1 + c2 * t2 + c3 * t3
         v = tl.load(ptr + off, mask=mask, other=0.0)
     else:
         v = tl.load(ptr + offs, mask=mask, other=0.0)
@@ -72,15 +82,29 @@ def _load_f32(ptr, offs, mask, st_ptr, ROW: tl.constexpr, STRIDED: tl.constexpr,
 
 
 @triton.jit
-def _fwd_term(acc, y_ptr, w_ptr, K: tl.constexpr, offs, mask, st_ptr, STRIDED: tl.constexpr, c0, c1, c2, c3):
+def _fwd_term(acc, y_ptr, w_ptr, K: tl.constexpr, offs, mask, t0, t1, t2, t3, STRIDED: tl.constexpr,
+              c0, c1, c2, c3):
     w = tl.load(w_ptr + K)
-    return acc + w * _load_f32(y_ptr, offs, mask, st_ptr, K, STRIDED, c0, c1, c2, c3)
+    return acc + w * _load_f32(y_ptr, offs, mask, t0, t1, t2, t3, STRIDED, c0, c1, c2, c3)
 
 
-@triton.jit
+# The stride arguments are not specialised on their values (Triton would otherwise compile one variant per
+# pattern of strides equal to 1 or divisible by 16): one compiled kernel per layout kind, not per shape.
+_STRIDE_ARGS = [f"s{k}_{d}" for k in range(MAX_INPUTS) for d in range(MAX_DIMS)]
+
+
+@triton.jit(do_not_specialize=_STRIDE_ARGS)
 def _mixed_sum_fwd_kernel(
     y0, y1, y2, y3, y4, y5, y6, y7,
-    w_ptr, out_ptr, acc_ptr, st_ptr,
+    w_ptr, out_ptr, acc_ptr,
+    s0_0, s0_1, s0_2, s0_3,
+    s1_0, s1_1, s1_2, s1_3,
+    s2_0, s2_1, s2_2, s2_3,
+    s3_0, s3_1, s3_2, s3_3,
+    s4_0, s4_1, s4_2, s4_3,
+    s5_0, s5_1, s5_2, s5_3,
+    s6_0, s6_1, s6_2, s6_3,
+    s7_0, s7_1, s7_2, s7_3,
     N, D1, D2, D3,
     NUM: tl.constexpr,
     SMASK: tl.constexpr,
@@ -106,21 +130,21 @@ def _mixed_sum_fwd_kernel(
         acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
-    acc = _fwd_term(acc, y0, w_ptr, 0, offs, mask, st_ptr, (SMASK >> 0) & 1, c0, c1, c2, c3)
+    acc = _fwd_term(acc, y0, w_ptr, 0, offs, mask, s0_0, s0_1, s0_2, s0_3, (SMASK >> 0) & 1, c0, c1, c2, c3)
     if NUM > 1:
-        acc = _fwd_term(acc, y1, w_ptr, 1, offs, mask, st_ptr, (SMASK >> 1) & 1, c0, c1, c2, c3)
+        acc = _fwd_term(acc, y1, w_ptr, 1, offs, mask, s1_0, s1_1, s1_2, s1_3, (SMASK >> 1) & 1, c0, c1, c2, c3)
     if NUM > 2:
-        acc = _fwd_term(acc, y2, w_ptr, 2, offs, mask, st_ptr, (SMASK >> 2) & 1, c0, c1, c2, c3)
+        acc = _fwd_term(acc, y2, w_ptr, 2, offs, mask, s2_0, s2_1, s2_2, s2_3, (SMASK >> 2) & 1, c0, c1, c2, c3)
     if NUM > 3:
-        acc = _fwd_term(acc, y3, w_ptr, 3, offs, mask, st_ptr, (SMASK >> 3) & 1, c0, c1, c2, c3)
+        acc = _fwd_term(acc, y3, w_ptr, 3, offs, mask, s3_0, s3_1, s3_2, s3_3, (SMASK >> 3) & 1, c0, c1, c2, c3)
     if NUM > 4:
-        acc = _fwd_term(acc, y4, w_ptr, 4, offs, mask, st_ptr, (SMASK >> 4) & 1, c0, c1, c2, c3)
+        acc = _fwd_term(acc, y4, w_ptr, 4, offs, mask, s4_0, s4_1, s4_2, s4_3, (SMASK >> 4) & 1, c0, c1, c2, c3)
     if NUM > 5:
-        acc = _fwd_term(acc, y5, w_ptr, 5, offs, mask, st_ptr, (SMASK >> 5) & 1, c0, c1, c2, c3)
+        acc = _fwd_term(acc, y5, w_ptr, 5, offs, mask, s5_0, s5_1, s5_2, s5_3, (SMASK >> 5) & 1, c0, c1, c2, c3)
     if NUM > 6:
-        acc = _fwd_term(acc, y6, w_ptr, 6, offs, mask, st_ptr, (SMASK >> 6) & 1, c0, c1, c2, c3)
+        acc = _fwd_term(acc, y6, w_ptr, 6, offs, mask, s6_0, s6_1, s6_2, s6_3, (SMASK >> 6) & 1, c0, c1, c2, c3)
     if NUM > 7:
-        acc = _fwd_term(acc, y7, w_ptr, 7, offs, mask, st_ptr, (SMASK >> 7) & 1, c0, c1, c2, c3)
+        acc = _fwd_term(acc, y7, w_ptr, 7, offs, mask, s7_0, s7_1, s7_2, s7_3, (SMASK >> 7) & 1, c0, c1, c2, c3)
     if WRITE_ACC:
         tl.store(acc_ptr + offs, acc, mask=mask)
     else:
@@ -128,20 +152,29 @@ def _mixed_sum_fwd_kernel(
 
 
 @triton.jit
-def _bwd_term(g, y_ptr, gy_ptr, w_ptr, part_ptr, K: tl.constexpr, offs, mask, st_ptr, STRIDED: tl.constexpr,
-              c0, c1, c2, c3):
-    y = _load_f32(y_ptr, offs, mask, st_ptr, K, STRIDED, c0, c1, c2, c3)
+def _bwd_term(g, y_ptr, gy_ptr, w_ptr, part_ptr, K: tl.constexpr, offs, mask, t0, t1, t2, t3,
+              STRIDED: tl.constexpr, c0, c1, c2, c3):
+    y = _load_f32(y_ptr, offs, mask, t0, t1, t2, t3, STRIDED, c0, c1, c2, c3)
     w = tl.load(w_ptr + K)
     tl.store(gy_ptr + offs, (w * g).to(gy_ptr.dtype.element_ty), mask=mask)
     tl.store(part_ptr + K, tl.sum(g * y, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_STRIDE_ARGS + [f"g_{d}" for d in range(MAX_DIMS)])
 def _mixed_sum_bwd_kernel(
     g_ptr,
     y0, y1, y2, y3, y4, y5, y6, y7,
     gy0, gy1, gy2, gy3, gy4, gy5, gy6, gy7,
-    w_ptr, part_ptr, st_ptr,
+    w_ptr, part_ptr,
+    s0_0, s0_1, s0_2, s0_3,
+    s1_0, s1_1, s1_2, s1_3,
+    s2_0, s2_1, s2_2, s2_3,
+    s3_0, s3_1, s3_2, s3_3,
+    s4_0, s4_1, s4_2, s4_3,
+    s5_0, s5_1, s5_2, s5_3,
+    s6_0, s6_1, s6_2, s6_3,
+    s7_0, s7_1, s7_2, s7_3,
+    g_0, g_1, g_2, g_3,
     N, D1, D2, D3,
     NUM: tl.constexpr,
     SMASK: tl.constexpr,
@@ -162,23 +195,23 @@ def _mixed_sum_bwd_kernel(
     c3 = offs
     if HAS_STRIDED:
         c0, c1, c2, c3 = _coords(offs, D1, D2, D3)
-    g = _load_f32(g_ptr, offs, mask, st_ptr, 8, G_STRIDED, c0, c1, c2, c3)
+    g = _load_f32(g_ptr, offs, mask, g_0, g_1, g_2, g_3, G_STRIDED, c0, c1, c2, c3)
     part = part_ptr + pid * 8
-    _bwd_term(g, y0, gy0, w_ptr, part, 0, offs, mask, st_ptr, (SMASK >> 0) & 1, c0, c1, c2, c3)
+    _bwd_term(g, y0, gy0, w_ptr, part, 0, offs, mask, s0_0, s0_1, s0_2, s0_3, (SMASK >> 0) & 1, c0, c1, c2, c3)
     if NUM > 1:
-        _bwd_term(g, y1, gy1, w_ptr, part, 1, offs, mask, st_ptr, (SMASK >> 1) & 1, c0, c1, c2, c3)
+        _bwd_term(g, y1, gy1, w_ptr, part, 1, offs, mask, s1_0, s1_1, s1_2, s1_3, (SMASK >> 1) & 1, c0, c1, c2, c3)
     if NUM > 2:
-        _bwd_term(g, y2, gy2, w_ptr, part, 2, offs, mask, st_ptr, (SMASK >> 2) & 1, c0, c1, c2, c3)
+        _bwd_term(g, y2, gy2, w_ptr, part, 2, offs, mask, s2_0, s2_1, s2_2, s2_3, (SMASK >> 2) & 1, c0, c1, c2, c3)
     if NUM > 3:
-        _bwd_term(g, y3, gy3, w_ptr, part, 3, offs, mask, st_ptr, (SMASK >> 3) & 1, c0, c1, c2, c3)
+        _bwd_term(g, y3, gy3, w_ptr, part, 3, offs, mask, s3_0, s3_1, s3_2, s3_3, (SMASK >> 3) & 1, c0, c1, c2, c3)
     if NUM > 4:
-        _bwd_term(g, y4, gy4, w_ptr, part, 4, offs, mask, st_ptr, (SMASK >> 4) & 1, c0, c1, c2, c3)
+        _bwd_term(g, y4, gy4, w_ptr, part, 4, offs, mask, s4_0, s4_1, s4_2, s4_3, (SMASK >> 4) & 1, c0, c1, c2, c3)
     if NUM > 5:
-        _bwd_term(g, y5, gy5, w_ptr, part, 5, offs, mask, st_ptr, (SMASK >> 5) & 1, c0, c1, c2, c3)
+        _bwd_term(g, y5, gy5, w_ptr, part, 5, offs, mask, s5_0, s5_1, s5_2, s5_3, (SMASK >> 5) & 1, c0, c1, c2, c3)
     if NUM > 6:
-        _bwd_term(g, y6, gy6, w_ptr, part, 6, offs, mask, st_ptr, (SMASK >> 6) & 1, c0, c1, c2, c3)
+        _bwd_term(g, y6, gy6, w_ptr, part, 6, offs, mask, s6_0, s6_1, s6_2, s6_3, (SMASK >> 6) & 1, c0, c1, c2, c3)
     if NUM > 7:
-        _bwd_term(g, y7, gy7, w_ptr, part, 7, offs, mask, st_ptr, (SMASK >> 7) & 1, c0, c1, c2, c3)
+        _bwd_term(g, y7, gy7, w_ptr, part, 7, offs, mask, s7_0, s7_1, s7_2, s7_3, (SMASK >> 7) & 1, c0, c1, c2, c3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,7 +254,8 @@ def _check(ys: Sequence[Tensor], w: Tensor) -> None:
 
 
 class _Plan:
-    """Layout decisions shared by forward and backward: which inputs are strided, the stride table."""
+    """Layout decisions shared by forward and backward: which inputs are strided, their strides on the
+    collapsed dims (kernel arguments, see stride_args), 32- or 64-bit indexing."""
 
     def __init__(self, ys: List[Tensor], ostrides: List[int], g: Tensor = None):
         global COPIES
@@ -235,6 +269,7 @@ class _Plan:
         )
         tensors = [y for y, s in zip(self.ys, self.strided) if s] + ([g] if self.g_strided else [])
         self.dims = [1, 1, 1, 1]
+        self.rows = {}
         if tensors:
             dsz, dst = plan_strided(sizes, ostrides, [list(t.stride()) for t in tensors])
             if len(dsz) > MAX_DIMS:
@@ -252,7 +287,6 @@ class _Plan:
             else:
                 pad = MAX_DIMS - len(dsz)
                 self.dims = [1] * pad + dsz
-                self.rows = {}
                 j = 0
                 for i, s in enumerate(self.strided):
                     if s:
@@ -263,25 +297,21 @@ class _Plan:
         n = ys[0].numel()
         reach = max([n] + [max_offset(sizes, list(t.stride())) + 1 for t in tensors])
         block, _ = _launch_config(n)
-        self.idx64 = reach + block >= 2**31 - 1 or n + block >= 2**31 - 1
+        self.idx64 = reach + block >= IDX64_LIMIT or n + block >= IDX64_LIMIT
         self.has_strided = bool(tensors)
 
-    def tables(self, chunks: List[List[int]], device) -> List[Tensor]:
-        """One (9, 4) stride table per chunk (rows 0..7: its inputs, row 8: grad_out); one H2D copy."""
-        if not self.has_strided:
-            return [None] * len(chunks)
-        rows = []
-        for idx in chunks:
-            t = [[0, 0, 0, 0] for _ in range(MAX_INPUTS + 1)]
-            for slot, i in enumerate(idx):
-                if self.strided[i]:
-                    t[slot] = self.rows[("y", i)]
-            if self.g_strided:
-                t[MAX_INPUTS] = self.rows[("g", 0)]
-            rows.append(t)
-        dt = torch.int64 if self.idx64 else torch.int32
-        tab = torch.tensor(rows, dtype=dt).to(device)
-        return [tab[c] for c in range(len(chunks))]
+    def stride_args(self, idx: List[int]) -> List[int]:
+        """The kernels' 32 stride arguments of one chunk (4 per input slot; zeros for flat inputs and unused
+        slots). Plain Python ints: they travel with the launch, nothing is copied to the device."""
+        out = []
+        for slot in range(MAX_INPUTS):
+            i = idx[slot] if slot < len(idx) else None
+            out += self.rows[("y", i)] if i is not None and self.strided[i] else [0, 0, 0, 0]
+        return out
+
+    def g_stride_args(self) -> List[int]:
+        """grad_out's 4 stride arguments (zeros when it is read flat)."""
+        return list(self.rows[("g", 0)]) if self.g_strided else [0, 0, 0, 0]
 
     def smask(self, idx: List[int]) -> int:
         m = 0
@@ -289,6 +319,12 @@ class _Plan:
             if self.strided[i]:
                 m |= 1 << slot
         return m
+
+
+def _on_device(t: Tensor):
+    """Run allocations and launches on `t`'s GPU (Triton launches on the *current* device and its current
+    stream): torch.cuda.device_of for CUDA tensors, nothing for CPU tensors (the interpreter)."""
+    return torch.cuda.device_of(t) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _copy_to(t: Tensor, ostrides: List[int]) -> Tensor:
@@ -312,7 +348,11 @@ def _pad(ptrs: List[Tensor], fill: Tensor) -> List[Tensor]:
 def forward(ys: Sequence[Tensor], w: Tensor) -> Tensor:
     """out = sum_i w[i] * ys[i] (fp32 accumulation), out in the layout given by layout.out_strides."""
     _check(ys, w)
-    ys = list(ys)
+    with _on_device(ys[0]):
+        return _forward(list(ys), w)
+
+
+def _forward(ys: List[Tensor], w: Tensor) -> Tensor:
     dev = ys[0].device
     sizes = list(ys[0].shape)
     ostrides = out_strides(ys)
@@ -323,7 +363,6 @@ def forward(ys: Sequence[Tensor], w: Tensor) -> Tensor:
     w = w.to(device=dev, dtype=torch.float32).contiguous()
     plan = _Plan(ys, ostrides)
     chunks = _chunks(len(ys))
-    tabs = plan.tables(chunks, dev)
     block, warps = _launch_config(n)
     grid = (triton.cdiv(n, block),)
     multi = len(chunks) > 1
@@ -340,7 +379,7 @@ def forward(ys: Sequence[Tensor], w: Tensor) -> Tensor:
             w[idx[0]:],
             out,
             acc if acc is not None else out,
-            tabs[c] if tabs[c] is not None else w,
+            *plan.stride_args(idx),
             n,
             plan.dims[1],
             plan.dims[2],
@@ -362,10 +401,15 @@ def backward(grad_out: Tensor, ys: Sequence[Tensor], w: Tensor) -> Tuple[List[Te
     (fp32), reading grad_out once per chunk of MAX_INPUTS inputs."""
     _check(ys, w)
     ys = list(ys)
+    if grad_out.shape != ys[0].shape or grad_out.device != ys[0].device:
+        raise ValueError("mixed_sum backward: grad_out does not match the inputs")
+    with _on_device(ys[0]):
+        return _backward(grad_out, ys, w)
+
+
+def _backward(grad_out: Tensor, ys: List[Tensor], w: Tensor) -> Tuple[List[Tensor], Tensor]:
     dev = ys[0].device
     sizes = list(ys[0].shape)
-    if grad_out.shape != ys[0].shape or grad_out.device != dev:
-        raise ValueError("mixed_sum backward: grad_out does not match the inputs")
     if grad_out.dtype not in SUPPORTED:
         grad_out = grad_out.float()
     ostrides = out_strides(ys)
@@ -377,7 +421,6 @@ def backward(grad_out: Tensor, ys: Sequence[Tensor], w: Tensor) -> Tuple[List[Te
     w = w.to(device=dev, dtype=torch.float32).contiguous()
     plan = _Plan(ys, ostrides, grad_out)
     chunks = _chunks(k)
-    tabs = plan.tables(chunks, dev)
     block, warps = _launch_config(n)
     nblocks = triton.cdiv(n, block)
     part = torch.empty((len(chunks), nblocks, MAX_INPUTS), dtype=torch.float32, device=dev)
@@ -390,7 +433,8 @@ def backward(grad_out: Tensor, ys: Sequence[Tensor], w: Tensor) -> Tuple[List[Te
             *gptrs,
             w[idx[0]:],
             part[c],
-            tabs[c] if tabs[c] is not None else w,
+            *plan.stride_args(idx),
+            *plan.g_stride_args(),
             n,
             plan.dims[1],
             plan.dims[2],
@@ -408,4 +452,5 @@ def backward(grad_out: Tensor, ys: Sequence[Tensor], w: Tensor) -> Tuple[List[Te
 
 
 # COPIES is read as an attribute of this module (mixed_sum.COPIES or copy_count()), not imported by name.
-__all__ = ["forward", "backward", "copy_count", "reset_copy_count", "MAX_INPUTS", "MAX_DIMS", "INTERPRET"]
+__all__ = ["forward", "backward", "copy_count", "reset_copy_count", "MAX_INPUTS", "MAX_DIMS", "INTERPRET",
+           "IDX64_LIMIT"]

@@ -257,6 +257,39 @@ def test_baseline_epilogue_without_avx2(ops):
     run_in_fresh_process(code, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
 
 
+def backward_allocations(inputs) -> int:
+    """Bytes the CPU op darts_rnn_backward allocates (every allocation inside it, freed or not: an upper
+    bound on its peak), from the profiler's per-op memory records."""
+    from torch.profiler import ProfilerActivity, profile
+
+    saved = torch.ops.emodarts.darts_rnn_forward(*inputs)
+    g = torch.randn_like(saved[0])
+    args = (g,) + tuple(t.contiguous() for t in inputs[1:]) + tuple(saved)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.ops.emodarts.darts_rnn_backward(*args)
+    events = prof.events()
+    (op,) = [e for e in events if e.name == "emodarts::darts_rnn_backward"]
+    inside = [e for e in events if e is not op and e.name != "[memory]"
+              and op.time_range.start <= e.time_range.start <= op.time_range.end]
+    return sum(max(e.self_cpu_memory_usage, 0) for e in inside) + max(op.self_cpu_memory_usage, 0)
+
+
+def test_backward_keeps_one_step_of_pre_activation_gradients(ops):
+    """Issue 13, item 5: the backward keeps [dC | dZ] for one step ((E, B, 2H)), not for all T steps
+    ((T, E, B, 2H): 4.8 GB at E = 36, B = T = 128, H = 1024), accumulating dW_i step by step. Its allocations
+    are its outputs plus one step's buffers, well under one (T, E, B, 2H) tensor."""
+    T, B, H, S = 24, 4, 16, 8
+    inputs = make_inputs(T, B, H, S, dtype=torch.float32)
+    E, f = n_darts_edges(S), 4
+    outputs = (T * B * 2 * H + B * H + H * 2 * H + S * H * 2 * H + E * 4) * f
+    one_step = (E * B * 2 * H + (S + 1) * B * H + B * H) * f + B * E * 4 * 8
+    all_steps = T * E * B * 2 * H * f
+    got = backward_allocations(inputs)
+    assert got > 0, "the profiler recorded no allocations"
+    assert got <= outputs + 2 * one_step, (got, outputs, one_step, all_steps)
+    assert got < outputs + all_steps // 4
+
+
 # --------------------------------------------------------------------------------------------------
 # autograd, registration, errors
 
@@ -340,6 +373,28 @@ def test_cuda_saved_state_matches_cpu(ops):
     two = torch.ops.emodarts.darts_rnn_backward(*args)
     for a, b in zip(one, two):
         assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_cuda_backward_memory(ops):
+    """Issue 13, item 5, on the GPU: the backward's extra memory (above its inputs and outputs) is a few steps'
+    buffers, not a (T, E, B, 2H) stack of [dC | dZ] or a (T, H, 2H) stack of per-step weight gradients."""
+    df.ensure_cuda()
+    T, B, H, S = 32, 16, 256, 8
+    E, f = n_darts_edges(S), 4
+    inputs = [t.cuda() for t in make_inputs(T, B, H, S, dtype=torch.float32)]
+    saved = torch.ops.emodarts.darts_rnn_forward(*inputs)
+    args = (torch.randn_like(saved[0]),) + tuple(t.contiguous() for t in inputs[1:]) + tuple(saved)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    grads = torch.ops.emodarts.darts_rnn_backward(*args)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before - sum(g.numel() * g.element_size() for g in grads)
+    stacks = min(T * E * B * 2 * H, T * H * 2 * H) * f
+    one_step = (E * B * 2 * H + (S + 1) * B * H + B * H) * f
+    assert extra <= 4 * one_step + 2**21, (extra, one_step, stacks)
+    assert extra < stacks // 2
 
 
 @pytest.mark.gpu

@@ -316,3 +316,18 @@ def test_cuda_per_unit_gradcheck(ops):
                                             for a in _layer_inputs(kx)]
         assert torch.autograd.gradcheck(lambda *a: gr.grouped_rnn_layer(*a, n_lstm, rev), (x, w_ih, w_hh, bias),
                                         eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hidden", [128, 256, 512, 1024])
+def test_cuda_large_hidden_long_sequence(ops, hidden, monkeypatch):
+    """Issue 13: the grouped CUDA layer at the hidden sizes a search uses (128 up to 1024) over more than 7
+    steps, LSTM and RNN units, a deeper layer and both directions in one call; float32 (TF32 off in the cuDNN
+    reference) judged against float64."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    gr.ensure_cuda()
+    torch.manual_seed(hidden)
+    dev = torch.device("cuda")
+    mods = [make(s, hidden, 64, torch.float32).to(dev) for s in ("lstm1", "rnn1", "lstm2", "rnn1bi", "lstm1bi")]
+    compare(mods, torch.randn(4, 12, 64, device=dev), TOL[torch.float32])

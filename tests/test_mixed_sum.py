@@ -432,6 +432,157 @@ def test_triton_copies_only_when_unavoidable(km):
     assert km.copy_count() == 2  # the odd input, once in forward and once in backward
 
 
+def _strided_case(dev, dtype=torch.float32, k=11, seed=21):
+    """k inputs (two chunks) with transposed, sliced and expanded ones, and a transposed grad_out."""
+    gen = torch.Generator().manual_seed(seed)
+    ys = [torch.randn(5, 6, 7, generator=gen).to(dtype).to(dev) for _ in range(k - 3)]
+    ys.append(torch.randn(7, 6, 5, generator=gen).to(dtype).to(dev).permute(2, 1, 0))
+    ys.append(torch.randn(5, 6, 13, generator=gen).to(dtype).to(dev)[..., ::2])
+    ys.append(torch.randn(5, 1, 7, generator=gen).to(dtype).to(dev).expand(5, 6, 7))
+    alpha = torch.randn(E, M, generator=gen).to(dev)
+    pairs = [(e, m) for e in range(E) for m in range(1, M)]
+    index = [pairs[(3 * i) % len(pairs)] for i in range(k)]
+    g = torch.randn(7, 6, 5, generator=gen).to(dtype).to(dev).permute(2, 1, 0)
+    return ys, alpha, index, g
+
+
+def test_triton_int64_index_path(km, monkeypatch):
+    """The 64-bit index path (IDX64, taken at 2**31 elements or offsets) on a small tensor: the threshold is a
+    module-level name, lowered here, so the path runs under the interpreter too (issue 13)."""
+    ys, alpha, index, g = _strided_case(TRITON_DEVICE)
+    plan = km._Plan(ys, km.out_strides(ys), g)
+    assert not plan.idx64 and plan.has_strided
+    monkeypatch.setattr(km, "IDX64_LIMIT", 0)
+    assert km._Plan(ys, km.out_strides(ys), g).idx64
+    km.reset_copy_count()
+    check(fused.mixed_sum_triton, ys, alpha, index, g, "int64 indices, strided inputs")
+    ys, alpha, index, g = make_case(9, (4097,), torch.float32, device=TRITON_DEVICE, seed=5)
+    check(fused.mixed_sum_triton, ys, alpha, index, g, "int64 indices, flat inputs")
+    assert km.copy_count() == 0
+
+
+class _GuardRecorder:
+    """Stands in for kernels.mixed_sum._on_device: records the tensors it guards and whether a guard is open."""
+
+    def __init__(self, real):
+        self.real, self.open, self.devices = real, 0, []
+
+    def __call__(self, t):
+        rec = self
+
+        class _Guard:
+            def __enter__(self):
+                rec.open += 1
+                rec.devices.append(t.device)
+                self.inner = rec.real(t)
+                return self.inner.__enter__()
+
+            def __exit__(self, *exc):
+                rec.open -= 1
+                return self.inner.__exit__(*exc)
+
+        return _Guard()
+
+
+class _LaunchSpy:
+    """Wraps a Triton kernel: every launch must happen inside an open device guard on its tensors' device."""
+
+    def __init__(self, kernel, guard):
+        self.kernel, self.guard, self.launches = kernel, guard, 0
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            assert self.guard.open > 0, "a Triton launch outside the inputs' device guard"
+            devs = {a.device for a in args if torch.is_tensor(a)}
+            assert devs == {self.guard.devices[-1]}, (devs, self.guard.devices[-1])
+            self.launches += 1
+            return launch(*args, **kwargs)
+
+        return run
+
+
+def test_triton_launches_run_under_the_inputs_device(km, monkeypatch):
+    """Issue 13, item 1: Triton launches on the *current* device; every launch (and allocation) of the mixed
+    sum runs inside a guard on the inputs' device (torch.cuda.device_of; a no-op for CPU tensors). On two GPUs
+    tests/test_gpu_kernels.py runs it on cuda:1 for real."""
+    guard = _GuardRecorder(km._on_device)
+    monkeypatch.setattr(km, "_on_device", guard)
+    fwd = _LaunchSpy(km._mixed_sum_fwd_kernel, guard)
+    bwd = _LaunchSpy(km._mixed_sum_bwd_kernel, guard)
+    monkeypatch.setattr(km, "_mixed_sum_fwd_kernel", fwd)
+    monkeypatch.setattr(km, "_mixed_sum_bwd_kernel", bwd)
+    ys, alpha, index, g = _strided_case(TRITON_DEVICE)
+    check(fused.mixed_sum_triton, ys, alpha, index, g, "guarded")
+    assert fwd.launches == 2 and bwd.launches == 2  # two chunks of inputs each way
+    assert guard.open == 0 and set(guard.devices) == {ys[0].device}
+
+
+def test_triton_guard_targets_the_inputs_gpu(km):
+    """The guard names the tensor's own GPU (fake CUDA tensors: no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        t0 = torch.empty(3, device="cuda:0")
+        t1 = torch.empty(3, device="cuda:1")
+    assert km._on_device(t1).idx == 1 and km._on_device(t0).idx == 0
+    assert km._on_device(torch.empty(3)).__class__.__name__ == "nullcontext"
+
+
+# ops that synchronise with a GPU or copy host data to it, when the tensors are CUDA tensors
+HOST_SYNC_OPS = ("aten.lift_fresh", "aten._local_scalar_dense", "aten._to_copy", "aten.nonzero", "aten.is_nonzero",
+                 "aten.equal", "aten.item", "aten._copy_from")
+
+
+class HostOpRecorder:
+    """A TorchDispatchMode that records every op of a call and flags host tensors (torch.tensor(data): an H2D
+    copy on a GPU), scalar reads (.item(), float(t)) and device copies: what would synchronise a GPU step."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        rec = self
+        self.ops = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = str(func)
+                if name.startswith("aten._to_copy"):  # a dtype conversion is fine, a device change is not
+                    dev = kwargs.get("device")
+                    src = args[0].device if args and torch.is_tensor(args[0]) else None
+                    name = name if dev is not None and torch.device(dev) != src else "dtype conversion"
+                rec.ops.append(name)
+                return func(*args, **kwargs)
+
+        self.mode = Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+    @property
+    def host_ops(self):
+        return [op for op in self.ops if op.startswith(HOST_SYNC_OPS)]
+
+
+def test_triton_step_builds_no_host_tensors(km):
+    """Issue 13, item 2: a call with strided inputs used to build its stride table on the host and copy it to
+    the device (a synchronising H2D copy on every call); the strides now go to the kernels as arguments. After
+    the first call (which caches the (e, m) index on the device), forward and backward run no op that builds a
+    host tensor, reads a scalar or copies between devices."""
+    ys, alpha, index, g = _strided_case(TRITON_DEVICE)
+    run(fused.mixed_sum_triton, ys, alpha, index, g)  # warm: the cached index
+    with HostOpRecorder() as rec:
+        run(fused.mixed_sum_triton, ys, alpha, index, g)
+    assert rec.ops, "the dispatch mode saw nothing"
+    assert not rec.host_ops, rec.host_ops
+
+
 def test_cpp_never_copies_high_rank(cpp):
     gen = torch.Generator().manual_seed(12)
     shape = (2, 3, 2, 3, 2, 3)
@@ -655,8 +806,9 @@ n = 0
 for dt, num, smask, ra, wa, i64 in [("fp32", 8, 0, False, False, False), ("bf16", 3, 5, True, True, False),
                                     ("fp16", 1, 1, True, False, True)]:
     s = {f"y{i}": f"*{dt}" for i in range(8)}
-    s.update({"w_ptr": "*fp32", "out_ptr": f"*{dt}", "acc_ptr": "*fp32", "st_ptr": "*i64" if i64 else "*i32",
-              "N": "i32", "D1": "i32", "D2": "i32", "D3": "i32"})
+    s.update({"w_ptr": "*fp32", "out_ptr": f"*{dt}", "acc_ptr": "*fp32"})
+    s.update({f"s{k}_{d}": "i64" if i64 else "i32" for k in range(8) for d in range(4)})
+    s.update({"N": "i32", "D1": "i32", "D2": "i32", "D3": "i32"})
     c = {"NUM": num, "SMASK": smask, "HAS_STRIDED": smask != 0, "READ_ACC": ra, "WRITE_ACC": wa, "IDX64": i64,
          "BLOCK": 1024}
     s.update({k: "constexpr" for k in c})
@@ -666,8 +818,10 @@ for dt, num, smask, gs, i64 in [("fp32", 8, 0, False, False), ("bf16", 5, 3, Tru
     s = {"g_ptr": f"*{dt}"}
     s.update({f"y{i}": f"*{dt}" for i in range(8)})
     s.update({f"gy{i}": f"*{dt}" for i in range(8)})
-    s.update({"w_ptr": "*fp32", "part_ptr": "*fp32", "st_ptr": "*i64" if i64 else "*i32",
-              "N": "i32", "D1": "i32", "D2": "i32", "D3": "i32"})
+    s.update({"w_ptr": "*fp32", "part_ptr": "*fp32"})
+    s.update({f"s{k}_{d}": "i64" if i64 else "i32" for k in range(8) for d in range(4)})
+    s.update({f"g_{d}": "i64" if i64 else "i32" for d in range(4)})
+    s.update({"N": "i32", "D1": "i32", "D2": "i32", "D3": "i32"})
     c = {"NUM": num, "SMASK": smask, "G_STRIDED": gs, "HAS_STRIDED": gs or smask != 0, "IDX64": i64, "BLOCK": 1024}
     s.update({k: "constexpr" for k in c})
     compile(ASTSource(km._mixed_sum_bwd_kernel, s, c, attrs=ptr_attrs(s)), target=tgt, options={"num_warps": 4})

@@ -13,13 +13,20 @@
 // pre-activation block and one epilogue kernel (one thread per (b, h): gate, the four activations, the
 // blend with probs, the sum over predecessors; the last node also writes h_t = mean(s_1 .. s_S)).
 // Backward, per step (last to first): one kernel sets dL/ds_k = (grad_hs[t] + carried dL/dh_t) / S; per
-// node in reverse order one epilogue kernel ([dC | dZ] into a saved block, the direct term into dL/ds_j)
+// node in reverse order one epilogue kernel ([dC | dZ] into the step's buffer, the direct term into dL/ds_j)
 // and one GEMM dL/ds_{0..i} += [dC | dZ] W_i^T (in place, beta = 1); then the s0 kernel writes
-// dL/dx_proj[t] and the direct part of dL/dh_{t-1}, and one GEMM adds [dc0 | dz0] W0h^T. The state
-// gradients of every step are kept (T, S + 1, B, H): after the loop one kernel reduces the probs gradient
-// over (t, b, h) per edge (fixed grid, double partial sums, block tree reduction, then a sum over chunks:
-// deterministic), dW_i = sum_t S_{i,t}^T dPre_{i,t} as one strided batched GEMM over t and a sum, and dW0h
-// as two GEMMs (h0, then hs[0 .. T-2]).
+// dL/dx_proj[t] and the direct part of dL/dh_{t-1}, and one GEMM adds [dc0 | dz0] W0h^T. The weight
+// gradients dW_i are accumulated in place step by step (dW_i += S_{i,t}^T dPre_{i,t}, one GEMM per node and
+// step, beta = 1) and one kernel per step adds the step's share of the probs gradient (fixed grid, double
+// partial sums, block tree reduction; a sum over chunks after the loop: deterministic). So the backward keeps
+// only one step of [dC | dZ] (E, B, 2H) and of the state gradients (S + 1, B, H), never a (T, ...) stack of
+// them or of per-step weight gradients (at E = 36, B = T = 128, H = 1024 in fp32 such stacks take 4.8 GB for
+// [dC | dZ], 0.6 GB for the state gradients, 1.1 GB for (T, H, 2H)).
+// dW0h: two GEMMs after the loop (h0, then hs[0 .. T-2]). The forward's saved `pre` (T, E, B, 2H) stays: the
+// backward reads it (recomputing it would cost one more GEMM per node and step).
+//
+// No host synchronisation: nothing is copied between host and device; every launch and allocation runs
+// under a CUDAGuard on the inputs' device.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -174,24 +181,27 @@ __global__ void s0_bwd_kernel(int64_t B, int64_t H, const T* __restrict__ pre0, 
   }
 }
 
-// dL/dp[e, f] = sum over (t, b, h) of g (s + c (f(z) - s)), g = dL/ds_{i+1}, s = s_j, for edge e = (i, j).
-// Grid (chunks, E): block (chunk, e) sums a fixed, strided part of the T*B*H elements in double, reduces it
-// in the block (warp shuffles, then shared memory) and writes partial[e, chunk, 0..3].
+// One step's share of dL/dp[e, f] = sum over (t, b, h) of g (s + c (f(z) - s)), g = dL/ds_{i+1}, s = s_j, for
+// edge e = (i, j). st, ds: the step's states and state gradients (S + 1, B, H); pre: the step's saved
+// pre-activations (E, B, 2H). Grid (chunks, E): block (chunk, e) sums a fixed, strided part of the B*H
+// elements in double, reduces it in the block (warp shuffles, then shared memory) and adds it to
+// partial[e, chunk, 0..3]. The same block owns the same slot at every step and the steps run in stream
+// order, so the sum is deterministic.
 template <typename T>
-__global__ void probs_grad_kernel(Dims d, const T* __restrict__ states, const T* __restrict__ pre,
-                                  const T* __restrict__ dstates, double* __restrict__ partial) {
+__global__ void probs_grad_step_kernel(int64_t B, int64_t H, const T* __restrict__ st,
+                                       const T* __restrict__ pre, const T* __restrict__ ds,
+                                       double* __restrict__ partial) {
   const int64_t e = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
   int64_t i = 0;
   while ((i + 1) * (i + 2) / 2 <= e) ++i;
   const int64_t j = e - i * (i + 1) / 2;
-  const int64_t BH = d.B * d.H, N = d.T * BH, H = d.H;
+  const int64_t BH = B * H;
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
-  for (int64_t n = chunk * int64_t(blockDim.x) + threadIdx.x; n < N; n += chunks * int64_t(blockDim.x)) {
-    const int64_t t = n / BH, r = n % BH;
-    const int64_t b = r / H, x = r % H;
-    const T g = dstates[(t * (d.S + 1) + i + 1) * BH + r];
-    const T s = states[(t * (d.S + 1) + j) * BH + r];
-    const T* pr = pre + ((t * d.E + e) * d.B + b) * 2 * H;
+  for (int64_t n = chunk * int64_t(blockDim.x) + threadIdx.x; n < BH; n += chunks * int64_t(blockDim.x)) {
+    const int64_t b = n / H, x = n % H;
+    const T g = ds[(i + 1) * BH + n];
+    const T s = st[j * BH + n];
+    const T* pr = pre + (e * B + b) * 2 * H;
     const T c = pr[x];
     const T z = pr[H + x];
     const T gc = g * c;
@@ -214,7 +224,7 @@ __global__ void probs_grad_kernel(Dims d, const T* __restrict__ states, const T*
     const int f = threadIdx.x;
     double v = 0.0;
     for (int w = 0; w < kThreads / 32; ++w) v += red[f][w];
-    partial[(e * chunks + chunk) * 4 + f] = v;
+    partial[(e * chunks + chunk) * 4 + f] += v;
   }
 }
 
@@ -224,8 +234,9 @@ __global__ void probs_grad_kernel(Dims d, const T* __restrict__ states, const T*
 std::tuple<Tensor, Tensor, Tensor, Tensor> darts_rnn_forward_cuda(const Tensor& x_proj, const Tensor& h0_,
                                                                   const Tensor& w0h_, const Tensor& ws_,
                                                                   const Tensor& probs_) {
+  TORCH_CHECK(x_proj.is_cuda(), "darts_rnn (CUDA kernel) got a tensor on ", x_proj.device());
+  const c10::cuda::CUDAGuard guard(x_proj.device());  // allocations, GEMMs, launches on x_proj's GPU
   const Dims d = make_dims(x_proj, false, h0_, w0h_, ws_, probs_);
-  const c10::cuda::CUDAGuard guard(x_proj.device());
   const Tensor h0 = h0_.contiguous(), w0h = w0h_.contiguous(), ws = ws_.contiguous(), probs = probs_.contiguous();
   const int64_t T_ = d.T, B = d.B, H = d.H, S = d.S, E = d.E, BH = B * H;
   auto opts = x_proj.options();
@@ -267,9 +278,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> darts_rnn_forward_cuda(const Tensor& 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
     const Tensor& grad_hs_, const Tensor& h0_, const Tensor& w0h_, const Tensor& ws_, const Tensor& probs_,
     const Tensor& hs_, const Tensor& states_, const Tensor& pre0_, const Tensor& pre_) {
+  TORCH_CHECK(hs_.is_cuda(), "darts_rnn (CUDA kernel) got a tensor on ", hs_.device());
+  const c10::cuda::CUDAGuard guard(hs_.device());
   const Dims d = make_dims(hs_, true, h0_, w0h_, ws_, probs_);
   check_saved(d, grad_hs_, hs_, states_, pre0_, pre_);
-  const c10::cuda::CUDAGuard guard(hs_.device());
   const Tensor gh = grad_hs_.contiguous(), h0 = h0_.contiguous(), w0h = w0h_.contiguous(), ws = ws_.contiguous(),
                probs = probs_.contiguous(), hs = hs_.contiguous(), states = states_.contiguous(),
                pre0 = pre0_.contiguous(), pre = pre_.contiguous();
@@ -277,14 +289,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
   auto opts = hs.options();
   Tensor gx = at::empty({T_, B, 2 * H}, opts);
   Tensor dh = at::empty({B, H}, opts);  // dL/dh carried to the previous step; dL/dh0 at the end
-  Tensor dpre = at::empty({T_, E, B, 2 * H}, opts);
-  Tensor dstates = at::empty({T_, S + 1, B, H}, opts);
-  Tensor dpre2d = dpre.view({T_ * E * B, 2 * H});
-  Tensor dstates2d = dstates.view({T_ * (S + 1) * B, H});
+  // one step's buffers, reused at every step: [dC | dZ] of every edge, the state gradients
+  Tensor dpre = at::empty({E * B, 2 * H}, opts);
+  Tensor dst = at::empty({S + 1, B, H}, opts);
+  Tensor dst2d = dst.view({(S + 1) * B, H});
+  Tensor states2d = states.view({T_ * (S + 1) * B, H});
+  Tensor gws = at::empty({S, H, 2 * H}, opts);
+  // probs gradient: a fixed grid over one step's B*H elements (deterministic), double partial sums
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(256, (BH + kThreads * 8 - 1) / (kThreads * 8)));
+  Tensor partial = at::zeros({E, chunks, 4}, opts.dtype(at::kDouble));
   auto stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const Tensor h = t == 0 ? h0 : hs[t - 1];
-    Tensor dst = dstates[t];
     AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_init", [&] {
       ds_init_kernel<scalar_t><<<blocks_for(BH), kThreads, 0, stream>>>(
           BH, S, gh[t].const_data_ptr<scalar_t>(), t < T_ - 1 ? dh.const_data_ptr<scalar_t>() : nullptr,
@@ -293,7 +309,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
     });
     for (int64_t i = S - 1; i >= 0; --i) {
       const int64_t nj = i + 1, e0 = i * (i + 1) / 2;
-      Tensor dpn = dpre2d.narrow(0, (t * E + e0) * B, nj * B);
+      Tensor dpn = dpre.narrow(0, e0 * B, nj * B);
       AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_node", [&] {
         node_bwd_kernel<scalar_t><<<blocks_for(BH), kThreads, 0, stream>>>(
             B, H, nj, probs.const_data_ptr<scalar_t>() + 4 * e0,
@@ -302,46 +318,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       // dL/ds_j += [dC_j | dZ_j] W_i^T for j = 0 .. i, one GEMM over the stacked rows
-      Tensor dsn = dstates2d.narrow(0, t * (S + 1) * B, nj * B);
+      Tensor dsn = dst2d.narrow(0, 0, nj * B);
       dsn.addmm_(dpn, ws[i].t());
+      // dW_i += S_{i,t}^T [dC | dZ]_{i,t}: accumulated in place, step by step (no per-step (T, H, 2H) stack)
+      const Tensor src = states2d.narrow(0, t * (S + 1) * B, nj * B);
+      Tensor gwi = gws[i];
+      if (t == T_ - 1) {
+        at::mm_out(gwi, src.t(), dpn);
+      } else {
+        gwi.addmm_(src.t(), dpn);
+      }
     }
+    AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_probs", [&] {
+      probs_grad_step_kernel<scalar_t><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(E)), kThreads, 0,
+                                         stream>>>(B, H, states[t].const_data_ptr<scalar_t>(),
+                                                   pre.const_data_ptr<scalar_t>() + t * E * B * 2 * H,
+                                                   dst.const_data_ptr<scalar_t>(), partial.data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
     Tensor gxt = gx[t];
     AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_s0", [&] {
       s0_bwd_kernel<scalar_t><<<blocks_for(BH), kThreads, 0, stream>>>(
-          B, H, pre0[t].const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), dst[0].const_data_ptr<scalar_t>(),
+          B, H, pre0[t].const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), dst.const_data_ptr<scalar_t>(),
           gxt.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     dh.addmm_(gxt, w0h.t());  // dL/dh_{t-1} += [dc0 | dz0] W0h^T
   }
-  // weight gradients over all steps
+  // dW0h over all steps: two GEMMs (h0, then hs[0 .. T-2]) on the stacked (T * B, ...) operands
   Tensor gw0h = at::empty({H, 2 * H}, opts);
   at::mm_out(gw0h, h0.t(), gx[0]);
   if (T_ > 1) gw0h.addmm_(hs.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}).t(),
                           gx.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 2 * H}));
-  Tensor gws = at::empty({S, H, 2 * H}, opts);
-  Tensor per_step = at::empty({T_, H, 2 * H}, opts);
-  for (int64_t i = 0; i < S; ++i) {
-    const int64_t nj = i + 1, e0 = i * (i + 1) / 2;
-    // (T, H, nj B): every step's stacked sources, transposed; (T, nj B, 2H): their pre-activation gradients
-    Tensor src = states.as_strided({T_, H, nj * B}, {(S + 1) * BH, 1, H}, states.storage_offset());
-    Tensor dp = dpre.as_strided({T_, nj * B, 2 * H}, {E * B * 2 * H, 2 * H, 1},
-                                dpre.storage_offset() + e0 * B * 2 * H);
-    at::bmm_out(per_step, src, dp);
-    Tensor gwi = gws[i];
-    const int64_t dim0[1] = {0};
-    at::sum_out(gwi, per_step, at::IntArrayRef(dim0, 1));
-  }
-  // probs gradient: fixed grid (deterministic), double partial sums
-  const int64_t N = T_ * BH;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(256, (N + kThreads * 8 - 1) / (kThreads * 8)));
-  Tensor partial = at::empty({E, chunks, 4}, opts.dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_probs", [&] {
-    probs_grad_kernel<scalar_t><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(E)), kThreads, 0,
-                                  stream>>>(d, states.const_data_ptr<scalar_t>(), pre.const_data_ptr<scalar_t>(),
-                                            dstates.const_data_ptr<scalar_t>(), partial.data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
   Tensor gprobs = partial.sum(1).to(hs.scalar_type());
   return {gx, dh, gw0h, gws, gprobs};
 }

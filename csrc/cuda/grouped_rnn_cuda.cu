@@ -14,6 +14,9 @@
 // after the loop the weight gradients as batched GEMMs over all steps (dW_hh per kind and direction,
 // dW_ih per kind or one GEMM for a shared input), dx as one GEMM (shared) or one batched GEMM per kind.
 //
+// No host synchronisation: the per-unit directions go to the kernels by value (RevBits), every buffer is
+// allocated on x's device under a CUDAGuard, nothing is copied between host and device.
+//
 // Workspace `gates` (T*B*G,) on CUDA: time-major (T, B, G), unit k's columns at goff_k (the CPU kernel
 // uses a unit-major layout; the workspace is opaque and only ever returns to the same device's backward).
 #include <ATen/ATen.h>
@@ -42,10 +45,21 @@ __device__ __forceinline__ T sigm(T x) {
   return T(1) / (T(1) + exp(-x));
 }
 
+// Per-unit direction flags travel with the launch (a bit set passed by value in the kernel's parameter
+// space), not as a device tensor: no host-to-device copy, no synchronisation, capturable in a CUDA graph.
+constexpr int64_t kMaxUnits = 4096;
+struct RevBits {
+  uint64_t w[kMaxUnits / 64];
+};
+
 struct StepArgs {
   int64_t K, KL, T, B, H, G, s;
-  const int32_t* rev;  // (K,) on the device
+  RevBits rev;  // bit k: unit k runs backwards in time
 };
+
+__device__ __forceinline__ bool reversed(const StepArgs& a, int64_t k) {
+  return (a.rev.w[k >> 6] >> (k & 63)) & 1ull;
+}
 
 __device__ __forceinline__ void unit_cols(const StepArgs& a, int64_t k, int64_t& goff, int64_t& gh) {
   if (k < a.KL) {
@@ -68,7 +82,7 @@ __global__ void fwd_step_kernel(StepArgs a, T* __restrict__ gates, const T* __re
     const int64_t j = idx % a.H;
     const int64_t b = (idx / a.H) % a.B;
     const int64_t k = idx / (a.H * a.B);
-    const bool rv = a.rev[k] != 0;
+    const bool rv = reversed(a, k);
     const int64_t t = rv ? a.T - 1 - a.s : a.s;
     const int64_t tp = rv ? t + 1 : t - 1;
     int64_t goff, gh;
@@ -112,7 +126,7 @@ __global__ void bwd_step_kernel(StepArgs a, const T* __restrict__ grad_hs, const
     const int64_t j = idx % a.H;
     const int64_t b = (idx / a.H) % a.B;
     const int64_t k = idx / (a.H * a.B);
-    const bool rv = a.rev[k] != 0;
+    const bool rv = reversed(a, k);
     const int64_t t = rv ? a.T - 1 - a.s : a.s;
     const int64_t tp = rv ? t + 1 : t - 1;
     int64_t goff, gh;
@@ -182,11 +196,12 @@ std::vector<Run> runs(const Plan& p, bool by_dir) {
   return out;
 }
 
-Tensor device_flags(const Plan& p, const Tensor& like) {
-  std::vector<int32_t> f(p.K);
-  for (int64_t k = 0; k < p.K; ++k) f[k] = p.rev[k] ? 1 : 0;
-  Tensor cpu = at::from_blob(f.data(), {p.K}, at::TensorOptions().dtype(at::kInt)).clone();
-  return cpu.to(like.device(), /*non_blocking=*/false);
+RevBits rev_bits(const Plan& p) {
+  TORCH_CHECK(p.K <= kMaxUnits, "grouped_rnn (CUDA): at most ", kMaxUnits, " units per call, got ", p.K);
+  RevBits r{};
+  for (int64_t k = 0; k < p.K; ++k)
+    if (p.rev[k]) r.w[k >> 6] |= 1ull << (k & 63);
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -195,15 +210,15 @@ Tensor device_flags(const Plan& p, const Tensor& like) {
 std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(const Tensor& x_, const Tensor& w_ih_,
                                                             const Tensor& w_hh_, const Tensor& bias_, int64_t n_lstm,
                                                             at::IntArrayRef reverse) {
+  TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
+  const c10::cuda::CUDAGuard guard(x_.device());  // allocations, GEMMs, launches on x's GPU, not the current one
   const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
   check_same(w_ih_, x_, "w_ih");
   check_same(w_hh_, x_, "w_hh");
   check_same(bias_, x_, "bias");
-  TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
   TORCH_CHECK(bias_.dim() == 1 && bias_.size(0) == p.G, "grouped_rnn: bias must be (", p.G, ",)");
   TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
               "grouped_rnn (CUDA): float32 or float64 only, got ", x_.scalar_type());
-  const c10::cuda::CUDAGuard guard(x_.device());
   const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), bias = bias_.contiguous();
   const int64_t T_ = p.T, B = p.B, H = p.H, G = p.G, I = p.I, TB = T_ * B;
   auto opts = x.options();
@@ -225,7 +240,7 @@ std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(const Tensor& x_, co
   }
   Tensor rec = at::empty({B * G}, opts);     // this step's recurrent products, unit-major blocks (B, gh)
   Tensor hbuf = at::empty({p.K, B, H}, opts);  // h_{t-1} of every unit in step order
-  Tensor flags = device_flags(p, x);
+  const RevBits flags = rev_bits(p);
   const auto kind_runs = runs(p, false);
   auto stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t s = 0; s < T_; ++s) {
@@ -238,7 +253,7 @@ std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(const Tensor& x_, co
       }
     }
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_rnn_forward_cuda", [&] {
-      StepArgs a{p.K, p.KL, T_, B, H, G, s, flags.data_ptr<int32_t>()};
+      StepArgs a{p.K, p.KL, T_, B, H, G, s, flags};
       fwd_step_kernel<scalar_t><<<blocks_for(p.K * B * H), kThreads, 0, stream>>>(
           a, gates.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
           p.KL > 0 ? cs.data_ptr<scalar_t>() : nullptr, hs.data_ptr<scalar_t>(), hbuf.data_ptr<scalar_t>());
@@ -256,10 +271,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward_cuda(const Tenso
                                                                      const Tensor& hs_, const Tensor& cs_,
                                                                      const Tensor& gates_, int64_t n_lstm,
                                                                      at::IntArrayRef reverse) {
-  const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
   TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
-  check_saved(p, x_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
   const c10::cuda::CUDAGuard guard(x_.device());
+  const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
+  check_saved(p, x_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
   const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), w_ih = w_ih_.contiguous(),
                w_hh = w_hh_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
   const int64_t T_ = p.T, B = p.B, H = p.H, G = p.G, I = p.I, TB = T_ * B;
@@ -269,7 +284,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward_cuda(const Tenso
   Tensor dgs = at::empty({B * G}, opts);          // this step's d gates, unit-major blocks (B, gh)
   Tensor dhr = at::empty({p.K, B, H}, opts);      // dL/dh through the recurrence
   Tensor dc = at::empty({std::max<int64_t>(p.KL, 1), B, H}, opts);
-  Tensor flags = device_flags(p, x);
+  const RevBits flags = rev_bits(p);
   const auto kind_runs = runs(p, false);
   auto stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t s = T_ - 1; s >= 0; --s) {
@@ -283,7 +298,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward_cuda(const Tenso
       }
     }
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_rnn_backward_cuda", [&] {
-      StepArgs a{p.K, p.KL, T_, B, H, G, s, flags.data_ptr<int32_t>()};
+      StepArgs a{p.K, p.KL, T_, B, H, G, s, flags};
       bwd_step_kernel<scalar_t><<<blocks_for(p.K * B * H), kThreads, 0, stream>>>(
           a, gh.data_ptr<scalar_t>(), dhr.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
           p.KL > 0 ? cs.data_ptr<scalar_t>() : nullptr, hs.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),

@@ -43,7 +43,8 @@ def ops():
 
 def ensure_cuda() -> None:
     """Make the CUDA kernels of the DARTS-cell ops available: they are built with the other CUDA kernels of
-    the extension (emodarts.ops.grouped_recurrent.cuda_sources(), JIT-compiled once by its ensure_cuda)."""
+    the extension (emodarts.ops.grouped_recurrent.cuda_sources(): installed as emodarts._C_cuda by setup.py, or
+    JIT-compiled once by grouped_recurrent.ensure_cuda)."""
     global _cuda_ready
     if _cuda_ready:
         return

@@ -60,18 +60,20 @@ def ops():
 
 
 def cuda_sources() -> List[str]:
-    """The CUDA sources of the extension's recurrent ops, built together into one library by
-    build_cuda_extension: the grouped layer and the DARTS cell (emodarts/ops/darts_fused.py)."""
+    """The CUDA sources of the extension's recurrent ops, built together into one library (emodarts._C_cuda by
+    setup.py, or build_cuda_extension just in time): the grouped layer and the DARTS cell
+    (emodarts/ops/darts_fused.py)."""
     from emodarts.ops.extension import csrc_dir
 
     return [os.path.join(csrc_dir(), "cuda", f) for f in ("grouped_rnn_cuda.cu", "darts_rnn_cuda.cu")]
 
 
 def ensure_cuda() -> None:
-    """Make the CUDA kernels of the grouped ops available: present when emodarts._C was built with them
-    (setup.py with CUDA), else JIT-compiled once from cuda_sources() (csrc/cuda/grouped_rnn_cuda.cu and
-    darts_rnn_cuda.cu; needs nvcc and a CUDA build of torch; TORCH_CUDA_ARCH_LIST defaults to the visible
-    GPUs)."""
+    """Make the CUDA kernels of the grouped ops (and of the DARTS cell) available: the library setup.py built
+    (emodarts._C_cuda; `pip install --no-build-isolation -e .` on a machine with nvcc and a GPU, or with
+    EMODARTS_CUDA_EXT=1, see setup.py) when it is installed and not older than its sources, else JIT-compiled
+    once from cuda_sources() (csrc/cuda/grouped_rnn_cuda.cu and darts_rnn_cuda.cu; needs nvcc and a CUDA build
+    of torch; TORCH_CUDA_ARCH_LIST defaults to the visible GPUs)."""
     global _cuda_ready
     if _cuda_ready:
         return
@@ -79,6 +81,10 @@ def ensure_cuda() -> None:
     with _lock:
         if _cuda_ready:
             return
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
+            from emodarts.ops.extension import load_installed_cuda
+
+            load_installed_cuda()
         if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
             build_cuda_extension()
         if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
