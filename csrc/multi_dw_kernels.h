@@ -65,11 +65,13 @@ void plane_bwd(const T* __restrict__ go, const T* __restrict__ x, int64_t H, int
           for (; ow + 8 <= hi; ow += 8)
             for (int l = 0; l < 8; ++l) acc[l] += grow[ow + l] * xr[ow + l];
           for (; ow < hi; ++ow) acc[0] += grow[ow] * xr[ow];
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) {
-            gxrow[ow * s + off] += wv * grow[ow];
-            acc[ow & 7] += grow[ow] * xrow[ow * s + off];
-          }
+        } else {  // two plain loops (a scatter, then a strided dot product) that the compiler can vectorise
+          for (int64_t ow = lo; ow < hi; ++ow) gxrow[ow * s + off] += wv * grow[ow];
+          const T* __restrict__ xr = xrow + off;
+          int64_t ow = lo;
+          for (; ow + 8 <= hi; ow += 8)
+            for (int l = 0; l < 8; ++l) acc[l] += grow[ow + l] * xr[(ow + l) * s];
+          for (; ow < hi; ++ow) acc[0] += grow[ow] * xr[ow * s];
         }
         double sum = 0.0;
         for (int l = 0; l < 8; ++l) sum += static_cast<double>(acc[l]);
