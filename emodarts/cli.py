@@ -64,7 +64,7 @@ def _common(f):
 
 def _threads_option():
     return click.option("--threads", type=click.IntRange(min=1), default=None,
-                        help="Intra-op CPU threads (default: see README, 'Threads').")
+                        help="Intra-op CPU threads (default 1: see README, 'Threads and heap').")
 
 
 def _apply_threads(n: Optional[int]) -> int:
