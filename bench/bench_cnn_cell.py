@@ -31,9 +31,9 @@ from emodarts.ops.backend import get_backend  # noqa: E402
 from emodarts.supernet import Supernet  # noqa: E402
 
 
-def cell_inputs(net: Supernet, index: int, batch: int, device: torch.device):
-    """(s0, s1) of CNN cell `index` from random features through the stem and the earlier cells."""
-    n_features, n_frames = FEATURE_PRESETS[PRESETS_NAME[id(net)]].shape
+def cell_inputs(net: Supernet, preset: str, index: int, batch: int, device: torch.device):
+    """(s0, s1) of CNN cell `index` from random features of `preset` through the stem and the earlier cells."""
+    n_features, n_frames = FEATURE_PRESETS[preset].shape
     x = torch.randn(batch, 1, n_features, n_frames, device=device)
     with torch.no_grad():
         s0 = s1 = net.stem(net.norm(x))
@@ -41,9 +41,6 @@ def cell_inputs(net: Supernet, index: int, batch: int, device: torch.device):
             alpha = net.alpha_reduce if cell.reduction else net.alpha_normal
             s0, s1 = s1, cell(s0, s1, alpha, net.backend)
     return s0, s1
-
-
-PRESETS_NAME: Dict[int, str] = {}
 
 
 def steps_for(net: Supernet, index: int, s0, s1, modes, compile_: bool) -> Dict[str, Dict[str, Callable]]:
@@ -84,12 +81,11 @@ def main() -> None:
         cfg = PRESETS[preset]
         torch.manual_seed(0)
         net = Supernet(cfg.model, FEATURE_PRESETS[preset].shape[0], 4).to(device)
-        PRESETS_NAME[id(net)] = preset
         plan = list(net.cnn_cells)
         picks = {"normal": next(i for i, c in enumerate(plan) if not c.reduction),
                  "reduction": next(i for i, c in enumerate(plan) if c.reduction)}
         for kind, index in picks.items():
-            s0, s1 = cell_inputs(net, index, cfg.search.batch_size, device)
+            s0, s1 = cell_inputs(net, preset, index, cfg.search.batch_size, device)
             steps = steps_for(net, index, s0, s1, ("fwd", "fwd+bwd"), not args.no_compile)
             for mode in ("fwd", "fwd+bwd"):
                 timed = timed_round_robin({name: s[mode] for name, s in steps.items()}, device, repeats, warmup)

@@ -45,8 +45,6 @@ def part_times(model, x: torch.Tensor, device: torch.device, repeats: int, warmu
     the sequential part (hand-off, sequential cells, head, from the CNN maps), each into its inputs and every
     weight and alpha; a first-order step runs each twice (alpha step, weight step), the rest is optimiser
     and bookkeeping."""
-    params = list(model.parameters())
-
     def cnn():
         s0 = s1 = model.stem(model.norm(x))
         for cell in model.cnn_cells:

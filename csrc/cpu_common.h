@@ -11,10 +11,12 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 extern "C" {
 // Fortran BLAS (LP64), resolved at load time from libtorch_cpu when it exports them; null otherwise.
@@ -108,6 +110,19 @@ inline bool avx2_enabled() {
 #else
   return false;
 #endif
+}
+
+// What a call runs here, for the benchmarks' records: the kernel copy and how work is spread over threads
+inline std::string cpu_info(bool avx2) {
+  std::string s = avx2 ? "isa=avx2" : "isa=baseline";
+#if defined(_OPENMP)
+  s += " threads=openmp";
+#elif AT_PARALLEL_NATIVE
+  s += " threads=aten-native";
+#else
+  s += " threads=single";
+#endif
+  return s + " max_threads=" + std::to_string(at::get_num_threads());
 }
 
 }  // namespace cpu_common

@@ -39,6 +39,8 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_common.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define EMODARTS_HAVE_AVX2_COPY 1
@@ -436,17 +438,7 @@ std::tuple<std::vector<Tensor>, Tensor> mixed_sum_bwd(const Tensor& grad_out, Te
 }
 
 // What a call runs here: the kernel copy and how blocks are spread over threads (benchmarks record it).
-std::string mixed_sum_cpu_info() {
-  std::string s = use_avx2() ? "isa=avx2" : "isa=baseline";
-#if defined(_OPENMP)
-  s += " threads=openmp";
-#elif AT_PARALLEL_NATIVE
-  s += " threads=aten-native";
-#else
-  s += " threads=single";
-#endif
-  return s + " max_threads=" + std::to_string(at::get_num_threads());
-}
+std::string mixed_sum_cpu_info() { return cpu_common::cpu_info(use_avx2()); }
 
 }  // namespace
 }  // namespace mixed_sum_cpu

@@ -194,17 +194,7 @@ Tensor pool3x3_bwd(const std::optional<Tensor>& grad_max, const std::optional<Te
   return gx;
 }
 
-std::string pool3x3_cpu_info() {
-  std::string s = use_avx2() ? "isa=avx2" : "isa=baseline";
-#if defined(_OPENMP)
-  s += " threads=openmp";
-#elif AT_PARALLEL_NATIVE
-  s += " threads=aten-native";
-#else
-  s += " threads=single";
-#endif
-  return s + " max_threads=" + std::to_string(at::get_num_threads());
-}
+std::string pool3x3_cpu_info() { return cpu_common::cpu_info(use_avx2()); }
 
 }  // namespace
 }  // namespace pool3x3_cpu

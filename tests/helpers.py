@@ -48,3 +48,21 @@ def run_in_fresh_process(code: str, **env: str) -> str:
     res = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
+
+
+def invoke_cli(*args: str):
+    """The `emodarts` command run in this process (click's CliRunner)."""
+    from click.testing import CliRunner
+
+    from emodarts.cli import cli
+
+    return CliRunner().invoke(cli, [*args])
+
+
+def one_error_line(result) -> str:
+    """The command failed with exit 2 and exactly one `error: ` line (no traceback); return that line."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    return errors[0]

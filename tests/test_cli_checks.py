@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from emodarts.cli import cli
 from emodarts.config import PRESETS, with_overrides
 
+from helpers import invoke_cli, one_error_line
 from replicas import make_csv_corpus
 
 TINY_CNN = ("sep_conv_3x3", "max_pool_3x3", "skip_connect", "dil_conv_3x3", "avg_pool_3x3")
@@ -30,19 +29,6 @@ def _genotype(cnn_nodes: int = 3, seq=None, seq_space: str = "emodarts", tiny: b
 def _write(path, data):
     path.write_text(json.dumps(data))
     return path
-
-
-def _invoke(*args):
-    return CliRunner().invoke(cli, [*args])
-
-
-def _one_error_line(result):
-    """The command failed with exit 2 and exactly one `error: ` line (no traceback); return that line."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 @pytest.fixture
@@ -67,8 +53,8 @@ def test_unusable_device_is_refused_before_the_run_folder(device, tmp_path, monk
         pytest.skip("a GPU is visible")
     _no_data(monkeypatch)
     for command in ("search", "run"):
-        result = _invoke(command, "--device", device, "--out", str(tmp_path / "r"), "--no-progress")
-        assert device in _one_error_line(result)
+        result = invoke_cli(command, "--device", device, "--out", str(tmp_path / "r"), "--no-progress")
+        assert device in one_error_line(result)
         assert not (tmp_path / "r").exists()
 
 
@@ -79,7 +65,7 @@ def test_too_few_speakers_leaves_no_folder_and_the_retry_gets_the_same_error(tmp
     out = tmp_path / "r"
     args = ["search", "--corpus", "csv", "--root", str(manifest), "--out", str(out), "--no-progress"]
     for _ in range(2):  # the same --out again: the same error, not "already holds a run"
-        assert "speakers cannot give" in _one_error_line(_invoke(*args))
+        assert "speakers cannot give" in one_error_line(invoke_cli(*args))
         assert not out.exists()
 
 
@@ -94,7 +80,7 @@ def test_a_failed_run_keeps_its_skipped_files_report_and_allows_a_retry(tmp_path
     out = tmp_path / "r"
     args = ["search", "--corpus", "csv", "--root", str(manifest), "--out", str(out), "--no-progress"]
     for _ in range(2):
-        assert "speakers cannot give" in _one_error_line(_invoke(*args))
+        assert "speakers cannot give" in one_error_line(invoke_cli(*args))
         assert sorted(p.name for p in out.iterdir()) == ["skipped_files.csv", "skipped_files.json"]
 
 
@@ -109,7 +95,7 @@ def test_a_given_folder_keeps_its_own_files_after_a_failure(tmp_path, monkeypatc
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert "no usable utterances" in _one_error_line(_invoke("search", "--out", str(out), "--no-progress"))
+    assert "no usable utterances" in one_error_line(invoke_cli("search", "--out", str(out), "--no-progress"))
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
@@ -122,7 +108,7 @@ def test_interrupt_names_the_run_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(emodarts.pipeline, "prepare_data", interrupt)
     out = tmp_path / "r"
-    result = _invoke("search", "--out", str(out), "--no-progress")
+    result = invoke_cli("search", "--out", str(out), "--no-progress")
     assert result.exit_code == 130 and f"run folder: {out}" in result.output
     assert f"the run in {out} was discarded" in result.output and "RUN_DIR" not in result.output
     assert not out.exists()
@@ -133,19 +119,19 @@ def test_interrupt_names_the_run_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(emodarts.pipeline, "prepare_data", lambda *a, **k: None)
     monkeypatch.setattr(emodarts.train, "run_search", checkpoint_then_interrupt)
-    result = _invoke("search", "--out", str(out), "--no-progress")
+    result = invoke_cli("search", "--out", str(out), "--no-progress")
     assert result.exit_code == 130 and f"continue with --resume {out}" in result.output
     assert (out / "config.json").is_file()
 
 
 def test_train_without_genotype_makes_no_folder(tmp_path, monkeypatch):
     _no_data(monkeypatch)
-    assert "--genotype" in _one_error_line(_invoke("train", "--out", str(tmp_path / "r")))
+    assert "--genotype" in one_error_line(invoke_cli("train", "--out", str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
 
 
 def test_unknown_corpus_makes_no_folder(tmp_path):
-    assert "unknown corpus" in _one_error_line(_invoke("run", "--corpus", "nope", "--out", str(tmp_path / "r")))
+    assert "unknown corpus" in one_error_line(invoke_cli("run", "--corpus", "nope", "--out", str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
 
 
@@ -153,7 +139,7 @@ def test_unknown_corpus_makes_no_folder(tmp_path):
 def test_train_takes_the_cells_from_the_genotype(tmp_path, csv_corpus, librosa_warm):
     g = _write(tmp_path / "g.json", _genotype(cnn_nodes=3))
     out = tmp_path / "t"
-    result = _invoke("train", "--corpus", "csv", "--root", str(csv_corpus), "--genotype", str(g), "--epochs", "1",
+    result = invoke_cli("train", "--corpus", "csv", "--root", str(csv_corpus), "--genotype", str(g), "--epochs", "1",
                      "--out", str(out), "--no-progress")
     assert result.exit_code == 0, result.output
     model = json.loads((out / "config.json").read_text())["model"]
@@ -163,10 +149,10 @@ def test_train_takes_the_cells_from_the_genotype(tmp_path, csv_corpus, librosa_w
 def test_genotype_that_does_not_fit_the_options_is_refused_before_data(tmp_path, monkeypatch):
     _no_data(monkeypatch)
     g = _write(tmp_path / "g.json", _genotype(cnn_nodes=3))
-    line = _one_error_line(_invoke("train", "--genotype", str(g), "--cnn-nodes", "2", "--out", str(tmp_path / "r")))
+    line = one_error_line(invoke_cli("train", "--genotype", str(g), "--cnn-nodes", "2", "--out", str(tmp_path / "r")))
     assert str(g) in line and "'normal' has 3 nodes" in line and "cnn_nodes" in line
     darts = _write(tmp_path / "d.json", _genotype(seq=[[["relu", 0]], [["tanh", 1]]], seq_space="darts"))
-    line = _one_error_line(_invoke("train", "--genotype", str(darts), "--seq-space", "emodarts",
+    line = one_error_line(invoke_cli("train", "--genotype", str(darts), "--seq-space", "emodarts",
                                    "--out", str(tmp_path / "r")))
     assert str(darts) in line and "seq_space" in line
     assert not (tmp_path / "r").exists()
@@ -183,9 +169,9 @@ def test_cv_takes_the_cells_from_the_genotype(tmp_path, monkeypatch):
 
     monkeypatch.setattr(emodarts.cv, "run_cv", fake_run_cv)
     g = _write(tmp_path / "g.json", _genotype(cnn_nodes=3))
-    result = _invoke("cv", "--genotype", str(g), "--out", str(tmp_path / "c"), "--no-progress")
+    result = invoke_cli("cv", "--genotype", str(g), "--out", str(tmp_path / "c"), "--no-progress")
     assert result.exit_code == 130 and seen["model"].cnn_nodes == 3, result.output
-    line = _one_error_line(_invoke("cv", "--genotype", str(g), "--cnn-nodes", "4", "--out", str(tmp_path / "c")))
+    line = one_error_line(invoke_cli("cv", "--genotype", str(g), "--cnn-nodes", "4", "--out", str(tmp_path / "c")))
     assert str(g) in line and "cnn_nodes" in line
 
 
@@ -205,19 +191,19 @@ def _run_folder(tmp_path, corpus=None, genotype=True):
 def test_resume_refuses_other_settings(tmp_path, monkeypatch):
     _no_data(monkeypatch)
     run = _run_folder(tmp_path)
-    line = _one_error_line(_invoke("search", "--resume", str(run), "--epochs", "6", "--seed", "99", "--preset",
+    line = one_error_line(invoke_cli("search", "--resume", str(run), "--epochs", "6", "--seed", "99", "--preset",
                                    "paper"))
     assert "resume it without --preset, --seed" in line and "--epochs," not in line.split("(")[0]
-    line = _one_error_line(_invoke("train", "--resume", str(run), "--genotype", str(run / "genotype.json")))
+    line = one_error_line(invoke_cli("train", "--resume", str(run), "--genotype", str(run / "genotype.json")))
     assert "without --genotype" in line
-    assert "--seed" not in _invoke("search", "--resume", str(run), "--device", "gpu").output  # a run-time choice
-    resume_help = _invoke("train", "--help").output.split("--resume PATH")[1].split("--epochs INTEGER")[0]
+    assert "--seed" not in invoke_cli("search", "--resume", str(run), "--device", "gpu").output  # a run-time choice
+    resume_help = invoke_cli("train", "--help").output.split("--resume PATH")[1].split("--epochs INTEGER")[0]
     assert "only --epochs, --train-epochs, --device, --fused" in " ".join(resume_help.split())
 
 
 def test_resume_honours_epochs(tmp_path, csv_corpus, librosa_warm):
     run = _run_folder(tmp_path, corpus=csv_corpus)  # a search folder: config.json and genotype.json
-    result = _invoke("train", "--resume", str(run), "--epochs", "1", "--no-progress")
+    result = invoke_cli("train", "--resume", str(run), "--epochs", "1", "--no-progress")
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["phase"] == "train"] == [0]
@@ -232,7 +218,7 @@ def test_malformed_config_on_resume_is_one_line(tmp_path, monkeypatch, text, exp
     run = _run_folder(tmp_path)
     (run / "config.json").write_text(text)
     for args in (["search", "--resume", str(run)], ["evaluate", str(run)]):
-        line = _one_error_line(_invoke(*args))
+        line = one_error_line(invoke_cli(*args))
         assert str(run / "config.json") in line and expected in line
 
 
@@ -243,7 +229,7 @@ def test_threads_option_is_applied_first(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(emodarts.threads, "apply_threads", lambda n: seen.append(n) or (n or 1))
     for args in (["search"], ["train"], ["run"], ["cv"], ["compare"]):
-        _invoke(*args, "--threads", "3", "--device", "gpu")
+        invoke_cli(*args, "--threads", "3", "--device", "gpu")
     assert seen == [3] * 5
 
 
@@ -260,7 +246,7 @@ def test_doctor_exits_1_when_what_was_asked_for_is_missing(monkeypatch, ext_ok, 
     import emodarts.doctor
 
     monkeypatch.setattr(emodarts.doctor, "checks", lambda: _rows(ext_ok))
-    result = _invoke("doctor", *args)
+    result = invoke_cli("doctor", *args)
     assert result.exit_code == code, result.output
     assert ("unavailable:" in result.output) == bool(code)
 

@@ -3,22 +3,10 @@ values and combinations refused before a run folder or any data, refused with --
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from emodarts.cli import cli
 from emodarts.config import PRESETS
 
-
-def _invoke(*args):
-    return CliRunner().invoke(cli, [*args])
-
-
-def _one_error_line(result):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+from helpers import invoke_cli, one_error_line
 
 
 def _no_data(monkeypatch):
@@ -58,20 +46,20 @@ def _config(out):
 
 def test_alpha_split_and_aux_weight_are_recorded(tmp_path, recorded):
     out = tmp_path / "s"
-    assert _invoke("search", "--alpha-split", "0.8", "--out", str(out), "--no-progress").exit_code == 130
+    assert invoke_cli("search", "--alpha-split", "0.8", "--out", str(out), "--no-progress").exit_code == 130
     assert _config(out)["search"]["alpha_split"] == 0.8 and recorded["search"].search.alpha_split == 0.8
     out = tmp_path / "r"
-    assert _invoke("run", "--aux-weight", "0.3", "--out", str(out), "--no-progress").exit_code == 130
+    assert invoke_cli("run", "--aux-weight", "0.3", "--out", str(out), "--no-progress").exit_code == 130
     cfg = _config(out)
     assert cfg["train"]["aux_weight"] == 0.3 and cfg["search"]["alpha_split"] == 0.5  # DARTS's split by default
     out = tmp_path / "p"
-    assert _invoke("run", "--preset", "paper", "--out", str(out), "--no-progress").exit_code == 130
+    assert invoke_cli("run", "--preset", "paper", "--out", str(out), "--no-progress").exit_code == 130
     assert _config(out)["train"]["aux_weight"] == 0.4  # the published final training
     out = tmp_path / "t"
-    assert _invoke("run", "--out", str(out), "--no-progress").exit_code == 130
+    assert invoke_cli("run", "--out", str(out), "--no-progress").exit_code == 130
     assert _config(out)["train"]["aux_weight"] == 0.0  # tiny: off unless given
     out = tmp_path / "c"
-    assert _invoke("cv", "--alpha-split", "0.8", "--aux-weight", "0.4", "--out", str(out), "--no-progress").exit_code == 130
+    assert invoke_cli("cv", "--alpha-split", "0.8", "--aux-weight", "0.4", "--out", str(out), "--no-progress").exit_code == 130
     assert recorded["cv"].search.alpha_split == 0.8 and recorded["cv"].train.aux_weight == 0.4
 
 
@@ -80,7 +68,7 @@ def test_train_takes_aux_weight(tmp_path, recorded):
 
     g = _write(tmp_path / "g.json", _genotype(cnn_nodes=2, tiny=True))
     out = tmp_path / "t"
-    result = _invoke("train", "--genotype", str(g), "--aux-weight", "0.4", "--out", str(out), "--no-progress")
+    result = invoke_cli("train", "--genotype", str(g), "--aux-weight", "0.4", "--out", str(out), "--no-progress")
     assert result.exit_code == 130, result.output
     assert _config(out)["train"]["aux_weight"] == 0.4 and recorded["train"].train.aux_weight == 0.4
 
@@ -89,7 +77,7 @@ def test_train_takes_aux_weight(tmp_path, recorded):
 def test_bad_alpha_split_is_refused_before_the_run_folder(value, tmp_path, monkeypatch):
     _no_data(monkeypatch)
     for command in ("search", "run", "cv"):
-        line = _one_error_line(_invoke(command, "--alpha-split", value, "--out", str(tmp_path / "r"), "--no-progress"))
+        line = one_error_line(invoke_cli(command, "--alpha-split", value, "--out", str(tmp_path / "r"), "--no-progress"))
         assert "--alpha-split" in line and "between 0 and 1" in line, line
         assert not (tmp_path / "r").exists()
 
@@ -97,7 +85,7 @@ def test_bad_alpha_split_is_refused_before_the_run_folder(value, tmp_path, monke
 def test_bad_aux_weight_is_refused_before_the_run_folder(tmp_path, monkeypatch):
     _no_data(monkeypatch)
     for command in ("run", "cv"):
-        line = _one_error_line(_invoke(command, "--aux-weight", "-0.4", "--out", str(tmp_path / "r")))
+        line = one_error_line(invoke_cli(command, "--aux-weight", "-0.4", "--out", str(tmp_path / "r")))
         assert "--aux-weight" in line
         assert not (tmp_path / "r").exists()
 
@@ -106,14 +94,14 @@ def test_combinations_that_would_be_dropped_are_refused(tmp_path, monkeypatch):
     from test_cli_checks import _genotype, _write
 
     _no_data(monkeypatch)
-    result = _invoke("search", "--aux-weight", "0.4", "--out", str(tmp_path / "r"))  # no final training
+    result = invoke_cli("search", "--aux-weight", "0.4", "--out", str(tmp_path / "r"))  # no final training
     assert result.exit_code == 2 and "--aux-weight" in result.output
-    line = _one_error_line(_invoke("search", "--train-epochs", "3", "--out", str(tmp_path / "r")))
+    line = one_error_line(invoke_cli("search", "--train-epochs", "3", "--out", str(tmp_path / "r")))
     assert "--train-epochs" in line
-    result = _invoke("train", "--alpha-split", "0.8", "--out", str(tmp_path / "r"))  # no search
+    result = invoke_cli("train", "--alpha-split", "0.8", "--out", str(tmp_path / "r"))  # no search
     assert result.exit_code == 2 and "--alpha-split" in result.output
     g = _write(tmp_path / "g.json", _genotype(cnn_nodes=2, tiny=True))
-    line = _one_error_line(_invoke("cv", "--genotype", str(g), "--alpha-split", "0.8", "--second-order",
+    line = one_error_line(invoke_cli("cv", "--genotype", str(g), "--alpha-split", "0.8", "--second-order",
                                    "--out", str(tmp_path / "r")))
     assert "--second-order, --alpha-split" in line and "without a search" in line
     assert not (tmp_path / "r").exists()
@@ -126,6 +114,6 @@ def test_resume_refuses_aux_weight_and_alpha_split(tmp_path, monkeypatch):
     (run / "config.json").write_text(json.dumps(PRESETS["tiny"].to_dict()))
     for args in (["run", "--aux-weight", "0.4"], ["search", "--alpha-split", "0.8"], ["cv", "--alpha-split", "0.8"],
                  ["train", "--aux-weight", "0"], ["cv", "--aux-weight", "0.4"]):
-        line = _one_error_line(_invoke(*args, "--resume", str(run)))
+        line = one_error_line(invoke_cli(*args, "--resume", str(run)))
         assert f"resume it without {args[1]}" in line, line
     assert json.loads((run / "config.json").read_text()) == json.loads(json.dumps(PRESETS["tiny"].to_dict()))

@@ -20,18 +20,19 @@ ALL_SEQ = ("none", "skip_connect", "lstm_1", "lstm_2", "rnn_1", "rnn_3", "lstm_a
 REL_FLOOR = {"logits": 1e-5, "grad": 1e-4}
 
 
-def _grads(backend, cfg, state, x, y, dtype=torch.float32):
+def step_grads(backend, cfg, state, x, y, dtype=torch.float32, device="cpu"):
+    """(logits, {name: gradient, or "buffer NAME": running statistic}) of one training forward+backward, on
+    the CPU whatever `device` ran it."""
     net = Supernet(cfg, x.shape[2], 4, backend=backend)
     net.load_state_dict(state)
-    net.to(dtype)
-    x = x.to(dtype)
-    logits = net(x)
-    loss = torch.nn.functional.cross_entropy(logits, y)
+    net.to(device=device, dtype=dtype)
+    logits = net(x.to(device, dtype))
+    loss = torch.nn.functional.cross_entropy(logits, y.to(device))
     params = [p for _, p in net.named_parameters()]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    named = {n: g for (n, _), g in zip(net.named_parameters(), grads)}
-    named.update({f"buffer {n}": b.detach().clone() for n, b in net.named_buffers() if b.is_floating_point()})
-    return logits.detach(), named
+    named = {n: None if g is None else g.cpu() for (n, _), g in zip(net.named_parameters(), grads)}
+    named.update({f"buffer {n}": b.detach().cpu() for n, b in net.named_buffers() if b.is_floating_point()})
+    return logits.detach().cpu(), named
 
 
 def check_step(batch, frames, seq_nodes, seq_space):
@@ -41,9 +42,16 @@ def check_step(batch, frames, seq_nodes, seq_space):
     cfg = small_model_config(dropout=0.0, seq_nodes=seq_nodes, seq_cells=2, seq_primitives=prims, seq_space=seq_space)
     state = Supernet(cfg, 10, 4).state_dict()
     x, y = torch.randn(batch, 1, 10, frames), torch.randint(0, 4, (batch,))
-    oracle_out, oracle = _grads("reference", cfg, state, x, y, torch.float64)
-    ref_out, ref = _grads("reference", cfg, state, x, y)
-    fused_out, fused = _grads("fused", cfg, state, x, y)
+    verdicts = judge_step(step_grads("reference", cfg, state, x, y, torch.float64),
+                          step_grads("reference", cfg, state, x, y), step_grads("fused", cfg, state, x, y))
+    return max(v.fused_err / v.bound for v in verdicts if v.bound > 0)
+
+
+def judge_step(oracle_run, ref_run, fused_run):
+    """(logits, {name: gradient or buffer}) of the float64 reference, the float32 reference and the fused
+    backend: logits and then every gradient and buffer judged together (tests/parity.py); returns the
+    gradients' verdicts."""
+    (oracle_out, oracle), (ref_out, ref), (fused_out, fused) = oracle_run, ref_run, fused_run
     assert_parity([("logits", fused_out, ref_out, oracle_out)], torch.float32, rel_floor=REL_FLOOR["logits"],
                   what="logits")
     triples = []
@@ -52,8 +60,7 @@ def check_step(batch, frames, seq_nodes, seq_space):
             assert ref[name] is None and fused[name] is None, name
             continue
         triples.append((name, fused[name], ref[name], g))
-    verdicts = assert_parity(triples, torch.float32, rel_floor=REL_FLOOR["grad"], what="gradients")
-    return max(v.fused_err / v.bound for v in verdicts if v.bound > 0)
+    return assert_parity(triples, torch.float32, rel_floor=REL_FLOOR["grad"], what="gradients")
 
 
 @pytest.mark.parametrize("batch,frames,seq_nodes,seq_space", [(1, 9, 2, "emodarts"), (3, 13, 3, "emodarts"),
