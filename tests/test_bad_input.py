@@ -279,7 +279,7 @@ def test_features_command_reports_every_problem(iemocap, tmp_path, monkeypatch, 
     counts = json.loads((entry / "fold_counts-standard.json").read_text())
     assert counts["all"]["total"] == len(usable) - 3 and counts["skipped_files"] == 4
     # a later run reuses the entry: no audio is read again
-    monkeypatch.setattr(F, "extract_mfcc", lambda *a: pytest.fail("re-extracted"))
+    monkeypatch.setattr(F.compute, "extract_mfcc", lambda *a: pytest.fail("re-extracted"))
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0 and "skipped 4 file(s)" in again.output
 

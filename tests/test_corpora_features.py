@@ -41,7 +41,7 @@ def test_interrupted_extraction_resumes(tmp_path, monkeypatch, librosa_warm):
         calls.append(path)
         return real(path, cfg)
 
-    monkeypatch.setattr(F, "extract_mfcc", dies_after_five)
+    monkeypatch.setattr(F.compute, "extract_mfcc", dies_after_five)
     cache = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         build_features(utts, TINY, cache, progress=False, report=SkipReport(), chunk_size=3)
@@ -50,7 +50,7 @@ def test_interrupted_extraction_resumes(tmp_path, monkeypatch, librosa_warm):
     assert sorted(p.name for p in work.glob("shard-*.npz")) == ["shard-00000.npz"]  # 1 finished chunk of 3
 
     calls.clear()
-    monkeypatch.setattr(F, "extract_mfcc", lambda p, c: (calls.append(p), real(p, c))[1])
+    monkeypatch.setattr(F.compute, "extract_mfcc", lambda p, c: (calls.append(p), real(p, c))[1])
     resumed = build_features(utts, TINY, cache, progress=False, report=SkipReport(), chunk_size=3)
     assert len(calls) == len(utts) - 3  # the finished chunk was not redone
     np.testing.assert_array_equal(np.array(resumed.features), reference)
@@ -68,7 +68,7 @@ def test_interrupted_extraction_resumes(tmp_path, monkeypatch, librosa_warm):
 def test_damaged_or_stale_shards_are_redone(tmp_path, monkeypatch, librosa_warm):
     utts = _corpus(tmp_path / "audio", n=6)
     real, calls = F.extract_mfcc, []
-    monkeypatch.setattr(F, "extract_mfcc", lambda p, c: (calls.append(p), real(p, c))[1])
+    monkeypatch.setattr(F.compute, "extract_mfcc", lambda p, c: (calls.append(p), real(p, c))[1])
     cache = tmp_path / "cache"
     work = work_dir_for(cache_dir_for(utts, TINY, cache))
     # a previous run left: a good shard, a half-written one and one computed from older audio
@@ -78,8 +78,8 @@ def test_damaged_or_stale_shards_are_redone(tmp_path, monkeypatch, librosa_warm)
     for c in range(3):
         rows = range(2 * c, 2 * c + 2)
         res = F.extract_chunk([(utts[i].utt_id, utts[i].path) for i in rows], TINY)
-        F._write_shard(work / f"shard-{c:05d}.npz", [utts[i].utt_id for i in rows],
-                       [F._file_stamp(utts[i].path) for i in rows], res, "librosa")
+        F.shards.write_shard(work / f"shard-{c:05d}.npz", [utts[i].utt_id for i in rows],
+                             [F.cache.file_stamp(utts[i].path) for i in rows], res, "librosa")
     (work / "shard-00001.npz").write_bytes((work / "shard-00001.npz").read_bytes()[:100])
     tiny_wav(__import__("pathlib").Path(utts[5].path), 99, n=6000)  # audio changed after its shard
     calls.clear()
@@ -155,7 +155,7 @@ def test_torchaudio_backend_entry_is_reused(tmp_path, monkeypatch, librosa_warm)
     ref = build_features(utts, TINY, tmp_path / "ref", progress=False, report=SkipReport())
     np.testing.assert_allclose(np.array(fs.features), np.array(ref.features),
                                atol=TORCHAUDIO_TOLERANCE["same_rate_atol"])
-    monkeypatch.setattr(F, "extract_mfcc", lambda *a: pytest.fail("re-extracted"))
+    monkeypatch.setattr(F.compute, "extract_mfcc", lambda *a: pytest.fail("re-extracted"))
     again = build_features(utts, TINY, tmp_path / "cache", progress=False, report=SkipReport())
     assert again.path == fs.path and again.backend == "torchaudio"
 

@@ -101,7 +101,7 @@ def test_feature_cache_reused(tiny_synthetic, tmp_path, monkeypatch, librosa_war
         calls.append(path)
         return real(path, c)
 
-    monkeypatch.setattr(F, "extract_mfcc", counting)
+    monkeypatch.setattr(F.compute, "extract_mfcc", counting)
     fs = build_features(utts, cfg, tmp_path / "cache", progress=False)
     assert len(calls) == 6
     assert fs.features.shape == (6, 20, 47) and fs.features.dtype == np.float32

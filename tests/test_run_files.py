@@ -218,7 +218,7 @@ def fake_mfcc(monkeypatch):
         F.read_audio(path)
         return np.zeros(cfg.shape, np.float32)
 
-    monkeypatch.setattr(F, "extract_mfcc", extract)
+    monkeypatch.setattr(F.compute, "extract_mfcc", extract)
 
 
 @pytest.mark.parametrize("backend", ["librosa", "torchaudio"])
