@@ -14,13 +14,14 @@ For a state h with E outgoing edges (all of one stride):
 The per-candidate path (supernet._mixed_nodes) is the reference twin; the node sums take their inputs in
 the same order (source state, then candidate).
 """
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ops.cnn import DilConv, SepConv
+from .partial_channels import bypass, bypass_logits, channel_shuffle, edge_normalised_logits, split_channels
 from .space import n_edges
 
 POOLS = {"max_pool_3x3": 0, "avg_pool_3x3": 1}  # name -> position in pool_pair's output
@@ -130,15 +131,22 @@ def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence
 
 def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequence[Tuple[int, str]],
                       alpha: Tensor, n_nodes: int, reduction: bool, mixed_sum: Callable,
-                      pool_pair: PoolPair, multi_depthwise: MultiDepthwise) -> List[Tensor]:
+                      pool_pair: PoolPair, multi_depthwise: MultiDepthwise, k: int = 1,
+                      beta: Optional[Tensor] = None) -> List[Tensor]:
     """The cell's n_nodes mixed nodes from its two input states, grouped by source state (module docstring);
-    node i sums its inputs in the order of supernet._mixed_nodes."""
+    node i sums its inputs in the order of supernet._mixed_nodes. With PC-DARTS' K > 1 the candidates see
+    a state's first C/K channels, and each node is one mixed sum of the candidates weighted by beta_j p_jk,
+    one of the bypassed channels weighted by beta_j, and one shuffle (emodarts/partial_channels.py)."""
     first = [n_edges(i) for i in range(n_nodes)]  # index of node i's first incoming edge
     pending: List[list] = [[] for _ in range(n_nodes)]  # node i -> [(source j, candidate k, y)]
+    bypassed: List[Tensor] = []  # state j -> its channels that skip the candidates (K > 1)
 
     def run_source(j: int, h: Tensor) -> None:
         targets = list(range(max(0, j - 1), n_nodes))  # node i reads states 0 .. i + 1
         stride = 2 if reduction and j < 2 else 1
+        if k > 1:
+            h, rest = split_channels(h, k)
+            bypassed.append(bypass(rest, stride))
         outs = state_outputs(h, [edges[first[i] + j] for i in targets], active, stride, pool_pair, multi_depthwise)
         for i, ys in zip(targets, outs):
             pending[i].extend((j, k, ys[k]) for k, _ in active)
@@ -148,7 +156,14 @@ def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequen
     run_source(1, states[1])
     for i in range(n_nodes):
         entries = sorted(pending[i], key=lambda e: (e[0], e[1]))
-        node = mixed_sum([e[2] for e in entries], alpha[first[i]: first[i] + 2 + i], [(e[0], e[1]) for e in entries])
+        rows = slice(first[i], first[i] + 2 + i)
+        ys, index = [e[2] for e in entries], [(e[0], e[1]) for e in entries]
+        if k == 1:
+            node = mixed_sum(ys, alpha[rows], index)
+        else:
+            part = mixed_sum(ys, edge_normalised_logits(alpha[rows], beta[rows]), index)
+            rest = mixed_sum(bypassed[: 2 + i], bypass_logits(beta[rows]), [(j, 0) for j in range(2 + i)])
+            node = channel_shuffle(torch.cat([part, rest], dim=1), k)
         states.append(node)
         if i + 1 < n_nodes:
             run_source(2 + i, node)

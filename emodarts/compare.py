@@ -55,7 +55,7 @@ def run_trace(cfg: RunConfig, backend: str, init_state: dict, data: List[TensorS
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
     a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
     architect = Architect(model, w_opt, a_opt, second_order=sc.second_order)
-    trace = Trace([], [], {n: [] for n, _ in model.named_weights()}, {n: [] for n in ("alpha_normal", "alpha_reduce", "alpha_seq")}, {}, {})
+    trace = Trace([], [], {n: [] for n, _ in model.named_weights()}, {n: [] for n in model.arch_names}, {}, {})
     seed_everything(cfg.seed)  # same dropout masks for both backends
     model.train()
     for step in range(len(data) // 2):

@@ -24,6 +24,8 @@ class ModelConfig:
     seq_primitives: Tuple[str, ...] = SEQ_SUBSETS["all"]
     dropout: float = 0.3
     seq_space: str = "emodarts"  # "darts": the DARTS recurrent cell (seq_nodes steps, one predecessor each)
+    partial_channels: int = 1  # PC-DARTS K: 1/K of each CNN edge's channels go through the candidates, with
+    # edge normalisation (emodarts/partial_channels.py); 1: plain DARTS
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Alphas -> genotype: for each node keep the 2 strongest incoming edges (an edge's strength is the
-weight of its best non-`none` candidate), and on each edge that best candidate. A DARTS recurrent cell
+weight of its best non-`none` candidate, times the edge's weight softmax(beta) under PC-DARTS'
+--partial-channels K > 1, as PC-DARTS derives it), and on each edge that best candidate. A DARTS recurrent cell
 keeps 1 edge per node (one predecessor and one activation), as the DARTS paper derives it."""
 from typing import Optional, Sequence
 
@@ -9,7 +10,8 @@ from torch import Tensor
 from .space import CellGenotype, Genotype, seq_inputs
 
 
-def _derive(probs: Tensor, primitives: Sequence[str], n_nodes: int, keep: int, n_inputs: int = 2):
+def _derive(probs: Tensor, primitives: Sequence[str], n_nodes: int, keep: int, n_inputs: int = 2,
+            edge_weights: Optional[Tensor] = None):
     """(cell, [(alpha row, op) of every kept edge])."""
     active = [k for k, p in enumerate(primitives) if p != "none"]
     nodes, kept, offset = [], [], 0
@@ -17,6 +19,8 @@ def _derive(probs: Tensor, primitives: Sequence[str], n_nodes: int, keep: int, n
         n_in = n_inputs + i
         rows = probs[offset : offset + n_in][:, active]
         best_w, best_k = rows.max(dim=-1)
+        if edge_weights is not None:
+            best_w = best_w * edge_weights[offset : offset + n_in]
         # ties broken by the lower state index, so the result is deterministic
         order = sorted(range(n_in), key=lambda j: (-float(best_w[j]), j))[:keep]
         node = tuple((primitives[active[int(best_k[j])]], j) for j in sorted(order))
@@ -31,12 +35,13 @@ def count_op(cell: CellGenotype, op: str) -> int:
 
 
 def derive_cell(alpha: Tensor, primitives: Sequence[str], n_nodes: int, keep: int = 2,
-                max_skip: Optional[int] = None, n_inputs: int = 2) -> CellGenotype:
+                max_skip: Optional[int] = None, n_inputs: int = 2,
+                edge_weights: Optional[Tensor] = None) -> CellGenotype:
     """With `max_skip` (P-DARTS' guard against collapse into parameter-free cells), while the cell keeps
     more skip connections than that, the kept skip edge with the lowest skip weight loses its skip
     candidate and the cell is derived again."""
     probs = torch.softmax(alpha.detach().float(), dim=-1)
-    cell, kept = _derive(probs, primitives, n_nodes, keep, n_inputs)
+    cell, kept = _derive(probs, primitives, n_nodes, keep, n_inputs, edge_weights)
     if max_skip is None or "skip_connect" not in primitives:
         return cell
     skip = list(primitives).index("skip_connect")
@@ -45,7 +50,7 @@ def derive_cell(alpha: Tensor, primitives: Sequence[str], n_nodes: int, keep: in
         if not rows:  # every kept skip edge has no other candidate: the cap cannot be met
             break
         probs[min(rows, key=lambda r: float(probs[r, skip])), skip] = -1.0
-        cell, kept = _derive(probs, primitives, n_nodes, keep, n_inputs)
+        cell, kept = _derive(probs, primitives, n_nodes, keep, n_inputs, edge_weights)
     return cell
 
 
@@ -53,8 +58,10 @@ def derive_genotype(model, meta=None, max_skip_normal: Optional[int] = None) -> 
     cfg = model.cfg
     darts = cfg.seq_space == "darts"
     return Genotype(
-        normal=derive_cell(model.alpha_normal, cfg.cnn_primitives, cfg.cnn_nodes, max_skip=max_skip_normal),
-        reduce=derive_cell(model.alpha_reduce, cfg.cnn_primitives, cfg.cnn_nodes),
+        normal=derive_cell(model.alpha_normal, cfg.cnn_primitives, cfg.cnn_nodes, max_skip=max_skip_normal,
+                           edge_weights=model.edge_weights("normal")),
+        reduce=derive_cell(model.alpha_reduce, cfg.cnn_primitives, cfg.cnn_nodes,
+                           edge_weights=model.edge_weights("reduce")),
         seq=derive_cell(model.alpha_seq, cfg.seq_primitives, cfg.seq_nodes, keep=1 if darts else 2,
                         n_inputs=seq_inputs(cfg.seq_space)),
         meta=dict(meta or {}),

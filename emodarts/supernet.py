@@ -3,7 +3,7 @@
 Every edge is a mixed operation; one node sums all its incoming edges' candidates in a single
 `mixed_sum` call of the backend. `none` is never computed: it only holds softmax mass.
 """
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -16,9 +16,11 @@ from .darts_cell import MixedDartsCell
 from .ops.backend import Backend, get_backend
 from .ops.cnn import make_cnn_op
 from .ops.recurrent import AttentiveRecurrentOp, make_seq_op
+from .partial_channels import bypass, channel_shuffle, check_partial_channels, edge_weights, split_channels
 from .space import n_edges, seq_inputs
 
 ALPHA_NAMES = ("alpha_normal", "alpha_reduce", "alpha_seq")
+BETA_NAMES = ("beta_normal", "beta_reduce")  # PC-DARTS edge normalisation, only with --partial-channels K > 1
 
 
 def _active(primitives: Sequence[str]) -> List[Tuple[int, str]]:
@@ -42,11 +44,35 @@ def _mixed_nodes(states: List[Tensor], edges: nn.ModuleList, active, alpha: Tens
     return states[2:]
 
 
+def _partial_channel_nodes(states: List[Tensor], edges: nn.ModuleList, active, alpha: Tensor, beta: Tensor,
+                           n_nodes: int, k: int, reduction: bool, mixed_sum: Callable) -> List[Tensor]:
+    """PC-DARTS nodes, edge by edge as the paper writes them (the reference twin of the grouped path):
+    each edge mixes its candidates on the first C/K channels, concatenates the bypassed rest, shuffles, and
+    the node sums its edges weighted by softmax(beta) over them."""
+    weights = edge_weights(beta, n_nodes)
+    offset = 0
+    for _ in range(n_nodes):
+        n_in, node = len(states), None
+        for j, h in enumerate(states):
+            part, rest = split_channels(h, k)
+            ops = edges[offset + j]
+            mixed = mixed_sum([ops[name](part) for _, name in active], alpha[offset + j : offset + j + 1],
+                              [(0, kk) for kk, _ in active])
+            stride = 2 if reduction and j < 2 else 1
+            edge = channel_shuffle(torch.cat([mixed, bypass(rest, stride)], dim=1), k)
+            term = weights[offset + j].to(edge.dtype) * edge
+            node = term if node is None else node + term
+        states.append(node)
+        offset += n_in
+    return states[2:]
+
+
 class MixedCnnCell(nn.Module):
     def __init__(self, cfg: ModelConfig, plan):
         super().__init__()
         self.reduction = plan.reduction
         self.n_nodes = cfg.cnn_nodes
+        self.k = cfg.partial_channels
         self.active = _active(cfg.cnn_primitives)
         self.pre = cnn_preprocess(plan, affine=False)
         self.edges = nn.ModuleList()
@@ -54,15 +80,20 @@ class MixedCnnCell(nn.Module):
             for j in range(2 + i):
                 stride = 2 if plan.reduction and j < 2 else 1
                 self.edges.append(
-                    nn.ModuleDict({name: make_cnn_op(name, plan.c, stride, affine=False) for _, name in self.active})
+                    nn.ModuleDict({name: make_cnn_op(name, plan.c // self.k, stride, affine=False)
+                                   for _, name in self.active})
                 )
         self.dropout = BatchDropout(cfg.dropout)
 
-    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend) -> Tensor:
+    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend, beta: Optional[Tensor] = None) -> Tensor:
         states = [self.pre[0](s0), self.pre[1](s1)]
         if backend.group_cnn:
             nodes = grouped_cnn_nodes(states, self.edges, self.active, alpha, self.n_nodes, self.reduction,
-                                      backend.mixed_sum, backend.pool_pair, backend.multi_depthwise)
+                                      backend.mixed_sum, backend.pool_pair, backend.multi_depthwise,
+                                      self.k, beta)
+        elif self.k > 1:
+            nodes = _partial_channel_nodes(states, self.edges, self.active, alpha, beta, self.n_nodes, self.k,
+                                           self.reduction, backend.mixed_sum)
         else:
             nodes = _mixed_nodes(states, self.edges, self.active, alpha, self.n_nodes, backend.mixed_sum)
         return self.dropout(torch.cat(nodes, dim=1))
@@ -124,6 +155,7 @@ class Supernet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, n_features: int, n_classes: int, backend: str = "reference"):
         super().__init__()
+        check_partial_channels(cfg.partial_channels, cfg.cnn_channels)
         self.cfg = cfg
         self.backend: Backend = get_backend(backend)
         self.norm = FeatureNorm(n_features)
@@ -139,27 +171,44 @@ class Supernet(nn.Module):
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.cnn_nodes), n_cnn))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.cnn_nodes), n_cnn))
         self.alpha_seq = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.seq_nodes, seq_inputs(cfg.seq_space)), n_seq))
+        # drawn after the alphas, and only for K > 1, so that K = 1 draws exactly what plain DARTS draws
+        self.arch_names = ALPHA_NAMES + (BETA_NAMES if cfg.partial_channels > 1 else ())
+        if cfg.partial_channels > 1:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.cnn_nodes)))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(n_edges(cfg.cnn_nodes)))
 
     def set_backend(self, name: str) -> None:
         self.backend = get_backend(name)
 
     def alphas(self) -> List[nn.Parameter]:
-        return [getattr(self, n) for n in ALPHA_NAMES]
+        """Every architecture parameter: the three alphas, and the PC-DARTS betas when K > 1."""
+        return [getattr(self, n) for n in self.arch_names]
 
     def named_weights(self) -> Iterator[Tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if n not in ALPHA_NAMES)
+        return ((n, p) for n, p in self.named_parameters() if n not in self.arch_names)
 
     def weights(self) -> List[nn.Parameter]:
         return [p for _, p in self.named_weights()]
 
+    def edge_weights(self, kind: str) -> Optional[Tensor]:
+        """softmax(beta) over each node's incoming edges of the `normal` or `reduce` cell (None when K = 1)."""
+        if self.cfg.partial_channels == 1:
+            return None
+        return edge_weights(getattr(self, f"beta_{kind}").detach(), self.cfg.cnn_nodes)
+
     def alpha_probs(self) -> Dict[str, Tensor]:
-        return {n: torch.softmax(getattr(self, n).detach(), dim=-1) for n in ALPHA_NAMES}
+        """The candidates' softmax weights per edge, and with K > 1 the edges' weights per node (betas)."""
+        probs = {n: torch.softmax(getattr(self, n).detach(), dim=-1) for n in ALPHA_NAMES}
+        for n in self.arch_names[len(ALPHA_NAMES):]:
+            probs[n] = self.edge_weights(n[len("beta_"):])
+        return probs
 
     def forward(self, x: Tensor) -> Tensor:
         s0 = s1 = self.stem(self.norm(x))
         for cell in self.cnn_cells:
-            alpha = self.alpha_reduce if cell.reduction else self.alpha_normal
-            s0, s1 = s1, cell(s0, s1, alpha, self.backend)
+            kind = "reduce" if cell.reduction else "normal"
+            beta = getattr(self, f"beta_{kind}") if cell.k > 1 else None
+            s0, s1 = s1, cell(s0, s1, getattr(self, f"alpha_{kind}"), self.backend, beta)
         q0, q1 = self.handoff(s0, s1)
         for cell in self.seq_cells:
             q0, q1 = q1, cell(q0, q1, self.alpha_seq, self.backend)

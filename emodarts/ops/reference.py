@@ -16,7 +16,7 @@ def mixed_sum(ys: Sequence[Tensor], alpha: Tensor, index: Sequence[Tuple[int, in
     """
     if len(ys) != len(index):
         raise ValueError(f"mixed_sum: {len(ys)} inputs but {len(index)} index entries")
-    p = torch.softmax(alpha.float(), dim=-1)
+    p = torch.softmax(alpha.to(torch.promote_types(alpha.dtype, torch.float32)), dim=-1)  # float64 stays
     out = None
     for y, (e, m) in zip(ys, index):
         term = p[e, m].to(y.dtype) * y
