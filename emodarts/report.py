@@ -61,6 +61,37 @@ def plot_alphas(history: List[dict], kind: str, primitives, n_nodes: int, path: 
     plt.close(fig)
 
 
+def plot_betas(history: List[dict], n_nodes: int, path: Path) -> None:
+    """PC-DARTS edge weights (softmax(beta) over each node's incoming edges): edges x epochs, one panel per
+    CNN cell kind."""
+    plt = _pyplot()
+    kinds = [k for k in ("normal", "reduce") if any(f"beta_{k}" in h for h in history)]
+    labels = _edge_labels(n_nodes)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.5 * len(kinds) + 1, 0.35 * (len(labels) + 4)), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        recs = [h for h in history if f"beta_{kind}" in h]
+        weights = np.asarray([r[f"beta_{kind}"] for r in recs]).T
+        im = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_title(f"{kind} cell", fontsize=8)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_xticks(range(len(recs)))
+        ax.set_xticklabels([str(r["epoch"] + 1) for r in recs], fontsize=6)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=6)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle("softmax(beta) over each node's edges (PC-DARTS edge normalisation)", fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def beta_table(record: dict, n_nodes: int) -> List[str]:
+    """Markdown table of one epoch's edge weights, normal and reduce cell side by side."""
+    rows = ["| edge | normal | reduce |", "| --- | --- | --- |"]
+    for e, label in enumerate(_edge_labels(n_nodes)):
+        rows.append(f"| {label} | {record['beta_normal'][e]:.3f} | {record['beta_reduce'][e]:.3f} |")
+    return rows
+
+
 # per phase: the split its weights are fitted on, and the split it is judged on (with their metric keys)
 _CURVES = (("search", "search (weight split)", "search (alpha split)", "alpha_loss", "alpha_ua"),
            ("train", "final training (training split)", "final training (dev)", "dev_loss", "dev_ua"))
@@ -246,6 +277,13 @@ def write_report(run_dir: Path) -> Path:
             n_inputs = seq_inputs(cfg.model.seq_space) if kind == "seq" else 2
             plot_alphas(history, kind, prims, n_nodes, out / f"alphas_{kind}.png", n_inputs)
             sections.setdefault("Architecture weights per epoch", []).append(f"![alphas {kind}](alphas_{kind}.png)")
+        betas = [h for h in history if "beta_normal" in h and "beta_reduce" in h]
+        if betas:
+            plot_betas(betas, cfg.model.cnn_nodes, out / "betas.png")
+            sections["Edge weights (PC-DARTS, --partial-channels "
+                     f"{cfg.model.partial_channels})"] = [
+                "![betas](betas.png)", "", f"Epoch {betas[-1]['epoch'] + 1}:", "",
+                *beta_table(betas[-1], cfg.model.cnn_nodes)]
     metrics = _read_jsonl(run_dir / "metrics.jsonl", notes)
     if metrics:
         plot_curves(metrics, out / "curves.png")

@@ -171,3 +171,30 @@ def test_betas_enter_the_derived_edges():
     probs = net.alpha_probs()
     assert set(probs) == set(ALPHA_NAMES + BETA_NAMES) and probs["beta_normal"].shape == (5,)
     torch.testing.assert_close(probs["beta_normal"][2:5].sum(), torch.tensor(1.0))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_search_resume_and_report_with_betas(tmp_path):
+    """A K = 2 search logs the betas, resumes bit-exactly (betas in the checkpoint and the alpha optimiser),
+    and its report shows them; the genotype keeps its form."""
+    import json
+
+    from emodarts.report import write_report
+    from emodarts.space import load_genotype
+    from emodarts.train import run_search
+
+    from helpers import random_run_data, small_run_config
+
+    cfg = small_run_config(epochs=2, partial_channels=2)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run_search(cfg, random_run_data(), whole, progress=False)
+    run_search(cfg, random_run_data(), cut, progress=False, stop_after=1)
+    run_search(cfg, random_run_data(), cut, resume=True, progress=False)
+    logs = [json.loads(x) for x in (whole / "alphas.jsonl").read_text().splitlines()]
+    assert [len(r["beta_normal"]) for r in logs] == [5, 5] and abs(sum(logs[-1]["beta_reduce"][:2]) - 1) < 1e-6
+    assert (cut / "alphas.jsonl").read_text() == (whole / "alphas.jsonl").read_text()
+    assert load_genotype(cut / "genotype.json") == load_genotype(whole / "genotype.json")
+    (whole / "config.json").write_text(json.dumps(cfg.to_dict()))
+    md = write_report(whole).read_text()
+    assert "Edge weights (PC-DARTS, --partial-channels 2)" in md and "| n1<-s2 |" in md
+    assert (whole / "report" / "betas.png").stat().st_size > 0
