@@ -10,6 +10,7 @@ runs in its own process so that its peak memory (max RSS on the CPU, max allocat
     python bench/bench_search.py --device cpu --quick --no-growth --seq-space darts
     python bench/bench_search.py --device cuda
     python bench/bench_search.py --presets tiny,paper --no-growth --breakdown --threads 2 [--heap steady]
+    python bench/bench_search.py --presets paper --no-growth --orders 1 --modes reference,fused --partial-channels 1,2,4,8
 
 CPU configurations run on --threads intra-op threads (default 1) with OpenMP's default wait policy; page
 faults per step are recorded (see --heap).
@@ -46,21 +47,14 @@ def part_times(model, x: torch.Tensor, device: torch.device, repeats: int, warmu
     weight and alpha; a first-order step runs each twice (alpha step, weight step), the rest is optimiser
     and bookkeeping."""
     def cnn():
-        s0 = s1 = model.stem(model.norm(x))
-        for cell in model.cnn_cells:
-            alpha = model.alpha_reduce if cell.reduction else model.alpha_normal
-            s0, s1 = s1, cell(s0, s1, alpha, model.backend)
-        return s0, s1
+        return model.cnn_part(x)
 
     with torch.no_grad():
         c0, c1 = cnn()
     c0, c1 = c0.detach().requires_grad_(True), c1.detach().requires_grad_(True)
 
     def seq():
-        q0, q1 = model.handoff(c0, c1)
-        for cell in model.seq_cells:
-            q0, q1 = q1, cell(q0, q1, model.alpha_seq, model.backend)
-        return model.head(q1)
+        return model.seq_part(c0, c1)
 
     def back(outs):
         outs = outs if isinstance(outs, tuple) else (outs,)
@@ -95,6 +89,7 @@ def measure(job: dict) -> dict:
         model_cfg = replace(model_cfg, seq_primitives=tuple(job["seq_candidates"]))
     if job.get("seq_space"):
         model_cfg = with_seq_space(model_cfg, job["seq_space"], job["preset"])
+    model_cfg = replace(model_cfg, partial_channels=job.get("partial_channels", 1))
     n_features, n_frames = FEATURE_PRESETS[job["preset"]].shape
     n_frames = job.get("frames") or n_frames
     batch = job.get("batch") or cfg.search.batch_size
@@ -141,7 +136,7 @@ def run_job(job: dict) -> dict:
 def with_ratios(rows: list) -> list:
     """Add speed-up over the reference of the same configuration."""
     key = lambda r: (r["preset"], r["second_order"], r.get("growth"), r.get("batch"), r.get("frames"),  # noqa: E731
-                     tuple(r.get("seq_candidates") or ()))
+                     tuple(r.get("seq_candidates") or ()), r.get("partial_channels", 1))
     ref = {key(r): r["seconds"] for r in rows if r["mode"] == "reference" and "seconds" in r}
     for r in rows:
         if "seconds" in r and key(r) in ref:
@@ -151,25 +146,25 @@ def with_ratios(rows: list) -> list:
 
 def print_table(rows: list, title: str) -> None:
     print(f"\n{title}")
-    print(f"{'preset':<7} {'order':<6} {'batch':>5} {'T':>4} {'seq cands':>9} {'mode':<10} {'step ms':>9} {'peak MB':>9} {'x ref':>6}")
+    print(f"{'preset':<7} {'order':<6} {'batch':>5} {'T':>4} {'seq cands':>9} {'K':>2} {'mode':<10} {'step ms':>9} {'peak MB':>9} {'x ref':>6}")
     for r in rows:
         if "error" in r:
             print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['mode']:<10} error: {r['error']}")
             continue
         n_seq = r.get("n_seq") or len(r.get("seq_candidates") or PRESETS[r["preset"]].model.seq_primitives)
         print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['batch']:>5} {r['frames']:>4} {n_seq:>9} "
-              f"{r['mode']:<10} {1e3 * r['seconds']:>9.1f} {r['peak_bytes'] / 2**20:>9.0f} {r.get('speedup_vs_reference', float('nan')):>6.2f}")
+              f"{r.get('partial_channels', 1):>2} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} {r['peak_bytes'] / 2**20:>9.0f} {r.get('speedup_vs_reference', float('nan')):>6.2f}")
 
 
 def print_breakdown(rows: list) -> None:
     print("\nwhere a step goes: forward+backward of each part alone (a step runs the model forward and backward")
     print("twice in first order: the alpha step, whose backward skips the weight gradients, and the weight step)")
-    print(f"{'preset':<7} {'order':<6} {'mode':<10} {'step ms':>9} {'CNN f+b ms':>11} {'seq f+b ms':>11} {'CNN share':>10}")
+    print(f"{'preset':<7} {'order':<6} {'K':>2} {'mode':<10} {'step ms':>9} {'CNN f+b ms':>11} {'seq f+b ms':>11} {'CNN share':>10}")
     for r in rows:
         if "cnn_fwd_bwd_s" not in r:
             continue
         cnn, seq = r["cnn_fwd_bwd_s"], r["seq_fwd_bwd_s"]
-        print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} "
+        print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r.get('partial_channels', 1):>2} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} "
               f"{1e3 * cnn:>11.1f} {1e3 * seq:>11.1f} {100 * cnn / (cnn + seq):>9.0f}%")
 
 
@@ -211,6 +206,8 @@ def main() -> None:
                    help="also time forward+backward of the CNN part and of the sequential part")
     p.add_argument("--orders", default="1,2", help="1: first order, 2: second order (comma list)")
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads of every configuration")
+    p.add_argument("--partial-channels", default="1",
+                   help="PC-DARTS K values to measure (comma list, e.g. 1,2,4,8; default 1: plain DARTS)")
     p.add_argument("--tag", default="", help="suffix of the result file names")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -226,10 +223,13 @@ def main() -> None:
             "heap": args.heap, "breakdown": args.breakdown, "threads": args.threads}
     rows = []
     orders = [o.strip() == "2" for o in args.orders.split(",")]
+    ks = [int(k) for k in args.partial_channels.split(",")]
     for preset in presets:
         for second_order in orders:
-            for mode in modes:
-                rows.append(run_job({**base, "preset": preset, "second_order": second_order, "mode": mode}))
+            for k in ks:
+                for mode in modes:
+                    rows.append(run_job({**base, "preset": preset, "second_order": second_order, "mode": mode,
+                                         "partial_channels": k}))
     with_ratios(rows)
     print_table(rows, f"search step, {args.seq_space} sequential space, {header(device)['device']}")
 

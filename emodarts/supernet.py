@@ -203,13 +203,21 @@ class Supernet(nn.Module):
             probs[n] = self.edge_weights(n[len("beta_"):])
         return probs
 
-    def forward(self, x: Tensor) -> Tensor:
+    def cnn_part(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Features -> the last two CNN cells' maps."""
         s0 = s1 = self.stem(self.norm(x))
         for cell in self.cnn_cells:
             kind = "reduce" if cell.reduction else "normal"
             beta = getattr(self, f"beta_{kind}") if cell.k > 1 else None
             s0, s1 = s1, cell(s0, s1, getattr(self, f"alpha_{kind}"), self.backend, beta)
+        return s0, s1
+
+    def seq_part(self, s0: Tensor, s1: Tensor) -> Tensor:
+        """The last two CNN maps -> logits (hand-off, sequential cells, head)."""
         q0, q1 = self.handoff(s0, s1)
         for cell in self.seq_cells:
             q0, q1 = q1, cell(q0, q1, self.alpha_seq, self.backend)
         return self.head(q1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.seq_part(*self.cnn_part(x))
