@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import EmodartsError
+from .features.config import FEATURE_KINDS
 from .space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
 
 
@@ -68,6 +69,7 @@ class RunConfig:
     fold: int = 0  # the protocol's fold this run uses (`cv` writes one configuration per fold)
     preset: str = "tiny"
     min_duration: Optional[float] = None  # shortest usable clip in seconds; None: the feature preset's (0.25)
+    features: str = "mfcc"  # input features (features.FEATURE_KINDS): mfcc, logmel, spectrogram or npy
     seed: int = 0
     device: str = "cpu"
     backend: str = "reference"
@@ -77,8 +79,19 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.features not in FEATURE_KINDS:  # a Python API caller's typo fails here, not mid-extraction
+            raise EmodartsError(f"field 'features' is {self.features!r}; expected one of {', '.join(FEATURE_KINDS)}")
+
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The configuration as config.json and checkpoints hold it. `features` only when not mfcc: runs of
+        versions without the field (their checkpoints compare against this) stay resumable and loadable."""
+        d = asdict(self)
+        if d["features"] == "mfcc":
+            del d["features"]
+        if d["model"]["partial_channels"] == 1:  # likewise plain DARTS (no --partial-channels)
+            del d["model"]["partial_channels"]
+        return d
 
 
 PRESETS: Dict[str, RunConfig] = {
@@ -229,6 +242,9 @@ def load_config(path: Path) -> RunConfig:
     problem = config_problem(data)
     if problem:
         raise EmodartsError(f"{path}: not a valid emodarts configuration: {problem}")
+    if data.get("features", "mfcc") not in FEATURE_KINDS:
+        raise EmodartsError(f"{path}: not a valid emodarts configuration: field 'features' is "
+                            f"{data['features']!r}; expected one of {', '.join(FEATURE_KINDS)}")
     if data["model"].get("seq_space", "emodarts") not in SEQ_SPACES:
         raise EmodartsError(f"{path}: not a valid emodarts configuration: field 'model.seq_space' is "
                             f"{data['model']['seq_space']!r}; expected one of {', '.join(SEQ_SPACES)}")

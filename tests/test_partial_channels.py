@@ -198,3 +198,15 @@ def test_search_resume_and_report_with_betas(tmp_path):
     md = write_report(whole).read_text()
     assert "Edge weights (PC-DARTS, --partial-channels 2)" in md and "| n1<-s2 |" in md
     assert (whole / "report" / "betas.png").stat().st_size > 0
+
+
+def test_config_field_only_written_when_used():
+    """config.json and checkpoints of plain DARTS runs keep their form (older runs stay resumable); K > 1 is
+    written and read back."""
+    from emodarts.config import PRESETS, config_from_dict
+
+    plain = PRESETS["tiny"]
+    assert "partial_channels" not in plain.to_dict()["model"]
+    pc = replace(plain, model=replace(plain.model, partial_channels=4))
+    assert pc.to_dict()["model"]["partial_channels"] == 4
+    assert config_from_dict(pc.to_dict()) == pc and config_from_dict(plain.to_dict()) == plain
