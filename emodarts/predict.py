@@ -45,17 +45,18 @@ def load_predictor(run_dir: Path, device: str = "cpu"):
 @torch.no_grad()
 def predict_files(run_dir: Path, paths: Sequence[Path], device: str = "cpu") -> List[dict]:
     """One record per file: {file, label, probs} or {file, error} for audio that cannot be used."""
-    from .features import FEATURE_PRESETS, extract_mfcc
+    from .features import extract_features, run_feature_config, with_rows
 
     cfg, classes, net = load_predictor(run_dir, device)
-    feature_cfg = FEATURE_PRESETS[cfg.preset]
+    # the run's kind of features (npy: the files given are .npy arrays with the rows the network was trained on)
+    feature_cfg = with_rows(run_feature_config(cfg), int(net.norm.mean.shape[0]))
     out = []
     for path in paths:
         if Path(path).is_dir():  # else "audio file not found", which misleads
             out.append({"file": str(path), "error": f"{path} is a directory, not an audio file"})
             continue
         try:
-            x = extract_mfcc(str(path), feature_cfg)
+            x = extract_features(str(path), feature_cfg)
         except DataError as exc:
             out.append({"file": str(path), "error": str(exc)})
             continue

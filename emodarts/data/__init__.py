@@ -9,7 +9,9 @@ EMOTIONS = ("angry", "happy", "neutral", "sad")
 class Utterance:
     """One labelled audio file. `path` is absolute; `label` is the corpus's own label code when a loader
     returns it, one of the protocol's classes once a protocol has mapped it. `split` is an official
-    partition name (MSP-Podcast's Split_Set, a manifest's split column) or None."""
+    partition name (MSP-Podcast's Split_Set, a manifest's split column) or None. `features` is an absolute
+    path to the utterance's precomputed features (.npy, a manifest's features column; read by
+    `--features npy` instead of the audio) or None."""
 
     utt_id: str
     path: str
@@ -17,3 +19,4 @@ class Utterance:
     speaker: str
     session: Optional[str] = None
     split: Optional[str] = None
+    features: Optional[str] = None

@@ -1,7 +1,9 @@
-"""CSV manifests: one utterance a row, columns path,label,speaker and optional utt_id, session, split.
+"""CSV manifests: one utterance a row, columns path,label,speaker and optional utt_id, session, split, features.
 
 `path` may be absolute or relative to the manifest's folder; `utt_id` defaults to the path as written
-without its extension; `session` and `split` may be empty or absent.
+without its extension; `session` and `split` may be empty or absent. `features` names the utterance's
+precomputed features (.npy, rows x frames; absolute or relative to the manifest's folder), which
+`--features npy` reads instead of the audio; a row that names one need not have its audio file here.
 
 Strict mode (no `report`): the first bad row raises a DataError naming the file and line. With a
 `report` (data.report.SkipReport), bad rows are recorded there (file:line and why) and left out, and only
@@ -20,6 +22,7 @@ from . import EMOTIONS, Utterance
 
 COLUMNS = ("utt_id", "path", "label", "speaker", "session", "split")
 REQUIRED = ("path", "label", "speaker")
+FEATURES = "features"  # optional column: precomputed features of the utterance (--features npy)
 
 
 def open_csv(path: Path, required: Sequence[str], what: str = "file", optional: str = "") -> csv.DictReader:
@@ -53,7 +56,7 @@ def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, ch
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"manifest not found: {csv_path}")
-    reader = open_csv(csv_path, REQUIRED, "manifest", "optionally utt_id,session,split")
+    reader = open_csv(csv_path, REQUIRED, "manifest", "optionally utt_id,session,split,features")
     base = Path(os.path.abspath(csv_path)).parent
     if label_map is not None:
         lookup = {k.lower(): v for k, v in label_map.items()}
@@ -86,6 +89,7 @@ def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, ch
         if not path.is_absolute():
             path = base / path
         path = Path(os.path.normpath(path))
+        features = _resolve(base, (row.get(FEATURES) or "").strip())
         label = vals["label"]
         if lookup is not None:
             key = label.lower() if label_map is not None else label
@@ -97,39 +101,56 @@ def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, ch
             problem(line, "duplicate", f"duplicate utt_id {utt_id!r} (first on line {seen[utt_id]})", path, utt_id)
             continue
         seen[utt_id] = line
-        if check_files and not path.is_file():
+        if check_files and not features and not path.is_file():
             problem(line, "no-audio", f"audio file not found: {path}", path, utt_id)
             continue
         utts.append(Utterance(utt_id, str(path), label, vals["speaker"], vals["session"] or None,
-                              vals["split"] or None))
+                              vals["split"] or None, features))
     if not utts and report is None:
         raise DataError(f"{csv_path}: manifest has no utterances")
     return utts
 
 
+def _resolve(base: Path, value: str) -> Optional[str]:
+    """An absolute, normalised path for a path column's value (relative ones are under `base`), or None."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
+
+
 def write_manifest(utts: Iterable[Utterance], csv_path: Path, relative: bool = True) -> Path:
     """Write a manifest atomically. With `relative`, paths under the manifest's folder are stored
     relative to it (so the corpus folder can move); other paths stay absolute. The split column is
-    written only when some utterance has a split."""
+    written only when some utterance has a split, the features column when some utterance has features."""
     from ..io import atomic_write_text
 
     utts = list(utts)
     columns = COLUMNS if any(u.split for u in utts) else COLUMNS[:-1]
+    with_features = any(getattr(u, "features", None) for u in utts)
+    if with_features:
+        columns = columns + (FEATURES,)
     csv_path = Path(csv_path)
     base = Path(os.path.abspath(csv_path)).parent
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
-    for u in utts:
-        path = Path(u.path)
+
+    def shown(p: str) -> str:
+        path = Path(p)
         if relative:
             try:
                 path = Path(os.path.abspath(path)).relative_to(base)
             except ValueError:
                 pass
-        row = [u.utt_id, path.as_posix(), u.label, u.speaker, u.session or ""]
-        if len(columns) == len(COLUMNS):
+        return path.as_posix()
+
+    for u in utts:
+        row = [u.utt_id, shown(u.path), u.label, u.speaker, u.session or ""]
+        if "split" in columns:
             row.append(u.split or "")
+        if with_features:
+            row.append(shown(u.features) if u.features else "")
         writer.writerow(row)
     atomic_write_text(csv_path, buf.getvalue())
     return csv_path

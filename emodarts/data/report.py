@@ -37,6 +37,10 @@ KINDS = {
     "truncated": "audio file shorter than its header says",
     "not-finite": "NaN or infinite samples",
     "too-short": "audio shorter than the minimum duration (--min-duration)",
+    "missing-features": "features file not found (manifest column features)",
+    "unreadable-features": "features file not a readable .npy array",
+    "wrong-shape": "features array not rows x frames, or rows unlike the corpus's",
+    "not-finite-features": "NaN or infinite feature values",
     "resampled": "sample rate differs from the corpus's usual rate (resampled)",
     "mixed-down": "more than one channel (averaged to mono)",
 }

@@ -3,7 +3,8 @@
 One job per module:
 - config.py: FeatureConfig, the `paper` and `tiny` presets, the cache key;
 - audio.py: reading audio files and deciding whether they can be used (AudioError kinds);
-- compute.py: the librosa backend (one file at a time; the reference);
+- compute.py: the librosa backend (one file at a time; the reference): mfcc, logmel, spectrogram;
+- npy.py: precomputed features (.npy per utterance, named by the manifest's `features` column);
 - torch_backend.py: the torchaudio backend (batched, on the GPU when there is one; needs no librosa);
 - cache.py: cache entries and FeatureSet; shards.py: the chunks of an unfinished extraction;
 - extract.py: build_features, the chunked extraction and its process pool.
@@ -14,18 +15,25 @@ FeatureConfig, or a cached FeatureSet) needs only numpy.
 from .audio import AudioError, check_duration, load_audio, read_audio, wav_truncation
 from .cache import (FeatureSet, cache_dir_for, default_cache_dir, load_feature_set, utterance_list_hash,
                     work_dir_for)
-from .compute import extract_features, extract_mfcc, mfcc_from_audio
-from .config import FEATURE_PRESETS, FEATURE_VERSION, MIN_DURATION_S, FeatureConfig, feature_config
+from .compute import (extract_features, extract_mfcc, features_from_audio, logmel_from_audio, mfcc_from_audio,
+                      spectrogram_from_audio)
+from .npy import FeatureFileError, corpus_rows, load_npy_features
+from .config import (FEATURE_KINDS, FEATURE_PRESETS, FEATURE_VERSION, MIN_DURATION_S, SPECTROGRAM_HOP,
+                     SPECTROGRAM_N_FFT, FeatureConfig, feature_config, feature_kind_problem, run_feature_config,
+                     with_rows)
 from .extract import build_features, extract_chunk
 from .shards import DEFAULT_CHUNK
-from .torch_backend import (BACKENDS, TORCHAUDIO_TOLERANCE, features_torch, mfcc_batch_torch, mfcc_torch,
-                            resample_torch, torch_device)
+from .torch_backend import (BACKENDS, TORCHAUDIO_TOLERANCE, features_batch_torch, features_torch, mfcc_batch_torch,
+                            mfcc_torch, resample_torch, torch_device)
 from ..errors import DataError
 
 __all__ = [
-    "AudioError", "BACKENDS", "DEFAULT_CHUNK", "DataError", "FEATURE_PRESETS", "FEATURE_VERSION", "FeatureConfig",
-    "FeatureSet", "MIN_DURATION_S", "TORCHAUDIO_TOLERANCE", "build_features", "cache_dir_for", "check_duration",
-    "default_cache_dir", "extract_chunk", "extract_features", "extract_mfcc", "feature_config", "features_torch",
-    "load_audio", "load_feature_set", "mfcc_batch_torch", "mfcc_from_audio", "mfcc_torch", "read_audio",
-    "resample_torch", "torch_device", "utterance_list_hash", "wav_truncation", "work_dir_for",
+    "AudioError", "BACKENDS", "DEFAULT_CHUNK", "DataError", "FEATURE_KINDS", "FEATURE_PRESETS", "FEATURE_VERSION",
+    "FeatureConfig", "FeatureFileError", "FeatureSet", "MIN_DURATION_S", "SPECTROGRAM_HOP", "SPECTROGRAM_N_FFT",
+    "TORCHAUDIO_TOLERANCE", "build_features", "cache_dir_for", "check_duration", "corpus_rows", "default_cache_dir",
+    "extract_chunk", "extract_features", "extract_mfcc", "feature_config", "feature_kind_problem",
+    "features_batch_torch", "features_from_audio", "features_torch", "load_audio", "load_feature_set",
+    "load_npy_features", "logmel_from_audio", "mfcc_batch_torch", "mfcc_from_audio", "mfcc_torch", "read_audio",
+    "resample_torch", "run_feature_config", "spectrogram_from_audio", "torch_device", "utterance_list_hash",
+    "wav_truncation", "with_rows", "work_dir_for",
 ]

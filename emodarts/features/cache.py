@@ -73,9 +73,16 @@ def utt_record(u) -> dict:
     """An utterance as index.json keeps it (so the entry can be used without the corpus)."""
     rec = {"utt_id": u.utt_id, "path": u.path, "label": u.label, "speaker": u.speaker,
            "session": getattr(u, "session", None)}
-    if getattr(u, "split", None):
-        rec["split"] = u.split
+    for optional in ("split", "features"):
+        if getattr(u, optional, None):
+            rec[optional] = getattr(u, optional)
     return rec
+
+
+def source_path(u, cfg: FeatureConfig) -> Optional[str]:
+    """The file an utterance's features come from: its audio, or for npy features the file the manifest's
+    `features` column names (None when it names none)."""
+    return (getattr(u, "features", None) or None) if cfg.kind == "npy" else u.path
 
 
 def _with_index(fs: FeatureSet, index: dict, utts: list) -> FeatureSet:
@@ -97,26 +104,29 @@ def load_feature_set(folder: Path) -> FeatureSet:
         feats = np.load(folder / "features.npy", mmap_mode="r")
         cfg = FeatureConfig(**index["config"])
         utts = [Utterance(**r) for r in index["utterances"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, DataError) as exc:
         raise DataError(f"not a readable feature cache entry: {folder} ({exc})") from exc
     return _with_index(FeatureSet(feats, [u.utt_id for u in utts], cfg, folder), index, utts)
 
 
-def utterance_list_hash(utts: Sequence) -> str:
+def utterance_list_hash(utts: Sequence, cfg: Optional[FeatureConfig] = None) -> str:
     """Hash of the utterance ids and absolute audio paths, in order (two corpora with the same layout in
-    different folders get different cache entries)."""
+    different folders get different cache entries); for npy features (`cfg`) the features files' too."""
     h = hashlib.sha1()
     for u in utts:
         h.update(u.utt_id.encode())
         h.update(b"\0")
         h.update(os.path.abspath(u.path).encode())
+        if cfg is not None and cfg.kind == "npy":
+            src = source_path(u, cfg)
+            h.update(b"\0" + (os.path.abspath(src).encode() if src else b""))
         h.update(b"\n")
     return h.hexdigest()[:12]
 
 
 def cache_dir_for(utts: Sequence, cfg: FeatureConfig, cache_dir: Path) -> Path:
     """The entry folder of these utterances under these settings."""
-    return Path(cache_dir) / f"{cfg.key()}-{utterance_list_hash(utts)}"
+    return Path(cache_dir) / f"{cfg.key()}-{utterance_list_hash(utts, cfg)}"
 
 
 def work_dir_for(entry: Path) -> Path:
@@ -132,8 +142,10 @@ def default_cache_dir() -> Path:
     return base / "features"
 
 
-def file_stamp(path: str):
+def file_stamp(path: Optional[str]):
     """[size, mtime_ns] of a source file, or None when it is not there: a changed file rebuilds the entry."""
+    if not path:
+        return None
     try:
         st = os.stat(path)
     except OSError:
@@ -168,7 +180,7 @@ def load_cached(folder: Path, utts: Sequence, cfg: FeatureConfig) -> Optional[Fe
     # changed (repaired) rebuilds too.
     stamps = index.get("stamps") or []
     for u, old in list(zip(kept, stamps)) + [(s["path"], s.get("stamp")) for s in skipped]:
-        new = file_stamp(u if isinstance(u, str) else u.path)
+        new = file_stamp(u if isinstance(u, str) else source_path(u, cfg))
         if new is not None and old is not None and new != old:
             return None
     return _with_index(FeatureSet(feats, kept_ids, cfg, folder), index, list(kept))

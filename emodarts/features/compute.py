@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from .audio import load_audio
-from .config import FeatureConfig
+from .config import SPECTROGRAM_HOP, SPECTROGRAM_N_FFT, FeatureConfig
+from .npy import load_npy_features
 
 
 def fix_length(y: np.ndarray, n: int) -> np.ndarray:
@@ -44,11 +45,59 @@ def mfcc_from_audio(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return np.ascontiguousarray(m, dtype=np.float32)
 
 
+def pool_to(m, shape: tuple):
+    """Max-pool the last two axes of `m` (numpy or torch) to `shape` with PyTorch's adaptive windows (the
+    spectrogram's 140 bins x 1 + n // 229 frames do not divide the preset's shape evenly)."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(m)) if isinstance(m, np.ndarray) else m
+    lead = t.shape[:-2]
+    out = torch.nn.functional.adaptive_max_pool2d(t.reshape(-1, 1, *t.shape[-2:]), shape)
+    out = out.reshape(*lead, *shape)
+    return out.numpy() if isinstance(m, np.ndarray) else out
+
+
+def logmel_from_audio(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Fix the length, log mel spectrogram with n_mfcc bands (the MFCC's settings, before its DCT), trim/pad
+    frames, max-pool time. Returns cfg.shape float32."""
+    import librosa
+
+    y = fix_length(y, cfg.n_samples)
+    s = librosa.feature.melspectrogram(y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                       n_mels=cfg.n_mfcc)
+    m = fix_frames(librosa.power_to_db(s), cfg.n_frames, cfg.time_pool)
+    return np.ascontiguousarray(m, dtype=np.float32)
+
+
+def spectrogram_from_audio(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Fix the length, STFT magnitude (n_fft 278, hop 229, Hann, centred), max-pooled to cfg.shape float32."""
+    import librosa
+
+    y = fix_length(y, cfg.n_samples)
+    s = np.abs(librosa.stft(y, n_fft=SPECTROGRAM_N_FFT, hop_length=SPECTROGRAM_HOP)).astype(np.float32)
+    return np.ascontiguousarray(pool_to(s, cfg.shape), dtype=np.float32)
+
+
+_FROM_AUDIO = {"mfcc": mfcc_from_audio, "logmel": logmel_from_audio, "spectrogram": spectrogram_from_audio}
+
+
+def features_from_audio(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The preset's features of samples already at cfg.sample_rate: cfg.shape float32."""
+    if cfg.kind not in _FROM_AUDIO:
+        raise ValueError(f"feature kind {cfg.kind!r} is not computed from audio")
+    return _FROM_AUDIO[cfg.kind](y, cfg)
+
+
 def extract_mfcc(path, cfg: FeatureConfig) -> np.ndarray:
     """MFCC features of one file: (cfg.n_mfcc, cfg.shape[1]) float32."""
     return mfcc_from_audio(load_audio(path, cfg.sample_rate), cfg)
 
 
 def extract_features(path, cfg: FeatureConfig) -> np.ndarray:
-    """One file's features of the preset's kind: cfg.shape float32. AudioError when it cannot be used."""
-    return extract_mfcc(path, cfg)  # looked up at call time (tests count the calls)
+    """One utterance's features of the preset's kind: cfg.shape float32. `path` is the audio file, or the
+    .npy file for kind npy. AudioError / FeatureFileError (naming the file) when it cannot be used."""
+    if cfg.kind == "mfcc":
+        return extract_mfcc(path, cfg)  # looked up at call time (tests count the calls)
+    if cfg.kind == "npy":
+        return load_npy_features(path, cfg)
+    return features_from_audio(load_audio(path, cfg.sample_rate), cfg)

@@ -1,10 +1,11 @@
 """build_features: extract (or reuse) the features of a list of utterances into the cache.
 
 Extraction runs chunk by chunk: librosa one file at a time (over a process pool with workers > 1), or
-torchaudio batched (files decoded over `workers` threads). Each finished chunk is saved as a shard
-(shards.py); when every chunk is done the entry is assembled from the shards (cache.write_entry) and the
-shards are removed. Files that cannot be used are left out and listed (with a report) or stop the
-extraction (without one).
+torchaudio batched (files decoded over `workers` threads). Precomputed features (kind npy) are loaded one
+file at a time whatever the backend; their row count is the corpus's (npy.corpus_rows). Each finished
+chunk is saved as a shard (shards.py); when every chunk is done the entry is assembled from the shards
+(cache.write_entry) and the shards are removed. Files that cannot be used are left out and listed (with a
+report) or stop the extraction (without one).
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ import numpy as np
 from ..errors import DataError
 from . import compute
 from .audio import audio_facts, check_duration, read_audio
-from .cache import FeatureSet, cache_dir_for, file_stamp, load_cached, utt_record, work_dir_for, write_entry
-from .config import FEATURE_VERSION, FeatureConfig
+from .cache import (FeatureSet, cache_dir_for, file_stamp, load_cached, source_path, utt_record, work_dir_for,
+                    write_entry)
+from .config import FEATURE_VERSION, FeatureConfig, with_rows
+from .npy import FeatureFileError, corpus_rows
 from .shards import load_plan, read_shard, shard_path, write_shard
 from .torch_backend import BACKENDS, features_torch, torch_device
 
@@ -32,13 +35,18 @@ def _error(exc: Exception) -> list:
     return [getattr(exc, "kind", "unreadable"), str(exc)]
 
 
-def _chunk_librosa(items: Items, cfg: FeatureConfig, out: dict, strict: bool) -> None:
-    for i, (_, path) in enumerate(items):
+def _chunk_per_file(items: Items, cfg: FeatureConfig, out: dict, strict: bool) -> None:
+    """librosa (or .npy loading) one file at a time."""
+    for i, (uid, path) in enumerate(items):
         try:
+            if not path:  # npy: the manifest names no features file for this utterance
+                raise FeatureFileError(f"no features file for utterance {uid!r} (the manifest's features column "
+                                       f"is empty or absent)", "missing-features")
             out["feats"][i] = compute.extract_features(path, cfg)
-            facts = out["facts"][i] = audio_facts(path)
-            if facts:
-                check_duration(path, facts["frames"] / facts["sr"], cfg)
+            if cfg.kind != "npy":
+                facts = out["facts"][i] = audio_facts(path)
+                if facts:
+                    check_duration(path, facts["frames"] / facts["sr"], cfg)
             out["ok"][i] = True
         except DataError as exc:
             out["errors"][i] = _error(exc)
@@ -89,12 +97,12 @@ def extract_chunk(items: Items, cfg: FeatureConfig, backend: str = "librosa",
     n = len(items)
     out = {"feats": np.zeros((n,) + cfg.shape, dtype=np.float32), "ok": np.zeros(n, dtype=bool),
            "errors": {}, "facts": [None] * n}
-    if backend == "librosa":
-        _chunk_librosa(items, cfg, out, strict)
-    elif backend == "torchaudio":
-        _chunk_torchaudio(items, cfg, out, strict, device, threads)
-    else:
+    if backend not in BACKENDS:
         raise DataError(f"unknown feature backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "librosa" or cfg.kind == "npy":
+        _chunk_per_file(items, cfg, out, strict)
+    else:
+        _chunk_torchaudio(items, cfg, out, strict, device, threads)
     return out
 
 
@@ -117,11 +125,12 @@ class _Extraction:
                  chunk_size: Optional[int]):
         self.work, self.utts, self.cfg, self.backend, self.strict = work, utts, cfg, backend, strict
         self.chunks = load_plan(work, len(utts), cfg, chunk_size)
-        self.stamps = [file_stamp(u.path) for u in utts]
+        self.sources = [source_path(u, cfg) for u in utts]
+        self.stamps = [file_stamp(p) for p in self.sources]
         self.results: Dict[int, dict] = {}
 
     def items(self, c: int) -> List[Tuple[str, str]]:
-        return [(self.utts[i].utt_id, self.utts[i].path) for i in self.chunks[c]]
+        return [(self.utts[i].utt_id, self.sources[i]) for i in self.chunks[c]]
 
     def _ids_stamps(self, c: int) -> Tuple[list, list]:
         rows = self.chunks[c]
@@ -153,13 +162,16 @@ class _Extraction:
         return sum(len(self.chunks[c]) for c in self.results)
 
 
+_LABELS = {"mfcc": "MFCC", "logmel": "log mel", "spectrogram": "spectrogram", "npy": "npy features"}
+
+
 def _progress(ex: _Extraction, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=len(ex.utts), initial=ex.rows_done(), unit="utt", dynamic_ncols=True,
-                desc=f"MFCC {ex.cfg.shape[0]}x{ex.cfg.shape[1]} ({ex.backend})")
+                desc=f"{_LABELS[ex.cfg.kind]} {ex.cfg.shape[0]}x{ex.cfg.shape[1]} ({ex.backend})")
 
 
 def _run_pool(ex: _Extraction, pending: List[int], workers: int, device: Optional[str],
@@ -210,12 +222,14 @@ def _outcome(ex: _Extraction) -> Tuple[List[int], List[Optional[dict]], List[dic
         facts.extend(ex.results[c]["facts"])
         for r, (kind, msg) in sorted(ex.results[c]["errors"].items()):
             u = ex.utts[rows[r]]
-            skipped.append({"utt_id": u.utt_id, "path": u.path, "kind": kind, "reason": msg,
+            path = ex.sources[rows[r]] or u.path
+            skipped.append({"utt_id": u.utt_id, "path": path, "kind": kind, "reason": msg,
                             "stamp": ex.stamps[rows[r]]})
     kept = [i for i in range(len(ex.utts)) if ok[i]]
     if not kept:
         reasons = "; ".join(s["reason"] for s in skipped[:3])
-        err = DataError(f"none of the {len(ex.utts)} audio files could be used ({reasons}"
+        what = "features" if ex.cfg.kind == "npy" else "audio"
+        err = DataError(f"none of the {len(ex.utts)} {what} files could be used ({reasons}"
                         + (" ..." if len(skipped) > 3 else "") + ")")
         err.skipped = skipped
         raise err
@@ -308,6 +322,9 @@ def build_features(utts: Sequence, cfg: FeatureConfig, cache_dir: Path, progress
     is the completion mark), and reused while the ids, the settings and the audio files' size/mtime still
     match (whatever backend wrote it). The returned features are a read-only memmap.
 
+    For kind npy, each utterance's `features` file is loaded instead of its audio; the entry's (and the
+    returned FeatureSet's) cfg has the files' row count as n_mfcc.
+
     Without `report`, the first unusable file raises a DataError naming it (and no shard is kept). With a
     `report` (data.report.SkipReport), unusable files are left out of the entry and recorded there (the
     entry's index.json keeps them too, for later runs); a DataError only when no file is usable.
@@ -315,6 +332,9 @@ def build_features(utts: Sequence, cfg: FeatureConfig, cache_dir: Path, progress
     utts = list(utts)
     _check_request(utts, backend)
     strict = report is None
+    if cfg.kind == "npy":  # the arrays' row count, not the preset's, is the features' height
+        rows = corpus_rows([source_path(u, cfg) for u in utts])
+        cfg = with_rows(cfg, rows) if rows else cfg
     folder = cache_dir_for(utts, cfg, cache_dir)
     result = load_cached(folder, utts, cfg)
     if result is None:

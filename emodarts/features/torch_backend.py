@@ -10,8 +10,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .compute import fix_frames
-from .config import FeatureConfig
+from .compute import fix_frames, pool_to
+from .config import SPECTROGRAM_HOP, SPECTROGRAM_N_FFT, FeatureConfig
 
 BACKENDS = ("librosa", "torchaudio")
 # Agreement with the librosa reference, measured on CPU (tests/test_corpora_features.py; speech-like
@@ -46,14 +46,24 @@ def _torchaudio():
 
 
 def _torch_ops(cfg: FeatureConfig, device: str):
+    """The transforms of `cfg`'s kind, as librosa's defaults compute them: (mel, dct) for mfcc, (mel, None)
+    for logmel (n_mfcc bands), (spectrogram, None) for spectrogram."""
     key = (cfg, device)
     if key not in _TORCH_OPS:
         torchaudio = _torchaudio()
+        if cfg.kind == "spectrogram":
+            spec = torchaudio.transforms.Spectrogram(n_fft=SPECTROGRAM_N_FFT, hop_length=SPECTROGRAM_HOP,
+                                                     power=1.0, center=True, pad_mode="constant")
+            _TORCH_OPS[key] = (spec.to(device), None)
+            return _TORCH_OPS[key]
+        bands = cfg.n_mels if cfg.kind == "mfcc" else cfg.n_mfcc
         mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels,
+            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=bands,
             f_min=0.0, f_max=None, power=2.0, center=True, pad_mode="constant", norm="slaney",
             mel_scale="slaney").to(device)
-        dct = torchaudio.functional.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho").to(device)
+        dct = None
+        if cfg.kind == "mfcc":
+            dct = torchaudio.functional.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho").to(device)
         _TORCH_OPS[key] = (mel, dct)
     return _TORCH_OPS[key]
 
@@ -91,8 +101,19 @@ def mfcc_batch_torch(waves, cfg: FeatureConfig):
 
 
 def features_batch_torch(waves, cfg: FeatureConfig):
-    """The preset's features for a batch of fixed-length waves (B, cfg.n_samples): (B, F, T)."""
-    return mfcc_batch_torch(waves, cfg)
+    """The preset's features for a batch of fixed-length waves (B, cfg.n_samples): (B, F, T), the
+    torchaudio twin of compute.features_from_audio."""
+    import torch
+
+    if cfg.kind == "mfcc":
+        return mfcc_batch_torch(waves, cfg)
+    if cfg.kind not in ("logmel", "spectrogram"):
+        raise ValueError(f"feature kind {cfg.kind!r} is not computed from audio")
+    transform, _ = _torch_ops(cfg, str(waves.device))
+    with torch.no_grad():
+        if cfg.kind == "logmel":
+            return fix_frames(_power_to_db(transform(waves)), cfg.n_frames, cfg.time_pool)
+        return pool_to(transform(waves), cfg.shape)
 
 
 def _windows(signals: Sequence[np.ndarray], rates: Sequence[int], cfg: FeatureConfig, device: str):
