@@ -4,14 +4,14 @@ Compiled parts, built here only when torch is importable at build time, i.e. wit
 ``pip install --no-build-isolation [-e] .`` against the torch already installed (torch is deliberately not a
 build requirement: an isolated build would pull a second multi-GB torch). A plain ``pip install -e .`` builds
 in isolation, finds no torch and builds nothing; then everything is JIT-compiled on first use
-(emodarts/ops/extension.py for the C++ part, emodarts/ops/grouped_recurrent.py ensure_cuda for the CUDA part).
+(emodarts/ops/extension.py for the C++ part, emodarts/ops/extension_cuda.py for the CUDA part).
 
 - ``emodarts._C``: the C++ CPU ops (csrc/*.cpp). Built whenever torch is importable.
 - ``emodarts._C_cuda``: the CUDA kernels of the grouped recurrent layer and of the DARTS cell
   (csrc/cuda/*.cu). Built when all of these hold:
     * torch is a CUDA build (torch.version.cuda is not None),
     * a CUDA toolkit is found (CUDA_HOME, CUDA_PATH, /usr/local/cuda or nvcc on the PATH, holding bin/nvcc
-      and include/cuda_runtime.h),
+      and include/cuda_runtime.h: emodarts/ops/toolchain.py, which the JIT build uses too),
     * EMODARTS_NO_CUDA_EXT is not set,
     * and a GPU is visible (torch.cuda.is_available()), or it is asked for explicitly with
       EMODARTS_CUDA_EXT=1 or a TORCH_CUDA_ARCH_LIST. An nvcc build takes minutes on a small machine, so an
@@ -21,9 +21,9 @@ in isolation, finds no torch and builds nothing; then everything is JIT-compiled
 
 EMODARTS_NO_EXT=1 skips both extensions.
 """
+import importlib.util
 import os
 import platform
-import shutil
 
 from setuptools import setup
 
@@ -31,23 +31,18 @@ PACKAGES = ["emodarts", "emodarts.data", "emodarts.ops", "emodarts.kernels"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def find_cuda_home(environ=os.environ):
-    """The CUDA toolkit folder: $CUDA_HOME / $CUDA_PATH, /usr/local/cuda, or nvcc's folder's parent (followed
-    through symlinks), whichever has bin/nvcc and include/cuda_runtime.h; None when there is none. (The same
-    rule as emodarts.ops.grouped_recurrent.cuda_home, repeated here so that setup.py imports no emodarts.)"""
+def _load_toolchain():
+    """emodarts/ops/toolchain.py loaded by its path (standard library only): the CUDA toolkit lookup, the
+    default GPU target and the OpenMP flags the JIT builds use too, without importing the package."""
+    spec = importlib.util.spec_from_file_location(
+        "emodarts_toolchain_for_setup", os.path.join(HERE, "emodarts", "ops", "toolchain.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def ok(d):
-        return bool(d) and os.path.isfile(os.path.join(d, "bin", "nvcc")) and os.path.isfile(
-            os.path.join(d, "include", "cuda_runtime.h"))
 
-    candidates = [environ.get("CUDA_HOME"), environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    for d in candidates:
-        if ok(d):
-            return d
-    return None
+toolchain = _load_toolchain()
+find_cuda_home = toolchain.find_cuda_home  # the rule of the module docstring (tests call it from here)
 
 
 def cuda_extension_wanted(environ, torch_cuda_version, cuda_home, gpu_visible):
@@ -91,13 +86,13 @@ def extension_modules():
         # wrong when nvcc is a wrapper script); without a GPU, nvcc needs an explicit target
         os.environ["CUDA_HOME"] = home
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = toolchain.DEFAULT_CUDA_ARCH_LIST
     try:
         from torch.utils import cpp_extension
     except ImportError:
         return [], {}
-    # -fopenmp on Linux, as emodarts/ops/extension.py: at::parallel_for forks threads only with it
-    openmp = ["-fopenmp"] if platform.system() == "Linux" else []
+    # -fopenmp on Linux, as the JIT build: at::parallel_for forks threads only with it
+    openmp = toolchain.openmp_flags()
     exts = [cpp_extension.CppExtension(
         "emodarts._C", cpu_sources, extra_compile_args={"cxx": ["-O3", *openmp]}, extra_link_args=openmp
     )]

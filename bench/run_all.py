@@ -106,8 +106,8 @@ def plan(args, tag: str, results: Path) -> List[Step]:
         "ext.load_extension(); print(f'C++ extension: {cpu} ({time.time() - t0:.0f} s)', flush=True)\n"
         "import torch\n"
         "if torch.cuda.is_available():\n"
-        "    from emodarts.ops import darts_fused, fused, grouped_recurrent as g\n"
-        "    t1 = time.time(); how = 'installed' if ext.load_installed_cuda() else 'JIT'\n"
+        "    from emodarts.ops import darts_fused, extension_cuda, fused, grouped_recurrent as g\n"
+        "    t1 = time.time(); how = 'installed' if extension_cuda.load_installed_cuda() else 'JIT'\n"
         "    g.ensure_cuda(); darts_fused.ensure_cuda(); fused.kernels_module()\n"
         "    print(f'CUDA kernels: {how} ({time.time() - t1:.0f} s); triton ok', flush=True)\n"
         "print('build ok', flush=True)\n"
@@ -442,7 +442,7 @@ def build_environment(dev: torch.device, results: Path) -> dict:
             major, minor = torch.cuda.get_device_capability(dev)
             env["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
         if not env.get("CUDA_HOME"):
-            from emodarts.ops.grouped_recurrent import cuda_home
+            from emodarts.ops.extension_cuda import cuda_home
 
             home = cuda_home()
             if home:

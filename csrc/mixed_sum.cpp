@@ -13,7 +13,8 @@
 // (on a small CPU those cost more than the sum itself at tiny-preset sizes).
 // Inputs may be float32, bfloat16 or float16 (mixed: the output takes the promoted dtype), any shape,
 // any strides: inputs whose layout differs from the output's are read in place through their strides
-// (never copied). Layout rules mirror kernels/layout.py (keep them in step: the fake kernel relies on them).
+// (never copied). Layout rules mirror kernels/layout.py: the fake kernels promise the output strides and dtype
+// with it, and tests/test_mixed_sum.py::test_cpp_and_python_layout_rules_agree fails when the two disagree.
 // Work is split into blocks of kBlock elements and spread over the intra-op threads with at::parallel_for (calls
 // that move less than kGrainBytes stay on one thread). Within a block, up to 8 flat inputs of one dtype are streamed together
 // (like the Triton kernel's 8 pointers per launch) with explicit vectors (GCC/Clang vector extensions),
@@ -73,7 +74,7 @@ constexpr int64_t kFlush = 256;  // dot products: fp32 lanes are flushed into do
 constexpr int kGroup = 8;  // inputs streamed together (as in the Triton kernel: 8 pointers per launch)
 
 // ---------------------------------------------------------------------------------------------------
-// layout rules (mirror of kernels/layout.py)
+// layout rules (mirror of kernels/layout.py; checked against it by test_cpp_and_python_layout_rules_agree)
 
 bool is_dense(at::IntArrayRef sizes, at::IntArrayRef strides) {
   std::vector<std::pair<int64_t, int64_t>> dims;

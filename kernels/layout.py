@@ -1,7 +1,10 @@
 """Memory-layout planning for the mixed-sum kernels (pure torch, no Triton needed).
 
-The C++ twin (csrc/mixed_sum.cpp) implements the same rules; keep the two in step, because the fake
-(meta) implementation of the custom op uses `out_strides` to promise the output layout.
+The C++ twin (csrc/mixed_sum.cpp) implements the same rules. The output layout is the contract between
+them: the fake (meta) kernels use `out_strides` and `result_dtype` to promise what the C++ op allocates, and
+tests/test_mixed_sum.py::test_cpp_and_python_layout_rules_agree fails when the two disagree on a table of
+layouts (extend its LAYOUT_CASES when a rule changes). Which inputs are read flat and how dims collapse is
+each kernel's own reading plan: results do not depend on it.
 
 Rules
 - The output takes the strides of the most common non-overlapping-and-dense layout among the inputs

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from emodarts import checkpoint
-from emodarts.ops import extension
+from emodarts.ops import extension, extension_cuda
 from emodarts.ops import grouped_recurrent as gr
 
 from test_mixed_sum import HostOpRecorder
@@ -95,6 +95,18 @@ def test_setup_builds_the_cuda_kernels_only_when_asked_on_a_cpu_machine(monkeypa
     assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0" and os.environ["CUDA_HOME"] == mod.find_cuda_home()
 
 
+def test_setup_and_the_loader_share_the_toolkit_lookup(monkeypatch, tmp_path):
+    """setup.py and the JIT loader run one rule (emodarts/ops/toolchain.py) to find the CUDA toolkit."""
+    home = tmp_path / "cuda"
+    (home / "bin").mkdir(parents=True)
+    (home / "include").mkdir()
+    (home / "bin" / "nvcc").write_text("")
+    (home / "include" / "cuda_runtime.h").write_text("")
+    monkeypatch.setenv("CUDA_HOME", str(home))
+    mod = load_setup_module()
+    assert mod.find_cuda_home() == extension_cuda.cuda_home() == str(home)
+
+
 def test_setup_without_torch_builds_nothing():
     """An isolated build (the CI's plain `pip install -e .`) has no torch: no extension, no error."""
     code = ("import sys, importlib.util; sys.modules['torch'] = None\n"
@@ -106,9 +118,17 @@ def test_setup_without_torch_builds_nothing():
     assert res.stdout.strip() == "([], {})"
 
 
+def _fresh_cuda_loader(monkeypatch):
+    """extension_cuda as in a new process: nothing loaded, no operator seen ready."""
+    monkeypatch.setattr(extension_cuda, "_ready", set())
+    monkeypatch.setattr(extension_cuda, "_loaded", False)
+
+
 def test_ensure_cuda_prefers_the_installed_kernels(monkeypatch):
-    """grouped_recurrent.ensure_cuda (and darts_fused.ensure_cuda through it) loads emodarts._C_cuda built
-    by setup.py before falling back to a JIT build."""
+    """grouped_recurrent.ensure_cuda (and darts_fused.ensure_cuda, through the same loader,
+    extension_cuda.ensure_cuda) loads emodarts._C_cuda built by setup.py before falling back to a JIT build."""
+    from emodarts.ops import darts_fused as df
+
     calls = []
     registered = {"yes": False}
 
@@ -117,51 +137,73 @@ def test_ensure_cuda_prefers_the_installed_kernels(monkeypatch):
         registered["yes"] = True
         return True
 
-    monkeypatch.setattr(gr, "_cuda_ready", False)
+    _fresh_cuda_loader(monkeypatch)
     monkeypatch.setattr(gr, "ops", lambda: None)
-    monkeypatch.setattr(extension, "load_installed_cuda", installed)
-    monkeypatch.setattr(gr, "build_cuda_extension", lambda *a, **k: calls.append("jit"))
+    monkeypatch.setattr(df, "ops", lambda: None)
+    monkeypatch.setattr(extension_cuda, "load_installed_cuda", installed)
+    monkeypatch.setattr(extension_cuda, "build_cuda_extension", lambda *a, **k: calls.append("jit"))
     monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: registered["yes"])
     gr.ensure_cuda()
-    assert calls == ["installed"] and gr._cuda_ready
+    assert calls == ["installed"] and gr.OP_FWD in extension_cuda._ready
+    df.ensure_cuda()  # the same library: loaded once
+    assert calls == ["installed"] and df.OP_FWD in extension_cuda._ready
     # not installed: the JIT build runs
-    monkeypatch.setattr(gr, "_cuda_ready", False)
+    _fresh_cuda_loader(monkeypatch)
     registered["yes"] = False
     calls.clear()
-    monkeypatch.setattr(extension, "load_installed_cuda", lambda: calls.append("installed") or False)
+    monkeypatch.setattr(extension_cuda, "load_installed_cuda", lambda: calls.append("installed") or False)
 
     def jit(*a, **k):
         calls.append("jit")
         registered["yes"] = True
 
-    monkeypatch.setattr(gr, "build_cuda_extension", jit)
+    monkeypatch.setattr(extension_cuda, "build_cuda_extension", jit)
     gr.ensure_cuda()
     assert calls == ["installed", "jit"]
+
+
+def test_a_cuda_library_without_the_op_is_not_rebuilt_in_process(monkeypatch):
+    """A CUDA library loaded earlier in the process that lacks an operator's kernels is an error that says to
+    restart, not a second build over the first."""
+    from emodarts.errors import BackendError
+    from emodarts.ops import darts_fused as df
+
+    calls = []
+    _fresh_cuda_loader(monkeypatch)
+    monkeypatch.setattr(extension_cuda, "_loaded", True)
+    monkeypatch.setattr(df, "ops", lambda: None)
+    monkeypatch.setattr(extension_cuda, "load_installed_cuda", lambda: calls.append("installed") or False)
+    monkeypatch.setattr(extension_cuda, "build_cuda_extension", lambda *a, **k: calls.append("jit"))
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: False)
+    with pytest.raises(BackendError, match="darts_rnn_cuda.cu .restart the process"):
+        df.ensure_cuda()
+    assert calls == []
 
 
 def test_installed_kernels_are_skipped_when_older_than_their_sources(tmp_path, monkeypatch, capsys):
     lib = tmp_path / "_C_cuda.so"
     lib.write_bytes(b"")
-    old = min(os.path.getmtime(s) for s in extension.cuda_sources()) - 100
+    old = min(os.path.getmtime(s) for s in extension_cuda.cuda_sources()) - 100
     os.utime(lib, (old, old))
     imported = []
-    monkeypatch.setattr(extension, "_cuda_installed_tried", False)
-    monkeypatch.setattr(extension, "installed_cuda_library", lambda: str(lib))
-    monkeypatch.setattr(extension.importlib, "import_module", lambda name: imported.append(name))
-    assert extension.load_installed_cuda() is False
+    monkeypatch.setattr(extension_cuda, "_installed_tried", False)
+    monkeypatch.setattr(extension_cuda, "installed_cuda_library", lambda: str(lib))
+    monkeypatch.setattr(extension_cuda.importlib, "import_module", lambda name: imported.append(name))
+    assert extension_cuda.load_installed_cuda() is False
     assert not imported and "older than" in capsys.readouterr().err
     # a build newer than every source (and the headers they include) is loaded, after emodarts._C
-    new = max(os.path.getmtime(p) for s in extension.cuda_sources() for p in [s] + extension.local_includes(s)) + 100
+    new = max(os.path.getmtime(p) for s in extension_cuda.cuda_sources()
+              for p in [s] + extension.local_includes(s)) + 100
     os.utime(lib, (new, new))
-    monkeypatch.setattr(extension, "_cuda_installed_tried", False)
-    monkeypatch.setattr(extension, "load_extension", lambda: imported.append("emodarts._C"))
-    assert extension.load_installed_cuda() is True
+    monkeypatch.setattr(extension_cuda, "_installed_tried", False)
+    monkeypatch.setattr(extension_cuda, "load_extension", lambda: imported.append("emodarts._C"))
+    assert extension_cuda.load_installed_cuda() is True
     assert imported == ["emodarts._C", "emodarts._C_cuda"]
 
 
 def test_local_includes_find_the_shared_headers():
-    heads = {os.path.basename(h) for s in extension.cuda_sources() for h in extension.local_includes(s)}
-    assert {"grouped_rnn_plan.h", "darts_rnn_shape.h"} <= heads
+    heads = {os.path.basename(h) for s in extension_cuda.cuda_sources() for h in extension.local_includes(s)}
+    assert {"grouped_rnn_plan.h", "darts_rnn_shape.h", "cuda_common.cuh"} <= heads
 
 
 # --------------------------------------------------------------------------------------------------

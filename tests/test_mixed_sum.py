@@ -263,6 +263,61 @@ def test_cpp_deterministic(cpp):
         assert torch.equal(x, y)
 
 
+def _t(shape, dtype=torch.float32):
+    return torch.randn(shape).to(dtype)
+
+
+def _strided(shape, strides):
+    return torch.empty_strided(shape, strides).normal_()
+
+
+# (name, inputs): the layouts the output-layout rule has to decide between. kernels/layout.py (which the fake
+# kernels use to promise the output's strides) and csrc/mixed_sum.cpp (which allocates the real output) each
+# implement the rule; test_cpp_and_python_layout_rules_agree fails when the two disagree on any of these.
+LAYOUT_CASES = [
+    ("contiguous", lambda: [_t((2, 3, 5)) for _ in range(3)]),
+    ("all transposed", lambda: [_t((5, 3, 2)).transpose(0, 2) for _ in range(3)]),
+    ("transposed majority", lambda: [_t((2, 3, 5))] + [_t((5, 3, 2)).transpose(0, 2) for _ in range(2)]),
+    ("tie, contiguous first", lambda: [_t((2, 3, 5)), _t((5, 3, 2)).transpose(0, 2)]),
+    ("tie, transposed first", lambda: [_t((5, 3, 2)).transpose(0, 2), _t((2, 3, 5))]),
+    ("three layouts, last two alike", lambda: [_t((2, 3, 5)), _t((3, 2, 5)).transpose(0, 1),
+                                               _t((5, 3, 2)).transpose(0, 2), _t((5, 3, 2)).transpose(0, 2)]),
+    ("permuted", lambda: [_t((5, 2, 3)).permute(1, 2, 0) for _ in range(2)] + [_t((2, 3, 5))]),
+    ("channels last", lambda: [_t((2, 3, 4, 5)).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+     + [_t((2, 3, 4, 5))]),
+    ("no dense input", lambda: [_t((2, 6, 5))[:, ::2] for _ in range(2)]),
+    ("sliced and transposed", lambda: [_t((2, 6, 5))[:, ::2], _t((5, 3, 2)).transpose(0, 2)]),
+    ("expanded", lambda: [_t((1, 3, 5)).expand(2, 3, 5), _t((2, 3, 5))]),
+    ("all expanded", lambda: [_t((1, 3, 5)).expand(2, 3, 5) for _ in range(2)]),
+    ("size-1 dims, odd strides", lambda: [_strided((2, 1, 5), (5, 99, 1)), _t((2, 1, 5))]),
+    ("size-1 dims, transposed", lambda: [_t((5, 1, 2)).transpose(0, 2), _strided((2, 1, 5), (1, 7, 2))]),
+    ("dense slice of a larger tensor", lambda: [_t((4, 3, 5))[1:3], _t((5, 3, 2)).transpose(0, 2)]),
+    ("one dim", lambda: [_t((7,)), _t((14,))[::2]]),
+    ("scalar", lambda: [_t(()), _t(())]),
+    ("empty", lambda: [_t((0, 3)), _t((3, 0)).t()]),
+    ("mixed dtypes", lambda: [_t((3, 4), torch.bfloat16), _t((4, 3), torch.float16).t(), _t((3, 4))]),
+    ("half and bfloat16", lambda: [_t((3, 4), torch.bfloat16), _t((3, 4), torch.float16)]),
+]
+
+
+@pytest.mark.parametrize("make", [c[1] for c in LAYOUT_CASES], ids=[c[0] for c in LAYOUT_CASES])
+def test_cpp_and_python_layout_rules_agree(cpp, make):
+    """The C++ op's real output and gradients have the strides and dtype the fake kernels promise
+    (kernels/layout.py out_strides / result_dtype): the single check that keeps the two rules in step."""
+    lay = fused._layout()
+    ys = make()
+    index = [(i % E) * M + 1 + i % (M - 1) for i in range(len(ys))]
+    alpha = torch.randn(E, M)
+    want = lay.out_strides(ys)
+    out = cpp.mixed_sum_fwd(ys, alpha, index)
+    assert list(out.stride()) == want and out.dtype == lay.result_dtype(ys)
+    grads, _ = cpp.mixed_sum_bwd(torch.randn(ys[0].shape), ys, alpha, index)
+    assert [list(g.stride()) for g in grads] == [want] * len(ys)
+    assert [g.dtype for g in grads] == [y.dtype for y in ys]
+    fake_out = fused._empty_out(ys)
+    assert fake_out.stride() == out.stride() and fake_out.dtype == out.dtype
+
+
 # --------------------------------------------------------------------------------------------------
 # Triton
 

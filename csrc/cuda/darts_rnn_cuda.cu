@@ -3,8 +3,8 @@
 // which is the same on both devices, and the CPU twin: csrc/darts_rnn.cpp; the oracle:
 // emodarts/ops/darts_reference.py).
 //
-// JIT-compiled with the other CUDA kernels of the extension (emodarts/ops/grouped_recurrent.py
-// cuda_sources(), ensure_cuda) into a library that only registers CUDA kernels. Like
+// Built with the other CUDA kernels of the extension (emodarts._C_cuda by setup.py, or JIT-compiled by
+// emodarts/ops/extension_cuda.py ensure_cuda) into a library that only registers CUDA kernels. Like
 // csrc/cuda/grouped_rnn_cuda.cu it includes no ATen/cuda/CUDAContext.h: GEMMs go through ATen (cuBLAS via
 // at::mm_out / addmm_ / bmm_out on views of the saved buffers, no copies), the stream comes from c10.
 //
@@ -38,11 +38,16 @@
 #include <cstdint>
 #include <tuple>
 
+#include "cuda_common.cuh"
+
 namespace emodarts {
 namespace darts_rnn_cuda {
 namespace {
 
 using at::Tensor;
+using cuda_common::blocks_for;
+using cuda_common::kThreads;
+using cuda_common::sigm;
 
 #include "../darts_rnn_shape.h"
 
@@ -61,19 +66,8 @@ Dims make_dims(const Tensor& seq, bool half, const Tensor& h0, const Tensor& w0h
 // element-wise kernels: one thread per (b, h) of a step, grid-stride loops
 
 template <typename T>
-__device__ __forceinline__ T sigm(T x) {
-  return T(1) / (T(1) + exp(-x));
-}
-template <typename T>
 __device__ __forceinline__ T relu_(T x) {
   return x > T(0) ? x : T(0);
-}
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return std::max<int64_t>(1, std::min<int64_t>(b, 65535 * 8));
 }
 
 // pre0 (B, 2H): [c0 | z0] in, [sigmoid(c0) | z0] out; h (B, H) = h_{t-1}; s0 (B, H)

@@ -1,8 +1,8 @@
 // Grouped recurrent layer, CUDA implementation: the CUDA kernels of emodarts::grouped_rnn_forward and
 // emodarts::grouped_rnn_backward (schemas, layouts and the CPU twin: csrc/grouped_rnn.cpp).
 //
-// Built into emodarts._C when the extension is built with CUDA, or JIT-compiled on its own by
-// emodarts/ops/grouped_recurrent.py (ensure_cuda) as a library that only registers these kernels. It
+// Built with the other CUDA kernels into emodarts._C_cuda by setup.py, or JIT-compiled with them by
+// emodarts/ops/extension_cuda.py (ensure_cuda), as a library that only registers CUDA kernels. It
 // includes no ATen/cuda/CUDAContext.h (no cuBLAS headers needed): GEMMs go through ATen (at::mm_out,
 // at::bmm_out on strided views: cuBLAS reads the strides, no copies), the stream comes from c10.
 //
@@ -29,21 +29,21 @@
 #include <cstdint>
 #include <vector>
 
+#include "cuda_common.cuh"
+
 namespace emodarts {
 namespace grouped_rnn_cuda {
 namespace {
 
 using at::Tensor;
+using cuda_common::blocks_for;
+using cuda_common::kThreads;
+using cuda_common::sigm;
 
 #include "../grouped_rnn_plan.h"
 
 // ---------------------------------------------------------------------------------------------------
 // epilogue kernels: one thread per (unit, batch row, hidden index)
-
-template <typename T>
-__device__ __forceinline__ T sigm(T x) {
-  return T(1) / (T(1) + exp(-x));
-}
 
 // Per-unit direction flags travel with the launch (a bit set passed by value in the kernel's parameter
 // space), not as a device tensor: no host-to-device copy, no synchronisation, capturable in a CUDA graph.
@@ -159,13 +159,6 @@ __global__ void bwd_step_kernel(StepArgs a, const T* __restrict__ grad_hs, const
       ds[0] = d;
     }
   }
-}
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return std::max<int64_t>(1, std::min<int64_t>(b, 65535 * 8));
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -24,13 +24,9 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from emodarts.errors import BackendError
-
 OP_FWD = "emodarts::darts_rnn_forward"
 OP_BWD = "emodarts::darts_rnn_backward"
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-_cuda_ready = False
 
 
 def ops():
@@ -43,22 +39,12 @@ def ops():
 
 def ensure_cuda() -> None:
     """Make the CUDA kernels of the DARTS-cell ops available: they are built with the other CUDA kernels of
-    the extension (emodarts.ops.grouped_recurrent.cuda_sources(): installed as emodarts._C_cuda by setup.py, or
-    JIT-compiled once by grouped_recurrent.ensure_cuda)."""
-    global _cuda_ready
-    if _cuda_ready:
-        return
-    ops()
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
-        from emodarts.ops import grouped_recurrent
+    the extension into one library (installed as emodarts._C_cuda by setup.py, or JIT-compiled once; see
+    emodarts/ops/extension_cuda.py)."""
+    from emodarts.ops import extension_cuda
 
-        grouped_recurrent.ensure_cuda()
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
-        raise BackendError(
-            "the CUDA kernels of emodarts::darts_rnn did not register: the CUDA library loaded in this process "
-            "was built without csrc/cuda/darts_rnn_cuda.cu (restart the process to rebuild it)"
-        )
-    _cuda_ready = True
+    ops()
+    extension_cuda.ensure_cuda(OP_FWD, "csrc/cuda/darts_rnn_cuda.cu")
 
 
 def _fwd_fake(x_proj, h0, w0h, ws, probs):

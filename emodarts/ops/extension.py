@@ -1,24 +1,28 @@
-"""Load the compiled extension `emodarts._C` (C++ CPU ops), JIT-building it if needed, and the installed
-CUDA kernels `emodarts._C_cuda` when setup.py built them.
+"""Load the compiled extension `emodarts._C` (C++ CPU ops), JIT-building it if needed, and register the fake
+kernels and autograd formulas of its operators (load_ops: what every ops module asks for its operators).
+The CUDA kernels (`emodarts._C_cuda`, or their JIT build) are loaded by the sibling
+emodarts/ops/extension_cuda.py, with the build helpers of this module; emodarts/ops/toolchain.py holds what
+setup.py shares with both (the CUDA toolkit lookup, the OpenMP flags).
 
 `pip install --no-build-isolation -e .` builds emodarts._C with the package (setup.py, when torch is importable
 at build time), and emodarts._C_cuda too when setup.py's rule says so (a CUDA build of torch, a CUDA toolkit,
 and a visible GPU or EMODARTS_CUDA_EXT=1 / TORCH_CUDA_ARCH_LIST; see setup.py). Otherwise `load_extension()`
 compiles csrc/*.cpp once with torch.utils.cpp_extension.load into a per-torch-version cache folder
 (EMODARTS_EXT_DIR, else $XDG_CACHE_HOME/emodarts or ~/.cache/emodarts) and reuses it in later processes, and
-the CUDA kernels are JIT-compiled on first use on a GPU (emodarts.ops.grouped_recurrent.ensure_cuda, which
-first tries `load_installed_cuda()`). Either way the operators appear under torch.ops.emodarts (e.g.
+the CUDA kernels are JIT-compiled on first use on a GPU (emodarts.ops.extension_cuda.ensure_cuda, which
+first tries the installed `emodarts._C_cuda`). Either way the operators appear under torch.ops.emodarts (e.g.
 torch.ops.emodarts.mixed_sum_fwd).
 """
 import glob
-import importlib.util
 import os
+import re
 import sys
 import sysconfig
 import threading
-from typing import Optional
+from typing import List
 
 from emodarts.errors import BackendError
+from emodarts.ops.toolchain import openmp_flags
 
 JIT_NAME = "emodarts_C"
 _lock = threading.RLock()  # re-entrant: load_ops holds it while it loads the extension
@@ -35,18 +39,13 @@ def csrc_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
 
 
-def cpu_sources() -> list:
+def cpu_sources() -> List[str]:
+    """The C++ sources (csrc/*.cpp) that emodarts._C and the JIT build compile."""
     return sorted(glob.glob(os.path.join(csrc_dir(), "*.cpp")))
 
 
-def openmp_flags() -> list:
-    """-fopenmp on Linux: at::parallel_for forks threads only in sources compiled with it (without it every
-    CPU op silently runs on one core). The extension then links libgomp.so.1, the runtime torch has already
-    loaded, so both share one thread pool and torch.set_num_threads."""
-    return ["-fopenmp"] if sys.platform.startswith("linux") else []
-
-
 def build_dir() -> str:
+    """The per-torch-version cache folder of the JIT builds (created): a build for another torch would not load."""
     import torch
 
     root = os.environ.get("EMODARTS_EXT_DIR") or os.path.join(
@@ -79,9 +78,28 @@ def cpp_extension():
     return module
 
 
-def needs_build(build_directory: str, name: str, sources: list) -> bool:
+def local_includes(source: str) -> List[str]:
+    """The project headers a source includes with #include "..." (resolved beside it), recursively."""
+    seen, todo = [], [source]
+    while todo:
+        path = todo.pop()
+        try:
+            with open(path) as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.M):
+            header = os.path.normpath(os.path.join(os.path.dirname(path), name))
+            if header not in seen and os.path.isfile(header):
+                seen.append(header)
+                todo.append(header)
+    return seen
+
+
+def needs_build(build_directory: str, name: str, sources: List[str]) -> bool:
     """Whether torch's JIT load will compile rather than load a cached build: no library of `name` in
-    `build_directory`, or a source (or a header beside one) newer than it. Only a real build is announced."""
+    `build_directory`, or a source (or a header beside one, or one it includes) newer than it. Only a real
+    build is announced."""
     libs = glob.glob(os.path.join(build_directory, f"{name}*.so")) + glob.glob(
         os.path.join(build_directory, f"{name}*.pyd"))
     if not libs:
@@ -89,6 +107,7 @@ def needs_build(build_directory: str, name: str, sources: list) -> bool:
     built = max(os.path.getmtime(p) for p in libs)
     folders = {os.path.dirname(s) for s in sources}
     inputs = list(sources) + [h for d in folders for h in glob.glob(os.path.join(d, "*.h"))]
+    inputs += [h for s in sources for h in local_includes(s)]
     return any(os.path.getmtime(p) > built for p in inputs if os.path.exists(p))
 
 
@@ -155,80 +174,6 @@ def _jit_build(installed_error):
         ) from exc
 
 
-CUDA_MODULE = "emodarts._C_cuda"
-
-
-def cuda_sources() -> list:
-    """The CUDA sources (csrc/cuda/*.cu) that emodarts._C_cuda and the JIT build compile."""
-    return sorted(glob.glob(os.path.join(csrc_dir(), "cuda", "*.cu")))
-
-
-def installed_cuda_library() -> Optional[str]:
-    """The file of emodarts._C_cuda built by setup.py, or None when it was not built."""
-    try:
-        spec = importlib.util.find_spec(CUDA_MODULE)
-    except (ImportError, ValueError):
-        return None
-    return spec.origin if spec is not None and spec.origin and os.path.isfile(spec.origin) else None
-
-
-def local_includes(source: str) -> list:
-    """The project headers a source includes with #include "..." (resolved beside it), recursively."""
-    import re
-
-    seen, todo = [], [source]
-    while todo:
-        path = todo.pop()
-        try:
-            with open(path) as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.M):
-            header = os.path.normpath(os.path.join(os.path.dirname(path), name))
-            if header not in seen and os.path.isfile(header):
-                seen.append(header)
-                todo.append(header)
-    return seen
-
-
-def stale_sources(library: str, sources: list) -> list:
-    """The sources, and the project headers they include, that are newer than `library`."""
-    built = os.path.getmtime(library)
-    inputs = list(sources) + [h for s in sources for h in local_includes(s)]
-    return [p for p in inputs if os.path.exists(p) and os.path.getmtime(p) > built]
-
-
-_cuda_installed_tried = False
-
-
-def load_installed_cuda() -> bool:
-    """Load the CUDA kernels that setup.py built (emodarts._C_cuda), after emodarts._C (which defines the
-    operators they implement). False, and the caller JIT-builds them, when they were not built, cannot be
-    loaded (another torch) or are older than their sources (one line on stderr says so)."""
-    global _cuda_installed_tried
-    with _lock:
-        if _cuda_installed_tried:
-            return False
-        _cuda_installed_tried = True
-        lib = installed_cuda_library()
-        if lib is None:
-            return False
-        newer = stale_sources(lib, cuda_sources())
-        if newer:
-            print(f"emodarts: the installed CUDA kernels ({lib}) are older than {os.path.relpath(newer[0], csrc_dir())}"
-                  "; using a just-in-time build (reinstall to refresh them)", file=sys.stderr, flush=True)
-            return False
-        load_extension()
-        try:
-            importlib.import_module(CUDA_MODULE)
-        except ImportError as exc:
-            print(f"emodarts: the installed CUDA kernels ({lib}) do not load ({exc}); using a just-in-time build",
-                  file=sys.stderr, flush=True)
-            return False
-        return True
-
-
 def op_defined(name: str) -> bool:
     """Whether the operator `name` ("emodarts::...") is registered in this process."""
     import torch
@@ -278,5 +223,4 @@ def load_ops(op_fwd: str, op_bwd: str, source: str, fwd_fake, bwd_fake, backward
 
 
 __all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT", "op_defined", "load_ops",
-           "cpp_extension", "needs_build", "announce_build", "cuda_sources", "installed_cuda_library",
-           "load_installed_cuda", "stale_sources", "CUDA_MODULE"]
+           "cpp_extension", "needs_build", "announce_build", "local_includes", "openmp_flags"]

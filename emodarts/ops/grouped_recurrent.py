@@ -29,8 +29,6 @@ packed sequences.
 Outputs of unidirectional modules are views (B, T, H) of a time-major buffer (strides (H, B*H, 1)); they
 are not copied into contiguous memory (the mixed sum reads strided inputs in place).
 """
-import os
-import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -38,17 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emodarts.errors import BackendError
-
 OP_FWD = "emodarts::grouped_rnn_forward"
 OP_BWD = "emodarts::grouped_rnn_backward"
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
-_lock = threading.Lock()
-_cuda_ready = False
-
 # --------------------------------------------------------------------------------------------------
-# loading the operators
+# the operators (loaded, and built when needed, by emodarts/ops/extension.py and extension_cuda.py)
 
 
 def ops():
@@ -59,103 +52,13 @@ def ops():
     return load_ops(OP_FWD, OP_BWD, "csrc/grouped_rnn.cpp", _fwd_fake, _bwd_fake, _backward, _setup_context)
 
 
-def cuda_sources() -> List[str]:
-    """The CUDA sources of the extension's recurrent ops, built together into one library (emodarts._C_cuda by
-    setup.py, or build_cuda_extension just in time): the grouped layer and the DARTS cell
-    (emodarts/ops/darts_fused.py)."""
-    from emodarts.ops.extension import csrc_dir
-
-    return [os.path.join(csrc_dir(), "cuda", f) for f in ("grouped_rnn_cuda.cu", "darts_rnn_cuda.cu")]
-
-
 def ensure_cuda() -> None:
-    """Make the CUDA kernels of the grouped ops (and of the DARTS cell) available: the library setup.py built
-    (emodarts._C_cuda; `pip install --no-build-isolation -e .` on a machine with nvcc and a GPU, or with
-    EMODARTS_CUDA_EXT=1, see setup.py) when it is installed and not older than its sources, else JIT-compiled
-    once from cuda_sources() (csrc/cuda/grouped_rnn_cuda.cu and darts_rnn_cuda.cu; needs nvcc and a CUDA build
-    of torch; TORCH_CUDA_ARCH_LIST defaults to the visible GPUs)."""
-    global _cuda_ready
-    if _cuda_ready:
-        return
+    """Make the CUDA kernels of the grouped ops available (the extension's CUDA library: installed by setup.py
+    or JIT-compiled once; see emodarts/ops/extension_cuda.py)."""
+    from emodarts.ops import extension_cuda
+
     ops()
-    with _lock:
-        if _cuda_ready:
-            return
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
-            from emodarts.ops.extension import load_installed_cuda
-
-            load_installed_cuda()
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
-            build_cuda_extension()
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(OP_FWD, "CUDA"):
-            raise BackendError("the CUDA kernels of emodarts::grouped_rnn did not register")
-        _cuda_ready = True
-
-
-def cuda_home() -> Optional[str]:
-    """The CUDA toolkit folder: $CUDA_HOME / $CUDA_PATH, /usr/local/cuda, or nvcc's folder's parent (followed
-    through symlinks), whichever has bin/nvcc and include/cuda_runtime.h. (torch.utils.cpp_extension guesses
-    from `which nvcc` alone, which is wrong when nvcc is a wrapper script in /usr/local/bin.)"""
-    import shutil
-
-    def ok(d):
-        return bool(d) and os.path.isfile(os.path.join(d, "bin", "nvcc")) and os.path.isfile(
-            os.path.join(d, "include", "cuda_runtime.h"))
-
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    for d in candidates:
-        if ok(d):
-            return d
-    return None
-
-
-def build_cuda_extension(build_directory: Optional[str] = None, verbose: bool = False) -> str:
-    """JIT-compile cuda_sources() into a library that registers the CUDA kernels of the grouped ops and of
-    the DARTS cell (torch.utils.cpp_extension.load, is_python_module=False; it is loaded too, which works
-    without a GPU on a CUDA build of torch); returns the library path. ninja rebuilds only when the source
-    or the flags change. Needs nvcc and a CUDA build of torch; without a visible GPU it targets Hopper
-    (TORCH_CUDA_ARCH_LIST=9.0) unless TORCH_CUDA_ARCH_LIST is set."""
-    from emodarts.ops.extension import announce_build, build_dir, needs_build
-    from emodarts.ops.extension import cpp_extension as quiet_cpp_extension
-
-    cpp_extension = quiet_cpp_extension()  # without its "No CUDA runtime is found" warning
-    if torch.version.cuda is None:
-        raise BackendError(f"torch {torch.__version__} is not a CUDA build: it cannot build CUDA extensions")
-    home = cuda_home()
-    if home is None:
-        raise BackendError("no CUDA toolkit found (set CUDA_HOME to the folder holding bin/nvcc)")
-    name = "emodarts_grouped_rnn_cuda"
-    bdir = build_directory or os.path.join(build_dir(), "grouped_rnn_cuda")
-    os.makedirs(bdir, exist_ok=True)
-    saved_env = {k: os.environ.get(k) for k in ("CUDA_HOME", "TORCH_CUDA_ARCH_LIST")}
-    saved_home = cpp_extension.CUDA_HOME
-    os.environ["CUDA_HOME"] = home
-    if not saved_env["TORCH_CUDA_ARCH_LIST"] and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-    cpp_extension.CUDA_HOME = home  # read at import time by cpp_extension; refresh it
-    if needs_build(bdir, name, cuda_sources()):
-        announce_build("the CUDA kernels (a few minutes)")
-    try:
-        cpp_extension.load(
-            name=name, sources=cuda_sources(), extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
-            build_directory=bdir, is_python_module=False, verbose=verbose,
-        )
-    except Exception as exc:
-        msg = str(exc).strip()
-        if len(msg) > 4000:
-            msg = "...\n" + msg[-4000:]
-        raise BackendError(f"building the CUDA kernels of the grouped recurrent layer failed:\n{msg}") from exc
-    finally:
-        cpp_extension.CUDA_HOME = saved_home
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return os.path.join(bdir, f"{name}.so")
+    extension_cuda.ensure_cuda(OP_FWD, "csrc/cuda/grouped_rnn_cuda.cu")
 
 
 def cpu_gemm_path() -> str:
@@ -324,5 +227,4 @@ def grouped_recurrent(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
     return outs  # type: ignore[return-value]
 
 
-__all__ = ["grouped_recurrent", "grouped_rnn_layer", "ops", "ensure_cuda", "build_cuda_extension", "cpu_gemm_path",
-           "cuda_sources", "cuda_home"]
+__all__ = ["grouped_recurrent", "grouped_rnn_layer", "ops", "ensure_cuda", "cpu_gemm_path"]
