@@ -292,5 +292,5 @@ def test_min_duration_option_of_the_commands(tmp_path, fake_mfcc):
     assert len(list((tmp_path / "cache").glob(F.FEATURE_PRESETS["tiny"].key() + "-*"))) == 1  # another entry
     from emodarts.cli import build_config
 
-    cfg = build_config("search", "csv", manifest, "tiny", 0, None, None, "cpu", False, min_duration=0.5)
+    cfg = build_config("search", {"corpus": "csv", "root": manifest, "preset": "tiny", "min_duration": 0.5})
     assert cfg.min_duration == 0.5

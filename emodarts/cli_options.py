@@ -1,0 +1,338 @@
+"""What the command modules (cli.py, cli_corpus.py) share: the options, declared once in a table that also
+says which configuration field each one sets (so that `build_config` turns the parsed options into a
+RunConfig without a parameter per option), the checks on what was given, the pre-checks before a run
+folder exists, the thread setup and the one-line error printing.
+
+Adding an option to search/run/cv: one `opt(...)` line in MODEL_OPTIONS, with `to=` naming the
+configuration field it sets (and `search_only=True` when only the search reads it; `cv --genotype` then
+refuses it, and so does --resume unless it joins RESUME_MAY_CHANGE). To search/train/run/cv: the same in
+COMMON_OPTIONS. A command with options of its own (compare, features) takes a shared one as a decorator
+(`@THREADS`); compare's configuration comes from build_config too, features passes values on itself.
+"""
+import functools
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from .config import PRESETS, RunConfig, alpha_split_problem, aux_weight_problem, with_changes, with_seq_space
+from .errors import EmodartsError
+from .space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS, seq_primitives_of
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONFIG_NAME = "config.json"
+# What --resume lets the command line change: run-time choices and epoch counts. Every other setting comes
+# from RUN_DIR/config.json, and giving it again is an error rather than silently dropped.
+RESUME_MAY_CHANGE = ("device", "fused", "progress", "threads", "epochs", "train_epochs", "amp", "channels_last")
+RESUME_HELP = ("Continue the run in this folder from its last checkpoint, with the settings of its config.json; "
+               "only --epochs, --train-epochs, --device, --fused, --amp, --channels-last, --progress and "
+               "--threads may be given with it (any other setting is refused).")
+
+
+# ------------------------------------------------------------------------------------ the option table
+@dataclass(frozen=True)
+class Opt:
+    """One command-line option: its click declaration and, when its value goes into the configuration,
+    which field it sets. Applied to a command as a decorator (`@THREADS`)."""
+
+    decls: Tuple[str, ...]
+    attrs: Mapping[str, Any]
+    to: Optional[str] = None  # "seed" or "search.max_skip_normal": the RunConfig field; None: not one field
+    convert: Optional[Callable[[Any], Any]] = None  # parsed value -> field value (None keeps the preset's)
+    check: Optional[Callable[[Any], Optional[str]]] = None  # why a given value cannot be used, or None
+    search_only: bool = False  # only the search reads it: `cv --genotype` refuses it
+
+    @functools.cached_property
+    def name(self) -> str:
+        """The parameter name click passes the value under (`--max-skip` -> max_skip)."""
+        return click.Option(self.decls, **self.attrs).name
+
+    def __call__(self, f: F) -> F:
+        return click.option(*self.decls, **self.attrs)(f)
+
+
+def opt(*decls: str, to: Optional[str] = None, convert: Optional[Callable[[Any], Any]] = None,
+        check: Optional[Callable[[Any], Optional[str]]] = None, search_only: bool = False, **attrs: Any) -> Opt:
+    """An Opt declared like click.option, plus where its value goes (`to`, `convert`, `check`)."""
+    return Opt(decls, attrs, to, convert, check, search_only)
+
+
+def _flag(value: Optional[bool]) -> Optional[bool]:
+    """A flag that is off keeps the preset's value."""
+    return value or None
+
+
+THREADS = opt("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op CPU threads (default 1: see README, 'Threads and heap').")
+
+# search, train, run, cv. --preset, --epochs and --batch-size are read by build_config itself (the preset
+# is the base; which phase --epochs counts depends on the command).
+COMMON_OPTIONS: Sequence[Opt] = (
+    opt("--corpus", to="corpus", default="synthetic", show_default=True,
+        help="Corpus: synthetic (built in), iemocap, msp-improv, msp-podcast or csv (a manifest with "
+             "path,label,speaker)."),
+    opt("--protocol", to="protocol", default=None,
+        help="Named protocol of the corpus (docs/corpora.md); search/train/run use its fold 0."),
+    opt("--root", to="root", convert=lambda root: str(root) if root else None,
+        type=click.Path(path_type=Path), default=None,
+        help="Corpus folder (or manifest file for csv). The synthetic corpus defaults to ~/.cache/emodarts."),
+    opt("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
+        help="Feature and model preset: tiny (CPU demo) or paper (the published settings)."),
+    opt("--seed", to="seed", type=int, default=0, show_default=True,
+        help="Fixes the data split, the initial weights and the search trajectory."),
+    opt("--out", "out", type=click.Path(path_type=Path), default=None,
+        help="Run folder (default runs/<command>-<time>)."),
+    opt("--resume", "resume", type=click.Path(path_type=Path), default=None, help=RESUME_HELP),
+    opt("--epochs", type=int, default=None, help="Epochs (search epochs for `run`)."),
+    opt("--batch-size", type=int, default=None, help="Batch size (search and training)."),
+    opt("--device", to="device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
+    opt("--fused", to="backend", convert=lambda fused: "fused" if fused else "reference", is_flag=True,
+        help="Use the fused kernels (Triton on CUDA, C++ on CPU) instead of plain PyTorch."),
+    opt("--progress/--no-progress", default=True, show_default=True, help="Progress bars."),
+    THREADS,
+    opt("--min-duration", to="min_duration", type=click.FloatRange(min=0), default=None,
+        help="Shortest usable clip in seconds; shorter ones are skipped as too short (default 0.25)."),
+)
+
+# The network shape (search, run, cv; `train` takes them too, its node counts and sequential space default
+# to the genotype's). --seq-space is read by build_config itself (it switches the candidates first).
+SHAPE_OPTIONS: Sequence[Opt] = (
+    opt("--cnn-layers", to="model.cnn_layers", type=int, default=None, help="Number of CNN cells."),
+    opt("--channels", to="model.cnn_channels", type=int, default=None, help="Initial CNN channels."),
+    opt("--cnn-nodes", to="model.cnn_nodes", type=int, default=None, help="Intermediate nodes per CNN cell."),
+    opt("--seq-cells", to="model.seq_cells", type=int, default=None, help="Number of sequential cells."),
+    opt("--seq-nodes", to="model.seq_nodes", type=int, default=None,
+        help="Intermediate nodes per sequential cell."),
+    opt("--hidden", to="model.hidden", type=int, default=None, help="Sequence width H (recurrent hidden size)."),
+    opt("--seq-candidates", to="model.seq_primitives", convert=lambda name: SEQ_SUBSETS[name] if name else None,
+        type=click.Choice(sorted(SEQ_SUBSETS)), default=None,
+        help="Sequential candidate set of the emodarts space (default: the preset's)."),
+    opt("--seq-space", type=click.Choice(list(SEQ_SPACES)), default=None,
+        help="Sequential search space: emodarts (recurrent candidates per edge, default) or darts "
+             "(the DARTS recurrent cell: activations mixed over one shared GEMM, 8 nodes; 4 in tiny)."),
+)
+
+# search, run, cv: the search space and the search; any preset value can be overridden. --train-epochs is
+# read by build_config itself (final-training epochs of `run`).
+MODEL_OPTIONS: Sequence[Opt] = (
+    opt("--second-order", to="search.second_order", convert=_flag, search_only=True, is_flag=True,
+        help="Unrolled second-order alpha gradient (default: first order)."),
+    *SHAPE_OPTIONS,
+    opt("--train-epochs", type=int, default=None, help="Final-training epochs (`run` only)."),
+    opt("--max-skip", to="search.max_skip_normal", search_only=True, type=click.IntRange(min=0), default=None,
+        help="Cap skip connections per derived CNN normal cell (P-DARTS; default off)."),
+    opt("--skip-patience", to="search.skip_patience", search_only=True, type=click.IntRange(min=1), default=None,
+        help="Stop the search after this many epochs in a row over --max-skip."),
+    opt("--alpha-split", to="search.alpha_split", check=alpha_split_problem, search_only=True, type=float,
+        default=None, metavar="FRACTION",
+        help="Share of the search data (the training speakers' utterances) that trains the alphas; "
+             "the rest trains the weights. Default 0.5 (DARTS); 0.8 as the published emoDARTS code."),
+)
+
+# train, run, cv: the auxiliary head of the final training.
+AUX_OPTIONS: Sequence[Opt] = (
+    opt("--aux-weight", to="train.aux_weight", check=aux_weight_problem, type=float, default=None,
+        metavar="WEIGHT",
+        help="Weight of the auxiliary head's loss in the final training (DARTS's auxiliary "
+             "classifier after the second reduction cell; training only). 0 turns it off. "
+             "Default: the preset's (paper 0.4, tiny 0)."),
+)
+
+# search, train, run: mixed precision and memory layout.
+PRECISION_OPTIONS: Sequence[Opt] = (
+    opt("--amp", to="amp", type=click.Choice(["none", "bf16"]), default=None,
+        help="bf16 autocast for search and training (alphas stay fp32). Default none."),
+    opt("--channels-last", to="channels_last", convert=_flag, is_flag=True,
+        help="channels_last memory format for the CNN part (CUDA)."),
+)
+
+# Every option build_config may read a configuration field from, in the order their values are checked.
+CONFIG_OPTIONS: Sequence[Opt] = tuple(o for group in (COMMON_OPTIONS, MODEL_OPTIONS, AUX_OPTIONS, PRECISION_OPTIONS)
+                                      for o in group if o.to is not None)
+# Options that only the search reads: `cv --genotype` (no search) refuses them.
+SEARCH_ONLY: Tuple[str, ...] = tuple(o.name for o in MODEL_OPTIONS if o.search_only)
+
+
+def options(group: Iterable[Opt]) -> Callable[[F], F]:
+    """A decorator adding `group`'s options to a command, in the order listed (that of --help)."""
+    group = list(group)
+
+    def decorate(f: F) -> F:
+        for o in reversed(group):
+            f = o(f)
+        return f
+    return decorate
+
+
+common_options = options(COMMON_OPTIONS)
+shape_options = options(SHAPE_OPTIONS)
+model_options = options(MODEL_OPTIONS)
+aux_option = options(AUX_OPTIONS)
+precision_options = options(PRECISION_OPTIONS)
+
+
+# ------------------------------------------------------------------------------- options -> configuration
+def parsed_options() -> Dict[str, Any]:
+    """The running command's parsed options (click's params mapping), the input of build_config."""
+    return dict(click.get_current_context().params)
+
+
+def build_config(command: str, options: Mapping[str, Any]) -> RunConfig:
+    """The configuration of a new run from parsed options (a mapping of option names to values; a missing
+    or None value keeps the preset's). --preset chooses the base, --seq-space switches the sequential space
+    before the shape options apply, and `command` says what --epochs counts: search epochs for search and
+    run (whose final training takes --train-epochs), training epochs for train. Every other value goes to
+    its field as the option table says (CONFIG_OPTIONS)."""
+    for o in CONFIG_OPTIONS:
+        value = options.get(o.name)
+        if value is not None and o.check is not None and o.check(value):
+            raise EmodartsError(o.check(value))
+    preset = options["preset"]
+    base = PRESETS[preset]
+    if options.get("seq_space") == "darts":
+        if options.get("seq_candidates"):
+            raise EmodartsError("--seq-candidates chooses among the emodarts recurrent candidates; the darts space "
+                                f"always mixes {', '.join(DARTS_SEQ_PRIMITIVES[1:])} (drop one of the two options)")
+        base = replace(base, model=with_seq_space(base.model, "darts", preset))
+    epochs, batch_size = options.get("epochs"), options.get("batch_size")
+    search_epochs = epochs if command in ("search", "run") else None
+    final_epochs = options.get("train_epochs") if command == "run" else (epochs if command == "train" else None)
+    changes: Dict[str, Any] = {"search": {"epochs": search_epochs, "batch_size": batch_size},
+                               "train": {"epochs": final_epochs, "batch_size": batch_size}, "model": {}}
+    for o in CONFIG_OPTIONS:
+        value = options.get(o.name)
+        if o.convert is not None:
+            value = o.convert(value)
+        section, _, name = o.to.rpartition(".")
+        (changes[section] if section else changes)[name] = value
+    return with_changes(base, changes)
+
+
+# --------------------------------------------------------------------------------- checks on what was given
+def refuse_given(names: Iterable[str], why: str) -> None:
+    """Options typed on the command line that the command would not use are an error, not dropped."""
+    ctx = click.get_current_context()
+    names = set(names)
+    given = [p.opts[0] for p in ctx.command.params if isinstance(p, click.Option) and p.name in names
+             and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE]
+    if given:
+        raise EmodartsError(f"{', '.join(given)}: {why}")
+
+
+def refuse_resume_conflicts(resume: Optional[Path], may_change: Iterable[str] = RESUME_MAY_CHANGE) -> None:
+    """On --resume the settings come from RUN_DIR/config.json: an option typed on the command line that
+    would change one of them is an error, not silently dropped. Only `may_change` options may be given."""
+    if resume is None:
+        return
+    ctx = click.get_current_context()
+    allowed = {"resume", *may_change}
+    given = [p.opts[0] for p in ctx.command.params if isinstance(p, click.Option) and p.name not in allowed
+             and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE]
+    if given:
+        raise EmodartsError(f"--resume {resume} continues the run with the settings of its {CONFIG_NAME}; resume "
+                            f"it without {', '.join(given)} (with --resume only --epochs, --train-epochs, "
+                            f"--device, --fused, --amp, --channels-last, --progress and --threads may be given)")
+
+
+def resume_changes(phase_epochs: Dict[str, Optional[int]], amp: Optional[str] = None,
+                   channels_last: bool = False) -> dict:
+    """The settings a resumed run takes from the command line ({"search": {"epochs": 6}, "amp": ...}):
+    epoch counts per phase, mixed precision and memory layout (the checkpoints allow all of them)."""
+    out: dict = {phase: {"epochs": n} for phase, n in phase_epochs.items() if n is not None}
+    if amp is not None:
+        out["amp"] = amp
+    if channels_last:
+        out["channels_last"] = True
+    return out
+
+
+# ------------------------------------------------------------------------ pre-checks before a run folder
+def check_corpus_names(corpus: str, protocol: Optional[str]) -> None:
+    """A misspelt corpus or protocol name is refused before a run folder is made."""
+    from .data.protocols import get_protocol
+    from .data.registry import known_corpora
+    from .errors import DataError
+
+    if corpus not in known_corpora():
+        raise DataError(f"unknown corpus {corpus!r}; known corpora: {', '.join(known_corpora())}")
+    get_protocol(corpus, protocol)
+
+
+def check_backend(cfg: RunConfig) -> None:
+    """A fused backend that is not built (or not for this device) fails here, before any work."""
+    from .ops.backend import check_backend as check
+
+    check(cfg.backend, cfg.device)
+
+
+def read_genotype(path: Path):
+    """The genotype in `path`; a missing or malformed file is an error naming it."""
+    from .space import load_genotype
+
+    if not Path(path).exists():
+        raise EmodartsError(f"{path}: genotype file not found")
+    return load_genotype(path)
+
+
+def genotype_shape(genotype, options: Mapping[str, Any]) -> Dict[str, Any]:
+    """`options` for training `genotype`: the CNN and sequential node counts and the sequential space it
+    determines fill in what the user did not give (what they gave is checked by fit_genotype)."""
+    return {**options, "cnn_nodes": options.get("cnn_nodes") or len(genotype.normal.nodes),
+            "seq_nodes": options.get("seq_nodes") or len(genotype.seq.nodes),
+            "seq_space": options.get("seq_space") or genotype.seq_space}
+
+
+def fit_genotype(cfg: RunConfig, genotype, path: Path, seq_candidates: Optional[str] = None) -> RunConfig:
+    """`cfg` for training `genotype`: its candidate lists admit every operation of the genotype's space
+    (a derived network needs none, and a preset's narrower list would refuse a genotype searched with
+    more), unless --seq-candidates chose one. A genotype that does not fit is refused, naming the file."""
+    from .space import check_genotype_fits
+
+    model = replace(cfg.model, cnn_primitives=CNN_PRIMITIVES)
+    if not seq_candidates:
+        model = replace(model, seq_primitives=seq_primitives_of(model.seq_space))
+    check_genotype_fits(genotype, model, where=str(path))
+    return replace(cfg, model=model)
+
+
+# ---------------------------------------------------------------------------- run-time setup and errors
+def apply_threads(n: Optional[int]) -> int:
+    """Set the process-wide run-time settings first thing, before any tensor work: the intra-op threads
+    (emodarts/threads.py) and the heap policy (emodarts/heap.py, EMODARTS_HEAP)."""
+    from .heap import apply_heap, heap_mode
+    from .threads import apply_threads as apply
+
+    try:
+        apply_heap(heap_mode())
+    except ValueError as exc:
+        raise EmodartsError(str(exc)) from None
+    return apply(n)
+
+
+def interrupt_message(exc: KeyboardInterrupt) -> str:
+    """What to do after Ctrl-C: resume the named folder, or run again when nothing was kept."""
+    run_dir = getattr(exc, "run_dir", None)
+    if run_dir is None:
+        return "interrupted"
+    if getattr(exc, "kept", True):
+        return f"interrupted: the last finished epoch is checkpointed; continue with --resume {run_dir}"
+    return f"interrupted before the first checkpoint: the run in {run_dir} was discarded; run the same command again"
+
+
+def friendly_errors(f: F) -> F:
+    """A known error is one `error: ` line and exit 2 (no traceback); Ctrl-C says what to do, exit 130."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except EmodartsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt as exc:
+            click.echo("\n" + interrupt_message(exc), err=True)
+            sys.exit(130)
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,125 @@
+"""The run folder of a command (search, train, run, cv): opened new or resumed, made only once the checks
+passed, and removed again when a new run fails before its first checkpoint (so the same --out can be
+retried). Shared by cli.py and cli_corpus.py."""
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Set, Tuple
+
+from .cli_options import CONFIG_NAME
+from .config import RunConfig, load_config, with_changes, with_overrides
+from .distributed import info
+from .errors import EmodartsError
+from .io import atomic_write_json
+from .progress import say
+
+# Files that show a run got further than its configuration: with none of them, a failed new run's folder
+# is removed again (so the same --out can be retried).
+STARTED_MARKERS = ("checkpoint.pt", "train_checkpoint.pt", "model.pt", "metrics.json")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C inside a run folder: says which folder, and whether it was kept (it has a checkpoint)."""
+
+    def __init__(self, run_dir: Path, kept: bool):
+        super().__init__(str(run_dir))
+        self.run_dir, self.kept = run_dir, kept
+
+
+def open_run(command: str, cfg: Optional[RunConfig], out: Optional[Path], resume: Optional[Path], device: str,
+             fused: bool, changes: Optional[dict] = None, create: bool = True) -> Tuple[RunConfig, Path, bool]:
+    """Return (config, run_dir, resuming). A new run never overwrites an existing one; with create=False
+    its folder is not made yet (run_folder makes it once the checks passed). A resumed run's config.json
+    takes `changes` (see resume_changes). Under torchrun the process joins its group here (and takes its
+    own GPU); only rank 0 writes the run folder."""
+    from .distributed import init_from_env
+    from .ops.backend import check_device
+
+    check_device(device)
+    _, device = init_from_env(device)
+    if resume is not None:
+        return _resumed_config(Path(resume), device, fused, changes or {}), Path(resume), True
+    cfg = with_overrides(cfg, device=device)
+    run_dir = Path(out) if out else Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / CONFIG_NAME).exists():
+        raise EmodartsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
+                            "another --out")
+    if create:
+        _create_run_dir(cfg, run_dir)
+    return cfg, run_dir, False
+
+
+def _resumed_config(run_dir: Path, device: str, fused: bool, changes: dict) -> RunConfig:
+    """RUN_DIR/config.json with the honoured command-line changes written back (so a second resume keeps
+    them), then this process's device and backend."""
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise EmodartsError(f"{path}: no run to resume (config.json is missing)")
+    stored = load_config(path)
+    cfg = with_changes(stored, changes)
+    if cfg != stored and info().is_main:
+        atomic_write_json(path, cfg.to_dict())
+    return with_overrides(cfg, device=device, backend="fused" if fused else cfg.backend)
+
+
+def _create_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    from .distributed import barrier
+
+    barrier()
+    if info().is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / CONFIG_NAME, cfg.to_dict())
+    barrier()
+
+
+def _started(run_dir: Path) -> bool:
+    """Whether the run got further than its configuration (a checkpoint, a model, metrics; in any fold)."""
+    return any(next(run_dir.rglob(name), None) is not None for name in STARTED_MARKERS)
+
+
+def _discard_unstarted(run_dir: Path, before: Optional[Set[str]]) -> bool:
+    """Remove what a new run put in `run_dir` when it never got to a checkpoint; entries that were there
+    before (a folder given with --out) stay, and so does a skipped-files report (it says why the data did
+    not do; without config.json the folder no longer blocks a retry). Returns whether the run was removed."""
+    from .data.report import REPORT_NAME
+
+    if not info().is_main or not run_dir.is_dir() or _started(run_dir):
+        return False
+    for entry in run_dir.iterdir():
+        if entry.name.startswith(REPORT_NAME + "."):
+            continue
+        if before is None or entry.name not in before:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    if before is None and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    return True
+
+
+@contextlib.contextmanager
+def run_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> Iterator[Path]:
+    """The run folder for the command's work. A new run's folder is made here, after every check that
+    needs no data; if the work then fails (an error, Ctrl-C) before the run's first checkpoint, the folder
+    is removed again, so that the same --out can be retried. A resumed folder is never removed."""
+    before = None if resuming or not run_dir.exists() else {p.name for p in run_dir.iterdir()}
+    if not resuming:
+        _create_run_dir(cfg, run_dir)
+    say(f"run folder: {run_dir}")
+    try:
+        yield run_dir
+    except KeyboardInterrupt:
+        removed = not resuming and _discard_unstarted(run_dir, before)
+        raise RunInterrupted(run_dir, kept=not removed) from None
+    except Exception:
+        if not resuming:
+            _discard_unstarted(run_dir, before)
+        raise
+
+
+def with_device(cfg: RunConfig, device: str) -> RunConfig:
+    """`cfg` on `device` (checked; under torchrun this process's own GPU)."""
+    from .distributed import init_from_env
+    from .ops.backend import check_device
+
+    check_device(device)
+    return with_overrides(cfg, device=init_from_env(device)[1])
