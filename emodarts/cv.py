@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from .config import RunConfig, load_config, with_overrides
 from .data import Utterance
 from .errors import DataError, EmodartsError
 from .io import atomic_write_json, atomic_write_text
 from .progress import say
-from .train import RunData, TensorSplit
+from .run_data import RunData, build_run_data
 
 CV_STATE = "cv.json"
 RESULTS = "cv_results"
@@ -74,27 +73,10 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
     return ProtocolData(proto, usable, features, classes, folds, counts, report, excluded)
 
 
-def _empty_split(features) -> TensorSplit:
-    shape = (0, 1) + tuple(features.shape[1:])
-    return TensorSplit(torch.zeros(shape), torch.zeros(0, dtype=torch.int64))
-
-
 def prepare_fold_data(cfg: RunConfig, fold, features, classes: Sequence[str], with_search: bool = True) -> RunData:
     """Tensors of one fold: the search halves (from the fold's training speakers), train, dev and test.
     With with_search=False the search halves are left empty (training a given genotype needs none)."""
-    from .data.splits import search_halves
-    from .pipeline import _tensors
-
-    classes = list(classes)
-    split = fold.split
-    if with_search:
-        w_part, a_part = search_halves(split.train, cfg.seed, alpha_split=cfg.search.alpha_split)
-        search_w, search_a = _tensors(features, w_part, classes), _tensors(features, a_part, classes)
-    else:
-        search_w = search_a = _empty_split(features)
-    return RunData(classes=classes, search_w=search_w, search_a=search_a,
-                   train=_tensors(features, split.train, classes), dev=_tensors(features, split.dev, classes),
-                   test=_tensors(features, split.test, classes))
+    return build_run_data(features, fold.split, classes, cfg.seed, cfg.search.alpha_split, with_search=with_search)
 
 
 def fold_config(cfg: RunConfig, protocol: str, k: int) -> RunConfig:

@@ -1,30 +1,19 @@
 """Corpus -> speaker-independent split -> cached features -> tensors for the search and final training."""
 from pathlib import Path
-from typing import List, Optional, Sequence
-
-import numpy as np
-import torch
+from typing import List, Optional
 
 from .config import RunConfig
-from .data import EMOTIONS, Utterance
+from .data import Utterance
+from .data.protocols import Protocol, class_list
+from .data.splits import Split, speaker_split
 from .errors import DataError
 from .progress import say
-from .train import RunData, TensorSplit
+from .run_data import RunData, build_run_data, split_summary
 
 CORPUS_SEED = 0  # the built-in corpus is one fixed data set; the run seed rules split, weights and search
 
-
-def class_list(utts: Sequence[Utterance]) -> List[str]:
-    """The four emotions in their usual order, then any other label, sorted."""
-    present = {u.label for u in utts}
-    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
-
-
-def _tensors(features, utts: Sequence[Utterance], classes: List[str]) -> TensorSplit:
-    index = {c: i for i, c in enumerate(classes)}
-    x = torch.from_numpy(features.take(utts)).unsqueeze(1)
-    y = torch.tensor([index[u.label] for u in utts], dtype=torch.int64)
-    return TensorSplit(x, y)
+# class_list (data/protocols.py) and split_summary (run_data.py) are also offered here, their former home
+__all__ = ["CORPUS_SEED", "prepare_data", "class_list", "split_summary"]
 
 
 def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path] = None,
@@ -39,7 +28,6 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     (default: the feature cache entry)."""
     from .data.registry import load_protocol
     from .data.report import SkipReport
-    from .data.splits import search_halves, speaker_split
     from .features import FEATURE_PRESETS, build_features, default_cache_dir, feature_config
 
     if cfg.preset not in FEATURE_PRESETS:
@@ -59,32 +47,25 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
         raise DataError(f"corpus {cfg.corpus!r} has no usable utterances")
     classes = class_list(utts)
     fold = getattr(cfg, "fold", 0)
-    if protocol:
-        folds = proto.make_folds(utts, cfg.seed)
-        if not 0 <= fold < len(folds):
-            raise DataError(f"protocol {proto.name} has folds 0..{len(folds) - 1}; the run asks for fold {fold}")
-        split = folds[fold].split
-    elif fold:
-        raise DataError(f"fold {fold} needs a protocol; the run has none (`cv` records the protocol of its folds)")
-    else:
-        split = speaker_split(utts, cfg.seed)
-    w_part, a_part = search_halves(split.train, cfg.seed, alpha_split=cfg.search.alpha_split)
+    split = _run_split(utts, cfg.seed, proto if protocol else None, fold)
+    data = build_run_data(features, split, classes, cfg.seed, cfg.search.alpha_split)
     counts = {name: len(part) for name, part in (("train", split.train), ("dev", split.dev), ("test", split.test))}
     say(f"corpus {cfg.corpus}: {len(utts)} utterances, classes {', '.join(classes)}; "
                   f"speakers train/dev/test {len(set(u.speaker for u in split.train))}/"
                   f"{len(set(u.speaker for u in split.dev))}/{len(set(u.speaker for u in split.test))}; "
                   f"utterances {counts}; features {features.shape[1]}x{features.shape[2]}"
                   + (f"; protocol {proto.name} fold {fold}" if protocol else ""))
-    return RunData(
-        classes=classes,
-        search_w=_tensors(features, w_part, classes),
-        search_a=_tensors(features, a_part, classes),
-        train=_tensors(features, split.train, classes),
-        dev=_tensors(features, split.dev, classes),
-        test=_tensors(features, split.test, classes),
-    )
+    return data
 
 
-def split_summary(data: RunData) -> dict:
-    return {name: np.bincount(getattr(data, name).y.numpy(), minlength=len(data.classes)).tolist()
-            for name in ("search_w", "search_a", "train", "dev", "test")}
+def _run_split(utts: List[Utterance], seed: int, proto: Optional[Protocol], fold: int) -> Split:
+    """Fold `fold` of the named protocol `proto`, or, when the run names none, speaker_split(seed) (a fold
+    other than 0 needs a protocol: only `cv` runs have one)."""
+    if proto is not None:
+        folds = proto.make_folds(utts, seed)
+        if not 0 <= fold < len(folds):
+            raise DataError(f"protocol {proto.name} has folds 0..{len(folds) - 1}; the run asks for fold {fold}")
+        return folds[fold].split
+    if fold:
+        raise DataError(f"fold {fold} needs a protocol; the run has none (`cv` records the protocol of its folds)")
+    return speaker_split(utts, seed)

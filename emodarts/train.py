@@ -24,33 +24,9 @@ from .metrics import classification_metrics
 from .network import DerivedNetwork, has_auxiliary_head
 from .precision import autocast, prepare_input, prepare_model
 from .progress import progress_bar, say
+from .run_data import RunData, TensorSplit  # re-exported: their home before run_data.py
 from .space import Genotype, genotype_from_dict, save_genotype
 from .supernet import Supernet
-
-
-@dataclass
-class TensorSplit:
-    """Features (N, 1, F, T) float32 and labels (N,) int64 of one split."""
-
-    x: Tensor
-    y: Tensor
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-
-@dataclass
-class RunData:
-    classes: List[str]
-    search_w: TensorSplit  # trains the weights during the search
-    search_a: TensorSplit  # trains the alphas during the search
-    train: TensorSplit  # final training (training speakers minus dev speakers)
-    dev: TensorSplit  # model selection (held-out training speakers)
-    test: TensorSplit  # evaluated once
-
-    @property
-    def n_features(self) -> int:
-        return int(self.train.x.shape[2])
 
 
 def feature_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -154,95 +130,189 @@ def load_run_checkpoint(path: Path, cfg: RunConfig) -> Dict[str, object]:
     raise error
 
 
+# ------------------------------------------------------------------------------ resume and logs
+def _resume_from(run_dir: Path, ckpt_path: Path, cfg: RunConfig, resume: bool, model: nn.Module,
+                 optimizers: Dict[str, torch.optim.Optimizer], sched: torch.optim.lr_scheduler.CosineAnnealingLR,
+                 epochs: int, best: dict) -> Tuple[int, dict]:
+    """(first epoch to run, best so far): (0, `best`) for a fresh run; with `resume` and a checkpoint, the
+    epoch after the checkpoint's and its best, with model, optimisers (by their key in the checkpoint),
+    scheduler (stretched to `epochs`) and random state restored, so the run goes on as if never stopped."""
+    if resume:
+        _open_for_resume(run_dir)
+    if not (resume and ckpt_path.exists()):
+        return 0, best
+    state = load_run_checkpoint(ckpt_path, cfg)
+    model.load_state_dict(state["model"])
+    for key, opt in optimizers.items():
+        opt.load_state_dict(state[key])
+    sched.load_state_dict(state["sched"])
+    stretch_cosine(sched, epochs)
+    set_rng_state(state["rng"])
+    return state["epoch"] + 1, state["best"]
+
+
+def _truncate_logs(run_dir: Path, names: Tuple[str, ...], phase: str, start: int) -> None:
+    """Cut the run's logs back to the checkpoint the run starts from (rank 0 writes them; see
+    _truncate_jsonl), so that a resumed run's logs hold every epoch once."""
+    if dist_info().is_main:
+        for name in names:
+            _truncate_jsonl(run_dir / name, phase, start)
+
+
+# --------------------------------------------------------------------------- data parallelism
+def _for_data_parallel(model: nn.Module) -> None:
+    """Under torchrun, batch norm normalises over the global batch, as the single process does."""
+    if dist_info().active:
+        use_global_batch_norm(model)
+
+
+def _summed_over_ranks(loss: Tensor) -> float:
+    """A loss of this rank's shard of a global batch, summed over the ranks: the global batch's loss."""
+    return float(sum_gradients([loss])[0])
+
+
 # ----------------------------------------------------------------------------------------- search
+SEARCH_CHECKPOINT = "checkpoint.pt"
+SEARCH_LOGS = ("genotypes.jsonl", "alphas.jsonl", "metrics.jsonl")
+
+
+@dataclass
+class _Search:
+    """The supernet and what trains it: weight optimiser and its schedule, alpha optimiser, architect."""
+
+    model: Supernet
+    w_opt: torch.optim.SGD
+    sched: torch.optim.lr_scheduler.CosineAnnealingLR
+    a_opt: torch.optim.Adam
+    architect: Architect
+
+    def optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        """The optimisers under their keys in the search checkpoint."""
+        return {"w_opt": self.w_opt, "a_opt": self.a_opt}
+
+
+def _build_search(cfg: RunConfig, data: RunData) -> _Search:
+    """The supernet, normalised by the search data's feature statistics, on cfg.device, with DARTS's
+    optimisers: SGD on a cosine schedule for the weights, Adam for the alphas."""
+    sc = cfg.search
+    model = Supernet(cfg.model, data.n_features, len(data.classes), backend=cfg.backend)
+    _for_data_parallel(model)
+    mean, std = feature_stats(torch.cat([data.search_w.x, data.search_a.x]))
+    model.norm.set_stats(mean, std)
+    prepare_model(model, cfg.device, cfg.channels_last)
+    w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, sc.epochs, eta_min=sc.w_lr_min)
+    a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
+    architect = Architect(model, w_opt, a_opt, second_order=sc.second_order, loss_fn=sharded_cross_entropy())
+    return _Search(model, w_opt, sched, a_opt, architect)
+
+
+def _search_epoch(cfg: RunConfig, search: _Search, data: RunData, epoch: int, progress: bool) -> Tuple[float, float]:
+    """One epoch of bilevel steps (an alpha step, then a weight step), cycling the shorter of the two
+    search parts; returns the mean weight-step and alpha-step losses."""
+    sc, device = cfg.search, cfg.device
+    search.model.train()
+    gen = _epoch_generator(cfg.seed, epoch, 1)
+    w_batches = list(batches(data.search_w, sc.batch_size, gen))
+    a_batches = list(batches(data.search_a, sc.batch_size, gen))
+    n_steps = max(len(w_batches), len(a_batches))
+    train_loss, alpha_loss_sum = 0.0, 0.0
+    steps = progress_bar(range(n_steps), progress, desc=f"epoch {epoch + 1}", leave=False)
+    for step in steps:
+        xw, yw = w_batches[step % len(w_batches)]
+        xa, ya = a_batches[step % len(a_batches)]
+        xw, xa = (prepare_input(t, device, cfg.channels_last) for t in (xw, xa))
+        yw, ya = yw.to(device), ya.to(device)
+        with autocast(device, cfg.amp):
+            alpha_loss_sum += _summed_over_ranks(search.architect.step(xw, yw, xa, ya))
+            train_loss += weight_step(search.model, search.w_opt, xw, yw, sc.grad_clip)
+    return train_loss / n_steps, alpha_loss_sum / n_steps
+
+
+def _count_skip_streak(model: Supernet, cap: Optional[int], best: dict) -> int:
+    """The normal cell's skip connections as derived without the cap; best["over_cap_epochs"] counts the
+    epochs in a row above the cap (kept in the checkpoint, so a resumed run continues the streak)."""
+    raw_skips = count_op(derive_genotype(model).normal, "skip_connect")
+    over_cap = cap is not None and raw_skips > cap
+    best["over_cap_epochs"] = best.get("over_cap_epochs", 0) + 1 if over_cap else 0
+    return raw_skips
+
+
+def _skip_patience_spent(cfg: RunConfig, best: dict) -> bool:
+    """Whether the search should stop because the skip connections stayed over the cap for
+    cfg.search.skip_patience epochs (the sign of DARTS's collapse); says so when it does."""
+    sc = cfg.search
+    if not (sc.skip_patience and best["over_cap_epochs"] >= sc.skip_patience):
+        return False
+    say(f"search stopped early: the normal cell kept more than {sc.max_skip_normal} skip connections "
+        f"for {best['over_cap_epochs']} epochs in a row")
+    return True
+
+
+def _log_search_epoch(run_dir: Path, record: dict, genotype: Genotype, model: Supernet) -> None:
+    """Append the epoch to metrics.jsonl, genotypes.jsonl and alphas.jsonl (rank 0 only)."""
+    if not dist_info().is_main:
+        return
+    epoch = record["epoch"]
+    append_jsonl(run_dir / "metrics.jsonl", record)
+    append_jsonl(run_dir / "genotypes.jsonl", {"epoch": epoch, "genotype": genotype.to_dict()})
+    append_jsonl(run_dir / "alphas.jsonl", {"epoch": epoch, **{k: v.tolist() for k, v in model.alpha_probs().items()}})
+
+
+def _keep_if_best(best: dict, alpha_loss: float, epoch: int, genotype: Genotype, run_dir: Path) -> None:
+    """The search's choice: the genotype of the epoch with the lowest alpha-split loss, in `best` and
+    (rank 0) in genotype.json."""
+    if alpha_loss < best["alpha_loss"]:
+        best.update(alpha_loss=alpha_loss, epoch=epoch, genotype=genotype.to_dict())
+        if dist_info().is_main:
+            save_genotype(genotype, run_dir / "genotype.json")
+
+
+def _save_search_checkpoint(path: Path, cfg: RunConfig, epoch: int, search: _Search, best: dict) -> None:
+    """Everything an exact resume after `epoch` needs (rank 0 writes it)."""
+    if dist_info().is_main:
+        save_checkpoint(path, {
+            "config": cfg.to_dict(), "epoch": epoch, "model": search.model.state_dict(),
+            "w_opt": search.w_opt.state_dict(), "a_opt": search.a_opt.state_dict(),
+            "sched": search.sched.state_dict(), "rng": rng_state(), "best": best,
+        })
+
+
 def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = False, progress: bool = True,
                stop_after: Optional[int] = None) -> Genotype:
     """Bilevel DARTS search. Writes genotypes.jsonl, alphas.jsonl, metrics.jsonl, genotype.json (best by
     alpha-split loss) and checkpoint.pt (each epoch). Returns the best genotype."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sc, device = cfg.search, cfg.device
+    sc = cfg.search
     seed_everything(cfg.seed)
-    model = Supernet(cfg.model, data.n_features, len(data.classes), backend=cfg.backend)
-    if dist_info().active:
-        use_global_batch_norm(model)
-    mean, std = feature_stats(torch.cat([data.search_w.x, data.search_a.x]))
-    model.norm.set_stats(mean, std)
-    prepare_model(model, device, cfg.channels_last)
-    w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, sc.epochs, eta_min=sc.w_lr_min)
-    a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
-    architect = Architect(model, w_opt, a_opt, second_order=sc.second_order, loss_fn=sharded_cross_entropy())
-    start, best = 0, {"alpha_loss": float("inf"), "epoch": -1, "genotype": None}
-    ckpt_path = run_dir / "checkpoint.pt"
-    if resume:
-        _open_for_resume(run_dir)
-    if resume and ckpt_path.exists():
-        state = load_run_checkpoint(ckpt_path, cfg)
-        model.load_state_dict(state["model"])
-        w_opt.load_state_dict(state["w_opt"])
-        a_opt.load_state_dict(state["a_opt"])
-        sched.load_state_dict(state["sched"])
-        stretch_cosine(sched, sc.epochs)
-        set_rng_state(state["rng"])
-        start, best = state["epoch"] + 1, state["best"]
-    if dist_info().is_main:
-        for name in ("genotypes.jsonl", "alphas.jsonl", "metrics.jsonl"):
-            _truncate_jsonl(run_dir / name, "search", start)
+    search = _build_search(cfg, data)
+    ckpt_path = run_dir / SEARCH_CHECKPOINT
+    start, best = _resume_from(run_dir, ckpt_path, cfg, resume, search.model, search.optimizers(), search.sched,
+                               sc.epochs, {"alpha_loss": float("inf"), "epoch": -1, "genotype": None})
+    _truncate_logs(run_dir, SEARCH_LOGS, "search", start)
 
-    epochs = progress_bar(range(start, sc.epochs), progress, desc="search", initial=start, total=sc.epochs)
-    for epoch in epochs:
+    for epoch in progress_bar(range(start, sc.epochs), progress, desc="search", initial=start, total=sc.epochs):
         t0 = time.time()
-        model.train()
-        gen = _epoch_generator(cfg.seed, epoch, 1)
-        w_batches = list(batches(data.search_w, sc.batch_size, gen))
-        a_batches = list(batches(data.search_a, sc.batch_size, gen))
-        n_steps = max(len(w_batches), len(a_batches))
-        train_loss, alpha_loss_sum = 0.0, 0.0
-        steps = progress_bar(range(n_steps), progress, desc=f"epoch {epoch + 1}", leave=False)
-        for step in steps:
-            xw, yw = w_batches[step % len(w_batches)]
-            xa, ya = a_batches[step % len(a_batches)]
-            xw, xa = (prepare_input(t, device, cfg.channels_last) for t in (xw, xa))
-            yw, ya = yw.to(device), ya.to(device)
-            with autocast(device, cfg.amp):
-                alpha_loss_sum += float(sum_gradients([architect.step(xw, yw, xa, ya)])[0])
-                train_loss += weight_step(model, w_opt, xw, yw, sc.grad_clip)
-        sched.step()
-        check_replicas(list(model.named_parameters()))
-        val = evaluate_split(model, data.search_a, len(data.classes), device, cfg.amp, cfg.channels_last)
-        genotype = derive_genotype(model, meta={"epoch": epoch}, max_skip_normal=sc.max_skip_normal)
-        raw_skips = count_op(derive_genotype(model).normal, "skip_connect")
-        over_cap = sc.max_skip_normal is not None and raw_skips > sc.max_skip_normal
-        best["over_cap_epochs"] = best.get("over_cap_epochs", 0) + 1 if over_cap else 0
+        train_loss, alpha_step_loss = _search_epoch(cfg, search, data, epoch, progress)
+        search.sched.step()
+        check_replicas(list(search.model.named_parameters()))
+        val = evaluate_split(search.model, data.search_a, len(data.classes), cfg.device, cfg.amp, cfg.channels_last)
+        genotype = derive_genotype(search.model, meta={"epoch": epoch}, max_skip_normal=sc.max_skip_normal)
+        raw_skips = _count_skip_streak(search.model, sc.max_skip_normal, best)
         record = {
-            "phase": "search", "epoch": epoch, "train_loss": train_loss / n_steps,
-            "alpha_step_loss": alpha_loss_sum / n_steps, "alpha_loss": val["loss"], "alpha_ua": val["ua"],
-            "lr": sched.get_last_lr()[0], "seconds": time.time() - t0, "normal_skips": raw_skips,
+            "phase": "search", "epoch": epoch, "train_loss": train_loss, "alpha_step_loss": alpha_step_loss,
+            "alpha_loss": val["loss"], "alpha_ua": val["ua"], "lr": search.sched.get_last_lr()[0],
+            "seconds": time.time() - t0, "normal_skips": raw_skips,
         }
-        main = dist_info().is_main
-        if main:
-            append_jsonl(run_dir / "metrics.jsonl", record)
-            append_jsonl(run_dir / "genotypes.jsonl", {"epoch": epoch, "genotype": genotype.to_dict()})
-            append_jsonl(run_dir / "alphas.jsonl", {"epoch": epoch, **{k: v.tolist() for k, v in model.alpha_probs().items()}})
-        if val["loss"] < best["alpha_loss"]:
-            best.update(alpha_loss=val["loss"], epoch=epoch, genotype=genotype.to_dict())
-            if main:
-                save_genotype(genotype, run_dir / "genotype.json")
-        if main:
-            save_checkpoint(ckpt_path, {
-                "config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(),
-                "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(), "best": best,
-            })
-        say(f"search epoch {epoch + 1}/{sc.epochs}: train loss {record['train_loss']:.3f}  "
-                      f"alpha-split loss {val['loss']:.3f} UA {val['ua']:.3f}  ({record['seconds']:.1f} s)")
-        if sc.skip_patience and best["over_cap_epochs"] >= sc.skip_patience:
-            say(f"search stopped early: the normal cell kept more than {sc.max_skip_normal} skip connections "
-                f"for {best['over_cap_epochs']} epochs in a row")
+        _log_search_epoch(run_dir, record, genotype, search.model)
+        _keep_if_best(best, val["loss"], epoch, genotype, run_dir)
+        _save_search_checkpoint(ckpt_path, cfg, epoch, search, best)
+        say(f"search epoch {epoch + 1}/{sc.epochs}: train loss {train_loss:.3f}  "
+            f"alpha-split loss {val['loss']:.3f} UA {val['ua']:.3f}  ({record['seconds']:.1f} s)")
+        if _skip_patience_spent(cfg, best) or (stop_after is not None and epoch + 1 >= stop_after):
             break
-        if stop_after is not None and epoch + 1 >= stop_after:
-            break
-    return genotype_from_dict(best["genotype"], where=str(run_dir / "checkpoint.pt"))
+    return genotype_from_dict(best["genotype"], where=str(ckpt_path))
 
 
 def stretch_cosine(sched: torch.optim.lr_scheduler.CosineAnnealingLR, epochs: int) -> None:
@@ -297,7 +367,7 @@ def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y
         p.grad = g
     nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
-    return float(sum_gradients([loss.detach()])[0])
+    return _summed_over_ranks(loss.detach())
 
 
 # ----------------------------------------------------------------------------------- final training
@@ -322,26 +392,15 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
     tc, device = cfg.train, cfg.device
     seed_everything(cfg.seed + 1)
     net = build_final_network(cfg, genotype, data)
-    if dist_info().active:
-        use_global_batch_norm(net)
+    _for_data_parallel(net)
     net = prepare_model(net, device, cfg.channels_last)
     opt = torch.optim.SGD(net.parameters(), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.epochs, eta_min=tc.lr_min)
     weights = class_weights(data.train.y, len(data.classes)).to(device)
-    start, best = 0, {"ua": -1.0, "epoch": -1}
     ckpt_path = run_dir / "train_checkpoint.pt"
-    if resume:
-        _open_for_resume(run_dir)
-    if resume and ckpt_path.exists():
-        state = load_run_checkpoint(ckpt_path, cfg)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        stretch_cosine(sched, tc.epochs)
-        set_rng_state(state["rng"])
-        start, best = state["epoch"] + 1, state["best"]
-    if dist_info().is_main:
-        _truncate_jsonl(run_dir / "metrics.jsonl", "train", start)
+    start, best = _resume_from(run_dir, ckpt_path, cfg, resume, net, {"opt": opt}, sched, tc.epochs,
+                               {"ua": -1.0, "epoch": -1})
+    _truncate_logs(run_dir, ("metrics.jsonl",), "train", start)
 
     epochs = progress_bar(range(start, tc.epochs), progress, desc="train", initial=start, total=tc.epochs)
     for epoch in epochs:

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from emodarts.config import ModelConfig, RunConfig, SearchConfig, TrainConfig
-from emodarts.train import RunData, TensorSplit
+from emodarts.run_data import RunData, TensorSplit
 
 SMALL_SEQ = ("none", "skip_connect", "lstm_1", "rnn_2", "lstm_att_1", "rnn_att_1")
 

@@ -50,6 +50,18 @@ def test_prepare_fold_data(replica, tmp_path, librosa_warm):
     light = prepare_fold_data(cfg, fold, data.features, data.classes, with_search=False)
     assert len(light.search_w) == len(light.search_a) == 0 and len(light.train) == len(rd.train)
 
+    assert light.search_w.x.shape[1:] == rd.search_w.x.shape[1:] and light.search_w.y.dtype == torch.int64
+
+
+def test_run_data_has_one_home():
+    """RunData and class_list are defined once; their former homes still hand out the same objects."""
+    import emodarts.data.protocols as protocols
+    import emodarts.pipeline as pipeline
+    import emodarts.run_data as run_data
+    import emodarts.train as train
+
+    assert train.RunData is run_data.RunData and train.TensorSplit is run_data.TensorSplit
+    assert pipeline.class_list is protocols.class_list and pipeline.split_summary is run_data.split_summary
 
 def test_parse_folds_and_summary():
     assert parse_folds(None, 5) == [0, 1, 2, 3, 4] and parse_folds("2, 0,2", 5) == [0, 2]

@@ -350,7 +350,8 @@ register_protocol(Protocol(
 
 # ------------------------------------------------------------------------------------ counts
 def class_list(utts: Sequence[Utterance]) -> List[str]:
-    """The four emotions in their usual order, then any other label, sorted (as pipeline.class_list)."""
+    """The classes of a run over `utts`, as label indices: the four emotions in their usual order, then any
+    other label, sorted (the one definition; `prepare_data` and `cv` both use it)."""
     present = {u.label for u in utts}
     return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
 
