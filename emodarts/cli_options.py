@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from .config import PRESETS, RunConfig, alpha_split_problem, aux_weight_problem, with_changes, with_seq_space
 from .errors import EmodartsError
+from .partial_channels import check_partial_channels
 from .space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS, seq_primitives_of
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -131,6 +132,11 @@ MODEL_OPTIONS: Sequence[Opt] = (
         default=None, metavar="FRACTION",
         help="Share of the search data (the training speakers' utterances) that trains the alphas; "
              "the rest trains the weights. Default 0.5 (DARTS); 0.8 as the published emoDARTS code."),
+    opt("--partial-channels", to="model.partial_channels", search_only=True, type=click.IntRange(min=1),
+        default=None, metavar="K",
+        help="PC-DARTS: only 1/K of each CNN edge's channels go through the candidates (the rest bypass "
+             "them, then a channel shuffle), with edge normalisation (one beta per edge). K must divide "
+             "--channels. Default 1: plain DARTS."),
 )
 
 # train, run, cv: the auxiliary head of the final training.
@@ -209,7 +215,12 @@ def build_config(command: str, options: Mapping[str, Any]) -> RunConfig:
             value = o.convert(value)
         section, _, name = o.to.rpartition(".")
         (changes[section] if section else changes)[name] = value
-    return with_changes(base, changes)
+    cfg = with_changes(base, changes)
+    try:
+        check_partial_channels(cfg.model.partial_channels, cfg.model.cnn_channels)
+    except ValueError as exc:
+        raise EmodartsError(str(exc)) from None
+    return cfg
 
 
 # --------------------------------------------------------------------------------- checks on what was given

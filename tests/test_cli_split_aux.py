@@ -117,3 +117,33 @@ def test_resume_refuses_aux_weight_and_alpha_split(tmp_path, monkeypatch):
         line = one_error_line(invoke_cli(*args, "--resume", str(run)))
         assert f"resume it without {args[1]}" in line, line
     assert json.loads((run / "config.json").read_text()) == json.loads(json.dumps(PRESETS["tiny"].to_dict()))
+
+
+def test_partial_channels_on_the_command_line(tmp_path, recorded, monkeypatch):
+    """--partial-channels K reaches search, run and cv and config.json; a K that does not divide --channels,
+    K < 1, train, cv --genotype and --resume are refused before a run folder or any data."""
+    from test_cli_checks import _genotype, _write
+
+    for command, phase in (("search", "search"), ("run", "search"), ("cv", "cv")):
+        out = tmp_path / command
+        recorded.clear()
+        assert invoke_cli(command, "--partial-channels", "2", "--out", str(out), "--no-progress").exit_code == 130
+        assert recorded[phase].model.partial_channels == 2
+        if command != "cv":
+            assert _config(out)["model"]["partial_channels"] == 2
+    _no_data(monkeypatch)
+    line = one_error_line(invoke_cli("search", "--partial-channels", "3", "--out", str(tmp_path / "x")))
+    assert "--partial-channels 3 must divide" in line and "--channels 4" in line, line
+    line = one_error_line(invoke_cli("run", "--channels", "6", "--partial-channels", "4", "--out", str(tmp_path / "x")))
+    assert "--channels 6" in line, line
+    assert invoke_cli("search", "--partial-channels", "0", "--out", str(tmp_path / "x")).exit_code == 2
+    assert invoke_cli("train", "--partial-channels", "2", "--out", str(tmp_path / "x")).exit_code == 2
+    g = _write(tmp_path / "g.json", _genotype(cnn_nodes=2, tiny=True))
+    line = one_error_line(invoke_cli("cv", "--genotype", str(g), "--partial-channels", "2", "--out", str(tmp_path / "x")))
+    assert "--partial-channels" in line and "without a search" in line, line
+    run = tmp_path / "resumed"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(PRESETS["tiny"].to_dict()))
+    line = one_error_line(invoke_cli("search", "--partial-channels", "2", "--resume", str(run)))
+    assert "resume it without --partial-channels" in line, line
+    assert not (tmp_path / "x").exists()
