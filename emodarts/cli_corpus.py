@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import click
 
-from .cli_options import (RESUME_MAY_CHANGE, SEARCH_ONLY, apply_threads, aux_option, build_config, check_backend,
+from .cli_options import (FEATURES, RESUME_MAY_CHANGE, SEARCH_ONLY, apply_threads, aux_option, build_config, check_backend,
                           check_corpus_names, common_options, fit_genotype, friendly_errors, genotype_shape,
                           model_options, parsed_options, read_genotype, refuse_given, refuse_resume_conflicts,
                           resume_changes)
@@ -62,9 +62,11 @@ def _cv_epochs(resume: Optional[Path], epochs: Optional[int], train_epochs: Opti
 @click.option("--min-duration", type=click.FloatRange(min=0), default=None,
               help="Shortest usable clip in seconds; shorter ones are skipped as too short (default 0.25). "
                    "Part of the cache key: give later runs the same value.")
+@FEATURES
 @friendly_errors
 def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], workers: int, backend: str,
-             device: str, cache_dir: Optional[Path], seed: int, progress: bool, min_duration: Optional[float]) -> None:
+             device: str, cache_dir: Optional[Path], seed: int, progress: bool, min_duration: Optional[float],
+             features: Optional[str]) -> None:
     """Extract (or reuse) the feature cache of a corpus under a protocol; print the fold counts.
 
     Resumable: an interrupted extraction continues where it stopped when the same command runs again.
@@ -79,7 +81,7 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
     try:
         data = load_protocol_data(corpus, root, preset, protocol, seed, cache_dir=cache_dir, progress=progress,
                                   report=report, workers=workers, backend=backend, device=device,
-                                  min_duration=min_duration)
+                                  min_duration=min_duration, features=features or "mfcc")
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished chunks are kept in {cache_dir}; run the same command again to "
                    f"continue", err=True)

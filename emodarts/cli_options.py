@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from .config import PRESETS, RunConfig, alpha_split_problem, aux_weight_problem, with_changes, with_seq_space
 from .errors import EmodartsError
+from .features.config import FEATURE_KINDS
 from .partial_channels import check_partial_channels
 from .space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS, seq_primitives_of
 
@@ -67,6 +68,11 @@ def _flag(value: Optional[bool]) -> Optional[bool]:
     return value or None
 
 
+FEATURES = opt("--features", to="features", type=click.Choice(FEATURE_KINDS), default=None,
+               help="Input features: mfcc (default, the paper's), logmel, spectrogram (|STFT|, n_fft 278, hop 229, "
+                    "max-pooled to the preset's shape) or npy (precomputed arrays named by the csv manifest's "
+                    "features column). Part of the feature-cache key.")
+
 THREADS = opt("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op CPU threads (default 1: see README, 'Threads and heap').")
 
@@ -83,6 +89,7 @@ COMMON_OPTIONS: Sequence[Opt] = (
         help="Corpus folder (or manifest file for csv). The synthetic corpus defaults to ~/.cache/emodarts."),
     opt("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
         help="Feature and model preset: tiny (CPU demo) or paper (the published settings)."),
+    FEATURES,
     opt("--seed", to="seed", type=int, default=0, show_default=True,
         help="Fixes the data split, the initial weights and the search trajectory."),
     opt("--out", "out", type=click.Path(path_type=Path), default=None,

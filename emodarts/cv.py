@@ -50,7 +50,7 @@ class ProtocolData:
 def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], seed: int,
                        cache_dir: Optional[Path] = None, progress: bool = True, report=None, workers: int = 1,
                        backend: str = "librosa", device: Optional[str] = None,
-                       min_duration: Optional[float] = None) -> ProtocolData:
+                       min_duration: Optional[float] = None, features: str = "mfcc") -> ProtocolData:
     """Load the corpus, apply the protocol, extract (or reuse) the features, build the folds and count.
     Unusable files (clips under `min_duration` seconds included) go to `report` (a new SkipReport when
     None); DataError only when nothing is left."""
@@ -63,14 +63,14 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
         raise DataError(f"unknown feature preset {preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
     report = report if report is not None else SkipReport()
     utts, excluded, proto = load_protocol(corpus, root, seed=CORPUS_SEED, report=report, protocol=protocol)
-    features = build_features(utts, feature_config(preset, min_duration), cache_dir or default_cache_dir(),
-                              progress=progress, report=report, workers=workers, backend=backend, device=device)
-    usable = list(features.utterances)
+    feature_set = build_features(utts, feature_config(preset, min_duration, features), cache_dir or default_cache_dir(),
+                                 progress=progress, report=report, workers=workers, backend=backend, device=device)
+    usable = list(feature_set.utterances)
     report.raise_if_empty(len(usable), f"corpus {corpus!r}")
     classes = class_list(usable)
     folds = proto.make_folds(usable, seed)
     counts = fold_counts(folds, classes, usable, excluded, proto, skipped=len(report.skipped))
-    return ProtocolData(proto, usable, features, classes, folds, counts, report, excluded)
+    return ProtocolData(proto, usable, feature_set, classes, folds, counts, report, excluded)
 
 
 def prepare_fold_data(cfg: RunConfig, fold, features, classes: Sequence[str], with_search: bool = True) -> RunData:
@@ -187,7 +187,8 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
         folds = folds or ",".join(str(k) for k in state.get("folds", []))
 
     data = load_protocol_data(cfg.corpus, Path(cfg.root) if cfg.root else None, cfg.preset, protocol, cfg.seed,
-                              cache_dir=cache_dir, progress=progress, workers=workers, min_duration=cfg.min_duration)
+                              cache_dir=cache_dir, progress=progress, workers=workers, min_duration=cfg.min_duration,
+                              features=cfg.features)
     proto = data.protocol
     selected = parse_folds(folds, len(data.folds))
     mode = "genotype" if genotype is not None else "search"

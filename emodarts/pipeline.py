@@ -28,7 +28,7 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     (default: the feature cache entry)."""
     from .data.registry import load_protocol
     from .data.report import SkipReport
-    from .features import FEATURE_PRESETS, build_features, default_cache_dir, feature_config
+    from .features import FEATURE_PRESETS, build_features, default_cache_dir, run_feature_config
 
     if cfg.preset not in FEATURE_PRESETS:
         raise DataError(f"unknown feature preset {cfg.preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
@@ -36,7 +36,7 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     report = SkipReport()
     utts, _, proto = load_protocol(cfg.corpus, Path(cfg.root) if cfg.root else None, seed=CORPUS_SEED,
                                    report=report, protocol=protocol)
-    features = build_features(utts, feature_config(cfg.preset, cfg.min_duration), cache_dir or default_cache_dir(),
+    features = build_features(utts, run_feature_config(cfg), cache_dir or default_cache_dir(),
                               progress=progress, report=report)
     utts = list(features.utterances)
     if report.entries:

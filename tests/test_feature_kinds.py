@@ -129,7 +129,7 @@ def test_each_kind_gets_its_own_cache_entry(tmp_path, librosa_warm, monkeypatch)
 
 
 # --------------------------------------------------------------------------------------------- npy
-def _npy_manifest(root: Path, files: dict) -> Path:
+def _npy_manifest(root: Path, files: dict, speakers: int = 4) -> Path:
     """A manifest whose rows name features files (audio absent); `files`: name -> array, bytes, or None
     (not written)."""
     (root / "feats").mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def _npy_manifest(root: Path, files: dict) -> Path:
                 np.save(root / "feats" / f"{name}.npy", content)
             elif isinstance(content, bytes):
                 (root / "feats" / f"{name}.npy").write_bytes(content)
-            w.writerow([name, f"audio/{name}.wav", LABELS[i % 4], f"spk{i % 4}", f"feats/{name}.npy"])
+            w.writerow([name, f"audio/{name}.wav", LABELS[i % 4], f"spk{i % speakers}", f"feats/{name}.npy"])
     return manifest
 
 
@@ -257,3 +257,27 @@ def test_npy_features_of_another_height_run_end_to_end(tmp_path):
     out = predict_files(tmp_path / "run", [utts[20].features, tmp_path / "c" / "feats" / "absent.npy"])
     assert out[0]["label"] in classes and abs(sum(out[0]["probs"].values()) - 1) < 1e-5
     assert "features file not found" in out[1]["error"]
+
+
+def test_features_option_on_the_command_line(tmp_path, monkeypatch):
+    """`emodarts run --corpus csv --features npy` end to end (search, training, evaluation) on 12-row arrays;
+    config.json records the kind, and the `features` command passes --features on."""
+    from helpers import invoke_cli
+
+    monkeypatch.setenv("EMODARTS_HOME", str(tmp_path / "home"))
+    manifest = _npy_manifest(tmp_path / "c", {f"u{i:02d}": _array(i) + (i % 4) for i in range(48)},
+                             speakers=8)
+    out = tmp_path / "run"
+    result = invoke_cli("run", "--corpus", "csv", "--root", str(manifest), "--features", "npy", "--epochs", "1",
+                        "--train-epochs", "1", "--batch-size", "8", "--out", str(out), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["features"] == "npy"
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["ua"] <= 1.0
+    import emodarts.cv
+
+    seen = {}
+    monkeypatch.setattr(emodarts.cv, "load_protocol_data", lambda *a, **k: seen.update(k) or (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    invoke_cli("features", "--corpus", "csv", "--root", str(manifest), "--features", "logmel",
+               "--cache-dir", str(tmp_path / "cache"))
+    assert seen["features"] == "logmel"
