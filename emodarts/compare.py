@@ -12,7 +12,8 @@ from .checkpoint import seed_everything
 from .config import RunConfig
 from .derive import derive_genotype
 from .supernet import Supernet
-from .train import TensorSplit, batches
+from .run_data import TensorSplit
+from .train import batches
 
 # quantity -> relative error against float64 that always passes (max |x - x64| / max |x64|); above it, the
 # fused error must stay within SLACK times the float32 reference's own error. The floors allow for the

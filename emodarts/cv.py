@@ -30,7 +30,6 @@ from .run_data import RunData, build_run_data
 
 CV_STATE = "cv.json"
 RESULTS = "cv_results"
-CORPUS_SEED = 0
 
 
 @dataclass
@@ -55,7 +54,7 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
     Unusable files (clips under `min_duration` seconds included) go to `report` (a new SkipReport when
     None); DataError only when nothing is left."""
     from .data.protocols import class_list, fold_counts
-    from .data.registry import load_protocol
+    from .data.registry import CORPUS_SEED, load_protocol
     from .data.report import SkipReport
     from .features import FEATURE_PRESETS, build_features, default_cache_dir, feature_config
 

@@ -5,12 +5,12 @@ from typing import List, Optional
 from .config import RunConfig
 from .data import Utterance
 from .data.protocols import Protocol, class_list
+from .data.registry import CORPUS_SEED
 from .data.splits import Split, speaker_split
 from .errors import DataError
 from .progress import say
 from .run_data import RunData, build_run_data, split_summary
 
-CORPUS_SEED = 0  # the built-in corpus is one fixed data set; the run seed rules split, weights and search
 
 # class_list (data/protocols.py) and split_summary (run_data.py) are also offered here, their former home
 __all__ = ["CORPUS_SEED", "prepare_data", "class_list", "split_summary"]

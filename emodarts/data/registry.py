@@ -44,6 +44,9 @@ def load_native(name: str, root: Optional[Path] = None, seed: int = 0, report=No
     return loader(Path(root).expanduser() if root is not None else None, seed, **kwargs)
 
 
+CORPUS_SEED = 0  # the built-in corpus is one fixed data set; the run seed rules split, weights and search
+
+
 def load_protocol(name: str, root: Optional[Path] = None, seed: int = 0, report=None,
                   protocol: Optional[str] = None) -> Tuple[List[Utterance], Dict[str, int], object]:
     """(utterances labelled by `protocol`, what the protocol left out and why, the Protocol).
