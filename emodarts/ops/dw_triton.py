@@ -1,0 +1,138 @@
+"""Multi-depthwise convolution in Triton (kernels/multi_depthwise.py): the CUDA twin of
+emodarts.ops.dw_reference.multi_depthwise, with its signature and semantics.
+
+`multi_depthwise_triton(xs, weights, dilations, stride)` is the entry point (dw_fused calls it for CUDA
+tensors). xs is one input shared by every candidate or one input per candidate, (B, C, H, W); weights[i] is
+(C, 1, k, k) with k in {3, 5}; dilations[i] in {1, 2}; padding dilation * (k - 1) // 2; one stride (1 or 2).
+
+One launch per direction for up to 8 candidates (more run in chunks of 8): forward, input gradient(s) and
+weight gradients (two launches in backward, each skipped when its gradients are not needed). float32, bf16 and
+fp16 accumulate in float32 and come back in their dtype; float64 accumulates in float64. Inputs and output
+gradients are read through their strides (no copy for non-contiguous tensors); weights are made contiguous
+(a no-op for parameters). There are no atomics: the weight gradients are per-tile partial sums reduced by
+torch in a fixed order, so every result is bitwise reproducible on a given GPU and shape.
+
+Device: allocations and launches run under the inputs' device (torch.cuda.device_of), so cuda:1 inputs work
+whatever the current device is; nothing is copied between host and device, so a call never synchronises.
+On the CPU the kernels run only under the Triton interpreter (TRITON_INTERPRET=1 set before the kernel module
+is imported), which is how the tests run them. Double backward is not supported.
+"""
+import contextlib
+from typing import List, Sequence
+
+import torch
+from torch import Tensor
+
+from emodarts.errors import BackendError
+
+_kernels = None
+
+
+def kernels_module():
+    """emodarts.kernels.multi_depthwise (Triton); in a source checkout, kernels/ is mapped onto
+    emodarts.kernels as fused.kernels_module does for the mixed sum."""
+    global _kernels
+    if _kernels is not None:
+        return _kernels
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:
+        raise BackendError(f"the Triton multi-depthwise op needs Triton: {exc}") from exc
+    try:
+        from emodarts.kernels import multi_depthwise as mod
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("emodarts.kernels", "emodarts.kernels.multi_depthwise"):
+            raise
+        from emodarts.ops.fused import _load_source_kernels_pkg
+
+        _load_source_kernels_pkg()
+        from emodarts.kernels import multi_depthwise as mod
+    _kernels = mod
+    return mod
+
+
+def _on_device(t: Tensor):
+    """Launch on `t`'s GPU (Triton launches on the current device and stream); nothing for CPU tensors."""
+    return torch.cuda.device_of(t) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _check(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int], stride: int, km) -> None:
+    """Refuse what the kernels do not implement, with the reason (the reference would run it or fail)."""
+    if not xs or not weights:
+        raise ValueError("multi_depthwise needs at least one input and one weight")
+    if len(xs) not in (1, len(weights)):
+        raise ValueError(f"multi_depthwise: {len(xs)} inputs for {len(weights)} candidates (1 or one each)")
+    if len(dilations) != len(weights):
+        raise ValueError(f"multi_depthwise: {len(dilations)} dilations for {len(weights)} weights")
+    if stride not in (1, 2):
+        raise ValueError(f"multi_depthwise (Triton): stride {stride} (1 or 2)")
+    x0 = xs[0]
+    if x0.dim() != 4:
+        raise ValueError(f"multi_depthwise: input of shape {tuple(x0.shape)} is not (B, C, H, W)")
+    c = x0.shape[1]
+    for i, x in enumerate(xs):
+        if x.shape != x0.shape or x.device != x0.device or x.dtype != x0.dtype:
+            raise ValueError(f"multi_depthwise: input {i} differs from input 0 in shape, device or dtype")
+    for i, (w, d) in enumerate(zip(weights, dilations)):
+        k = w.shape[-1]
+        if w.dim() != 4 or tuple(w.shape) != (c, 1, k, k) or k not in (3, 5):
+            raise ValueError(f"multi_depthwise (Triton): weight {i} of shape {tuple(w.shape)} (C, 1, 3|5, 3|5)")
+        if int(d) not in (1, 2):
+            raise ValueError(f"multi_depthwise (Triton): dilation {d} (1 or 2)")
+        if w.device != x0.device:
+            raise ValueError(f"multi_depthwise: weight {i} is on {w.device}, the input on {x0.device}")
+        if w.dtype not in km.SUPPORTED:
+            raise ValueError(f"multi_depthwise (Triton): weight dtype {w.dtype}")
+    if x0.dtype not in km.SUPPORTED:
+        raise ValueError(f"multi_depthwise (Triton): unsupported dtype {x0.dtype} (fp32, bf16, fp16, fp64)")
+    if x0.device.type == "cpu" and not km.INTERPRET:
+        raise BackendError("the Triton multi-depthwise kernels got CPU tensors but the Triton interpreter is off: "
+                           "set TRITON_INTERPRET=1 before the kernels are imported, or use dw_fused on the CPU")
+    if x0.device.type not in ("cpu", "cuda"):
+        raise BackendError(f"the Triton multi-depthwise kernels do not run on {x0.device.type} tensors")
+
+
+class _MultiDepthwiseTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, n_x: int, dilations: List[int], stride: int, *tensors: Tensor):
+        km = kernels_module()
+        xs, ws = list(tensors[:n_x]), [w.contiguous() for w in tensors[n_x:]]
+        ks = [w.shape[-1] for w in ws]
+        ctx.save_for_backward(*xs, *ws)
+        ctx.n_x, ctx.ks, ctx.dilations, ctx.stride = n_x, ks, dilations, stride
+        with _on_device(xs[0]):
+            return tuple(km.forward(xs, ws, ks, dilations, stride, xs[0].dtype))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        km = kernels_module()
+        saved = ctx.saved_tensors
+        xs, ws = list(saved[: ctx.n_x]), list(saved[ctx.n_x:])
+        need_x = any(ctx.needs_input_grad[3: 3 + ctx.n_x])
+        need_w = any(ctx.needs_input_grad[3 + ctx.n_x:])
+        b, c, h, w = xs[0].shape
+        s = ctx.stride
+        with _on_device(xs[0]):
+            # an unused output's gradient is None: zeros of the output's shape (broadcast, no memory written)
+            grads = [g if g is not None else xs[0].new_zeros(()).expand(b, c, km.out_size(h, s), km.out_size(w, s))
+                     for g in grads]
+            gxs = (km.backward_input(grads, ws, ctx.ks, ctx.dilations, s, xs[0].shape, [x.dtype for x in xs],
+                                     ctx.n_x == 1) if need_x else [None] * ctx.n_x)
+            gws = km.backward_weight(grads, xs, ctx.ks, ctx.dilations, s, [w.dtype for w in ws]) if need_w \
+                else [None] * len(ws)
+        return (None, None, None, *gxs, *gws)
+
+
+def multi_depthwise_triton(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
+                           stride: int) -> List[Tensor]:
+    """[depthwise conv of xs[i] (or xs[0], shared) with weights[i], dilation dilations[i], padding
+    dilation * (k - 1) // 2, `stride`] for every candidate i: dw_reference.multi_depthwise's contract, in
+    Triton. Outputs are contiguous, in the inputs' dtype; differentiable in every input and weight."""
+    km = kernels_module()
+    stride = int(stride)
+    dilations = [int(d) for d in dilations]
+    _check(xs, weights, dilations, stride, km)
+    return list(_MultiDepthwiseTriton.apply(len(xs), dilations, stride, *xs, *weights))
+
+
+multi_depthwise = multi_depthwise_triton
