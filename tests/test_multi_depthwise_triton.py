@@ -201,3 +201,25 @@ def test_gpu_no_host_sync(km):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
+def test_gpu_fused_backend_dispatches_to_triton(monkeypatch):
+    """`--fused` on CUDA runs these kernels (EMODARTS_DW_CUDNN=1 the reference's cuDNN calls), weights cast
+    to the autocast dtype as F.conv2d would."""
+    from emodarts.ops import dw_fused
+
+    calls = []
+    real = dw_triton.multi_depthwise_triton
+    monkeypatch.setattr(dw_triton, "multi_depthwise_triton", lambda *a: calls.append(a) or real(*a))
+    xs, ws, dil = make((2, 4, 9, 9), ALL, True, 1, device="cuda")
+    xs, ws = [x.float() for x in xs], [w.float() for w in ws]
+    dw_fused.multi_depthwise(xs, ws, dil, 1)
+    assert len(calls) == 1
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        outs = dw_fused.multi_depthwise(xs, ws, dil, 1)
+    assert len(calls) == 2 and all(o.dtype == torch.bfloat16 for o in outs)
+    assert all(w.dtype == torch.bfloat16 for w in calls[1][1])
+    monkeypatch.setenv("EMODARTS_DW_CUDNN", "1")
+    dw_fused.multi_depthwise(xs, ws, dil, 1)
+    assert len(calls) == 2

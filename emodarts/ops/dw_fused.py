@@ -1,12 +1,16 @@
 """Multi-depthwise convolution: the depthwise convolutions of every convolution candidate leaving one state
-of a CNN cell in one C++ call (csrc/multi_depthwise.cpp), the `--fused` twin of
+of a CNN cell in one call (C++ on the CPU: csrc/multi_depthwise.cpp; Triton on CUDA:
+kernels/multi_depthwise.py through emodarts/ops/dw_triton.py), the `--fused` twin of
 emodarts.ops.dw_reference.multi_depthwise.
 
 The op reads the state's (shared) input once per channel for all candidates, or takes one input per
 candidate (the second halves of the separable convolutions). float32/float64 run as they are; bf16/fp16 run
-in float32 and come back in their dtype; non-contiguous inputs are made contiguous once. On CUDA the
-reference's cuDNN calls run (a Triton kernel is the next step, docs/grouped-cnn.md).
+in float32 and come back in their dtype; non-contiguous inputs are made contiguous once. On CUDA the Triton
+kernels run in the inputs' dtype (the autocast dtype under autocast, as cuDNN would) with float32
+accumulation; EMODARTS_DW_CUDNN=1 runs the reference's cuDNN calls instead (to tell a kernel fault from
+anything else on a GPU).
 """
+import os
 from typing import List, Sequence
 
 import torch
@@ -52,6 +56,8 @@ class _MultiDepthwise(torch.autograd.Function):
 def multi_depthwise(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
                     stride: int) -> List[Tensor]:
     """Same contract as dw_reference.multi_depthwise."""
+    if xs and xs[0].device.type == "cuda" and os.environ.get("EMODARTS_DW_CUDNN") != "1":
+        return _multi_depthwise_cuda(xs, weights, dilations, stride)
     if not xs or xs[0].device.type != "cpu":
         return dw_reference.multi_depthwise(xs, weights, dilations, stride)
     dtype = xs[0].dtype
@@ -61,3 +67,14 @@ def multi_depthwise(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: 
         ws_c = [w.to(work).contiguous() for w in weights]
         outs = _MultiDepthwise.apply(len(xs_c), [int(d) for d in dilations], int(stride), *xs_c, *ws_c)
     return [o.to(dtype) for o in outs]
+
+
+def _multi_depthwise_cuda(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
+                          stride: int) -> List[Tensor]:
+    """The Triton op, inputs and weights in one dtype: the autocast dtype when autocast is on (what
+    F.conv2d would compute in), else the inputs'."""
+    from .dw_triton import multi_depthwise_triton
+
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else xs[0].dtype
+    with torch.autocast("cuda", enabled=False):
+        return multi_depthwise_triton([x.to(dtype) for x in xs], [w.to(dtype) for w in weights], dilations, stride)
