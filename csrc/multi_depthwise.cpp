@@ -181,7 +181,10 @@ template <typename T>
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList grads, at::TensorList xs,
                                                                at::TensorList ws, const Geometry& g) {
   std::vector<Tensor> gxs, gws, gw64;
-  for (size_t j = 0; j < xs.size(); ++j) gxs.push_back(at::zeros_like(xs[j]));
+  // when every candidate takes the blocked kernels, the first one of an input plane writes its gradient
+  // (stride 1) or the phases are written once (stride 2): no zero fill
+  const bool all_fast = std::all_of(g.fast.begin(), g.fast.end(), [](bool f) { return f; });
+  for (size_t j = 0; j < xs.size(); ++j) gxs.push_back(all_fast ? at::empty_like(xs[j]) : at::zeros_like(xs[j]));
   for (int64_t i = 0; i < g.n; ++i) gw64.push_back(at::zeros(ws[i].sizes(), ws[i].options().dtype(at::kDouble)));
   std::vector<Tensor> go;
   for (int64_t i = 0; i < g.n; ++i) go.push_back(grads[i].contiguous());
@@ -208,16 +211,17 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList gr
             kern.bwd(gop, x, g.H, g.W, w, g.k[i], g.d[i], g.stride, g.p[i], g.Ho, g.Wo, gx, gw);
             continue;
           }
-          if (loaded != j) {
-            if (phased && loaded >= 0) kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane);
+          const bool first = loaded != j;
+          if (first) {
+            if (phased && loaded >= 0) kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
             kern.load_x(*sc, x);
             if (phased) kern.gx4_zero(*sc);
             loaded = j;
           }
           kern.load_go(*sc, gop);
-          kern.fast_bwd(*sc, w, g.k[i], g.d[i], gx, gw);
+          kern.fast_bwd(*sc, w, g.k[i], g.d[i], gx, gw, all_fast && first);
         }
-        if (phased && loaded >= 0) kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane);
+        if (phased && loaded >= 0) kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
       }
   });
   for (int64_t i = 0; i < g.n; ++i) gws.push_back(gw64[i].to(ws[i].scalar_type()));

@@ -227,9 +227,12 @@ struct Conv {
     corr_plane<T, K, Fwd, false>(sc.x.data(), sc.ldx, sc.psx, w, out, sc.Wo, sc.Ho, sc.Wo);
   }
 
-  static void input_grad(MdwScratch<T>& sc, const T* w, T* gx) {
+  static void input_grad(MdwScratch<T>& sc, const T* w, T* gx, bool store) {
     if constexpr (S == 1) {
-      corr_plane<T, K, Taps<K, D, 1, kInputGrad1>, true>(sc.go.data(), sc.ldg, 0, w, gx, sc.W, sc.H, sc.W);
+      if (store)
+        corr_plane<T, K, Taps<K, D, 1, kInputGrad1>, false>(sc.go.data(), sc.ldg, 0, w, gx, sc.W, sc.H, sc.W);
+      else
+        corr_plane<T, K, Taps<K, D, 1, kInputGrad1>, true>(sc.go.data(), sc.ldg, 0, w, gx, sc.W, sc.H, sc.W);
     } else {
       unroll<4>([&](auto phase) {
         constexpr int PR = decltype(phase)::value >> 1, PC = decltype(phase)::value & 1;
@@ -279,24 +282,33 @@ void fast_load_go(MdwScratch<T>& sc, const T* go) {
     std::memcpy(sc.go.data() + (oh + P) * sc.ldg + P, go + oh * sc.Wo, sc.Wo * sizeof(T));
 }
 
-template <typename T>
-void fast_gx4_zero(MdwScratch<T>& sc) {
-  std::fill(sc.gx4.begin(), sc.gx4.end(), T(0));
-}
-
-// gx (H x W) += the input-gradient phases gathered in the scratch (stride 2)
-template <typename T>
-void fast_gx4_flush(const MdwScratch<T>& sc, T* __restrict__ gx) {
+template <typename T, bool ACC>
+void fast_gx4_interleave(const MdwScratch<T>& sc, T* __restrict__ gx) {
   const int64_t half = sc.W / 2;
   for (int64_t ih = 0; ih < sc.H; ++ih) {
     T* __restrict__ row = gx + ih * sc.W;
     const T* __restrict__ even = sc.gx4.data() + (ih & 1) * 2 * sc.ps4 + (ih / 2) * sc.ld4;
     const T* __restrict__ odd = even + sc.ps4;
     for (int64_t c = 0; c < half; ++c) {
-      row[2 * c] += even[c];
-      row[2 * c + 1] += odd[c];
+      row[2 * c] = ACC ? row[2 * c] + even[c] : even[c];
+      row[2 * c + 1] = ACC ? row[2 * c + 1] + odd[c] : odd[c];
     }
-    if (sc.W & 1) row[sc.W - 1] += even[half];
+    if (sc.W & 1) row[sc.W - 1] = ACC ? row[sc.W - 1] + even[half] : even[half];
+  }
+}
+
+template <typename T>
+void fast_gx4_zero(MdwScratch<T>& sc) {
+  std::fill(sc.gx4.begin(), sc.gx4.end(), T(0));
+}
+
+// gx (H x W) += (or, `store`, =) the input-gradient phases gathered in the scratch (stride 2)
+template <typename T>
+void fast_gx4_flush(const MdwScratch<T>& sc, T* __restrict__ gx, bool store) {
+  if (store) {
+    fast_gx4_interleave<T, false>(sc, gx);
+  } else {
+    fast_gx4_interleave<T, true>(sc, gx);
   }
 }
 
@@ -317,15 +329,15 @@ void fast_fwd(const MdwScratch<T>& sc, const T* w, int64_t k, int64_t d, T* out)
 }
 
 // the backward of one candidate on the input (fast_load_x) and output gradient (fast_load_go) in the scratch:
-// stride 1, gx += its input gradient; stride 2, the scratch's input-gradient phases += it; gw += its weight
-// gradient
+// stride 1, gx += (or, `store`, =) its input gradient; stride 2, the scratch's input-gradient phases += it;
+// gw += its weight gradient
 template <typename T>
-void fast_bwd(MdwScratch<T>& sc, const T* w, int64_t k, int64_t d, T* gx, double* gw) {
+void fast_bwd(MdwScratch<T>& sc, const T* w, int64_t k, int64_t d, T* gx, double* gw, bool store) {
   switch (EMODARTS_MDW_CASE_ID(k, d, sc.s)) {
-#define EMODARTS_MDW_BWD(K, D, S)                    \
-  case EMODARTS_MDW_CASE_ID(K, D, S):                \
-    blocked::Conv<T, K, D, S>::input_grad(sc, w, gx); \
-    blocked::Conv<T, K, D, S>::weight_grad(sc, gw);   \
+#define EMODARTS_MDW_BWD(K, D, S)                             \
+  case EMODARTS_MDW_CASE_ID(K, D, S):                         \
+    blocked::Conv<T, K, D, S>::input_grad(sc, w, gx, store); \
+    blocked::Conv<T, K, D, S>::weight_grad(sc, gw);          \
     break;
     EMODARTS_MDW_CASES(EMODARTS_MDW_BWD)
 #undef EMODARTS_MDW_BWD
