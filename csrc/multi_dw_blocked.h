@@ -141,8 +141,10 @@ inline void corr_block(const T* __restrict__ src, int64_t ld, int64_t ps, const 
           r = old + r;
         }
         vstore(o, r);
-      } else {
-        for (int64_t l = 0; l < nv; ++l) o[l] = ACC ? o[l] + acc[i][u][l] : acc[i][u][l];
+      } else if (nv > 0) {  // through a local copy: lane access here would keep every accumulator in memory
+        T part[kMdwLanes];
+        vstore(part, acc[i][u]);
+        for (int64_t l = 0; l < nv; ++l) o[l] = ACC ? o[l] + part[l] : part[l];
       }
     });
   });
