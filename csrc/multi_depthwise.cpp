@@ -44,11 +44,13 @@ using at::Tensor;
 // weight-gradient pass; the baseline copy has half the vector registers (SSE: 8 floats in two)
 #define EMODARTS_MDW_NS baseline
 #define EMODARTS_MDW_ROWS 2
+#define EMODARTS_MDW_ROWS_BIG 2
 #define EMODARTS_MDW_VECS 1
 #define EMODARTS_MDW_WGROUP 5
 #include "multi_dw_kernels.h"
 #undef EMODARTS_MDW_WGROUP
 #undef EMODARTS_MDW_VECS
+#undef EMODARTS_MDW_ROWS_BIG
 #undef EMODARTS_MDW_ROWS
 #undef EMODARTS_MDW_NS
 
@@ -56,11 +58,13 @@ using at::Tensor;
 EMODARTS_BEGIN_AVX2_FMA
 #define EMODARTS_MDW_NS avx2
 #define EMODARTS_MDW_ROWS 4
+#define EMODARTS_MDW_ROWS_BIG 2
 #define EMODARTS_MDW_VECS 2
 #define EMODARTS_MDW_WGROUP 10
 #include "multi_dw_kernels.h"
 #undef EMODARTS_MDW_WGROUP
 #undef EMODARTS_MDW_VECS
+#undef EMODARTS_MDW_ROWS_BIG
 #undef EMODARTS_MDW_ROWS
 #undef EMODARTS_MDW_NS
 EMODARTS_END_AVX2_FMA

@@ -156,7 +156,9 @@ void corr_plane(const T* src, int64_t ld, int64_t ps, const T* w, T* out, int64_
                 int64_t cols) {
   if constexpr (TP::value.n > 0) {
     using Vec = typename VecOf<T>::type;
-    constexpr int R = EMODARTS_MDW_ROWS, U = EMODARTS_MDW_VECS, BW = U * kMdwLanes;
+    // rows per block: fewer for the 5x5 kernels, whose taps need more registers for addresses and inputs
+    constexpr int R = TP::value.n > 12 ? EMODARTS_MDW_ROWS_BIG : EMODARTS_MDW_ROWS;
+    constexpr int U = EMODARTS_MDW_VECS, BW = U * kMdwLanes;
     Vec wv[K * K];
     for (int t = 0; t < K * K; ++t)
       for (int l = 0; l < kMdwLanes; ++l) wv[t][l] = w[t];
