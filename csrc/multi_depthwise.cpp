@@ -14,7 +14,10 @@
 // gradient planes and weight-gradient rows (no atomics; the same bits whatever the thread count). The
 // weight gradients sum per plane in 8 partial sums of the input type, then across planes in double.
 // Plane kernels: csrc/multi_dw_kernels.h (baseline and AVX2+FMA copies; EMODARTS_GROUPED_NO_AVX2=1 picks the
-// baseline, as for the other kernels). Reference twin: F.conv2d per candidate (emodarts/ops/dw_reference.py).
+// baseline, as for the other kernels): register-blocked ones (csrc/multi_dw_blocked.h) for kernel 3 or 5,
+// dilation 1 or 2, stride 1 or 2, which read a thread's padded / phase-split copy of the plane
+// (csrc/multi_dw_scratch.h), and plain loops for any other size. Reference twin: F.conv2d per candidate
+// (emodarts/ops/dw_reference.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -32,6 +32,18 @@ struct VecOf<double> {
   typedef double type __attribute__((vector_size(kMdwLanes * sizeof(double))));
 };
 
+// integer vectors of the same size, for bit masks
+template <typename T>
+struct MaskOf;
+template <>
+struct MaskOf<float> {
+  typedef int32_t type __attribute__((vector_size(kMdwLanes * sizeof(float))));
+};
+template <>
+struct MaskOf<double> {
+  typedef int64_t type __attribute__((vector_size(kMdwLanes * sizeof(double))));
+};
+
 template <typename V, typename T>
 inline void vload(V& v, const T* p) {
   std::memcpy(&v, p, sizeof(V));
@@ -178,15 +190,22 @@ template <typename T, class TP, int T0, int T1, int VECS>
 void wgrad_group(const T* __restrict__ src, int64_t ld, int64_t ps, const T* __restrict__ go, int64_t ldg,
                  int64_t Ho, int64_t Wo, double* __restrict__ gw) {
   using Vec = typename VecOf<T>::type;
+  using Mask = typename MaskOf<T>::type;
   constexpr int G = T1 - T0, BW = VECS * kMdwLanes;
   Vec acc[G][VECS];
   unroll<G>([&](auto tc) {
     unroll<VECS>([&](auto uc) { acc[tc.value][uc.value] = Vec{}; });
   });
+  // the columns right of Wo: the output gradient is zero there, and the input is masked to zero too, so that
+  // an inf or nan the tap does not reach leaves no nan
+  const int64_t whole = Wo / BW * BW;
+  Mask tail[VECS];
+  for (int u = 0; u < VECS; ++u)
+    for (int l = 0; l < kMdwLanes; ++l) tail[u][l] = whole + u * kMdwLanes + l < Wo ? -1 : 0;
   for (int64_t oh = 0; oh < Ho; ++oh) {
     const T* grow = go + oh * ldg;
     const T* xrow = src + oh * ld;
-    for (int64_t j = 0; j < Wo; j += BW) {
+    auto block = [&](int64_t j, auto masked) {
       Vec gv[VECS];
       unroll<VECS>([&](auto uc) { vload(gv[uc.value], grow + j + uc.value * kMdwLanes); });
       unroll<G>([&](auto tc) {
@@ -197,10 +216,13 @@ void wgrad_group(const T* __restrict__ src, int64_t ld, int64_t ps, const T* __r
           constexpr int u = decltype(uc)::value;
           Vec xv;
           vload(xv, q + u * kMdwLanes);
+          if constexpr (decltype(masked)::value) xv = (Vec)((Mask)xv & tail[u]);
           acc[tc.value][u] += gv[u] * xv;
         });
       });
-    }
+    };
+    for (int64_t j = 0; j < whole; j += BW) block(j, std::false_type{});
+    if (whole < Wo) block(whole, std::true_type{});
   }
   unroll<G>([&](auto tc) {
     constexpr int t = T0 + decltype(tc)::value;

@@ -28,7 +28,7 @@ inline int64_t mdw_round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; 
 template <typename T>
 struct MdwScratch {
   int64_t H, W, Ho, Wo, s;
-  int64_t ldx, psx, ldg, ld4, ps4;
+  int64_t ldx = 0, psx = 0, ldg = 0, ld4 = 0, ps4 = 0;
   std::vector<T> x, go, gx4;
 
   MdwScratch(int64_t H_, int64_t W_, int64_t s_, bool backward) : H(H_), W(W_), s(s_) {
