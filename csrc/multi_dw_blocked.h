@@ -1,7 +1,8 @@
 // Register-blocked plane kernels of the multi-depthwise convolution for the search space's depthwise
 // convolutions: kernel 3 or 5, dilation 1 or 2, stride 1 or 2 (mdw_fast, csrc/multi_dw_scratch.h). Included by
 // csrc/multi_dw_kernels.h inside its namespace, so compiled once per instruction set (baseline and AVX2+FMA);
-// EMODARTS_MDW_ROWS, EMODARTS_MDW_VECS and EMODARTS_MDW_WGROUP size the register blocks of the copy.
+// EMODARTS_MDW_ROWS (EMODARTS_MDW_ROWS_BIG for more than 12 taps), EMODARTS_MDW_VECS and EMODARTS_MDW_WGROUP
+// size the register blocks of the copy.
 //
 // Every pass is a correlation with a compile-time list of taps (TapList): out[i][j] (+)= sum_t w[t] *
 // src[plane_t][i + ro_t][j + co_t], computed for a block of ROWS output rows x VECS vectors of kMdwLanes
@@ -9,15 +10,16 @@
 // feeds (the compiler merges the identical loads) and each output is stored once.
 // - forward, stride 1: one pass on the zero-padded input (MdwScratch::x);
 // - forward, stride 2: one pass on the input's four (row parity, column parity) phases: tap (kh, kw) reads
-//   phase ((e + kh d) & 1, (e + kw d) & 1) at (oh + (e + kh d) / 2, ow + (e + kw d) / 2), contiguous columns;
+//   phase ((e + kh d) & 1, (e + kw d) & 1) at (oh + (e + kh d) / 2, ow + (e + kw d) / 2), e = kMdwPad - p,
+//   contiguous columns;
 // - input gradient, stride 1: the forward on the zero-padded output gradient, the kernel flipped;
 // - input gradient, stride 2 (transposed convolution): per phase (pr, pc) of the input gradient, the taps with
 //   (pr + p - kh d) and (pc + p - kw d) even, a stride-1 correlation on the padded output gradient
 //   (dilation 2: only the even/even phase has taps); the phases go to MdwScratch::gx4 and are interleaved
 //   into the gradient plane once per plane;
 // - weight gradient: per group of taps, one vector accumulator per tap (kMdwLanes partial sums, or 2x that),
-//   the output gradient's vector times the tap's input vector (the forward's addressing); lanes summed in
-//   double at the end of the plane.
+//   the output gradient's vector times the tap's input vector (the forward's addressing; the last partial
+//   vector of a row masked); lanes summed in double at the end of the plane.
 
 namespace blocked {
 
