@@ -120,7 +120,7 @@ Geometry check(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, 
   TORCH_CHECK(x0.dim() == 4, "multi_dw: inputs must be (B, C, H, W), got ", x0.sizes());
   TORCH_CHECK(x0.scalar_type() == at::kFloat || x0.scalar_type() == at::kDouble,
               "multi_dw: float32 or float64 inputs, got ", x0.scalar_type());
-  Geometry g{x0.size(0), x0.size(1), x0.size(2), x0.size(3), 0, 0, stride, n, xs.size() == 1, {}, {}, {}};
+  Geometry g{x0.size(0), x0.size(1), x0.size(2), x0.size(3), 0, 0, stride, n, xs.size() == 1, {}, {}, {}, {}, false};
   TORCH_CHECK(g.H >= 1 && g.W >= 1, "multi_dw: empty spatial size ", x0.sizes());
   g.Ho = (g.H - 1) / stride + 1;
   g.Wo = (g.W - 1) / stride + 1;
