@@ -14,17 +14,24 @@
 // gradient planes and weight-gradient rows (no atomics; the same bits whatever the thread count). The
 // weight gradients sum per plane in 8 partial sums of the input type, then across planes in double.
 // Plane kernels: csrc/multi_dw_kernels.h (baseline and AVX2+FMA copies; EMODARTS_GROUPED_NO_AVX2=1 picks the
-// baseline, as for the other kernels). Reference twin: F.conv2d per candidate (emodarts/ops/dw_reference.py).
+// baseline, as for the other kernels): register-blocked ones (csrc/multi_dw_blocked.h) for kernel 3 or 5,
+// dilation 1 or 2, stride 1 or 2, which read a thread's padded / phase-split copy of the plane
+// (csrc/multi_dw_scratch.h), and plain loops for any other size. Reference twin: F.conv2d per candidate
+// (emodarts/ops/dw_reference.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
+#include <memory>
 #include <type_traits>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cpu_common.h"
+#include "multi_dw_scratch.h"
 
 #if AT_PARALLEL_OPENMP && !defined(_OPENMP) && defined(__linux__)
 #error "csrc/*.cpp must be compiled with -fopenmp: torch uses OpenMP for intra-op parallelism"
@@ -36,37 +43,69 @@ namespace {
 
 using at::Tensor;
 
+// register blocks of csrc/multi_dw_blocked.h: output rows x vectors of 8 (forward, input gradient), taps per
+// weight-gradient pass; the baseline copy has half the vector registers (SSE: 8 floats in two)
 #define EMODARTS_MDW_NS baseline
+#define EMODARTS_MDW_ROWS 2
+#define EMODARTS_MDW_ROWS_BIG 2
+#define EMODARTS_MDW_VECS 1
+#define EMODARTS_MDW_WGROUP 5
 #include "multi_dw_kernels.h"
+#undef EMODARTS_MDW_WGROUP
+#undef EMODARTS_MDW_VECS
+#undef EMODARTS_MDW_ROWS_BIG
+#undef EMODARTS_MDW_ROWS
 #undef EMODARTS_MDW_NS
 
 #ifdef EMODARTS_CPU_HAVE_AVX2
 EMODARTS_BEGIN_AVX2_FMA
 #define EMODARTS_MDW_NS avx2
+#define EMODARTS_MDW_ROWS 4
+#define EMODARTS_MDW_ROWS_BIG 2
+#define EMODARTS_MDW_VECS 2
+#define EMODARTS_MDW_WGROUP 10
 #include "multi_dw_kernels.h"
+#undef EMODARTS_MDW_WGROUP
+#undef EMODARTS_MDW_VECS
+#undef EMODARTS_MDW_ROWS_BIG
+#undef EMODARTS_MDW_ROWS
 #undef EMODARTS_MDW_NS
 EMODARTS_END_AVX2_FMA
 #endif
 
 template <typename T>
 struct Kernels {
-  decltype(&baseline::plane_fwd<T>) fwd;
+  decltype(&baseline::plane_fwd<T>) fwd;  // any (k, d, stride), straight from the planes
   decltype(&baseline::plane_bwd<T>) bwd;
+  decltype(&baseline::fast_load_x<T>) load_x;  // mdw_fast (k, d, stride), through MdwScratch
+  decltype(&baseline::fast_fwd<T>) fast_fwd;
+  decltype(&baseline::fast_load_go<T>) load_go;
+  decltype(&baseline::fast_bwd<T>) fast_bwd;
+  decltype(&baseline::fast_gx4_zero<T>) gx4_zero;
+  decltype(&baseline::fast_gx4_flush<T>) gx4_flush;
 };
+
+#define EMODARTS_MDW_KERNELS(ns)                                                                        \
+  Kernels<T> {                                                                                          \
+    ns::plane_fwd<T>, ns::plane_bwd<T>, ns::fast_load_x<T>, ns::fast_fwd<T>, ns::fast_load_go<T>,         \
+        ns::fast_bwd<T>, ns::fast_gx4_zero<T>, ns::fast_gx4_flush<T>                                    \
+  }
 
 template <typename T>
 Kernels<T> kernels() {
 #ifdef EMODARTS_CPU_HAVE_AVX2
-  if (std::is_same<T, float>::value && cpu_common::avx2_enabled())
-    return {avx2::plane_fwd<T>, avx2::plane_bwd<T>};
+  if (std::is_same<T, float>::value && cpu_common::avx2_enabled()) return EMODARTS_MDW_KERNELS(avx2);
 #endif
-  return {baseline::plane_fwd<T>, baseline::plane_bwd<T>};
+  return EMODARTS_MDW_KERNELS(baseline);
 }
+#undef EMODARTS_MDW_KERNELS
 
 struct Geometry {
   int64_t B, C, H, W, Ho, Wo, stride, n;
   bool shared;
   std::vector<int64_t> k, d, p;
+  std::vector<bool> fast;  // mdw_fast: the register-blocked kernels (multi_dw_blocked.h)
+  bool any_fast = false;
 };
 
 Geometry check(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, int64_t stride) {
@@ -81,7 +120,7 @@ Geometry check(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, 
   TORCH_CHECK(x0.dim() == 4, "multi_dw: inputs must be (B, C, H, W), got ", x0.sizes());
   TORCH_CHECK(x0.scalar_type() == at::kFloat || x0.scalar_type() == at::kDouble,
               "multi_dw: float32 or float64 inputs, got ", x0.scalar_type());
-  Geometry g{x0.size(0), x0.size(1), x0.size(2), x0.size(3), 0, 0, stride, n, xs.size() == 1, {}, {}, {}};
+  Geometry g{x0.size(0), x0.size(1), x0.size(2), x0.size(3), 0, 0, stride, n, xs.size() == 1, {}, {}, {}, {}, false};
   TORCH_CHECK(g.H >= 1 && g.W >= 1, "multi_dw: empty spatial size ", x0.sizes());
   g.Ho = (g.H - 1) / stride + 1;
   g.Wo = (g.W - 1) / stride + 1;
@@ -100,6 +139,8 @@ Geometry check(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, 
     g.k.push_back(w.size(2));
     g.d.push_back(dilations[i]);
     g.p.push_back(dilations[i] * (w.size(2) - 1) / 2);
+    g.fast.push_back(mdw_fast(w.size(2), dilations[i], stride));
+    g.any_fast = g.any_fast || g.fast.back();
   }
   return g;
 }
@@ -118,14 +159,27 @@ std::vector<Tensor> fwd_typed(at::TensorList xs, at::TensorList ws, const Geomet
   const Kernels<T> kern = kernels<T>();
   const int64_t in_plane = g.H * g.W, out_plane = g.Ho * g.Wo;
   at::parallel_for(0, g.C, channel_grain(g), [&](int64_t c0, int64_t c1) {
+    std::unique_ptr<MdwScratch<T>> sc;
+    if (g.any_fast) sc.reset(new MdwScratch<T>(g.H, g.W, g.stride, false));
     for (int64_t c = c0; c < c1; ++c)
-      for (int64_t b = 0; b < g.B; ++b)
+      for (int64_t b = 0; b < g.B; ++b) {
+        int64_t loaded = -1;  // the input in the scratch
         for (int64_t i = 0; i < g.n; ++i) {
-          const T* x = xs[g.shared ? 0 : i].template data_ptr<T>() + (b * g.C + c) * in_plane;
+          const int64_t j = g.shared ? 0 : i;
+          const T* x = xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
           const T* w = ws[i].template data_ptr<T>() + c * g.k[i] * g.k[i];
           T* out = outs[i].template data_ptr<T>() + (b * g.C + c) * out_plane;
-          kern.fwd(x, g.H, g.W, w, g.k[i], g.d[i], g.stride, g.p[i], out, g.Ho, g.Wo);
+          if (!g.fast[i]) {
+            kern.fwd(x, g.H, g.W, w, g.k[i], g.d[i], g.stride, g.p[i], out, g.Ho, g.Wo);
+            continue;
+          }
+          if (loaded != j) {
+            kern.load_x(*sc, x);
+            loaded = j;
+          }
+          kern.fast_fwd(*sc, w, g.k[i], g.d[i], out);
         }
+      }
   });
   return outs;
 }
@@ -134,24 +188,48 @@ template <typename T>
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList grads, at::TensorList xs,
                                                                at::TensorList ws, const Geometry& g) {
   std::vector<Tensor> gxs, gws, gw64;
-  for (size_t j = 0; j < xs.size(); ++j) gxs.push_back(at::zeros_like(xs[j]));
+  // when every candidate takes the blocked kernels, the first one of an input plane writes its gradient
+  // (stride 1) or the phases are written once (stride 2): no zero fill
+  const bool all_fast = std::all_of(g.fast.begin(), g.fast.end(), [](bool f) { return f; });
+  for (size_t j = 0; j < xs.size(); ++j) gxs.push_back(all_fast ? at::empty_like(xs[j]) : at::zeros_like(xs[j]));
   for (int64_t i = 0; i < g.n; ++i) gw64.push_back(at::zeros(ws[i].sizes(), ws[i].options().dtype(at::kDouble)));
   std::vector<Tensor> go;
   for (int64_t i = 0; i < g.n; ++i) go.push_back(grads[i].contiguous());
   const Kernels<T> kern = kernels<T>();
   const int64_t in_plane = g.H * g.W, out_plane = g.Ho * g.Wo;
+  // stride 2: the fast kernels gather an input's gradient in the scratch's phases, flushed into gx once per
+  // plane and input (after every candidate of a shared input)
+  const bool phased = g.any_fast && g.stride == 2;
   at::parallel_for(0, g.C, channel_grain(g), [&](int64_t c0, int64_t c1) {
+    std::unique_ptr<MdwScratch<T>> sc;
+    if (g.any_fast) sc.reset(new MdwScratch<T>(g.H, g.W, g.stride, true));
     for (int64_t c = c0; c < c1; ++c)
-      for (int64_t b = 0; b < g.B; ++b)
+      for (int64_t b = 0; b < g.B; ++b) {
+        int64_t loaded = -1;  // the input in the scratch
         for (int64_t i = 0; i < g.n; ++i) {
           const int64_t j = g.shared ? 0 : i;
           const int64_t kk = g.k[i] * g.k[i];
-          kern.bwd(go[i].template data_ptr<T>() + (b * g.C + c) * out_plane,
-                   xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane, g.H, g.W,
-                   ws[i].template data_ptr<T>() + c * kk, g.k[i], g.d[i], g.stride, g.p[i], g.Ho, g.Wo,
-                   gxs[j].template data_ptr<T>() + (b * g.C + c) * in_plane,
-                   gw64[i].template data_ptr<double>() + c * kk);
+          const T* gop = go[i].template data_ptr<T>() + (b * g.C + c) * out_plane;
+          const T* x = xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
+          const T* w = ws[i].template data_ptr<T>() + c * kk;
+          T* gx = gxs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
+          double* gw = gw64[i].template data_ptr<double>() + c * kk;
+          if (!g.fast[i]) {
+            kern.bwd(gop, x, g.H, g.W, w, g.k[i], g.d[i], g.stride, g.p[i], g.Ho, g.Wo, gx, gw);
+            continue;
+          }
+          const bool first = loaded != j;
+          if (first) {
+            if (phased && loaded >= 0) kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
+            kern.load_x(*sc, x);
+            if (phased) kern.gx4_zero(*sc);
+            loaded = j;
+          }
+          kern.load_go(*sc, gop);
+          kern.fast_bwd(*sc, w, g.k[i], g.d[i], gx, gw, all_fast && first);
         }
+        if (phased && loaded >= 0) kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
+      }
   });
   for (int64_t i = 0; i < g.n; ++i) gws.push_back(gw64[i].to(ws[i].scalar_type()));
   return {gxs, gws};

@@ -81,4 +81,6 @@ void plane_bwd(const T* __restrict__ go, const T* __restrict__ x, int64_t H, int
   }
 }
 
+#include "multi_dw_blocked.h"
+
 }  // namespace EMODARTS_MDW_NS

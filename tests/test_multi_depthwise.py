@@ -89,6 +89,29 @@ def test_one_candidate(cand):
     check((2, 3, 9, 6), (cand,), 2, True, torch.float32, seed=7)
 
 
+# Each register-blocked kernel (csrc/multi_dw_blocked.h: one per kernel, dilation and stride) alone, at odd
+# sizes: 13 x 37 spans whole and partial blocks of output rows (4) and columns (16), 5 x 3 is narrower than
+# one vector, 1 x 2 has a single output row.
+@pytest.mark.parametrize("shape", [(2, 3, 13, 37), (1, 2, 5, 3), (3, 2, 1, 2)], ids=["13x37", "5x3", "1x2"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cand", ALL, ids=[f"k{k}d{d}" for k, d in ALL])
+def test_each_blocked_kernel(cand, stride, shape):
+    check(shape, (cand,), stride, True, torch.float32, seed=30 + stride)
+    check(shape, (cand,), stride, False, torch.float64, seed=31 + stride)
+
+
+# (kernel, dilation) outside the search space and stride 3 take the plain plane loops (multi_dw_kernels.h),
+# alone and mixed in one call with the blocked kernels
+GENERIC = ((7, 1), (3, 3), (1, 1))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_generic_kernels_alone_and_mixed(stride):
+    check((2, 3, 11, 9), GENERIC, stride, True, torch.float32, seed=40 + stride)
+    check((2, 3, 11, 9), GENERIC + ALL, stride, True, torch.float32, seed=43 + stride)
+    check((2, 3, 11, 9), ALL + GENERIC, stride, False, torch.float64, seed=46 + stride)
+
+
 def test_non_contiguous_input():
     check((2, 3, 7, 9), ALL, 1, True, torch.float32, seed=8, non_contiguous=True)
     check((2, 3, 7, 9), ALL, 2, False, torch.float64, seed=9, non_contiguous=True)
@@ -99,16 +122,38 @@ def test_bfloat16_against_the_references_own_error():
     check((2, 4, 9, 13), ALL, 2, True, torch.bfloat16, seed=11)
 
 
-def test_threads_agree_bitwise():
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cand", ALL, ids=[f"k{k}d{d}" for k, d in ALL])
+def test_weight_gradient_ignores_inputs_its_tap_never_reads(cand, stride):
+    """The blocked weight gradient runs whole vectors past the last output column; the input there is masked,
+    so an inf in the last input column (never read by the first column of taps) leaves those taps finite."""
+    k, d = cand
+    gen = torch.Generator().manual_seed(50)
+    x = torch.randn(2, 3, 9, 13, generator=gen)
+    x[..., -1] = float("inf")
+    w = torch.randn(3, 1, k, k, generator=gen) / k
+    go = torch.randn(2, 3, (9 - 1) // stride + 1, (13 - 1) // stride + 1, generator=gen)
+    grads = {}
+    for name, fn in (("fused", dw_fused.multi_depthwise), ("reference", dw_reference.multi_depthwise)):
+        ww = w.clone().requires_grad_(True)
+        out = fn([x], [ww], [d], stride)[0]
+        (gw,) = torch.autograd.grad(out, [ww], go)
+        grads[name] = gw[..., 0]
+    assert torch.isfinite(grads["reference"]).all()
+    torch.testing.assert_close(grads["fused"], grads["reference"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_threads_agree_bitwise(stride):
     xs, ws, dil = make((3, 16, 20, 24), ALL, True, 12)
     xs = [x.float() for x in xs]
     ws = [w.float() for w in ws]
-    grads = [torch.ones(3, 16, 20, 24) for _ in ALL]
+    grads = [torch.ones(3, 16, (20 - 1) // stride + 1, (24 - 1) // stride + 1) for _ in ALL]
 
     def once(threads):
         torch.set_num_threads(threads)
         try:
-            return run(dw_fused.multi_depthwise, xs, ws, dil, 1, grads, torch.float32)
+            return run(dw_fused.multi_depthwise, xs, ws, dil, stride, grads, torch.float32)
         finally:
             torch.set_num_threads(1)
 
@@ -150,7 +195,10 @@ def test_baseline_kernels_without_avx2():
     """The baseline copy of the plane kernels, picked when AVX2 is switched off (read once per process)."""
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
             "import torch; torch.set_num_threads(1)\n"
-            "from test_multi_depthwise import ALL, check\n"
+            "from test_multi_depthwise import ALL, GENERIC, check\n"
             "check((2, 5, 9, 13), ALL, 1, True, torch.float32, seed=20)\n"
-            "check((2, 5, 9, 13), ALL, 2, False, torch.float32, seed=21)\n")
+            "check((2, 5, 9, 13), ALL, 2, False, torch.float32, seed=21)\n"
+            "check((1, 2, 13, 37), ALL, 2, True, torch.float32, seed=22)\n"
+            "check((1, 2, 13, 37), ALL, 1, False, torch.float32, seed=23)\n"
+            "check((2, 3, 11, 9), GENERIC + ALL, 2, True, torch.float32, seed=24)\n")
     run_in_fresh_process(code, EMODARTS_GROUPED_NO_AVX2="1", OMP_NUM_THREADS="1")
