@@ -281,3 +281,16 @@ def test_features_option_on_the_command_line(tmp_path, monkeypatch):
     invoke_cli("features", "--corpus", "csv", "--root", str(manifest), "--features", "logmel",
                "--cache-dir", str(tmp_path / "cache"))
     assert seen["features"] == "logmel"
+
+
+def test_relabelling_protocol_keeps_the_features_file():
+    """A protocol that maps labels (e.g. IEMOCAP's excited -> happy) keeps every other field of the
+    utterance, the npy features file included."""
+    from emodarts.data import Utterance
+    from emodarts.data.protocols import Protocol
+
+    proto = Protocol("c", "p", "", folds_fn=lambda utts, seed: [], label_map={"exc": "happy", "sad": "sad"})
+    u = Utterance("u0", "/a/u0.wav", "exc", "s1", "S1", "train", features="/a/u0.npy")
+    kept, excluded = proto.select([u, Utterance("u1", "/a/u1.wav", "fru", "s1")])
+    assert kept == [Utterance("u0", "/a/u0.wav", "happy", "s1", "S1", "train", features="/a/u0.npy")]
+    assert excluded == {"label fru": 1}

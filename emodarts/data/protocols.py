@@ -24,7 +24,7 @@ in two parts of a fold, except MSP-Podcast's official split, which is taken as p
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -75,7 +75,7 @@ class Protocol:
                     excluded[f"label {u.label}"] += 1
                     continue
                 if cls != u.label:
-                    u = Utterance(u.utt_id, u.path, cls, u.speaker, u.session, u.split)
+                    u = replace(u, label=cls)  # every other field (the npy features file too) kept
             kept.append(u)
         return kept, dict(sorted(excluded.items()))
 
