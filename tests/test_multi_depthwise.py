@@ -19,6 +19,14 @@ ALL = ((3, 1), (5, 1), (3, 2), (5, 2))
 REL_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-3}
 
 
+@pytest.fixture(autouse=True, params=["blocked", "plain"])
+def kernels(request, monkeypatch):
+    """Every test runs with the register-blocked kernels (opt-in: EMODARTS_DW_BLOCKED=1, read per call) and
+    with the plain loops."""
+    monkeypatch.setenv("EMODARTS_DW_BLOCKED", "1" if request.param == "blocked" else "0")
+    return request.param
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ops():
     try:
