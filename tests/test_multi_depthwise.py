@@ -35,7 +35,8 @@ def ops():
         pytest.fail(f"the C++ extension did not load: {exc}")
 
 
-def make(shape, cands, shared, seed, non_contiguous=False):
+def make(shape, cands, shared, seed, non_contiguous=False, device="cpu"):
+    """(inputs, weights, dilations) in float64 on `device`: one shared input or one per candidate."""
     gen = torch.Generator().manual_seed(seed)
     b, c, h, w = shape
     n_x = 1 if shared else len(cands)
@@ -44,7 +45,7 @@ def make(shape, cands, shared, seed, non_contiguous=False):
     else:
         xs = [torch.randn(b, c, h, w, generator=gen, dtype=torch.float64) for _ in range(n_x)]
     ws = [torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64) / k for k, _ in cands]
-    return xs, ws, [d for _, d in cands]
+    return [x.to(device) for x in xs], [w.to(device) for w in ws], [d for _, d in cands]
 
 
 def run(fn, xs, ws, dilations, stride, grads, dtype):

@@ -17,6 +17,7 @@ import torch
 from emodarts.ops import dw_reference, dw_triton
 
 from parity import assert_parity
+from test_multi_depthwise import make
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
@@ -38,18 +39,6 @@ def km():
     if INTERPRET:
         assert mod.INTERPRET, "kernels were imported before TRITON_INTERPRET=1 was set"
     return mod
-
-
-def make(shape, cands, shared, seed, non_contiguous=False, device="cpu"):
-    gen = torch.Generator().manual_seed(seed)
-    b, c, h, w = shape
-    n_x = 1 if shared else len(cands)
-    if non_contiguous:  # (B, C, W, H) storage seen as (B, C, H, W)
-        xs = [torch.randn(b, c, w, h, generator=gen, dtype=torch.float64).transpose(2, 3) for _ in range(n_x)]
-    else:
-        xs = [torch.randn(b, c, h, w, generator=gen, dtype=torch.float64) for _ in range(n_x)]
-    ws = [torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64) / k for k, _ in cands]
-    return [x.to(device) for x in xs], [w.to(device) for w in ws], [d for _, d in cands]
 
 
 def run(fn, xs, ws, dilations, stride, grads, dtype):

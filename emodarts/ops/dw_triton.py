@@ -25,30 +25,11 @@ from torch import Tensor
 
 from emodarts.errors import BackendError
 
-_kernels = None
-
-
 def kernels_module():
-    """emodarts.kernels.multi_depthwise (Triton); in a source checkout, kernels/ is mapped onto
-    emodarts.kernels as fused.kernels_module does for the mixed sum."""
-    global _kernels
-    if _kernels is not None:
-        return _kernels
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:
-        raise BackendError(f"the Triton multi-depthwise op needs Triton: {exc}") from exc
-    try:
-        from emodarts.kernels import multi_depthwise as mod
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("emodarts.kernels", "emodarts.kernels.multi_depthwise"):
-            raise
-        from emodarts.ops.fused import _load_source_kernels_pkg
+    """emodarts.kernels.multi_depthwise (Triton)."""
+    from .fused import triton_kernels
 
-        _load_source_kernels_pkg()
-        from emodarts.kernels import multi_depthwise as mod
-    _kernels = mod
-    return mod
+    return triton_kernels("multi_depthwise", "the Triton multi-depthwise op")
 
 
 def _on_device(t: Tensor):

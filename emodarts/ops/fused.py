@@ -37,38 +37,38 @@ from torch import Tensor
 from emodarts.errors import BackendError
 
 IMPLS = ("triton", "cpp")
-_kernels = None
+_KERNELS: dict = {}  # name -> emodarts.kernels.<name>, imported once
 
 
 # --------------------------------------------------------------------------------------------------
 # locating the implementations
 
 
-def kernels_module():
-    """emodarts.kernels.mixed_sum (Triton). In a source checkout that is not pip-installed, `kernels/`
-    sits next to `emodarts/` and is mapped onto `emodarts.kernels` here, as setup.py's package_dir does."""
-    global _kernels
-    if _kernels is not None:
-        return _kernels
+def triton_kernels(name: str, needed_for: str):
+    """emodarts.kernels.<name> (Triton), imported once. In a source checkout that is not pip-installed,
+    `kernels/` sits next to `emodarts/` and is mapped onto `emodarts.kernels` here, as setup.py's package_dir
+    does. `needed_for` names what asked, for the error when Triton is missing."""
+    if name in _KERNELS:
+        return _KERNELS[name]
     try:
         import triton  # noqa: F401
     except Exception as exc:
-        raise BackendError(f"the fused backend needs Triton for the mixed sum on this device: {exc}") from exc
+        raise BackendError(f"{needed_for} needs Triton: {exc}") from exc
+    full = f"emodarts.kernels.{name}"
     try:
-        from emodarts.kernels import mixed_sum as mod
+        mod = importlib.import_module(full)
     except ModuleNotFoundError as exc:
-        if exc.name not in ("emodarts.kernels", "emodarts.kernels.mixed_sum"):
+        if exc.name not in ("emodarts.kernels", full):
             raise
-        mod = _load_source_kernels()
-    _kernels = mod
+        _load_source_kernels_pkg()
+        mod = importlib.import_module(full)
+    _KERNELS[name] = mod
     return mod
 
 
-def _load_source_kernels():
-    _load_source_kernels_pkg()
-    from emodarts.kernels import mixed_sum as mod
-
-    return mod
+def kernels_module():
+    """emodarts.kernels.mixed_sum (Triton)."""
+    return triton_kernels("mixed_sum", "the fused backend's mixed sum on this device")
 
 
 def _load_source_kernels_pkg() -> None:
