@@ -1,5 +1,6 @@
 """Small shared builders for the model tests: a miniature configuration and random data, and a fresh
 Python process for settings read once per process."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -66,3 +67,14 @@ def one_error_line(result) -> str:
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.output
     return errors[0]
+
+
+@contextlib.contextmanager
+def sync_debug(mode: str):
+    """torch.cuda.set_sync_debug_mode for a block (process-wide: always reset)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

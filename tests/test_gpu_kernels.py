@@ -11,7 +11,6 @@ reason, where torch.cuda.is_available() is false); `python bench/run_all.py` run
 The grouped CUDA layer at hidden 128-1024 and T > 7 is in tests/test_grouped_recurrent.py, the DARTS backward's
 memory in tests/test_darts_kernel.py, whole search steps in tests/test_gpu_supernet.py.
 """
-import contextlib
 import copy
 
 import pytest
@@ -23,6 +22,7 @@ from emodarts.ops import fused, reference
 from emodarts.ops import grouped_recurrent as gr
 from emodarts.ops import grouped_reference
 
+from helpers import sync_debug
 from parity import assert_parity
 
 pytestmark = pytest.mark.gpu
@@ -45,15 +45,6 @@ def cuda_ops():
     fused.kernels_module()
 
 
-@contextlib.contextmanager
-def sync_debug(mode: str):
-    """torch.cuda.set_sync_debug_mode for a block (process-wide: always reset)."""
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode(mode)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 # --------------------------------------------------------------------------------------------------

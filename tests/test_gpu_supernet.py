@@ -27,7 +27,7 @@ from torch import nn
 from emodarts.space import DARTS_SEQ_PRIMITIVES
 from emodarts.supernet import Supernet
 
-from helpers import random_run_data, small_model_config, small_run_config
+from helpers import random_run_data, small_model_config, small_run_config, sync_debug
 from test_fused_supernet import judge_step, step_grads
 
 ALL_SEQ = ("none", "skip_connect", "lstm_1", "lstm_2", "rnn_1", "rnn_3", "lstm_att_1", "rnn_att_2")
@@ -95,14 +95,6 @@ def test_compare_search_steps_on_cuda(seq_space, order, tmp_path, ieee_fp32):
 # no host synchronisation
 
 
-@contextlib.contextmanager
-def sync_debug(mode):
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode(mode)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 class SyncLog:

@@ -16,7 +16,7 @@ from parity import assert_parity
 
 # the search space's depthwise convolutions: (kernel, dilation) of sep_conv_3x3/5x5 and dil_conv_3x3/5x5
 ALL = ((3, 1), (5, 1), (3, 2), (5, 2))
-REL_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-3}
+REL_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-3}
 
 
 @pytest.fixture(autouse=True, params=["blocked", "plain"])
@@ -49,6 +49,7 @@ def make(shape, cands, shared, seed, non_contiguous=False, device="cpu"):
 
 
 def run(fn, xs, ws, dilations, stride, grads, dtype):
+    # .to() keeps a non-contiguous input's strides (preserve_format), so the kernels read it in place
     xs = [x.detach().to(dtype).requires_grad_(True) for x in xs]
     ws = [w.detach().to(dtype).requires_grad_(True) for w in ws]
     outs = fn(xs, ws, dilations, stride)
@@ -56,24 +57,30 @@ def run(fn, xs, ws, dilations, stride, grads, dtype):
     return [o.detach() for o in outs], list(gs)
 
 
-def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False):
-    xs, ws, dil = make(shape, cands, shared, seed, non_contiguous)
+def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, device="cpu", impl=None):
+    """`impl` (default: the C++ op) against the reference: outputs, input and weight gradients, judged against
+    float64 (tests/parity.py); returns the implementation's outputs and gradients."""
+    impl = impl or dw_fused.multi_depthwise
+    xs, ws, dil = make(shape, cands, shared, seed, non_contiguous, device)
+    if non_contiguous:
+        assert not xs[0].is_contiguous()
     b, c, h, w = shape
     gen = torch.Generator().manual_seed(seed + 1)
-    grads = [torch.randn(b, c, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=gen, dtype=torch.float64)
-             for _ in cands]
+    grads = [torch.randn(b, c, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=gen,
+                         dtype=torch.float64).to(device) for _ in cands]
     o_t, g_t = run(dw_reference.multi_depthwise, xs, ws, dil, stride, grads, torch.float64)
-    o_f, g_f = run(dw_fused.multi_depthwise, xs, ws, dil, stride, grads, dtype)
+    o_f, g_f = run(impl, xs, ws, dil, stride, grads, dtype)
     o_r, g_r = (None, None) if dtype == torch.float64 else run(dw_reference.multi_depthwise, xs, ws, dil, stride,
                                                                grads, dtype)
     names = [f"out[{i}]" for i in range(len(cands))] + [f"grad_x[{i}]" for i in range(len(xs))] + \
             [f"grad_w[{i}]" for i in range(len(ws))]
     fused = o_f + g_f
     ref = (o_r + g_r) if o_r is not None else [None] * len(fused)
-    for f in fused:
-        assert f.dtype == dtype
+    for f, t in zip(fused, o_t + g_t):
+        assert f.dtype == dtype and f.device == t.device and f.shape == t.shape
     assert_parity(list(zip(names, fused, ref, o_t + g_t)), dtype, rel_floor=REL_FLOOR[dtype],
-                  what=f"{shape} stride {stride} {dtype}")
+                  what=f"{shape} {cands} stride {stride} shared={shared} {dtype}")
+    return fused
 
 
 SHAPES = {"odd": (2, 3, 7, 5), "batch1": (1, 4, 9, 11), "one_pixel": (3, 2, 1, 1), "wide": (2, 5, 4, 19),

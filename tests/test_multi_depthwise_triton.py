@@ -16,15 +16,11 @@ import torch
 
 from emodarts.ops import dw_reference, dw_triton
 
-from parity import assert_parity
-from test_multi_depthwise import make
+from helpers import sync_debug
+from test_multi_depthwise import ALL, check as check_impl, make
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
-
-# the search space's depthwise convolutions: (kernel, dilation) of sep_conv_3x3/5x5 and dil_conv_3x3/5x5
-ALL = ((3, 1), (5, 1), (3, 2), (5, 2))
-REL_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-3}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -41,36 +37,10 @@ def km():
     return mod
 
 
-def run(fn, xs, ws, dilations, stride, grads, dtype):
-    # .to() keeps a non-contiguous input's strides (preserve_format), so the kernels read it in place
-    xs = [x.detach().to(dtype).requires_grad_(True) for x in xs]
-    ws = [w.detach().to(dtype).requires_grad_(True) for w in ws]
-    outs = fn(xs, ws, dilations, stride)
-    gs = torch.autograd.grad(outs, xs + ws, [g.to(dtype) for g in grads])
-    return [o.detach() for o in outs], list(gs)
-
-
 def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, device="cpu"):
-    xs, ws, dil = make(shape, cands, shared, seed, non_contiguous, device)
-    if non_contiguous:
-        assert not xs[0].is_contiguous()
-    b, c, h, w = shape
-    gen = torch.Generator().manual_seed(seed + 1)
-    grads = [torch.randn(b, c, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=gen,
-                         dtype=torch.float64).to(device) for _ in cands]
-    o_t, g_t = run(dw_reference.multi_depthwise, xs, ws, dil, stride, grads, torch.float64)
-    o_f, g_f = run(dw_triton.multi_depthwise_triton, xs, ws, dil, stride, grads, dtype)
-    o_r, g_r = (None, None) if dtype == torch.float64 else run(dw_reference.multi_depthwise, xs, ws, dil, stride,
-                                                               grads, dtype)
-    names = [f"out[{i}]" for i in range(len(cands))] + [f"grad_x[{i}]" for i in range(len(xs))] + \
-            [f"grad_w[{i}]" for i in range(len(ws))]
-    fused = o_f + g_f
-    ref = (o_r + g_r) if o_r is not None else [None] * len(fused)
-    for f, t in zip(fused, o_t + g_t):
-        assert f.dtype == dtype and f.device == t.device and f.shape == t.shape
-    assert_parity(list(zip(names, fused, ref, o_t + g_t)), dtype, rel_floor=REL_FLOOR[dtype],
-                  what=f"{shape} {cands} stride {stride} shared={shared} {dtype}")
-    return fused
+    """The Triton op judged as the C++ one is (test_multi_depthwise.check)."""
+    return check_impl(shape, cands, stride, shared, dtype, seed, non_contiguous, device,
+                      impl=dw_triton.multi_depthwise_triton)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,12 +153,9 @@ def test_gpu_no_host_sync(km):
     x = xs[0].float().requires_grad_(True)
     wsf = [w.float().requires_grad_(True) for w in ws]
     for mode in ("default", "error"):  # the first pass compiles the kernels
-        torch.cuda.set_sync_debug_mode(mode)
-        try:
+        with sync_debug(mode):
             outs = dw_triton.multi_depthwise_triton([x], wsf, dil, 1)
             torch.autograd.grad(outs, [x] + wsf, [torch.ones_like(o) for o in outs])
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
 
 
