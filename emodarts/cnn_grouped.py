@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ops.cnn import DilConv, SepConv
-from .partial_channels import bypass, bypass_logits, channel_shuffle, edge_normalised_logits, split_channels
+from .partial_channels import bypass, channel_shuffle, node_logits, split_channels
 from .space import n_edges
 
 POOLS = {"max_pool_3x3": 0, "avg_pool_3x3": 1}  # name -> position in pool_pair's output
@@ -161,8 +161,9 @@ def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequen
         if k == 1:
             node = mixed_sum(ys, alpha[rows], index)
         else:
-            part = mixed_sum(ys, edge_normalised_logits(alpha[rows], beta[rows]), index)
-            rest = mixed_sum(bypassed[: 2 + i], bypass_logits(beta[rows]), [(j, 0) for j in range(2 + i)])
+            cand_logits, bypass_logits = node_logits(alpha[rows], beta[rows])
+            part = mixed_sum(ys, cand_logits, index)
+            rest = mixed_sum(bypassed[: 2 + i], bypass_logits, [(j, 0) for j in range(2 + i)])
             node = channel_shuffle(torch.cat([part, rest], dim=1), k)
         states.append(node)
         if i + 1 < n_nodes:

@@ -13,7 +13,7 @@ Because the split, the concatenation and the shuffle are the same linear map for
          = shuffle(cat(sum_j sum_k beta_j p_jk op_k(...), sum_j beta_j bypass(...)))
 
 so the grouped engine keeps one mixed sum per node for the candidates and one for the bypasses: the weight
-beta_j * p_jk is the softmax of one row of `edge_normalised_logits` (the node's logits plus one column that
+beta_j * p_jk is the softmax of one row of `node_logits` (the node's logits plus one column that
 holds the mass 1 - beta_j, which no input reads), so the mixed-sum kernels run unchanged and autograd carries
 the gradients to alpha and beta.
 """
@@ -75,14 +75,12 @@ def _log_weights(beta_rows: Tensor) -> Tuple[Tensor, Tensor]:
     return b - lse, torch.logsumexp(others, dim=1) - lse
 
 
-def edge_normalised_logits(alpha_rows: Tensor, beta_rows: Tensor) -> Tensor:
-    """(E, M + 1) logits whose row softmax is [beta_j * softmax(alpha_j), 1 - beta_j]: the mixed sum over
-    these rows weighs candidate k of edge j by beta_j p_jk (the last column is read by no input)."""
+def node_logits(alpha_rows: Tensor, beta_rows: Tensor) -> Tuple[Tensor, Tensor]:
+    """The two logit tables of one node's mixed sums, from one pass over its betas:
+    - candidates, (E, M + 1): row softmax [beta_j * softmax(alpha_j), 1 - beta_j] (the last column is read by
+      no input), so the mixed sum weighs candidate k of edge j by beta_j p_jk;
+    - bypasses, (E, 2): row softmax [beta_j, 1 - beta_j], read at column 0."""
     log_beta, log_rest = _log_weights(beta_rows)
-    return torch.cat([torch.log_softmax(_at_least_float32(alpha_rows), dim=-1) + log_beta[:, None], log_rest[:, None]], dim=1)
-
-
-def bypass_logits(beta_rows: Tensor) -> Tensor:
-    """(E, 2) logits whose row softmax is [beta_j, 1 - beta_j]: the mixed sum of the bypasses, column 0."""
-    log_beta, log_rest = _log_weights(beta_rows)
-    return torch.stack([log_beta, log_rest], dim=1)
+    candidates = torch.cat([torch.log_softmax(_at_least_float32(alpha_rows), dim=-1) + log_beta[:, None],
+                            log_rest[:, None]], dim=1)
+    return candidates, torch.stack([log_beta, log_rest], dim=1)

@@ -10,8 +10,7 @@ import torch
 
 from emodarts.derive import derive_genotype
 from emodarts.ops.backend import get_backend
-from emodarts.partial_channels import (bypass, bypass_logits, channel_shuffle, check_partial_channels,
-                                       edge_normalised_logits, edge_weights)
+from emodarts.partial_channels import bypass, channel_shuffle, check_partial_channels, edge_weights, node_logits
 from emodarts.supernet import ALPHA_NAMES, BETA_NAMES, Supernet
 
 from helpers import small_model_config
@@ -60,18 +59,19 @@ def test_k_must_divide_the_channels():
         Supernet(small_model_config(partial_channels=4, cnn_channels=6), 10, 4)
 
 
-def test_edge_normalised_logits_weigh_candidates_by_beta():
+def test_node_logits_weigh_candidates_by_beta():
     """softmax of each row is [beta_j * softmax(alpha_j), 1 - beta_j], in float64 to rounding, and stays
     finite when one edge takes nearly all the weight."""
     torch.manual_seed(0)
     alpha, beta = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     b, p = torch.softmax(beta, 0), torch.softmax(alpha, -1)
-    got = torch.softmax(edge_normalised_logits(alpha, beta), -1)
+    cand_logits, bypass_logits = node_logits(alpha, beta)
+    got = torch.softmax(cand_logits, -1)
     torch.testing.assert_close(got[:, :5], b[:, None] * p, rtol=1e-14, atol=1e-16)
     torch.testing.assert_close(got[:, 5], 1 - b, rtol=1e-14, atol=1e-16)
-    torch.testing.assert_close(torch.softmax(bypass_logits(beta), -1)[:, 0], b, rtol=1e-14, atol=1e-16)
+    torch.testing.assert_close(torch.softmax(bypass_logits, -1)[:, 0], b, rtol=1e-14, atol=1e-16)
     extreme = torch.tensor([80.0, -80.0, 0.0], requires_grad=True)
-    logits = edge_normalised_logits(torch.zeros(3, 4), extreme)
+    logits = node_logits(torch.zeros(3, 4), extreme)[0]
     logits.softmax(-1)[:, :4].sum().backward()
     assert torch.isfinite(logits[:, :4]).all() and torch.isfinite(extreme.grad).all()
 
