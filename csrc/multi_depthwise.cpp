@@ -130,11 +130,10 @@ Geometry check(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, 
                     x.device().is_cpu(),
                 "multi_dw: inputs must share one shape and dtype, be contiguous and on the CPU");
   }
-  // The register-blocked kernels are opt-in (EMODARTS_DW_BLOCKED=1, read per call so a test can switch it):
-  // each call is as accurate as ATen's, but a whole second-order search step, whose finite-difference
-  // Hessian term flips on float32 ties, has not yet been judged robustly against them (docs/grouped-cnn.md).
+  // The register-blocked kernels are the default; EMODARTS_DW_BLOCKED=0 (read per call, so a test can switch
+  // it) runs the plain plane loops for every candidate instead.
   const char* env = std::getenv("EMODARTS_DW_BLOCKED");
-  const bool blocked = env != nullptr && std::strcmp(env, "1") == 0;
+  const bool blocked = env == nullptr || std::strcmp(env, "0") != 0;
   for (int64_t i = 0; i < n; ++i) {
     const Tensor& w = ws[i];
     TORCH_CHECK(w.dim() == 4 && w.size(0) == g.C && w.size(1) == 1 && w.size(2) == w.size(3) && w.size(2) % 2 == 1,

@@ -30,6 +30,28 @@ def test_compare_fails_when_the_fused_path_is_perturbed(monkeypatch):
     result = CliRunner().invoke(cli, ["compare", "--preset", "tiny", "--steps", "1"])
     assert result.exit_code == 1, result.output
     assert "BEYOND TOLERANCE" in result.output
+    # the reference's envelope was widened by every one-ulp rerun and still does not cover a 1e-3 error
+    assert "and 4 rerun(s) from starting weights" in result.output
+
+
+def test_ulp_perturbation_moves_each_weight_by_at_most_one_ulp():
+    import torch
+
+    from emodarts.compare import ulp_perturbed
+
+    state = {"w": torch.randn(4000), "d": torch.randn(300, dtype=torch.float64) * 1e-30,
+             "n": torch.tensor([3, 4]), "z": torch.zeros(50)}
+    out = ulp_perturbed(state, seed=7)
+    assert torch.equal(out["n"], state["n"])
+    for name in ("w", "d", "z"):
+        v, p = state[name], out[name]
+        up, down = torch.nextafter(v, torch.full_like(v, 1e30)), torch.nextafter(v, torch.full_like(v, -1e30))
+        assert bool(((p == v) | (p == up) | (p == down)).all()), name
+        # each of the three choices is taken about a third of the time
+        for moved in (p == v, p == up, p == down):
+            assert 0.2 < float(moved.double().mean()) < 0.47, name
+    assert all(torch.equal(out[k], ulp_perturbed(state, seed=7)[k]) for k in state)
+    assert not torch.equal(out["w"], ulp_perturbed(state, seed=8)["w"])
 
 
 def test_doctor_runs_without_gpu():

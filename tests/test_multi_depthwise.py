@@ -21,8 +21,8 @@ REL_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, tor
 
 @pytest.fixture(autouse=True, params=["blocked", "plain"])
 def kernels(request, monkeypatch):
-    """Every test runs with the register-blocked kernels (opt-in: EMODARTS_DW_BLOCKED=1, read per call) and
-    with the plain loops."""
+    """Every test runs with the register-blocked kernels (the default) and with the plain loops
+    (EMODARTS_DW_BLOCKED=0, read per call)."""
     monkeypatch.setenv("EMODARTS_DW_BLOCKED", "1" if request.param == "blocked" else "0")
     return request.param
 
