@@ -14,47 +14,22 @@ For a state h with E outgoing edges (all of one stride):
 The per-candidate path (supernet._mixed_nodes) is the reference twin; the node sums take their inputs in
 the same order (source state, then candidate).
 """
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops.cnn import DilConv, SepConv
+from .ops.cnn import DilConv, FactorizedReduce, SepConv
 from .partial_channels import bypass, channel_shuffle, node_logits, split_channels
 from .space import n_edges
 
+if TYPE_CHECKING:
+    from .ops.backend import Backend
+
 POOLS = {"max_pool_3x3": 0, "avg_pool_3x3": 1}  # name -> position in pool_pair's output
 
-PoolPair = Callable[[Tensor, int], Tuple[Tensor, Tensor]]
-MultiDepthwise = Callable[[Sequence[Tensor], Sequence[Tensor], Sequence[int], int], List[Tensor]]
-
-
-def _plain_training_bns(bns: Sequence[nn.Module]) -> bool:
-    """Whether one batch-statistics pass stands for all of them: plain affine-free BatchNorm2d in training
-    mode (the data-parallel GlobalBatchNorm2d and eval mode go module by module)."""
-    return all(type(b) is nn.BatchNorm2d and b.training and not b.affine and b.track_running_stats
-               and b.running_mean is not None for b in bns)
-
-
-def shared_batch_norm(x: Tensor, bns: Sequence[nn.Module]) -> List[Tensor]:
-    """Each module's output for the same input x: in training, one normalisation with the batch's statistics
-    (the same for all of them) and each module's running statistics updated as its own forward would."""
-    if not _plain_training_bns(bns):
-        return [bn(x) for bn in bns]
-    first = bns[0]
-    # native_batch_norm hands back the batch mean and 1 / sqrt(biased var + eps) it normalised with: the
-    # running statistics follow from them without a second pass over x
-    y, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, first.eps)
-    with torch.no_grad():
-        n = x.numel() // x.shape[1]
-        var = (invstd.double().pow(-2) - first.eps) * (n / max(n - 1, 1))
-        for bn in bns:
-            bn.num_batches_tracked.add_(1)
-            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
-            bn.running_var.mul_(1 - m).add_(var.to(bn.running_var.dtype), alpha=m)
-    return [y] * len(bns)
+BatchNorms = Callable[[Sequence[Tensor], Sequence[Sequence[nn.Module]]], List[List[Tensor]]]
 
 
 def _depthwise_args(dil_conv: DilConv) -> Tuple[Tensor, int, int]:
@@ -71,48 +46,86 @@ def _batchable(op: nn.Module) -> bool:
         for h in halves)
 
 
-def pointwise(conv: nn.Conv2d, y: Tensor) -> Tensor:
-    """A bias-free 1x1 convolution as one batched GEMM over (B, C, H*W) (on the CPU several times faster than
-    the convolution kernel at these channel counts, forward and backward)."""
-    b, c, h, w = y.shape
-    return torch.einsum("oc,bcp->bop", conv.weight.view(conv.out_channels, c), y.reshape(b, c, h * w)).view(
-        b, conv.out_channels, h, w)
+def _offset_grids(x_relu: Tensor) -> Tuple[Tensor, Tensor]:
+    """The two grids FactorizedReduce's stride-2 1x1 convolutions read: even rows and columns, and odd ones
+    of x zero-padded to even sizes (so both give ceil(n / 2) positions)."""
+    x = F.pad(x_relu, (0, x_relu.shape[-1] % 2, 0, x_relu.shape[-2] % 2))
+    return x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
 
 
-def _conv_outputs(relu_h: Tensor, convs: List[nn.Module], stride: int,
-                  multi_depthwise: MultiDepthwise) -> List[Tensor]:
-    """The outputs of DilConv / SepConv candidates that all read state h: the first depthwise convolutions
-    of all of them in one multi_depthwise call on the shared ReLU(h), their pointwise convolutions and batch
-    norms per candidate, then the separable convolutions' second halves in one more call."""
-    first = [op if type(op) is DilConv else op[0] for op in convs]
-    args = [_depthwise_args(m) for m in first]
-    assert all(s == stride for _, _, s in args), "a candidate's stride differs from its state's"
-    dw = multi_depthwise([relu_h], [w for w, _, _ in args], [d for _, d, _ in args], stride)
-    outs = [m[3](pointwise(m[2], y)) for m, y in zip(first, dw)]
-    sep = [i for i, op in enumerate(convs) if type(op) is SepConv]
-    if sep:
-        second = [convs[i][1] for i in sep]
-        args2 = [_depthwise_args(m) for m in second]
-        dw2 = multi_depthwise([F.relu(outs[i]) for i in sep], [w for w, _, _ in args2], [d for _, d, _ in args2], 1)
-        for i, m, y in zip(sep, second, dw2):
-            outs[i] = m[3](pointwise(m[2], y))
-    return outs
+def factorized_reduces_pre_bn(ops: Sequence[FactorizedReduce], x_relu: Tensor, backend: "Backend") -> List[Tensor]:
+    """FactorizedReduce ops that all read x, up to their batch norms: every 1x1 convolution in one call."""
+    even, odd = _offset_grids(x_relu)
+    ys = backend.pointwise_convs([even] * len(ops) + [odd] * len(ops),
+                                 [op.conv1.weight for op in ops] + [op.conv2.weight for op in ops])
+    return [torch.cat([a, b], dim=1) for a, b in zip(ys[: len(ops)], ys[len(ops):])]
+
+
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.bias is None
+
+
+def preprocess(pre: nn.ModuleList, s0: Tensor, s1: Tensor, backend: "Backend") -> List[Tensor]:
+    """A cell's two preprocessing ops (ReLUConvBN or FactorizedReduce): their 1x1 convolutions in one
+    pointwise_convs call and their batch norms in one batch_norms call."""
+    xs, ws, zs = [], [], [None, None]
+    for slot, (op, s) in enumerate(zip(pre, (s0, s1))):
+        if isinstance(op, FactorizedReduce):
+            even, odd = _offset_grids(F.relu(s))
+            xs += [even, odd]
+            ws += [op.conv1.weight, op.conv2.weight]
+        elif _is_pointwise(op[1]):
+            xs.append(F.relu(s))
+            ws.append(op[1].weight)
+        else:
+            zs[slot] = op[1](F.relu(s))
+    ys = iter(backend.pointwise_convs(xs, ws)) if xs else iter(())
+    for slot, op in enumerate(pre):
+        if zs[slot] is None:
+            zs[slot] = torch.cat([next(ys), next(ys)], dim=1) if isinstance(op, FactorizedReduce) else next(ys)
+    bns = [[op.bn if isinstance(op, FactorizedReduce) else op[2]] for op in pre]
+    return [ys[0] for ys in backend.batch_norms(zs, bns)]
+
+
+class _BatchNormCall:
+    """Pre-batch-norm tensors gathered from a state's candidates, normalised in one batch_norms call; each
+    entry says where its output goes."""
+
+    def __init__(self):
+        self.xs: List[Tensor] = []
+        self.groups: List[List[nn.Module]] = []
+        self.targets: List[list] = []
+
+    def add(self, x: Tensor, bns: List[nn.Module], targets: list) -> None:
+        self.xs.append(x)
+        self.groups.append(bns)
+        self.targets.append(targets)
+
+    def run(self, batch_norms: BatchNorms) -> List[Tuple[list, Tensor]]:
+        if not self.xs:
+            return []
+        return [(t, ys[0]) for t, ys in zip(self.targets, batch_norms(self.xs, self.groups))]
 
 
 def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence[Tuple[int, str]], stride: int,
-                  pool_pair: PoolPair, multi_depthwise: MultiDepthwise) -> List[Dict[int, Tensor]]:
-    """{candidate index: output} for each edge in `edge_ops`, all leaving state h with `stride`."""
+                  backend: "Backend") -> List[Dict[int, Tensor]]:
+    """{candidate index: output} for each edge in `edge_ops`, all leaving state h with `stride`: the pools
+    once, the first depthwise convolutions of every sep/dil candidate in one call, every batch norm that
+    ends a candidate or the first half of a separable convolution in one batch_norms call, then the second
+    halves (one depthwise call, one batch_norms call)."""
     out: List[Dict[int, Tensor]] = [{} for _ in edge_ops]
-    names = [name for _, name in active]
+    first_bns = _BatchNormCall()
     pools = [(k, name) for k, name in active if name in POOLS]
     if pools:
-        pooled = pool_pair(h, stride)
+        pooled = backend.pool_pair(h, stride)
         for k, name in pools:
-            bns = [ops[name][1] for ops in edge_ops]
-            for e, y in enumerate(shared_batch_norm(pooled[POOLS[name]], bns)):
-                out[e][k] = y
-    relu_h = F.relu(h) if any(hasattr(ops[n], "forward_from_relu") for ops in edge_ops for n in names) else None
-    batched = []  # (edge, candidate, module) of the convolutions computed together
+            first_bns.add(pooled[POOLS[name]], [ops[name][1] for ops in edge_ops],
+                          [(e, k) for e in range(len(edge_ops))])
+    names = [name for _, name in active if name not in POOLS]
+    needs_relu = any(_batchable(ops[n]) or isinstance(ops[n], FactorizedReduce) for ops in edge_ops for n in names)
+    relu_h = F.relu(h) if needs_relu else None
+    batched = []  # (edge, candidate, module) of the sep/dil convolutions computed together
+    reduces = []  # (edge, candidate, module) of the factorized reduces
     for k, name in active:
         if name in POOLS:
             continue
@@ -120,18 +133,46 @@ def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence
             op = ops[name]
             if _batchable(op):
                 batched.append((e, k, op))
+            elif isinstance(op, FactorizedReduce):
+                reduces.append((e, k, op))
             else:
-                out[e][k] = op.forward_from_relu(relu_h) if hasattr(op, "forward_from_relu") else op(h)
+                out[e][k] = op(h)
+    if reduces:
+        for (e, k, op), z in zip(reduces, factorized_reduces_pre_bn([op for *_, op in reduces], relu_h, backend)):
+            first_bns.add(z, [op.bn], [(e, k)])
     if batched:
-        ys = _conv_outputs(relu_h, [op for _, _, op in batched], stride, multi_depthwise)
-        for (e, k, _), y in zip(batched, ys):
-            out[e][k] = y
+        heads = [op if type(op) is DilConv else op[0] for _, _, op in batched]
+        for (e, k, op), head, z in zip(batched, heads, _pointwise_outputs([relu_h], heads, stride, backend)):
+            first_bns.add(z, [head[3]], [(e, k, op[1]) if type(op) is SepConv else (e, k)])
+    second = []  # (edge, candidate, second half, its input) of the separable convolutions
+    for targets, y in first_bns.run(backend.batch_norms):
+        for t in targets:
+            if len(t) == 3:
+                second.append((*t, y))
+            else:
+                out[t[0]][t[1]] = y
+    if second:
+        zs = _pointwise_outputs([F.relu(y) for *_, y in second], [m for _, _, m, _ in second], 1, backend)
+        second_bns = _BatchNormCall()
+        for (e, k, m, _), z in zip(second, zs):
+            second_bns.add(z, [m[3]], [(e, k)])
+        for targets, y in second_bns.run(backend.batch_norms):
+            for e, k in targets:
+                out[e][k] = y
     return out
 
 
+def _pointwise_outputs(xs: List[Tensor], halves: List[DilConv], stride: int, backend: "Backend") -> List[Tensor]:
+    """Depthwise then pointwise convolution of each DilConv-shaped half (its batch norm not yet applied):
+    every depthwise convolution in one multi_depthwise call, on one shared input or one input each."""
+    args = [_depthwise_args(m) for m in halves]
+    assert all(s == stride for _, _, s in args), "a candidate's stride differs from its state's"
+    dw = backend.multi_depthwise(xs, [w for w, _, _ in args], [d for _, d, _ in args], stride)
+    return backend.pointwise_convs(dw, [m[2].weight for m in halves])
+
+
 def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequence[Tuple[int, str]],
-                      alpha: Tensor, n_nodes: int, reduction: bool, mixed_sum: Callable,
-                      pool_pair: PoolPair, multi_depthwise: MultiDepthwise, k: int = 1,
+                      alpha: Tensor, n_nodes: int, reduction: bool, backend: "Backend", k: int = 1,
                       beta: Optional[Tensor] = None) -> List[Tensor]:
     """The cell's n_nodes mixed nodes from its two input states, grouped by source state (module docstring);
     node i sums its inputs in the order of supernet._mixed_nodes. With PC-DARTS' K > 1 the candidates see
@@ -147,7 +188,7 @@ def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequen
         if k > 1:
             h, rest = split_channels(h, k)
             bypassed.append(bypass(rest, stride))
-        outs = state_outputs(h, [edges[first[i] + j] for i in targets], active, stride, pool_pair, multi_depthwise)
+        outs = state_outputs(h, [edges[first[i] + j] for i in targets], active, stride, backend)
         for i, ys in zip(targets, outs):
             pending[i].extend((j, k, ys[k]) for k, _ in active)
 
@@ -159,11 +200,11 @@ def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequen
         rows = slice(first[i], first[i] + 2 + i)
         ys, index = [e[2] for e in entries], [(e[0], e[1]) for e in entries]
         if k == 1:
-            node = mixed_sum(ys, alpha[rows], index)
+            node = backend.mixed_sum(ys, alpha[rows], index)
         else:
             cand_logits, bypass_logits = node_logits(alpha[rows], beta[rows])
-            part = mixed_sum(ys, cand_logits, index)
-            rest = mixed_sum(bypassed[: 2 + i], bypass_logits, [(j, 0) for j in range(2 + i)])
+            part = backend.mixed_sum(ys, cand_logits, index)
+            rest = backend.mixed_sum(bypassed[: 2 + i], bypass_logits, [(j, 0) for j in range(2 + i)])
             node = channel_shuffle(torch.cat([part, rest], dim=1), k)
         states.append(node)
         if i + 1 < n_nodes:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
 from .config import ModelConfig
-from .cnn_grouped import grouped_cnn_nodes
+from .cnn_grouped import grouped_cnn_nodes, preprocess
 from .distributed import BatchDropout
 from .darts_cell import MixedDartsCell
 from .ops.backend import Backend, get_backend
@@ -86,15 +86,16 @@ class MixedCnnCell(nn.Module):
         self.dropout = BatchDropout(cfg.dropout)
 
     def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend, beta: Optional[Tensor] = None) -> Tensor:
-        states = [self.pre[0](s0), self.pre[1](s1)]
         if backend.group_cnn:
+            states = preprocess(self.pre, s0, s1, backend)
             nodes = grouped_cnn_nodes(states, self.edges, self.active, alpha, self.n_nodes, self.reduction,
-                                      backend.mixed_sum, backend.pool_pair, backend.multi_depthwise,
-                                      self.k, beta)
+                                      backend, self.k, beta)
         elif self.k > 1:
+            states = [self.pre[0](s0), self.pre[1](s1)]
             nodes = _partial_channel_nodes(states, self.edges, self.active, alpha, beta, self.n_nodes, self.k,
                                            self.reduction, backend.mixed_sum)
         else:
+            states = [self.pre[0](s0), self.pre[1](s1)]
             nodes = _mixed_nodes(states, self.edges, self.active, alpha, self.n_nodes, backend.mixed_sum)
         return self.dropout(torch.cat(nodes, dim=1))
 

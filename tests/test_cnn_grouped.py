@@ -8,7 +8,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from emodarts.cnn_grouped import shared_batch_norm
 from emodarts.ops.backend import get_backend
 from emodarts.space import CNN_PRIMITIVES
 from emodarts.supernet import Supernet
@@ -97,24 +96,6 @@ def test_non_contiguous_input():
     out_g, g_g, _ = _step(grouped, x, y)
     assert_parity([("logits", out_g, None, out_r)], torch.float64, rel_floor=1e-10)
     assert_parity([(n, g_g[n], None, g) for n, g in g_r.items() if g is not None], torch.float64, rel_floor=1e-10)
-
-
-def test_shared_batch_norm_updates_every_module_as_its_own_forward():
-    """One normalisation for all edges; each module's running statistics move as if it had run alone (with
-    momentum None too: the cumulative average)."""
-    torch.manual_seed(0)
-    x = torch.randn(3, 4, 5, 7, dtype=torch.float64)
-    mods = [torch.nn.BatchNorm2d(4, affine=False).double() for _ in range(2)]
-    mods.append(torch.nn.BatchNorm2d(4, affine=False, momentum=None).double())
-    mods[1].running_mean.fill_(0.5)  # modules need not agree beforehand
-    twins = copy.deepcopy(mods)
-    outs = shared_batch_norm(x, mods)
-    for out, twin, mod in zip(outs, twins, mods):
-        want = twin(x)
-        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(mod.running_mean, twin.running_mean, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(mod.running_var, twin.running_var, rtol=1e-12, atol=1e-12)
-        assert int(mod.num_batches_tracked) == int(twin.num_batches_tracked) == 1
 
 
 def test_all_primitives_are_known():

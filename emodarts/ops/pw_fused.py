@@ -1,0 +1,55 @@
+"""Several bias-free 1x1 convolutions in one call (the pointwise halves of a CNN search state's candidates,
+the factorized reduce, the cell preprocessing): the `--fused` twin of emodarts.ops.pw_reference.
+
+CPU float32/float64 run the C++ ops of csrc/pointwise.cpp: each (input, batch item) is one small GEMM on
+the tensors' own memory, where ATen's convolution or einsum would copy and permute. Elsewhere each one is a
+batched GEMM over (B, C, H*W) (torch.einsum), which cuBLAS runs well. Double backward is not supported.
+"""
+from typing import List, Sequence
+
+import torch
+from torch import Tensor
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def ops():
+    """torch.ops.emodarts with the pointwise ops loaded (JIT-building the extension if needed)."""
+    from .extension import load_ops
+
+    return load_ops("emodarts::pointwise_fwd", "emodarts::pointwise_bwd", "csrc/pointwise.cpp",
+                    lambda xs, ws: [x.new_empty(x.shape[0], w.shape[0], x.shape[2], x.shape[3]) for x, w in zip(xs, ws)],
+                    lambda grads, xs, ws: ([torch.empty_like(x) for x in xs], [torch.empty_like(w) for w in ws]))
+
+
+class _Pointwise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, n: int, *tensors: Tensor):
+        xs, ws = list(tensors[:n]), list(tensors[n:])
+        ctx.save_for_backward(*tensors)
+        ctx.n = n
+        return tuple(ops().pointwise_fwd(xs, ws))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        saved = ctx.saved_tensors
+        xs, ws = list(saved[: ctx.n]), list(saved[ctx.n:])
+        gs = [torch.zeros(x.shape[0], w.shape[0], *x.shape[2:], dtype=x.dtype) if g is None else g.contiguous()
+              for g, x, w in zip(grads, xs, ws)]
+        gxs, gws = ops().pointwise_bwd(gs, xs, ws)
+        return (None, *gxs, *gws)
+
+
+def einsum_pointwise(x: Tensor, w: Tensor) -> Tensor:
+    """A bias-free 1x1 convolution as one batched GEMM over (B, C, H*W)."""
+    b, c, h, wd = x.shape
+    o = w.shape[0]
+    return torch.einsum("oc,bcp->bop", w.reshape(o, c), x.reshape(b, c, h * wd)).view(b, o, h, wd)
+
+
+def pointwise_convs(xs: Sequence[Tensor], weights: Sequence[Tensor]) -> List[Tensor]:
+    """Same contract as pw_reference.pointwise_convs."""
+    if xs and all(x.device.type == "cpu" and x.dtype == xs[0].dtype for x in xs) and xs[0].dtype in _CPU_DTYPES \
+            and all(w.dtype == xs[0].dtype for w in weights) and not torch.is_autocast_enabled("cpu"):
+        return list(_Pointwise.apply(len(xs), *[x.contiguous() for x in xs], *[w.contiguous() for w in weights]))
+    return [einsum_pointwise(x, w) for x, w in zip(xs, weights)]
