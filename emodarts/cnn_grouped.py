@@ -46,16 +46,9 @@ def _batchable(op: nn.Module) -> bool:
         for h in halves)
 
 
-def _offset_grids(x_relu: Tensor) -> Tuple[Tensor, Tensor]:
-    """The two grids FactorizedReduce's stride-2 1x1 convolutions read: even rows and columns, and odd ones
-    of x zero-padded to even sizes (so both give ceil(n / 2) positions)."""
-    x = F.pad(x_relu, (0, x_relu.shape[-1] % 2, 0, x_relu.shape[-2] % 2))
-    return x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
-
-
 def factorized_reduces_pre_bn(ops: Sequence[FactorizedReduce], x_relu: Tensor, backend: "Backend") -> List[Tensor]:
     """FactorizedReduce ops that all read x, up to their batch norms: every 1x1 convolution in one call."""
-    even, odd = _offset_grids(x_relu)
+    even, odd = backend.offset_grids(x_relu)
     ys = backend.pointwise_convs([even] * len(ops) + [odd] * len(ops),
                                  [op.conv1.weight for op in ops] + [op.conv2.weight for op in ops])
     return [torch.cat([a, b], dim=1) for a, b in zip(ys[: len(ops)], ys[len(ops):])]
@@ -71,7 +64,7 @@ def preprocess(pre: nn.ModuleList, s0: Tensor, s1: Tensor, backend: "Backend") -
     xs, ws, zs = [], [], [None, None]
     for slot, (op, s) in enumerate(zip(pre, (s0, s1))):
         if isinstance(op, FactorizedReduce):
-            even, odd = _offset_grids(F.relu(s))
+            even, odd = backend.offset_grids(F.relu(s))
             xs += [even, odd]
             ws += [op.conv1.weight, op.conv2.weight]
         elif _is_pointwise(op[1]):

@@ -1,7 +1,8 @@
-"""The multi batch norm (csrc/multi_bn.cpp, emodarts/ops/bn_fused.py) and the multi pointwise convolution
-(csrc/pointwise.cpp, emodarts/ops/pw_fused.py) against their reference twins (one ATen call per module or
-weight): forward, every gradient, the running statistics, on fresh random inputs at awkward shapes, float32
-judged against a float64 oracle."""
+"""The multi batch norm (csrc/multi_bn.cpp, emodarts/ops/bn_fused.py), the multi pointwise convolution
+(csrc/pointwise.cpp, emodarts/ops/pw_fused.py) and the factorized reduce's offset grids
+(csrc/offset_grids.cpp, emodarts/ops/grids_fused.py) against their reference twins (one ATen call per
+module or weight, ATen views): forward, every gradient, the running statistics, on fresh random inputs at
+awkward shapes, float32 judged against a float64 oracle."""
 import copy
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from emodarts.errors import BackendError
-from emodarts.ops import bn_fused, bn_reference, pw_fused, pw_reference
+from emodarts.ops import bn_fused, bn_reference, grids_fused, grids_reference, pw_fused, pw_reference
 
 from parity import assert_parity
 
@@ -19,6 +20,7 @@ def ops():
     try:
         bn_fused.ops()
         pw_fused.ops()
+        grids_fused.ops()
     except BackendError as exc:
         pytest.fail(f"the C++ extension did not load: {exc}")
 
@@ -177,3 +179,23 @@ def test_fused_ops_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(old)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 7, 9), (3, 1, 1, 1), (2, 4, 6, 5), (1, 3, 5, 2)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_offset_grids_equal_the_slices(shape, dtype):
+    """Forward and gradient bit for bit (the op only moves values), odd sizes and 1x1 maps included, and a
+    non-contiguous input; a gradient for one grid only."""
+    torch.manual_seed(sum(shape))
+    base = torch.randn(shape[0], shape[1], shape[3], shape[2]).to(dtype)
+    for x in (torch.randn(*shape).to(dtype), base.transpose(2, 3)):
+        xf, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        fused, ref = grids_fused.offset_grids(xf), grids_reference.offset_grids(xr)
+        grads = [torch.randn_like(r) for r in ref]
+        assert all(torch.equal(f, r) for f, r in zip(fused, ref))
+        assert all(f.is_contiguous() for f in fused)
+        torch.autograd.backward(fused, grads)
+        torch.autograd.backward(ref, grads)
+        assert torch.equal(xf.grad, xr.grad)
+        assert torch.equal(torch.autograd.grad(grids_fused.offset_grids(xf)[1].sum(), xf)[0],
+                           torch.autograd.grad(grids_reference.offset_grids(xr)[1].sum(), xr)[0])

@@ -23,6 +23,7 @@ class Backend:
     multi_depthwise: Callable  # (xs, weights, dilations, stride) -> depthwise conv of each candidate
     batch_norms: Callable  # (xs, groups of BatchNorm2d) -> per x, every module of its group run on x
     pointwise_convs: Callable  # (xs, weights) -> bias-free 1x1 convolution of each x with its weight
+    offset_grids: Callable  # x -> (even, odd) sampling grids of the factorized reduce
     group_cnn: bool = False  # CNN cells grouped by source state (emodarts/cnn_grouped.py), not per candidate
 
 
@@ -51,15 +52,15 @@ def _pool_pair() -> Callable:
 def get_backend(name: str) -> Backend:
     """Return the named backend; a fused backend that is not built is an error, never a silent fallback."""
     if name == "reference":
-        from . import bn_reference, dw_reference, grouped_reference, pool_reference, pw_reference
+        from . import bn_reference, dw_reference, grids_reference, grouped_reference, pool_reference, pw_reference
         from .darts_reference import darts_rnn_reference
 
         return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent, darts_rnn_reference,
                        pool_reference.pool3x3_pair, dw_reference.multi_depthwise, bn_reference.batch_norms,
-                       pw_reference.pointwise_convs)
+                       pw_reference.pointwise_convs, grids_reference.offset_grids)
     if name == "fused":
         try:
-            from . import bn_fused, darts_fused, dw_fused, fused, grouped_recurrent, pw_fused
+            from . import bn_fused, darts_fused, dw_fused, fused, grids_fused, grouped_recurrent, pw_fused
         except ImportError as exc:
             raise BackendError(
                 "the fused backend is not built in this installation: its kernels are missing "
@@ -67,7 +68,7 @@ def get_backend(name: str) -> Backend:
             ) from exc
         return Backend("fused", fused.mixed_sum, _fp32_grouped(grouped_recurrent.grouped_recurrent),
                        darts_fused.darts_rnn_fused, _pool_pair(), dw_fused.multi_depthwise, bn_fused.batch_norms,
-                       pw_fused.pointwise_convs, group_cnn=True)
+                       pw_fused.pointwise_convs, grids_fused.offset_grids, group_cnn=True)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
