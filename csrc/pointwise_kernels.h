@@ -15,27 +15,7 @@ namespace EMODARTS_PWNS {
 
 constexpr int VB = EMODARTS_PWVB;
 
-template <typename T>
-struct V {
-  typedef T v __attribute__((vector_size(VB)));
-  static constexpr int n = VB / static_cast<int>(sizeof(T));
-  static v load(const T* p) {
-    v r;
-    std::memcpy(&r, p, sizeof(v));
-    return r;
-  }
-  static void store(T* p, v x) { std::memcpy(p, &x, sizeof(v)); }
-  static v splat(T c) {
-    v r;
-    for (int l = 0; l < n; ++l) r[l] = c;
-    return r;
-  }
-  static double total(v x) {
-    double s = 0.0;
-    for (int l = 0; l < n; ++l) s += static_cast<double>(x[l]);
-    return s;
-  }
-};
+#include "vec_ext.h"  // V<T>, for this namespace's VB
 
 // OB output rows starting at w (row stride C) and y (row stride ldy)
 template <typename T, int OB>
