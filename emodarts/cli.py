@@ -190,11 +190,14 @@ def run(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optio
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seq-space", type=click.Choice(list(SEQ_SPACES)), default=None,
               help="Sequential space to compare (default emodarts).")
+@click.option("--ulp-runs", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Reruns of the float32 reference from one-ulp-perturbed weights when a quantity fails "
+                   "(its error envelope); 0: judge against its one run.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report here.")
 @THREADS
 @friendly_errors
 def compare(preset: str, device: str, steps: int, second_order: bool, seed: int, batch_size: Optional[int],
-            seq_space: Optional[str], json_path: Optional[Path], threads: Optional[int]) -> None:
+            seq_space: Optional[str], ulp_runs: int, json_path: Optional[Path], threads: Optional[int]) -> None:
     """Run N search steps with the reference and with --fused from one state; exit 1 beyond tolerance."""
     from .compare import compare_backends, format_report
     from .features import FEATURE_PRESETS
@@ -203,7 +206,7 @@ def compare(preset: str, device: str, steps: int, second_order: bool, seed: int,
     cfg = build_config("search", {**parsed_options(), "corpus": "synthetic", "fused": True})
     check_backend(cfg)
     n_features, n_frames = FEATURE_PRESETS[preset].shape
-    report = compare_backends(cfg, steps, n_features, n_frames)
+    report = compare_backends(cfg, steps, n_features, n_frames, ulp_runs=ulp_runs)
     click.echo(format_report(report))
     if json_path:
         atomic_write_json(json_path, report)

@@ -32,6 +32,8 @@ def test_compare_fails_when_the_fused_path_is_perturbed(monkeypatch):
     assert "BEYOND TOLERANCE" in result.output
     # the reference's envelope was widened by every one-ulp rerun and still does not cover a 1e-3 error
     assert "and 4 rerun(s) from starting weights" in result.output
+    fewer = CliRunner().invoke(cli, ["compare", "--preset", "tiny", "--steps", "1", "--ulp-runs", "0"])
+    assert fewer.exit_code == 1 and "BEYOND TOLERANCE" in fewer.output and "rerun(s)" not in fewer.output
 
 
 def test_ulp_perturbation_moves_each_weight_by_at_most_one_ulp():
