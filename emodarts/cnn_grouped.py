@@ -8,9 +8,10 @@ For a state h with E outgoing edges (all of one stride):
 - skip_connect at stride 1 is h itself, for every edge;
 - ReLU(h) once, shared by every convolution candidate (sep_conv, dil_conv, the factorized reduce) of every
   edge; the first depthwise convolutions of all sep_conv / dil_conv candidates of all edges in one
-  `multi_depthwise` call, then each candidate's pointwise convolution and batch norm, then the separable
-  convolutions' second depthwise convolutions in one more call. Weights stay in the candidates' own
-  modules, so checkpoints, genotypes, the derived network and `compare` are unchanged.
+  `multi_depthwise` call, all their 1x1 convolutions (and the factorized reduces') in one `pointwise_convs`
+  call, every batch norm ending a candidate or a separable convolution's first half in one `batch_norms`
+  call, then the separable convolutions' second halves the same way (one call of each). Weights stay in the
+  candidates' own modules, so checkpoints, genotypes, the derived network and `compare` are unchanged.
 The per-candidate path (supernet._mixed_nodes) is the reference twin; the node sums take their inputs in
 the same order (source state, then candidate).
 """
@@ -58,24 +59,18 @@ def _is_pointwise(conv: nn.Conv2d) -> bool:
     return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.bias is None
 
 
+def _pre_bn(op: nn.Module, x: Tensor, backend: "Backend") -> Tensor:
+    """A ReLUConvBN or FactorizedReduce up to its batch norm."""
+    if isinstance(op, FactorizedReduce):
+        return factorized_reduces_pre_bn([op], F.relu(x), backend)[0]
+    conv = op[1]
+    return backend.pointwise_convs([F.relu(x)], [conv.weight])[0] if _is_pointwise(conv) else conv(F.relu(x))
+
+
 def preprocess(pre: nn.ModuleList, s0: Tensor, s1: Tensor, backend: "Backend") -> List[Tensor]:
-    """A cell's two preprocessing ops (ReLUConvBN or FactorizedReduce): their 1x1 convolutions in one
-    pointwise_convs call and their batch norms in one batch_norms call."""
-    xs, ws, zs = [], [], [None, None]
-    for slot, (op, s) in enumerate(zip(pre, (s0, s1))):
-        if isinstance(op, FactorizedReduce):
-            even, odd = backend.offset_grids(F.relu(s))
-            xs += [even, odd]
-            ws += [op.conv1.weight, op.conv2.weight]
-        elif _is_pointwise(op[1]):
-            xs.append(F.relu(s))
-            ws.append(op[1].weight)
-        else:
-            zs[slot] = op[1](F.relu(s))
-    ys = iter(backend.pointwise_convs(xs, ws)) if xs else iter(())
-    for slot, op in enumerate(pre):
-        if zs[slot] is None:
-            zs[slot] = torch.cat([next(ys), next(ys)], dim=1) if isinstance(op, FactorizedReduce) else next(ys)
+    """A cell's two preprocessing ops (ReLUConvBN or FactorizedReduce), their batch norms in one batch_norms
+    call."""
+    zs = [_pre_bn(op, s, backend) for op, s in zip(pre, (s0, s1))]
     bns = [[op.bn if isinstance(op, FactorizedReduce) else op[2]] for op in pre]
     return [ys[0] for ys in backend.batch_norms(zs, bns)]
 
@@ -114,9 +109,6 @@ def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence
         for k, name in pools:
             first_bns.add(pooled[POOLS[name]], [ops[name][1] for ops in edge_ops],
                           [(e, k) for e in range(len(edge_ops))])
-    names = [name for _, name in active if name not in POOLS]
-    needs_relu = any(_batchable(ops[n]) or isinstance(ops[n], FactorizedReduce) for ops in edge_ops for n in names)
-    relu_h = F.relu(h) if needs_relu else None
     batched = []  # (edge, candidate, module) of the sep/dil convolutions computed together
     reduces = []  # (edge, candidate, module) of the factorized reduces
     for k, name in active:
@@ -130,6 +122,7 @@ def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence
                 reduces.append((e, k, op))
             else:
                 out[e][k] = op(h)
+    relu_h = F.relu(h) if batched or reduces else None
     if reduces:
         for (e, k, op), z in zip(reduces, factorized_reduces_pre_bn([op for *_, op in reduces], relu_h, backend)):
             first_bns.add(z, [op.bn], [(e, k)])

@@ -86,16 +86,14 @@ class MixedCnnCell(nn.Module):
         self.dropout = BatchDropout(cfg.dropout)
 
     def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend, beta: Optional[Tensor] = None) -> Tensor:
+        states = preprocess(self.pre, s0, s1, backend) if backend.group_cnn else [self.pre[0](s0), self.pre[1](s1)]
         if backend.group_cnn:
-            states = preprocess(self.pre, s0, s1, backend)
             nodes = grouped_cnn_nodes(states, self.edges, self.active, alpha, self.n_nodes, self.reduction,
                                       backend, self.k, beta)
         elif self.k > 1:
-            states = [self.pre[0](s0), self.pre[1](s1)]
             nodes = _partial_channel_nodes(states, self.edges, self.active, alpha, beta, self.n_nodes, self.k,
                                            self.reduction, backend.mixed_sum)
         else:
-            states = [self.pre[0](s0), self.pre[1](s1)]
             nodes = _mixed_nodes(states, self.edges, self.active, alpha, self.n_nodes, backend.mixed_sum)
         return self.dropout(torch.cat(nodes, dim=1))
 

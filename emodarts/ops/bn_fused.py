@@ -5,8 +5,9 @@
 A group is every module that normalises the same input (a pool's batch norm on every edge leaving a state:
 during the search they have no parameters, so one normalisation serves them all); most groups hold one
 module. Groups of plain affine-free BatchNorm2d modules in training mode are normalised together with each
-module's running statistics moved as its own forward would move them; anything else (eval mode, affine,
-the data-parallel GlobalBatchNorm2d, momentum None mixed in) goes module by module.
+module's running statistics moved as its own forward would move them (momentum, or the cumulative average
+where momentum is None); anything else (eval mode, affine, the data-parallel GlobalBatchNorm2d, modules of
+one group with different eps) goes module by module.
 
 CPU float32/float64 run the C++ ops of csrc/multi_bn.cpp (every input in one call, forward and backward;
 the backward needs only the outputs and 1/std, so the inputs are not kept); other devices and dtypes run

@@ -32,10 +32,6 @@ class DilConv(nn.Sequential):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
-    def forward_from_relu(self, x_relu: Tensor) -> Tensor:
-        """The op on an input already through its ReLU (shared by every candidate of a state)."""
-        return self[3](self[2](self[1](x_relu)))
-
 
 class SepConv(nn.Sequential):
     """Two DilConv blocks with dilation 1 (the first carries the stride)."""
@@ -45,9 +41,6 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
-
-    def forward_from_relu(self, x_relu: Tensor) -> Tensor:
-        return self[1](self[0].forward_from_relu(x_relu))
 
 
 class FactorizedReduce(nn.Module):
@@ -63,10 +56,8 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_from_relu(self.relu(x))
-
-    def forward_from_relu(self, x_relu: Tensor) -> Tensor:
         # pad odd sizes so both grids give ceil(n / 2) positions
+        x_relu = self.relu(x)
         x = F.pad(x_relu, (0, x_relu.shape[-1] % 2, 0, x_relu.shape[-2] % 2))
         return self.bn(torch.cat([self.conv1(x), self.conv2(x[:, :, 1:, 1:])], dim=1))
 
