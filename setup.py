@@ -27,7 +27,7 @@ import platform
 
 from setuptools import setup
 
-PACKAGES = ["emodarts", "emodarts.data", "emodarts.ops", "emodarts.kernels"]
+PACKAGES = ["emodarts", "emodarts.cli", "emodarts.data", "emodarts.engine", "emodarts.features", "emodarts.model", "emodarts.ops", "emodarts.runtime", "emodarts.kernels"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -130,7 +130,7 @@ if __name__ == "__main__":  # pip's build backend runs this file as __main__; te
         ]
         + (["triton"] if linux_x86 else []),
         extras_require={"test": ["pytest", "hypothesis", "ninja"]},
-        entry_points={"console_scripts": ["emodarts=emodarts.cli:main"]},
+        entry_points={"console_scripts": ["emodarts=emodarts.cli.commands:main"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

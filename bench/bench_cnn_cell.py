@@ -1,5 +1,5 @@
 """One mixed CNN cell: per-candidate modules (the reference) vs torch.compile of them vs the cell grouped by
-source state with the fused kernels (emodarts/cnn_grouped.py: pools once per state, one multi-depthwise call
+source state with the fused kernels (emodarts/model/cnn_grouped.py: pools once per state, one multi-depthwise call
 per half of the convolutions, shared ReLU and batch norms).
 
 Workload: the first normal cell and the first reduction cell of the `tiny` and `paper` presets, at the
@@ -25,10 +25,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from common import add_run_options, header, run_settings, timed_round_robin, write_json  # noqa: E402
 
-from emodarts.config import PRESETS  # noqa: E402
+from emodarts.engine.config import PRESETS  # noqa: E402
 from emodarts.features import FEATURE_PRESETS  # noqa: E402
 from emodarts.ops.backend import get_backend  # noqa: E402
-from emodarts.supernet import Supernet  # noqa: E402
+from emodarts.model.supernet import Supernet  # noqa: E402
 
 
 def cell_inputs(net: Supernet, preset: str, index: int, batch: int, device: torch.device):

@@ -7,7 +7,7 @@ Workload: one DARTS layer, darts_rnn(x_proj, h0, w0h, ws, probs) -> hs (T, B, H)
 Inputs as the search cell makes them: x_proj = (x W0x)^T, a transposed batch-first tensor (not
 contiguous), h0 = 0, W0x / w0h / ws ~ uniform(-0.04, 0.04) (the DARTS init), probs = the 4 activation
 columns of softmax(alpha) over 5 candidates with alpha = 0 (the start of a search), each node's rows divided
-by its number of predecessors, as emodarts.darts_cell.MixedDartsCell does (summed instead of averaged over
+by its number of predecessors, as emodarts.model.darts_cell.MixedDartsCell does (summed instead of averaged over
 predecessors, the 8-node cell's states grow geometrically and overflow at T = 32). The script checks that the
 outputs are finite and that the three implementations agree.
 

@@ -128,8 +128,8 @@ class Timer:
 
 
 def steady_heap() -> bool:
-    """glibc keeps freed memory (emodarts/heap.py), for every implementation alike."""
-    from emodarts.heap import keep_freed_memory
+    """glibc keeps freed memory (emodarts/runtime/heap.py), for every implementation alike."""
+    from emodarts.runtime.heap import keep_freed_memory
 
     return keep_freed_memory()
 

@@ -31,12 +31,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from common import RESULTS, header, median_time, write_json  # noqa: E402
 
-from emodarts.architect import Architect  # noqa: E402
-from emodarts.config import PRESETS, with_seq_space  # noqa: E402
+from emodarts.engine.architect import Architect  # noqa: E402
+from emodarts.engine.config import PRESETS, with_seq_space  # noqa: E402
 from emodarts.features import FEATURE_PRESETS  # noqa: E402
-from emodarts.space import SEQ_SUBSETS  # noqa: E402
-from emodarts.supernet import Supernet  # noqa: E402
-from emodarts.train import weight_step  # noqa: E402
+from emodarts.model.space import SEQ_SUBSETS  # noqa: E402
+from emodarts.model.supernet import Supernet  # noqa: E402
+from emodarts.engine.train import weight_step  # noqa: E402
 
 MODES = ("reference", "compile", "fused")
 
@@ -80,7 +80,7 @@ def measure(job: dict) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(job.get("threads") or 1)
     if job.get("heap") == "steady":
-        from emodarts.heap import keep_freed_memory
+        from emodarts.runtime.heap import keep_freed_memory
 
         job = {**job, "heap_applied": keep_freed_memory()}
     cfg = PRESETS[job["preset"]]
@@ -201,7 +201,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed steps per configuration (default 7, quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1)")
     p.add_argument("--heap", default="default", choices=["default", "steady"],
-                   help="steady: glibc keeps freed memory in every configuration (emodarts/heap.py)")
+                   help="steady: glibc keeps freed memory in every configuration (emodarts/runtime/heap.py)")
     p.add_argument("--breakdown", action="store_true",
                    help="also time forward+backward of the CNN part and of the sequential part")
     p.add_argument("--orders", default="1,2", help="1: first order, 2: second order (comma list)")

@@ -3,7 +3,7 @@
 Why: on a small machine shared with another CPU job, idle OpenMP workers that spin-wait after every small op
 steal the core the busy job needs, and every parallel region then waits for a worker the OS has descheduled:
 a user measured a search epoch at 346 s with 2 threads against 45 s with 1 (issue 11). This benchmark
-measures what the CLI's default (`--threads`, emodarts/threads.py) is chosen from: the tiny preset's search
+measures what the CLI's default (`--threads`, emodarts/runtime/threads.py) is chosen from: the tiny preset's search
 step (first order, both backends) at 1 and all threads, with OpenMP's default (spinning) and PASSIVE wait
 policies (and libgomp's spin count), alone and beside `--busy N` busy-looping processes (default 1).
 
@@ -28,11 +28,11 @@ def worker(job: dict) -> dict:
     """Time `steps` search steps of the tiny preset in this process (threads and wait policy already set)."""
     import torch
 
-    from emodarts.architect import Architect
-    from emodarts.config import PRESETS
+    from emodarts.engine.architect import Architect
+    from emodarts.engine.config import PRESETS
     from emodarts.features import FEATURE_PRESETS
-    from emodarts.supernet import Supernet
-    from emodarts.train import weight_step
+    from emodarts.model.supernet import Supernet
+    from emodarts.engine.train import weight_step
 
     torch.set_num_threads(job["threads"])
     cfg = PRESETS[job["preset"]]

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 
 from .layout import is_flat, max_offset, out_strides, plan_strided, result_dtype
 

@@ -40,7 +40,7 @@ def tiny_synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def suite_threads():
-    """The whole suite on one intra-op thread, as the CLI's default (emodarts/threads.py): on a small shared
+    """The whole suite on one intra-op thread, as the CLI's default (emodarts/runtime/threads.py): on a small shared
     CPU, two threads beside another busy process make every step 2.5-3.5x slower (bench/bench_threads.py).
     Tests that want threads raise it locally."""
     import torch

@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from emodarts.config import ModelConfig, RunConfig, SearchConfig, TrainConfig
-from emodarts.run_data import RunData, TensorSplit
+from emodarts.engine.config import ModelConfig, RunConfig, SearchConfig, TrainConfig
+from emodarts.engine.run_data import RunData, TensorSplit
 
 SMALL_SEQ = ("none", "skip_connect", "lstm_1", "rnn_2", "lstm_att_1", "rnn_att_1")
 
@@ -55,7 +55,7 @@ def invoke_cli(*args: str):
     """The `emodarts` command run in this process (click's CliRunner)."""
     from click.testing import CliRunner
 
-    from emodarts.cli import cli
+    from emodarts.cli.commands import cli
 
     return CliRunner().invoke(cli, [*args])
 

@@ -4,7 +4,7 @@ import pytest
 
 from emodarts.data import EMOTIONS, Utterance
 from emodarts.data.splits import search_halves
-from emodarts.errors import DataError
+from emodarts.runtime.errors import DataError
 
 
 def _utts(n_speakers=7, per_label=20):

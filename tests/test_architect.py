@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from emodarts.architect import Architect, _virtual_step, cross_entropy_loss, unrolled_alpha_grad
-from emodarts.supernet import Supernet
+from emodarts.engine.architect import Architect, _virtual_step, cross_entropy_loss, unrolled_alpha_grad
+from emodarts.model.supernet import Supernet
 
 from helpers import small_model_config
 
@@ -124,7 +124,7 @@ def test_bf16_second_order_gradient_is_close_to_float32(monkeypatch, dropout):
     (autocast's cached bf16 copy of w served the passes at w', w+ and w-: a Hessian term of zero), and with
     the finite difference itself in bf16, 0.089 and 0.16 (w +- eps dw' round to nearly the same bf16
     weights)."""
-    from emodarts.precision import autocast
+    from emodarts.runtime.precision import autocast
 
     net, opt, batch = _setup(monkeypatch, dropout)
     net.float()

@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from emodarts.config import PRESETS, TrainConfig, load_config
-from emodarts.derive import derive_genotype
-from emodarts.network import DerivedNetwork
-from emodarts.supernet import Supernet
-from emodarts.train import (build_final_network, load_final_network, predict, run_evaluate, run_train,
+from emodarts.engine.config import PRESETS, TrainConfig, load_config
+from emodarts.model.derive import derive_genotype
+from emodarts.model.network import DerivedNetwork
+from emodarts.model.supernet import Supernet
+from emodarts.engine.train import (build_final_network, load_final_network, predict, run_evaluate, run_train,
                             sharded_cross_entropy)
 
 from helpers import random_run_data, small_model_config, small_run_config
@@ -131,7 +131,7 @@ def _make_legacy(run_dir, cfg):
 
 
 def test_runs_of_older_versions_load_evaluate_resume_and_predict(tmp_path):
-    from emodarts.predict import load_predictor
+    from emodarts.cli.predict import load_predictor
 
     data = random_run_data()
     g = _genotype()

@@ -11,11 +11,11 @@ import soundfile as sf
 from click.testing import CliRunner
 
 import emodarts.features as F
-from emodarts.cli import cli
-from emodarts.cv import load_protocol_data
+from emodarts.cli.commands import cli
+from emodarts.engine.cv import load_protocol_data
 from emodarts.data.registry import load_protocol
 from emodarts.data.report import SkipReport, read_report
-from emodarts.errors import DataError
+from emodarts.runtime.errors import DataError
 from emodarts.features import FEATURE_PRESETS, extract_mfcc, read_audio
 
 from replicas import make_csv_corpus, make_iemocap, make_msp_podcast, tiny_wav

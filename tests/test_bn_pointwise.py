@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 from emodarts.ops import bn_fused, bn_reference, grids_fused, grids_reference, pw_fused, pw_reference
 
 from parity import assert_parity

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emodarts.config import PRESETS, with_overrides
+from emodarts.engine.config import PRESETS, with_overrides
 
 from helpers import invoke_cli, one_error_line
 from replicas import make_csv_corpus
@@ -41,9 +41,9 @@ def csv_corpus(tmp_path, monkeypatch):
 
 def _no_data(monkeypatch):
     """Fail the test if a command loads data (the check under test must come first)."""
-    import emodarts.pipeline
+    import emodarts.engine.pipeline
 
-    monkeypatch.setattr(emodarts.pipeline, "prepare_data", lambda *a, **k: pytest.fail("data were loaded"))
+    monkeypatch.setattr(emodarts.engine.pipeline, "prepare_data", lambda *a, **k: pytest.fail("data were loaded"))
 
 
 # ----------------------------------------------------------------------------------------- devices
@@ -85,13 +85,13 @@ def test_a_failed_run_keeps_its_skipped_files_report_and_allows_a_retry(tmp_path
 
 
 def test_a_given_folder_keeps_its_own_files_after_a_failure(tmp_path, monkeypatch):
-    import emodarts.pipeline
-    from emodarts.errors import DataError
+    import emodarts.engine.pipeline
+    from emodarts.runtime.errors import DataError
 
     def fail(*a, **k):
         raise DataError("no usable utterances")
 
-    monkeypatch.setattr(emodarts.pipeline, "prepare_data", fail)
+    monkeypatch.setattr(emodarts.engine.pipeline, "prepare_data", fail)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
@@ -100,13 +100,13 @@ def test_a_given_folder_keeps_its_own_files_after_a_failure(tmp_path, monkeypatc
 
 
 def test_interrupt_names_the_run_folder(tmp_path, monkeypatch):
-    import emodarts.pipeline
-    import emodarts.train
+    import emodarts.engine.pipeline
+    import emodarts.engine.train
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(emodarts.pipeline, "prepare_data", interrupt)
+    monkeypatch.setattr(emodarts.engine.pipeline, "prepare_data", interrupt)
     out = tmp_path / "r"
     result = invoke_cli("search", "--out", str(out), "--no-progress")
     assert result.exit_code == 130 and f"run folder: {out}" in result.output
@@ -117,8 +117,8 @@ def test_interrupt_names_the_run_folder(tmp_path, monkeypatch):
         (run_dir / "checkpoint.pt").write_bytes(b"")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(emodarts.pipeline, "prepare_data", lambda *a, **k: None)
-    monkeypatch.setattr(emodarts.train, "run_search", checkpoint_then_interrupt)
+    monkeypatch.setattr(emodarts.engine.pipeline, "prepare_data", lambda *a, **k: None)
+    monkeypatch.setattr(emodarts.engine.train, "run_search", checkpoint_then_interrupt)
     result = invoke_cli("search", "--out", str(out), "--no-progress")
     assert result.exit_code == 130 and f"continue with --resume {out}" in result.output
     assert (out / "config.json").is_file()
@@ -159,7 +159,7 @@ def test_genotype_that_does_not_fit_the_options_is_refused_before_data(tmp_path,
 
 
 def test_cv_takes_the_cells_from_the_genotype(tmp_path, monkeypatch):
-    import emodarts.cv
+    import emodarts.engine.cv
 
     seen = {}
 
@@ -167,7 +167,7 @@ def test_cv_takes_the_cells_from_the_genotype(tmp_path, monkeypatch):
         seen["model"] = cfg.model
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(emodarts.cv, "run_cv", fake_run_cv)
+    monkeypatch.setattr(emodarts.engine.cv, "run_cv", fake_run_cv)
     g = _write(tmp_path / "g.json", _genotype(cnn_nodes=3))
     result = invoke_cli("cv", "--genotype", str(g), "--out", str(tmp_path / "c"), "--no-progress")
     assert result.exit_code == 130 and seen["model"].cnn_nodes == 3, result.output
@@ -224,10 +224,10 @@ def test_malformed_config_on_resume_is_one_line(tmp_path, monkeypatch, text, exp
 
 # ----------------------------------------------------------------------------------- small things
 def test_threads_option_is_applied_first(tmp_path, monkeypatch):
-    import emodarts.threads
+    import emodarts.runtime.threads
 
     seen = []
-    monkeypatch.setattr(emodarts.threads, "apply_threads", lambda n: seen.append(n) or (n or 1))
+    monkeypatch.setattr(emodarts.runtime.threads, "apply_threads", lambda n: seen.append(n) or (n or 1))
     for args in (["search"], ["train"], ["run"], ["cv"], ["compare"]):
         invoke_cli(*args, "--threads", "3", "--device", "gpu")
     assert seen == [3] * 5
@@ -243,9 +243,9 @@ def _rows(extension_ok: bool):
     (False, [], 0), (False, ["--fused"], 1), (True, ["--fused"], 0), (True, ["--device", "cuda:99"], 1),
     (True, ["--device", "cpu"], 0), (True, ["--device", "cuda:0", "--fused"], 1)])
 def test_doctor_exits_1_when_what_was_asked_for_is_missing(monkeypatch, ext_ok, args, code):
-    import emodarts.doctor
+    import emodarts.cli.doctor
 
-    monkeypatch.setattr(emodarts.doctor, "checks", lambda: _rows(ext_ok))
+    monkeypatch.setattr(emodarts.cli.doctor, "checks", lambda: _rows(ext_ok))
     result = invoke_cli("doctor", *args)
     assert result.exit_code == code, result.output
     assert ("unavailable:" in result.output) == bool(code)

@@ -4,24 +4,24 @@ import json
 
 import pytest
 
-from emodarts.config import PRESETS
+from emodarts.engine.config import PRESETS
 
 from helpers import invoke_cli, one_error_line
 
 
 def _no_data(monkeypatch):
-    import emodarts.pipeline
+    import emodarts.engine.pipeline
 
-    monkeypatch.setattr(emodarts.pipeline, "prepare_data", lambda *a, **k: pytest.fail("data were loaded"))
+    monkeypatch.setattr(emodarts.engine.pipeline, "prepare_data", lambda *a, **k: pytest.fail("data were loaded"))
 
 
 @pytest.fixture
 def recorded(monkeypatch):
     """Commands stop at their first phase (after writing a checkpoint, so the folder stays): the
     configuration each phase got is kept."""
-    import emodarts.cv
-    import emodarts.pipeline
-    import emodarts.train
+    import emodarts.engine.cv
+    import emodarts.engine.pipeline
+    import emodarts.engine.train
 
     seen = {}
 
@@ -33,10 +33,10 @@ def recorded(monkeypatch):
             raise KeyboardInterrupt
         return fake
 
-    monkeypatch.setattr(emodarts.pipeline, "prepare_data", lambda *a, **k: None)
-    monkeypatch.setattr(emodarts.train, "run_search", stop("search"))
-    monkeypatch.setattr(emodarts.train, "run_train", lambda cfg, g, data, run_dir, **k: stop("train")(cfg, data, run_dir))
-    monkeypatch.setattr(emodarts.cv, "run_cv", stop("cv"))
+    monkeypatch.setattr(emodarts.engine.pipeline, "prepare_data", lambda *a, **k: None)
+    monkeypatch.setattr(emodarts.engine.train, "run_search", stop("search"))
+    monkeypatch.setattr(emodarts.engine.train, "run_train", lambda cfg, g, data, run_dir, **k: stop("train")(cfg, data, run_dir))
+    monkeypatch.setattr(emodarts.engine.cv, "run_cv", stop("cv"))
     return seen
 
 

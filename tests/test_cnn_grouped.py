@@ -1,4 +1,4 @@
-"""The CNN cells grouped by source state (emodarts/cnn_grouped.py) against the per-candidate reference path:
+"""The CNN cells grouped by source state (emodarts/model/cnn_grouped.py) against the per-candidate reference path:
 the same logits, every gradient and every batch-norm running statistic, on fresh random inputs, at awkward
 shapes. The grouping runs here with the reference's kernels (a Backend with group_cnn=True), so any
 difference is the grouping's own; tests/test_fused_supernet.py checks it with the fused kernels."""
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from emodarts.ops.backend import get_backend
-from emodarts.space import CNN_PRIMITIVES
-from emodarts.supernet import Supernet
+from emodarts.model.space import CNN_PRIMITIVES
+from emodarts.model.supernet import Supernet
 
 from helpers import small_model_config
 from parity import assert_parity
@@ -100,7 +100,7 @@ def test_non_contiguous_input():
 
 def test_all_primitives_are_known():
     """The grouping covers every CNN candidate (a new one would need a rule in cnn_grouped.py)."""
-    from emodarts.cnn_grouped import POOLS, _batchable
+    from emodarts.model.cnn_grouped import POOLS, _batchable
     from emodarts.ops.cnn import FactorizedReduce, make_cnn_op
 
     for name in CNN_PRIMITIVES:

@@ -3,9 +3,9 @@ import json
 
 import torch
 
-from emodarts.derive import count_op, derive_cell
-from emodarts.space import CNN_PRIMITIVES
-from emodarts.train import run_search
+from emodarts.model.derive import count_op, derive_cell
+from emodarts.model.space import CNN_PRIMITIVES
+from emodarts.engine.train import run_search
 
 from helpers import random_run_data, small_run_config
 

@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from emodarts.cli import cli
+from emodarts.cli.commands import cli
 
 
 @pytest.mark.parametrize("order", [[], ["--second-order"]])
@@ -39,7 +39,7 @@ def test_compare_fails_when_the_fused_path_is_perturbed(monkeypatch):
 def test_ulp_perturbation_moves_each_weight_by_at_most_one_ulp():
     import torch
 
-    from emodarts.compare import ulp_perturbed
+    from emodarts.engine.compare import ulp_perturbed
 
     state = {"w": torch.randn(4000), "d": torch.randn(300, dtype=torch.float64) * 1e-30,
              "n": torch.tensor([3, 4]), "z": torch.zeros(50)}

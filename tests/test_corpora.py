@@ -11,7 +11,7 @@ from emodarts.data.protocols import (
     format_counts, get_protocol, known_protocols, n_dev_speakers, save_counts)
 from emodarts.data.registry import known_corpora, load_corpus, load_native, load_protocol
 from emodarts.data.report import SkipReport
-from emodarts.errors import DataError
+from emodarts.runtime.errors import DataError
 
 from replicas import make_csv_corpus, make_iemocap, make_msp_improv, make_msp_podcast
 

@@ -161,7 +161,7 @@ def test_torchaudio_backend_entry_is_reused(tmp_path, monkeypatch, librosa_warm)
 
 
 def test_features_command_torchaudio_and_workers(tmp_path, librosa_warm):
-    from emodarts.cli import cli
+    from emodarts.cli.commands import cli
     from replicas import make_csv_corpus
 
     manifest, recs = make_csv_corpus(tmp_path / "c", n_speakers=4, per_speaker=3)

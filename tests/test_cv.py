@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from emodarts.cli import cli
-from emodarts.config import PRESETS, with_overrides
-from emodarts.cv import format_results, load_protocol_data, parse_folds, prepare_fold_data, summarize
-from emodarts.errors import DataError
+from emodarts.cli.commands import cli
+from emodarts.engine.config import PRESETS, with_overrides
+from emodarts.engine.cv import format_results, load_protocol_data, parse_folds, prepare_fold_data, summarize
+from emodarts.runtime.errors import DataError
 
 from replicas import make_iemocap
 
@@ -56,9 +56,9 @@ def test_prepare_fold_data(replica, tmp_path, librosa_warm):
 def test_run_data_has_one_home():
     """RunData and class_list are defined once; their former homes still hand out the same objects."""
     import emodarts.data.protocols as protocols
-    import emodarts.pipeline as pipeline
-    import emodarts.run_data as run_data
-    import emodarts.train as train
+    import emodarts.engine.pipeline as pipeline
+    import emodarts.engine.run_data as run_data
+    import emodarts.engine.train as train
 
     assert train.RunData is run_data.RunData and train.TensorSplit is run_data.TensorSplit
     assert pipeline.class_list is protocols.class_list and pipeline.split_summary is run_data.split_summary
@@ -183,7 +183,7 @@ def test_cv_errors(replica, home, tmp_path):
 
 
 def test_prepare_data_follows_the_fold_and_the_alpha_split(replica, tmp_path, librosa_warm):
-    from emodarts.pipeline import prepare_data
+    from emodarts.engine.pipeline import prepare_data
 
     cache = tmp_path / "cache"
     cfg = with_overrides(PRESETS["tiny"], corpus="iemocap", root=str(replica), protocol="standard")
@@ -210,7 +210,7 @@ def test_prepare_data_follows_the_fold_and_the_alpha_split(replica, tmp_path, li
 
 
 def test_prepare_data_with_protocol_uses_fold_0(replica, tmp_path, librosa_warm):
-    from emodarts.pipeline import prepare_data
+    from emodarts.engine.pipeline import prepare_data
 
     cfg = with_overrides(PRESETS["tiny"], corpus="iemocap", root=str(replica))
     data = prepare_data(cfg, progress=False, cache_dir=tmp_path / "cache", protocol="paper-code")

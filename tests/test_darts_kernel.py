@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 from emodarts.ops import darts_fused as df
 from emodarts.ops import extension_cuda
 from emodarts.ops import grouped_recurrent as gr

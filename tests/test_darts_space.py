@@ -7,17 +7,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from emodarts.cli import cli
-from emodarts.darts_cell import FixedDartsCell, MixedDartsCell
-from emodarts.derive import derive_cell, derive_genotype
-from emodarts.errors import GenotypeError
-from emodarts.network import DerivedNetwork
+from emodarts.cli.commands import cli
+from emodarts.model.darts_cell import FixedDartsCell, MixedDartsCell
+from emodarts.model.derive import derive_cell, derive_genotype
+from emodarts.runtime.errors import GenotypeError
+from emodarts.model.network import DerivedNetwork
 from emodarts.ops.backend import get_backend
 from emodarts.ops.darts_reference import DARTS_ACTIVATIONS, darts_rnn_reference, edge_index, n_darts_edges
-from emodarts.space import (DARTS_SEQ_PRIMITIVES, CellGenotype, check_genotype_fits, genotype_from_dict, n_edges,
+from emodarts.model.space import (DARTS_SEQ_PRIMITIVES, CellGenotype, check_genotype_fits, genotype_from_dict, n_edges,
                             save_genotype, load_genotype)
-from emodarts.supernet import Supernet
-from emodarts.train import run_search, run_train
+from emodarts.model.supernet import Supernet
+from emodarts.engine.train import run_search, run_train
 
 from helpers import random_run_data, small_model_config, small_run_config
 

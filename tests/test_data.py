@@ -11,7 +11,7 @@ from emodarts.data.manifest import read_manifest, write_manifest
 from emodarts.data.registry import known_corpora, load_corpus
 from emodarts.data.splits import search_halves, speaker_gender, speaker_split
 from emodarts.data.synthetic import MANIFEST_NAME, STAMP_NAME, ensure_synthetic_corpus
-from emodarts.errors import DataError
+from emodarts.runtime.errors import DataError
 
 
 def _wav(path: Path, n=1600, sr=16000):

@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from emodarts.distributed import BatchDropout, DistInfo, global_batch, set_info
+from emodarts.runtime.distributed import BatchDropout, DistInfo, global_batch, set_info
 from emodarts.ops.cnn import drop_path
-from emodarts.train import run_search, run_train
+from emodarts.engine.train import run_search, run_train
 
 from helpers import random_run_data, small_run_config
 

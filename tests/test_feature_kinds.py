@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import emodarts.features as F
-from emodarts.config import RunConfig, config_from_dict, load_config
+from emodarts.engine.config import RunConfig, config_from_dict, load_config
 from emodarts.data import Utterance
 from emodarts.data.manifest import read_manifest, write_manifest
 from emodarts.data.report import SkipReport
-from emodarts.errors import DataError, EmodartsError
-from emodarts.train import RunData, TensorSplit, run_search, run_train
+from emodarts.runtime.errors import DataError, EmodartsError
+from emodarts.engine.train import RunData, TensorSplit, run_search, run_train
 
 from helpers import small_run_config
 from replicas import tiny_wav
@@ -252,7 +252,7 @@ def test_npy_features_of_another_height_run_end_to_end(tmp_path):
     genotype = run_search(cfg, data, tmp_path / "run", progress=False)
     run_train(cfg, genotype, data, tmp_path / "run", progress=False)
     (tmp_path / "run" / "config.json").write_text(json.dumps(cfg.to_dict()))
-    from emodarts.predict import predict_files
+    from emodarts.cli.predict import predict_files
 
     out = predict_files(tmp_path / "run", [utts[20].features, tmp_path / "c" / "feats" / "absent.npy"])
     assert out[0]["label"] in classes and abs(sum(out[0]["probs"].values()) - 1) < 1e-5
@@ -273,10 +273,10 @@ def test_features_option_on_the_command_line(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads((out / "config.json").read_text())["features"] == "npy"
     assert 0.0 <= json.loads((out / "metrics.json").read_text())["ua"] <= 1.0
-    import emodarts.cv
+    import emodarts.engine.cv
 
     seen = {}
-    monkeypatch.setattr(emodarts.cv, "load_protocol_data", lambda *a, **k: seen.update(k) or (_ for _ in ()).throw(
+    monkeypatch.setattr(emodarts.engine.cv, "load_protocol_data", lambda *a, **k: seen.update(k) or (_ for _ in ()).throw(
         KeyboardInterrupt))
     invoke_cli("features", "--corpus", "csv", "--root", str(manifest), "--features", "logmel",
                "--cache-dir", str(tmp_path / "cache"))

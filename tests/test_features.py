@@ -11,7 +11,7 @@ import emodarts.features as F
 from emodarts.data import Utterance
 from emodarts.data.manifest import read_manifest
 from emodarts.data.synthetic import MANIFEST_NAME
-from emodarts.errors import DataError
+from emodarts.runtime.errors import DataError
 from emodarts.features import FEATURE_PRESETS, FeatureConfig, build_features, extract_mfcc, load_audio
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from emodarts.space import DARTS_SEQ_PRIMITIVES
-from emodarts.supernet import Supernet
+from emodarts.model.space import DARTS_SEQ_PRIMITIVES
+from emodarts.model.supernet import Supernet
 
 from helpers import run_in_fresh_process, small_model_config
 from parity import assert_parity

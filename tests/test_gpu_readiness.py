@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from emodarts import checkpoint
+from emodarts.engine import checkpoint
 from emodarts.ops import extension, extension_cuda
 from emodarts.ops import grouped_recurrent as gr
 
@@ -165,7 +165,7 @@ def test_ensure_cuda_prefers_the_installed_kernels(monkeypatch):
 def test_a_cuda_library_without_the_op_is_not_rebuilt_in_process(monkeypatch):
     """A CUDA library loaded earlier in the process that lacks an operator's kernels is an error that says to
     restart, not a second build over the first."""
-    from emodarts.errors import BackendError
+    from emodarts.runtime.errors import BackendError
     from emodarts.ops import darts_fused as df
 
     calls = []
@@ -333,8 +333,8 @@ def test_fused_supernet_forward_backward_builds_no_host_tensors(seq_space, monke
     """A whole fused supernet forward + backward (C++ ops on the CPU, the Triton mixed sum under the
     interpreter when it runs) reads no scalar and builds no host tensor after the first call. On a GPU the
     same step runs under set_sync_debug_mode("error") (tests/test_gpu_supernet.py)."""
-    from emodarts.space import DARTS_SEQ_PRIMITIVES
-    from emodarts.supernet import Supernet
+    from emodarts.model.space import DARTS_SEQ_PRIMITIVES
+    from emodarts.model.supernet import Supernet
 
     from helpers import small_model_config
 

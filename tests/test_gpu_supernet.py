@@ -24,8 +24,8 @@ import pytest
 import torch
 from torch import nn
 
-from emodarts.space import DARTS_SEQ_PRIMITIVES
-from emodarts.supernet import Supernet
+from emodarts.model.space import DARTS_SEQ_PRIMITIVES
+from emodarts.model.supernet import Supernet
 
 from helpers import random_run_data, small_model_config, small_run_config, sync_debug
 from test_fused_supernet import judge_step, step_grads
@@ -80,7 +80,7 @@ def test_compare_search_steps_on_cuda(seq_space, order, tmp_path, ieee_fp32):
     gradient and the alphas within tolerance of the float64 run."""
     from click.testing import CliRunner
 
-    from emodarts.cli import cli
+    from emodarts.cli.commands import cli
 
     out = tmp_path / "report.json"
     args = ["compare", "--preset", "tiny", "--device", "cuda", "--steps", "2", "--seq-space", seq_space,
@@ -169,8 +169,8 @@ def _call_in_project(fn):
 
 
 def _search_parts(seq_space, second_order, dropout=0.1):
-    from emodarts.architect import Architect
-    from emodarts.config import PRESETS
+    from emodarts.engine.architect import Architect
+    from emodarts.engine.config import PRESETS
 
     sc = PRESETS["tiny"].search
     torch.manual_seed(0)
@@ -211,7 +211,7 @@ def test_search_step_synchronises_only_where_the_training_code_reads_a_scalar(se
     (weight_step's logged float(loss); the second order's float(norm) for its finite-difference step), none in
     the fused code (emodarts/ops, kernels). (A sync inside a backward pass is reported at the autograd call
     that ran it, which is not a float(...) line: it fails too.)"""
-    from emodarts.train import weight_step
+    from emodarts.engine.train import weight_step
 
     model, w_opt, architect, x, y, sc = _search_parts(seq_space, second_order)
 
@@ -271,7 +271,7 @@ def test_fused_supernet_forward_backward_in_a_cuda_graph(seq_space):
 
 @pytest.mark.gpu
 def test_rng_state_saves_and_restores_the_gpu_generator():
-    from emodarts.checkpoint import rng_state, set_rng_state
+    from emodarts.engine.checkpoint import rng_state, set_rng_state
 
     torch.rand(1, device="cuda")  # CUDA initialised
     state = rng_state()
@@ -286,8 +286,8 @@ def test_search_resume_on_cuda_draws_the_uninterrupted_runs_masks(tmp_path, monk
     """A fused 3-epoch search on CUDA, cut after epoch 1 and resumed, draws the same dropout masks (on the GPU's
     generator) as the uninterrupted search; without the CUDA random state in the checkpoint the resumed run
     replayed epoch 0's masks. The alphas then agree up to the GPU's non-deterministic rounding."""
-    import emodarts.distributed as dist_mod
-    from emodarts.train import run_search
+    import emodarts.runtime.distributed as dist_mod
+    from emodarts.engine.train import run_search
 
     real = dist_mod.batch_mask
     masks = []

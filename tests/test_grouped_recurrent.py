@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 from emodarts.ops import grouped_recurrent as gr
 from emodarts.ops import grouped_reference
 from emodarts.ops.recurrent import make_seq_op
-from emodarts.space import RECURRENT_PRIMITIVES
+from emodarts.model.space import RECURRENT_PRIMITIVES
 
 from helpers import run_in_fresh_process
 from parity import assert_parity

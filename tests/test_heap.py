@@ -1,11 +1,11 @@
-"""The CLI's heap policy (emodarts/heap.py): glibc keeps freed memory unless EMODARTS_HEAP=default."""
+"""The CLI's heap policy (emodarts/runtime/heap.py): glibc keeps freed memory unless EMODARTS_HEAP=default."""
 import sys
 
 import pytest
 from click.testing import CliRunner
 
-from emodarts.cli import cli
-from emodarts.heap import DEFAULT_HEAP, apply_heap, heap_mode, keep_freed_memory
+from emodarts.cli.commands import cli
+from emodarts.runtime.heap import DEFAULT_HEAP, apply_heap, heap_mode, keep_freed_memory
 
 
 def test_mode_from_the_environment(monkeypatch):

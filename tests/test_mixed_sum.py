@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 from emodarts.ops import fused, reference
 
 from parity import assert_parity

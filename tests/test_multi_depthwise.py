@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 from emodarts.ops import dw_fused, dw_reference
 
 from helpers import run_in_fresh_process

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from emodarts.config import ModelConfig
+from emodarts.engine.config import ModelConfig
 from emodarts.ops.cnn import make_cnn_op
 from emodarts.ops.recurrent import make_seq_op
-from emodarts.space import CNN_PRIMITIVES, RECURRENT_PRIMITIVES, SEQ_PRIMITIVES
-from emodarts.supernet import Supernet
+from emodarts.model.space import CNN_PRIMITIVES, RECURRENT_PRIMITIVES, SEQ_PRIMITIVES
+from emodarts.model.supernet import Supernet
 
 from helpers import small_model_config
 

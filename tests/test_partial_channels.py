@@ -1,4 +1,4 @@
-"""PC-DARTS (`--partial-channels K`, emodarts/partial_channels.py): K = 1 is plain DARTS exactly; the grouped
+"""PC-DARTS (`--partial-channels K`, emodarts/model/partial_channels.py): K = 1 is plain DARTS exactly; the grouped
 engine's one-mixed-sum-per-node form equals the edge-by-edge form of the paper (float64, every gradient,
 alphas and betas included, and every running statistic); the fused backend is judged against the float64
 oracle; edge normalisation enters the derived genotype."""
@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from emodarts.derive import derive_genotype
+from emodarts.model.derive import derive_genotype
 from emodarts.ops.backend import get_backend
-from emodarts.partial_channels import bypass, channel_shuffle, check_partial_channels, edge_weights, node_logits
-from emodarts.supernet import ALPHA_NAMES, BETA_NAMES, Supernet
+from emodarts.model.partial_channels import bypass, channel_shuffle, check_partial_channels, edge_weights, node_logits
+from emodarts.model.supernet import ALPHA_NAMES, BETA_NAMES, Supernet
 
 from helpers import small_model_config
 from parity import assert_parity
@@ -180,8 +180,8 @@ def test_search_resume_and_report_with_betas(tmp_path):
     import json
 
     from emodarts.report import write_report
-    from emodarts.space import load_genotype
-    from emodarts.train import run_search
+    from emodarts.model.space import load_genotype
+    from emodarts.engine.train import run_search
 
     from helpers import random_run_data, small_run_config
 
@@ -203,7 +203,7 @@ def test_search_resume_and_report_with_betas(tmp_path):
 def test_config_field_only_written_when_used():
     """config.json and checkpoints of plain DARTS runs keep their form (older runs stay resumable); K > 1 is
     written and read back."""
-    from emodarts.config import PRESETS, config_from_dict
+    from emodarts.engine.config import PRESETS, config_from_dict
 
     plain = PRESETS["tiny"]
     assert "partial_channels" not in plain.to_dict()["model"]

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 from emodarts.ops import pool_fused, pool_reference
 
 from helpers import run_in_fresh_process

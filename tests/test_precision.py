@@ -4,9 +4,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from emodarts.precision import autocast
-from emodarts.supernet import Supernet
-from emodarts.train import run_evaluate, run_search, run_train
+from emodarts.runtime.precision import autocast
+from emodarts.model.supernet import Supernet
+from emodarts.engine.train import run_evaluate, run_search, run_train
 
 from helpers import random_run_data, small_model_config, small_run_config
 

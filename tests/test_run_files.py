@@ -11,15 +11,15 @@ import soundfile as sf
 from click.testing import CliRunner
 
 import emodarts.features as F
-import emodarts.io as eio
-from emodarts.checkpoint import save_checkpoint
-from emodarts.cli import cli
+import emodarts.runtime.files as eio
+from emodarts.engine.checkpoint import save_checkpoint
+from emodarts.cli.commands import cli
 from emodarts.data import Utterance
 from emodarts.data.report import SkipReport
-from emodarts.errors import DataError, EmodartsError
+from emodarts.runtime.errors import DataError, EmodartsError
 from emodarts.report import cell_layout, curve_series, draw_cell, write_report
-from emodarts.space import CellGenotype, Genotype
-from emodarts.train import _truncate_jsonl, run_search
+from emodarts.model.space import CellGenotype, Genotype
+from emodarts.engine.train import _truncate_jsonl, run_search
 
 from helpers import random_run_data, small_run_config
 
@@ -261,8 +261,8 @@ def _csv_corpus_with_a_short_clip(tmp_path):
 
 
 def test_run_config_min_duration_reaches_the_features(tmp_path, fake_mfcc, monkeypatch):
-    from emodarts.config import PRESETS
-    from emodarts.pipeline import prepare_data
+    from emodarts.engine.config import PRESETS
+    from emodarts.engine.pipeline import prepare_data
 
     manifest, short, n = _csv_corpus_with_a_short_clip(tmp_path)
     monkeypatch.setenv("EMODARTS_HOME", str(tmp_path / "home"))
@@ -290,7 +290,7 @@ def test_min_duration_option_of_the_commands(tmp_path, fake_mfcc):
     assert result.exit_code == 0, result.output
     assert f"features: {n} utterances" in result.output
     assert len(list((tmp_path / "cache").glob(F.FEATURE_PRESETS["tiny"].key() + "-*"))) == 1  # another entry
-    from emodarts.cli import build_config
+    from emodarts.cli.commands import build_config
 
     cfg = build_config("search", {"corpus": "csv", "root": manifest, "preset": "tiny", "min_duration": 0.5})
     assert cfg.min_duration == 0.5

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from emodarts.errors import CheckpointError
-from emodarts.train import run_evaluate, run_search, run_train
+from emodarts.runtime.errors import CheckpointError
+from emodarts.engine.train import run_evaluate, run_search, run_train
 
 from helpers import random_run_data, small_run_config
 
@@ -25,7 +25,7 @@ def test_same_seed_same_alphas(tmp_path, second_order):
     for k in a:
         assert torch.equal(a[k], b[k])
     torch.manual_seed(cfg.seed)  # the alphas moved from their initial values: the steps did happen
-    from emodarts.supernet import Supernet
+    from emodarts.model.supernet import Supernet
     init = Supernet(cfg.model, 10, 4).state_dict()
     assert any(not torch.equal(init[k], a[k]) for k in a)
 

@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import DataError
-from . import Utterance
+from emodarts.runtime.errors import DataError
+from emodarts.data import Utterance
 
 LABELS = ("neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth", "xxx")
 RELEASE_NAME = "IEMOCAP_full_release"
@@ -98,7 +98,7 @@ def load_iemocap(root: Optional[Path], seed: int = 0, report=None) -> List[Utter
     without audio, audio without a label line, a label outside LABELS, an utterance id without a
     speaker letter. Without a report the first problem raises a DataError.
     """
-    from .report import SkipReport
+    from emodarts.data.report import SkipReport
 
     strict = report is None
     report = report if report is not None else SkipReport()

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from ..errors import DataError
-from . import EMOTIONS, Utterance
+from emodarts.runtime.errors import DataError
+from emodarts.data import EMOTIONS, Utterance
 
 COLUMNS = ("utt_id", "path", "label", "speaker", "session", "split")
 REQUIRED = ("path", "label", "speaker")
@@ -123,7 +123,7 @@ def write_manifest(utts: Iterable[Utterance], csv_path: Path, relative: bool = T
     """Write a manifest atomically. With `relative`, paths under the manifest's folder are stored
     relative to it (so the corpus folder can move); other paths stay absolute. The split column is
     written only when some utterance has a split, the features column when some utterance has features."""
-    from ..io import atomic_write_text
+    from emodarts.runtime.files import atomic_write_text
 
     utts = list(utts)
     columns = COLUMNS if any(u.split for u in utts) else COLUMNS[:-1]

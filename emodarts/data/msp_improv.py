@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import DataError
-from . import Utterance
+from emodarts.runtime.errors import DataError
+from emodarts.data import Utterance
 
 TARGET_LETTERS = ("A", "H", "S", "N")
 CONSENSUS_LETTERS = ("A", "H", "S", "N", "O", "X")
@@ -76,7 +76,7 @@ def parse_label_file(path: Path, report) -> Dict[str, Tuple[str, int]]:
 
 def load_msp_improv(root: Optional[Path], seed: int = 0, report=None, labels: str = "auto") -> List[Utterance]:
     """Every usable MSP-IMPROV clip with its emotion letter (see the module doc for `labels`)."""
-    from .report import SkipReport
+    from emodarts.data.report import SkipReport
 
     if labels not in ("auto", "consensus", "target"):
         raise ValueError(f"labels must be auto, consensus or target, not {labels!r}")

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..errors import DataError
-from . import Utterance
-from .manifest import open_csv
+from emodarts.runtime.errors import DataError
+from emodarts.data import Utterance
+from emodarts.data.manifest import open_csv
 
 LETTERS = ("A", "S", "H", "U", "F", "D", "C", "N", "O", "X")
 LABEL_FILE = "labels_consensus.csv"
@@ -51,7 +51,7 @@ def speaker_id(spkr: str, gender: str) -> str:
 
 def load_msp_podcast(root: Optional[Path], seed: int = 0, report=None) -> List[Utterance]:
     """Every labelled MSP-Podcast clip that has its audio, with its EmoClass letter and Split_Set."""
-    from .report import SkipReport
+    from emodarts.data.report import SkipReport
 
     strict = report is None
     report = report if report is not None else SkipReport()

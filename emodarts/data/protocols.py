@@ -29,9 +29,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataError
-from . import EMOTIONS, Utterance
-from .splits import Split, _speaker_order
+from emodarts.runtime.errors import DataError
+from emodarts.data import EMOTIONS, Utterance
+from emodarts.data.splits import Split, _speaker_order
 
 Folds = Callable[[List[Utterance], int], List["Fold"]]
 
@@ -182,7 +182,7 @@ def balanced_speaker_groups(utts: Sequence[Utterance], k: int, seed: int) -> Lis
     speakers = sorted(counts)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xF01D]))
     rank = {s: int(r) for s, r in zip(speakers, rng.permutation(len(speakers)))}
-    from .splits import speaker_gender
+    from emodarts.data.splits import speaker_gender
 
     groups: List[List[str]] = [[] for _ in range(k)]
     sizes = [0] * k
@@ -256,14 +256,14 @@ def _improvised(u: Utterance) -> bool:
 
 
 def _msp_read(u: Utterance) -> bool:
-    from .msp_improv import parse_name
+    from emodarts.data.msp_improv import parse_name
 
     info = parse_name(u.utt_id)
     return info is not None and info["scenario"] == "R"
 
 
 def _known_speaker(u: Utterance) -> bool:
-    from .msp_podcast import UNKNOWN_SPEAKER
+    from emodarts.data.msp_podcast import UNKNOWN_SPEAKER
 
     return u.speaker != UNKNOWN_SPEAKER
 
@@ -415,7 +415,7 @@ def save_counts(counts: dict, folder, name: str = "fold_counts") -> None:
     """Write <name>.json and <name>.md into `folder` (atomically)."""
     from pathlib import Path
 
-    from ..io import atomic_write_json, atomic_write_text
+    from emodarts.runtime.files import atomic_write_json, atomic_write_text
 
     atomic_write_json(Path(folder) / f"{name}.json", counts)
     atomic_write_text(Path(folder) / f"{name}.md", format_counts(counts) + "\n")

@@ -11,8 +11,8 @@ import inspect
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..errors import DataError
-from . import Utterance
+from emodarts.runtime.errors import DataError
+from emodarts.data import Utterance
 
 Loader = Callable[..., List[Utterance]]
 _CORPORA: Dict[str, Loader] = {}
@@ -53,9 +53,9 @@ def load_protocol(name: str, root: Optional[Path] = None, seed: int = 0, report=
 
     Files that cannot be used go to `report` (a SkipReport; a private one when None, summarised on the
     console). Raises DataError when no utterance is left."""
-    from ..progress import say
-    from .protocols import get_protocol
-    from .report import SkipReport
+    from emodarts.runtime.progress import say
+    from emodarts.data.protocols import get_protocol
+    from emodarts.data.report import SkipReport
 
     own = report is None
     report = SkipReport() if own else report
@@ -84,8 +84,8 @@ def load_corpus(name: str, root: Optional[Path] = None, seed: int = 0, report=No
 
 
 def _synthetic(root: Optional[Path], seed: int) -> List[Utterance]:
-    from .manifest import read_manifest
-    from .synthetic import MANIFEST_NAME, ensure_synthetic_corpus
+    from emodarts.data.manifest import read_manifest
+    from emodarts.data.synthetic import MANIFEST_NAME, ensure_synthetic_corpus
 
     if root is not None and root.exists() and not root.is_dir():
         raise DataError(f"synthetic corpus root is not a folder: {root}")
@@ -94,8 +94,8 @@ def _synthetic(root: Optional[Path], seed: int) -> List[Utterance]:
 
 
 def _csv(root: Optional[Path], seed: int, report=None) -> List[Utterance]:
-    from .manifest import read_manifest
-    from .protocols import CSV_LABELS
+    from emodarts.data.manifest import read_manifest
+    from emodarts.data.protocols import CSV_LABELS
 
     if root is None:
         raise DataError("corpus 'csv' needs a root: a manifest .csv file or a folder holding manifest.csv")
@@ -111,19 +111,19 @@ def _csv(root: Optional[Path], seed: int, report=None) -> List[Utterance]:
 
 
 def _iemocap(root, seed, report=None):
-    from .iemocap import load_iemocap
+    from emodarts.data.iemocap import load_iemocap
 
     return load_iemocap(root, seed, report)
 
 
 def _msp_improv(root, seed, report=None, labels="auto"):
-    from .msp_improv import load_msp_improv
+    from emodarts.data.msp_improv import load_msp_improv
 
     return load_msp_improv(root, seed, report, labels=labels)
 
 
 def _msp_podcast(root, seed, report=None):
-    from .msp_podcast import load_msp_podcast
+    from emodarts.data.msp_podcast import load_msp_podcast
 
     return load_msp_podcast(root, seed, report)
 

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from ..errors import DataError
+from emodarts.runtime.errors import DataError
 
 REPORT_NAME = "skipped_files"
 
@@ -117,7 +117,7 @@ class SkipReport:
     # ------------------------------------------------------------------ writing
     def write(self, folder: Path) -> Path:
         """Write skipped_files.csv and skipped_files.json (atomically) into `folder`; returns the csv path."""
-        from ..io import atomic_write_json, atomic_write_text
+        from emodarts.runtime.files import atomic_write_json, atomic_write_text
 
         folder = Path(folder)
         buf = io.StringIO()

@@ -27,8 +27,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import DataError
-from . import EMOTIONS, Utterance
+from emodarts.runtime.errors import DataError
+from emodarts.data import EMOTIONS, Utterance
 
 GENERATOR_VERSION = 3
 SAMPLE_RATE = 16000
@@ -426,7 +426,7 @@ def _is_complete(root: Path, config_hash: str, n_expected: int) -> bool:
     try:
         if json.loads(stamp.read_text()).get("hash") != config_hash:
             return False
-        from .manifest import read_manifest
+        from emodarts.data.manifest import read_manifest
 
         utts = read_manifest(manifest)  # checks that every audio file exists
     except (ValueError, OSError, DataError):
@@ -443,8 +443,8 @@ def ensure_synthetic_corpus(root: Optional[Path] = None, seed: int = 0, n_speake
     """
     import soundfile as sf
 
-    from ..io import atomic_write, atomic_write_json
-    from .manifest import write_manifest
+    from emodarts.runtime.files import atomic_write, atomic_write_json
+    from emodarts.data.manifest import write_manifest
 
     if n_speakers < 1 or utts_per_class < 1:
         raise DataError(f"synthetic corpus needs n_speakers >= 1 and utts_per_class >= 1 "

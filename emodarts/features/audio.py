@@ -12,7 +12,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from ..errors import DataError
+from emodarts.runtime.errors import DataError
 
 
 class AudioError(DataError):

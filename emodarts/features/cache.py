@@ -15,9 +15,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import fsync_dir, fsync_file, make_temp_dir
-from .config import FeatureConfig
+from emodarts.runtime.errors import DataError
+from emodarts.runtime.files import fsync_dir, fsync_file, make_temp_dir
+from emodarts.features.config import FeatureConfig
 
 
 class FeatureSet:
@@ -96,7 +96,7 @@ def _with_index(fs: FeatureSet, index: dict, utts: list) -> FeatureSet:
 def load_feature_set(folder: Path) -> FeatureSet:
     """Open a cache entry written by build_features without its audio (e.g. on a machine that only has
     the feature cache). `FeatureSet.utterances` holds the utterance records (paths as they were)."""
-    from ..data import Utterance
+    from emodarts.data import Utterance
 
     folder = Path(folder)
     try:

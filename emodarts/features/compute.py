@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .audio import load_audio
-from .config import SPECTROGRAM_HOP, SPECTROGRAM_N_FFT, FeatureConfig
-from .npy import load_npy_features
+from emodarts.features.audio import load_audio
+from emodarts.features.config import SPECTROGRAM_HOP, SPECTROGRAM_N_FFT, FeatureConfig
+from emodarts.features.npy import load_npy_features
 
 
 def fix_length(y: np.ndarray, n: int) -> np.ndarray:

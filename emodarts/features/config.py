@@ -24,7 +24,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Optional
 
-from ..errors import DataError
+from emodarts.runtime.errors import DataError
 
 FEATURE_VERSION = 1  # bump when the extraction changes in a way that invalidates caches
 

@@ -17,15 +17,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataError
-from . import compute
-from .audio import audio_facts, check_duration, read_audio
-from .cache import (FeatureSet, cache_dir_for, file_stamp, load_cached, source_path, utt_record, work_dir_for,
+from emodarts.runtime.errors import DataError
+from emodarts.features import compute
+from emodarts.features.audio import audio_facts, check_duration, read_audio
+from emodarts.features.cache import (FeatureSet, cache_dir_for, file_stamp, load_cached, source_path, utt_record, work_dir_for,
                     write_entry)
-from .config import FEATURE_VERSION, FeatureConfig, with_rows
-from .npy import FeatureFileError, corpus_rows
-from .shards import load_plan, read_shard, shard_path, write_shard
-from .torch_backend import BACKENDS, features_torch, torch_device
+from emodarts.features.config import FEATURE_VERSION, FeatureConfig, with_rows
+from emodarts.features.npy import FeatureFileError, corpus_rows
+from emodarts.features.shards import load_plan, read_shard, shard_path, write_shard
+from emodarts.features.torch_backend import BACKENDS, features_torch, torch_device
 
 Items = Sequence[Tuple[str, str]]  # (utt_id, path) of one chunk
 

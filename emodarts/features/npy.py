@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import DataError
-from .config import FeatureConfig
+from emodarts.runtime.errors import DataError
+from emodarts.features.config import FeatureConfig
 
 
 class FeatureFileError(DataError):

@@ -7,8 +7,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import BackendError
-from . import reference
+from emodarts.runtime.errors import BackendError
+from emodarts.ops import reference
 
 BACKENDS = ("reference", "fused")
 
@@ -24,7 +24,7 @@ class Backend:
     batch_norms: Callable  # (xs, groups of BatchNorm2d) -> per x, every module of its group run on x
     pointwise_convs: Callable  # (xs, weights) -> bias-free 1x1 convolution of each x with its weight
     offset_grids: Callable  # x -> (even, odd) sampling grids of the factorized reduce
-    group_cnn: bool = False  # CNN cells grouped by source state (emodarts/cnn_grouped.py), not per candidate
+    group_cnn: bool = False  # CNN cells grouped by source state (emodarts/model/cnn_grouped.py), not per candidate
 
 
 def _fp32_grouped(grouped: Callable) -> Callable:
@@ -43,24 +43,24 @@ def _fp32_grouped(grouped: Callable) -> Callable:
 def _pool_pair() -> Callable:
     """The fused pool pair (C++ on the CPU) when it is built in, else the reference's ATen pools."""
     try:
-        from .pool_fused import pool3x3_pair
+        from emodarts.ops.pool_fused import pool3x3_pair
     except ImportError:
-        from .pool_reference import pool3x3_pair
+        from emodarts.ops.pool_reference import pool3x3_pair
     return pool3x3_pair
 
 
 def get_backend(name: str) -> Backend:
     """Return the named backend; a fused backend that is not built is an error, never a silent fallback."""
     if name == "reference":
-        from . import bn_reference, dw_reference, grids_reference, grouped_reference, pool_reference, pw_reference
-        from .darts_reference import darts_rnn_reference
+        from emodarts.ops import bn_reference, dw_reference, grids_reference, grouped_reference, pool_reference, pw_reference
+        from emodarts.ops.darts_reference import darts_rnn_reference
 
         return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent, darts_rnn_reference,
                        pool_reference.pool3x3_pair, dw_reference.multi_depthwise, bn_reference.batch_norms,
                        pw_reference.pointwise_convs, grids_reference.offset_grids)
     if name == "fused":
         try:
-            from . import bn_fused, darts_fused, dw_fused, fused, grids_fused, grouped_recurrent, pw_fused
+            from emodarts.ops import bn_fused, darts_fused, dw_fused, fused, grids_fused, grouped_recurrent, pw_fused
         except ImportError as exc:
             raise BackendError(
                 "the fused backend is not built in this installation: its kernels are missing "
@@ -100,11 +100,11 @@ def check_backend(name: str, device: str) -> Backend:
     check_device(device)
     backend = get_backend(name)
     if name == "fused":
-        from . import fused
+        from emodarts.ops import fused
 
         kind = torch.device(device).type
         if fused.default_impl(torch.device(kind)) == "cpp":
-            from .extension import load_extension
+            from emodarts.ops.extension import load_extension
 
             load_extension()
         else:

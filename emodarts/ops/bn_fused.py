@@ -23,7 +23,7 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 
 def ops():
     """torch.ops.emodarts with the multi batch-norm ops loaded (JIT-building the extension if needed)."""
-    from .extension import load_ops
+    from emodarts.ops.extension import load_ops
 
     return load_ops("emodarts::multi_bn_fwd", "emodarts::multi_bn_bwd", "csrc/multi_bn.cpp",
                     lambda xs, rms, rvs, counts, momenta, sizes, eps: (

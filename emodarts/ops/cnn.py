@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributed import batch_mask  # per-sample masks as one process draws them, also data-parallel
+from emodarts.runtime.distributed import batch_mask  # per-sample masks as one process draws them, also data-parallel
 
 
 class ReLUConvBN(nn.Sequential):

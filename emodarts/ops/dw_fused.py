@@ -16,12 +16,12 @@ from typing import List, Sequence
 import torch
 from torch import Tensor
 
-from . import dw_reference
+from emodarts.ops import dw_reference
 
 
 def ops():
     """torch.ops.emodarts with the multi-depthwise ops loaded (JIT-building the extension if needed)."""
-    from .extension import load_ops
+    from emodarts.ops.extension import load_ops
 
     return load_ops("emodarts::multi_dw_fwd", "emodarts::multi_dw_bwd", "csrc/multi_depthwise.cpp",
                     lambda xs, ws, dilations, stride: _empty_outs(xs, ws, stride),
@@ -73,7 +73,7 @@ def _multi_depthwise_cuda(xs: Sequence[Tensor], weights: Sequence[Tensor], dilat
                           stride: int) -> List[Tensor]:
     """The Triton op, inputs and weights in one dtype: the autocast dtype when autocast is on (what
     F.conv2d would compute in), else the inputs'."""
-    from .dw_triton import multi_depthwise_triton
+    from emodarts.ops.dw_triton import multi_depthwise_triton
 
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else xs[0].dtype
     with torch.autocast("cuda", enabled=False):

@@ -23,11 +23,11 @@ from typing import List, Sequence
 import torch
 from torch import Tensor
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 
 def kernels_module():
     """emodarts.kernels.multi_depthwise (Triton)."""
-    from .fused import triton_kernels
+    from emodarts.ops.fused import triton_kernels
 
     return triton_kernels("multi_depthwise", "the Triton multi-depthwise op")
 

@@ -21,7 +21,7 @@ import sysconfig
 import threading
 from typing import List
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 from emodarts.ops.toolchain import openmp_flags
 
 JIT_NAME = "emodarts_C"

@@ -21,7 +21,7 @@ import sys
 import threading
 from typing import List, Optional, Set
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 from emodarts.ops import toolchain
 from emodarts.ops.extension import (announce_build, build_dir, cpp_extension, csrc_dir, load_extension,
                                     local_includes, needs_build)

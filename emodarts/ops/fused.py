@@ -34,7 +34,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from emodarts.errors import BackendError
+from emodarts.runtime.errors import BackendError
 
 IMPLS = ("triton", "cpp")
 _KERNELS: dict = {}  # name -> emodarts.kernels.<name>, imported once

@@ -6,12 +6,12 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from . import grids_reference
+from emodarts.ops import grids_reference
 
 
 def ops():
     """torch.ops.emodarts with the offset-grid ops loaded (JIT-building the extension if needed)."""
-    from .extension import load_ops
+    from emodarts.ops.extension import load_ops
 
     def fwd_fake(x):
         shape = (x.shape[0], x.shape[1], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2)

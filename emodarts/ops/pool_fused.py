@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import pool_reference
+from emodarts.ops import pool_reference
 
 OP_FWD = "emodarts::pool3x3_fwd"
 OP_BWD = "emodarts::pool3x3_bwd"
@@ -40,7 +40,7 @@ def ops():
     """torch.ops.emodarts with the pool ops loaded (JIT-building the extension if needed), their fake kernels
     and autograd registered."""
     global _loaded
-    from .extension import load_ops
+    from emodarts.ops.extension import load_ops
 
     o = load_ops(OP_FWD, OP_BWD, "csrc/pool3x3.cpp", _fwd_fake, _bwd_fake, _op_backward, _op_setup_context)
     _loaded = True

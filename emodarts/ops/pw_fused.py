@@ -15,7 +15,7 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 
 def ops():
     """torch.ops.emodarts with the pointwise ops loaded (JIT-building the extension if needed)."""
-    from .extension import load_ops
+    from emodarts.ops.extension import load_ops
 
     return load_ops("emodarts::pointwise_fwd", "emodarts::pointwise_bwd", "csrc/pointwise.cpp",
                     lambda xs, ws: [x.new_empty(x.shape[0], w.shape[0], x.shape[2], x.shape[3]) for x, w in zip(xs, ws)],

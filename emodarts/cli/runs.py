@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Set, Tuple
 
-from .cli_options import CONFIG_NAME
-from .config import RunConfig, load_config, with_changes, with_overrides
-from .distributed import info
-from .errors import EmodartsError
-from .io import atomic_write_json
-from .progress import say
+from emodarts.cli.options import CONFIG_NAME
+from emodarts.engine.config import RunConfig, load_config, with_changes, with_overrides
+from emodarts.runtime.distributed import info
+from emodarts.runtime.errors import EmodartsError
+from emodarts.runtime.files import atomic_write_json
+from emodarts.runtime.progress import say
 
 # Files that show a run got further than its configuration: with none of them, a failed new run's folder
 # is removed again (so the same --out can be retried).
@@ -33,8 +33,8 @@ def open_run(command: str, cfg: Optional[RunConfig], out: Optional[Path], resume
     its folder is not made yet (run_folder makes it once the checks passed). A resumed run's config.json
     takes `changes` (see resume_changes). Under torchrun the process joins its group here (and takes its
     own GPU); only rank 0 writes the run folder."""
-    from .distributed import init_from_env
-    from .ops.backend import check_device
+    from emodarts.runtime.distributed import init_from_env
+    from emodarts.ops.backend import check_device
 
     check_device(device)
     _, device = init_from_env(device)
@@ -64,7 +64,7 @@ def _resumed_config(run_dir: Path, device: str, fused: bool, changes: dict) -> R
 
 
 def _create_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    from .distributed import barrier
+    from emodarts.runtime.distributed import barrier
 
     barrier()
     if info().is_main:
@@ -82,7 +82,7 @@ def _discard_unstarted(run_dir: Path, before: Optional[Set[str]]) -> bool:
     """Remove what a new run put in `run_dir` when it never got to a checkpoint; entries that were there
     before (a folder given with --out) stay, and so does a skipped-files report (it says why the data did
     not do; without config.json the folder no longer blocks a retry). Returns whether the run was removed."""
-    from .data.report import REPORT_NAME
+    from emodarts.data.report import REPORT_NAME
 
     if not info().is_main or not run_dir.is_dir() or _started(run_dir):
         return False
@@ -118,8 +118,8 @@ def run_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> Iterator[Path]:
 
 def with_device(cfg: RunConfig, device: str) -> RunConfig:
     """`cfg` on `device` (checked; under torchrun this process's own GPU)."""
-    from .distributed import init_from_env
-    from .ops.backend import check_device
+    from emodarts.runtime.distributed import init_from_env
+    from emodarts.ops.backend import check_device
 
     check_device(device)
     return with_overrides(cfg, device=init_from_env(device)[1])

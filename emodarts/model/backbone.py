@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .distributed import BatchDropout
-from .ops.cnn import FactorizedReduce, ReLUConvBN
+from emodarts.engine.config import ModelConfig
+from emodarts.runtime.distributed import BatchDropout
+from emodarts.ops.cnn import FactorizedReduce, ReLUConvBN
 
 
 class FeatureNorm(nn.Module):

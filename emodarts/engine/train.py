@@ -12,21 +12,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .architect import Architect
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from .config import RunConfig
-from .errors import CheckpointError
-from .derive import count_op, derive_genotype
-from .distributed import info as dist_info
-from .distributed import check_replicas, global_batch, sum_gradients, use_global_batch_norm
-from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps, torn_line_note
-from .metrics import classification_metrics
-from .network import DerivedNetwork, has_auxiliary_head
-from .precision import autocast, prepare_input, prepare_model
-from .progress import progress_bar, say
-from .run_data import RunData, TensorSplit  # re-exported: their home before run_data.py
-from .space import Genotype, genotype_from_dict, save_genotype
-from .supernet import Supernet
+from emodarts.engine.architect import Architect
+from emodarts.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from emodarts.engine.config import RunConfig
+from emodarts.runtime.errors import CheckpointError
+from emodarts.model.derive import count_op, derive_genotype
+from emodarts.runtime.distributed import info as dist_info
+from emodarts.runtime.distributed import check_replicas, global_batch, sum_gradients, use_global_batch_norm
+from emodarts.runtime.files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps, torn_line_note
+from emodarts.engine.metrics import classification_metrics
+from emodarts.model.network import DerivedNetwork, has_auxiliary_head
+from emodarts.runtime.precision import autocast, prepare_input, prepare_model
+from emodarts.runtime.progress import progress_bar, say
+from emodarts.engine.run_data import RunData, TensorSplit  # re-exported: their home before run_data.py
+from emodarts.model.space import Genotype, genotype_from_dict, save_genotype
+from emodarts.model.supernet import Supernet
 
 
 def feature_stats(x: Tensor) -> Tuple[Tensor, Tensor]:

@@ -11,8 +11,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from .errors import CheckpointError
-from .io import atomic_write
+from emodarts.runtime.errors import CheckpointError
+from emodarts.runtime.files import atomic_write
 
 
 def rng_state() -> Dict[str, Any]:

@@ -5,16 +5,16 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from .config import load_config
-from .errors import DataError, EmodartsError
-from .network import DerivedNetwork, has_auxiliary_head
-from .space import genotype_from_dict
+from emodarts.engine.config import load_config
+from emodarts.runtime.errors import DataError, EmodartsError
+from emodarts.model.network import DerivedNetwork, has_auxiliary_head
+from emodarts.model.space import genotype_from_dict
 
 
 def run_folder_config(run_dir: Path):
     """RUN_DIR/config.json; for a `cv` fold folder of an older version (no config.json of its own), the cv
     run's configuration with the fold's protocol and number (cv.legacy_fold_config)."""
-    from .cv import legacy_fold_config
+    from emodarts.engine.cv import legacy_fold_config
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
@@ -29,7 +29,7 @@ def run_folder_config(run_dir: Path):
 def load_predictor(run_dir: Path, device: str = "cpu"):
     """(config, classes, network in eval mode) from RUN_DIR/model.pt (a run's or a cv fold's). A network
     trained with an auxiliary head keeps it in model.pt; it is loaded but never used here."""
-    from .train import load_run_checkpoint
+    from emodarts.engine.train import load_run_checkpoint
 
     run_dir = Path(run_dir)
     cfg = run_folder_config(run_dir)
@@ -45,7 +45,7 @@ def load_predictor(run_dir: Path, device: str = "cpu"):
 @torch.no_grad()
 def predict_files(run_dir: Path, paths: Sequence[Path], device: str = "cpu") -> List[dict]:
     """One record per file: {file, label, probs} or {file, error} for audio that cannot be used."""
-    from .features import extract_features, run_feature_config, with_rows
+    from emodarts.features import extract_features, run_feature_config, with_rows
 
     cfg, classes, net = load_predictor(run_dir, device)
     # the run's kind of features (npy: the files given are .npy arrays with the rows the network was trained on)

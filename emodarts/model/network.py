@@ -2,13 +2,13 @@
 import torch
 from torch import Tensor, nn
 
-from .backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
-from .config import ModelConfig
-from .distributed import BatchDropout
-from .darts_cell import FixedDartsCell
-from .ops.cnn import Identity, drop_path, make_cnn_op
-from .ops.recurrent import make_seq_op
-from .space import CellGenotype, Genotype, check_genotype_fits
+from emodarts.model.backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
+from emodarts.engine.config import ModelConfig
+from emodarts.runtime.distributed import BatchDropout
+from emodarts.model.darts_cell import FixedDartsCell
+from emodarts.ops.cnn import Identity, drop_path, make_cnn_op
+from emodarts.ops.recurrent import make_seq_op
+from emodarts.model.space import CellGenotype, Genotype, check_genotype_fits
 
 
 class FixedCnnCell(nn.Module):

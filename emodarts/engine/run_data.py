@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import Utterance
-from .data.splits import Split, search_halves
+from emodarts.data import Utterance
+from emodarts.data.splits import Split, search_halves
 
 if TYPE_CHECKING:  # features.py is heavy (audio, MFCC backends); only its type is needed here
-    from .features import FeatureSet
+    from emodarts.features import FeatureSet
 
 PARTS = ("search_w", "search_a", "train", "dev", "test")
 

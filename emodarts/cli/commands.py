@@ -9,18 +9,18 @@ from typing import Any, Optional, Tuple
 
 import click
 
-from . import cli_corpus
-from .cli_options import (THREADS, apply_threads, aux_option, build_config, check_backend, check_corpus_names,
+from emodarts.cli import corpus as cli_corpus
+from emodarts.cli.options import (THREADS, apply_threads, aux_option, build_config, check_backend, check_corpus_names,
                           common_options, fit_genotype, friendly_errors, genotype_shape, model_options,
                           parsed_options, precision_options, read_genotype, refuse_given, refuse_resume_conflicts,
                           resume_changes, shape_options)
-from .cli_runs import open_run, run_folder, with_device
-from .config import PRESETS
-from .distributed import info
-from .io import atomic_write_json
-from .progress import say
-from .errors import EmodartsError
-from .space import SEQ_SPACES
+from emodarts.cli.runs import open_run, run_folder, with_device
+from emodarts.engine.config import PRESETS
+from emodarts.runtime.distributed import info
+from emodarts.runtime.files import atomic_write_json
+from emodarts.runtime.progress import say
+from emodarts.runtime.errors import EmodartsError
+from emodarts.model.space import SEQ_SPACES
 
 
 @click.group()
@@ -38,8 +38,8 @@ def search(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Op
            device: str, fused: bool, progress: bool, threads: Optional[int], amp: Optional[str], channels_last: bool,
            **_: Any) -> None:
     """Search a genotype (bilevel DARTS) and write RUN_DIR/genotype.json."""
-    from .pipeline import prepare_data
-    from .train import run_search
+    from emodarts.engine.pipeline import prepare_data
+    from emodarts.engine.train import run_search
 
     apply_threads(threads)
     refuse_resume_conflicts(resume)
@@ -75,9 +75,9 @@ def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Opt
     `search --cnn-nodes 3` trains as it is); --cnn-nodes, --seq-nodes and --seq-space, when given, must agree
     with it. Cell counts and widths (--cnn-layers, --channels, --seq-cells, --hidden) are the preset's unless
     given."""
-    from .pipeline import prepare_data
-    from .space import check_genotype_fits, save_genotype
-    from .train import run_train
+    from emodarts.engine.pipeline import prepare_data
+    from emodarts.model.space import check_genotype_fits, save_genotype
+    from emodarts.engine.train import run_train
 
     apply_threads(threads)
     refuse_resume_conflicts(resume)
@@ -112,9 +112,9 @@ def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Opt
 @friendly_errors
 def evaluate(run_dir: Path, device: str, progress: bool) -> None:
     """Evaluate RUN_DIR's trained network on the test speakers (once); writes RUN_DIR/metrics.json."""
-    from .cv import legacy_fold_config
-    from .pipeline import prepare_data
-    from .train import run_evaluate
+    from emodarts.engine.cv import legacy_fold_config
+    from emodarts.engine.pipeline import prepare_data
+    from emodarts.engine.train import run_evaluate
 
     legacy = legacy_fold_config(run_dir)  # a fold folder of a `cv` of an older version
     if legacy is None:
@@ -126,8 +126,8 @@ def evaluate(run_dir: Path, device: str, progress: bool) -> None:
 
 
 def _write_report(run_dir: Path) -> None:
-    from .distributed import info
-    from .report import write_report
+    from emodarts.runtime.distributed import info
+    from emodarts.report import write_report
 
     if not info().is_main:
         return
@@ -153,9 +153,9 @@ def run(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optio
         train_epochs: Optional[int], device: str, fused: bool, progress: bool, threads: Optional[int],
         amp: Optional[str], channels_last: bool, **_: Any) -> None:
     """Search, then train the found genotype, then evaluate it on the test speakers."""
-    from .pipeline import prepare_data
-    from .space import save_genotype
-    from .train import run_evaluate, run_search, run_train
+    from emodarts.engine.pipeline import prepare_data
+    from emodarts.model.space import save_genotype
+    from emodarts.engine.train import run_evaluate, run_search, run_train
 
     apply_threads(threads)
     refuse_resume_conflicts(resume)
@@ -199,8 +199,8 @@ def run(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optio
 def compare(preset: str, device: str, steps: int, second_order: bool, seed: int, batch_size: Optional[int],
             seq_space: Optional[str], ulp_runs: int, json_path: Optional[Path], threads: Optional[int]) -> None:
     """Run N search steps with the reference and with --fused from one state; exit 1 beyond tolerance."""
-    from .compare import compare_backends, format_report
-    from .features import FEATURE_PRESETS
+    from emodarts.engine.compare import compare_backends, format_report
+    from emodarts.features import FEATURE_PRESETS
 
     apply_threads(threads)
     cfg = build_config("search", {**parsed_options(), "corpus": "synthetic", "fused": True})
@@ -231,8 +231,8 @@ def predict(run_dir: Path, audio: Tuple[Path, ...], device: str, as_json: bool) 
     """Predicted emotion and class probabilities for each AUDIO file, by RUN_DIR's trained network."""
     import json as _json
 
-    from .ops.backend import check_device
-    from .predict import format_predictions, predict_files
+    from emodarts.ops.backend import check_device
+    from emodarts.cli.predict import format_predictions, predict_files
 
     check_device(device)
     records = predict_files(run_dir, audio, device)
@@ -251,7 +251,7 @@ def doctor(device: Optional[str], fused: bool) -> None:
 
     Plain `doctor` only informs (exit 0); with --device and/or --fused it exits 1 when what they ask for
     is unavailable."""
-    from .doctor import checks, format_checks, unmet
+    from emodarts.cli.doctor import checks, format_checks, unmet
 
     rows = checks()
     click.echo(format_checks(rows))

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .distributed import sum_gradients
+from emodarts.runtime.distributed import sum_gradients
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 

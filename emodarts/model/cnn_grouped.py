@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops.cnn import DilConv, FactorizedReduce, SepConv
-from .partial_channels import bypass, channel_shuffle, node_logits, split_channels
-from .space import n_edges
+from emodarts.ops.cnn import DilConv, FactorizedReduce, SepConv
+from emodarts.model.partial_channels import bypass, channel_shuffle, node_logits, split_channels
+from emodarts.model.space import n_edges
 
 if TYPE_CHECKING:
-    from .ops.backend import Backend
+    from emodarts.ops.backend import Backend
 
 POOLS = {"max_pool_3x3": 0, "avg_pool_3x3": 1}  # name -> position in pool_pair's output
 
@@ -163,7 +163,7 @@ def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequen
     """The cell's n_nodes mixed nodes from its two input states, grouped by source state (module docstring);
     node i sums its inputs in the order of supernet._mixed_nodes. With PC-DARTS' K > 1 the candidates see
     a state's first C/K channels, and each node is one mixed sum of the candidates weighted by beta_j p_jk,
-    one of the bypassed channels weighted by beta_j, and one shuffle (emodarts/partial_channels.py)."""
+    one of the bypassed channels weighted by beta_j, and one shuffle (emodarts/model/partial_channels.py)."""
     first = [n_edges(i) for i in range(n_nodes)]  # index of node i's first incoming edge
     pending: List[list] = [[] for _ in range(n_nodes)]  # node i -> [(source j, candidate k, y)]
     bypassed: List[Tensor] = []  # state j -> its channels that skip the candidates (K > 1)

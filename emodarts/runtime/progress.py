@@ -4,7 +4,7 @@ from typing import Iterable
 
 def progress_bar(items: Iterable, enabled: bool, **kwargs) -> Iterable:
     """A tqdm bar over `items` (only on rank 0 of a data-parallel run)."""
-    from .distributed import info
+    from emodarts.runtime.distributed import info
 
     if not enabled or not info().is_main:
         return items
@@ -15,7 +15,7 @@ def progress_bar(items: Iterable, enabled: bool, **kwargs) -> Iterable:
 
 def say(line: str) -> None:
     """Print one summary line without breaking the progress bars (only on rank 0)."""
-    from .distributed import info
+    from emodarts.runtime.distributed import info
 
     if not info().is_main:
         return

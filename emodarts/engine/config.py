@@ -5,9 +5,9 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .errors import EmodartsError
-from .features.config import FEATURE_KINDS
-from .space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
+from emodarts.runtime.errors import EmodartsError
+from emodarts.features.config import FEATURE_KINDS
+from emodarts.model.space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ModelConfig:
     dropout: float = 0.3
     seq_space: str = "emodarts"  # "darts": the DARTS recurrent cell (seq_nodes steps, one predecessor each)
     partial_channels: int = 1  # PC-DARTS K: 1/K of each CNN edge's channels go through the candidates, with
-    # edge normalisation (emodarts/partial_channels.py); 1: plain DARTS
+    # edge normalisation (emodarts/model/partial_channels.py); 1: plain DARTS
 
 
 @dataclass(frozen=True)

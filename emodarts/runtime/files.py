@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable, List, Tuple
 
-from .errors import EmodartsError
+from emodarts.runtime.errors import EmodartsError
 
 # `.NAME.XXXXXXXX.tmp`: the temporary files of atomic_write (8 characters of mkstemp's or our own alphabet)
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .space import CellGenotype, Genotype, seq_inputs
+from emodarts.model.space import CellGenotype, Genotype, seq_inputs
 
 
 def _derive(probs: Tensor, primitives: Sequence[str], n_nodes: int, keep: int, n_inputs: int = 2,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
-from .errors import GenotypeError
+from emodarts.runtime.errors import GenotypeError
 
 CNN_PRIMITIVES: Tuple[str, ...] = (
     "none",
@@ -158,7 +158,7 @@ def genotype_from_dict(data: object, where: str = "genotype") -> Genotype:
 
 
 def save_genotype(genotype: Genotype, path: Union[str, Path]) -> None:
-    from .io import atomic_write_text
+    from emodarts.runtime.files import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(genotype.to_dict(), indent=2) + "\n")
 

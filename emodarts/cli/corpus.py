@@ -5,12 +5,12 @@ from typing import Any, Optional
 
 import click
 
-from .cli_options import (FEATURES, RESUME_MAY_CHANGE, SEARCH_ONLY, apply_threads, aux_option, build_config, check_backend,
+from emodarts.cli.options import (FEATURES, RESUME_MAY_CHANGE, SEARCH_ONLY, apply_threads, aux_option, build_config, check_backend,
                           check_corpus_names, common_options, fit_genotype, friendly_errors, genotype_shape,
                           model_options, parsed_options, read_genotype, refuse_given, refuse_resume_conflicts,
                           resume_changes)
-from .cli_runs import open_run, run_folder
-from .features import BACKENDS, FEATURE_PRESETS
+from emodarts.cli.runs import open_run, run_folder
+from emodarts.features import BACKENDS, FEATURE_PRESETS
 
 _CORPUS_HELP = ("Corpus: synthetic (built in), iemocap, msp-improv, msp-podcast, or csv (a manifest with "
                 "path,label,speaker[,utt_id,session,split]).")
@@ -71,10 +71,10 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
 
     Resumable: an interrupted extraction continues where it stopped when the same command runs again.
     Later `search`, `run` and `cv` runs with the same corpus, protocol and preset reuse the cache."""
-    from .cv import load_protocol_data
-    from .data.protocols import format_counts, save_counts
-    from .data.report import SkipReport
-    from .features import default_cache_dir
+    from emodarts.engine.cv import load_protocol_data
+    from emodarts.data.protocols import format_counts, save_counts
+    from emodarts.data.report import SkipReport
+    from emodarts.features import default_cache_dir
 
     report = SkipReport()
     cache_dir = cache_dir or default_cache_dir()
@@ -124,7 +124,7 @@ def cv(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Option
     --train-epochs: final-training epochs. --resume RUN_DIR skips finished folds (--folds and --workers
     may be given with it). With --genotype, the CNN and sequential node counts and the sequential space
     come from the genotype."""
-    from .cv import format_results, run_cv
+    from emodarts.engine.cv import format_results, run_cv
 
     apply_threads(threads)
     refuse_resume_conflicts(resume, CV_RESUME_MAY_CHANGE)

@@ -44,10 +44,10 @@ def checks() -> List[Check]:
 
 
 def _extension_check() -> Check:
-    from .errors import BackendError
+    from emodarts.runtime.errors import BackendError
 
     try:
-        from .ops.extension import load_extension
+        from emodarts.ops.extension import load_extension
 
         mod = load_extension()
     except BackendError as exc:
@@ -70,7 +70,7 @@ def _cuda_kernels_check(has_cuda: bool) -> Check:
         return (name, False, "not built: no CUDA device here",
                 "they build on a GPU machine on first use (python bench/run_all.py builds and tests them)")
     try:
-        from .ops import darts_fused, fused, grouped_recurrent
+        from emodarts.ops import darts_fused, fused, grouped_recurrent
 
         grouped_recurrent.ensure_cuda()
         darts_fused.ensure_cuda()
@@ -88,8 +88,8 @@ def _row(rows: List[Check], name: str) -> Check:
 def unmet(rows: List[Check], device: Optional[str] = None, fused: bool = False) -> List[str]:
     """What the user asked `doctor` for (a --device, the --fused kernels for it) that this machine cannot
     give, one line each; empty when everything asked for is there (doctor then exits 0)."""
-    from .errors import BackendError
-    from .ops.backend import check_device
+    from emodarts.runtime.errors import BackendError
+    from emodarts.ops.backend import check_device
 
     out = []
     if device:

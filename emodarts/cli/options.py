@@ -18,11 +18,11 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, T
 import click
 from click.core import ParameterSource
 
-from .config import PRESETS, RunConfig, alpha_split_problem, aux_weight_problem, with_changes, with_seq_space
-from .errors import EmodartsError
-from .features.config import FEATURE_KINDS
-from .partial_channels import check_partial_channels
-from .space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS, seq_primitives_of
+from emodarts.engine.config import PRESETS, RunConfig, alpha_split_problem, aux_weight_problem, with_changes, with_seq_space
+from emodarts.runtime.errors import EmodartsError
+from emodarts.features.config import FEATURE_KINDS
+from emodarts.model.partial_channels import check_partial_channels
+from emodarts.model.space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS, seq_primitives_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -271,9 +271,9 @@ def resume_changes(phase_epochs: Dict[str, Optional[int]], amp: Optional[str] = 
 # ------------------------------------------------------------------------ pre-checks before a run folder
 def check_corpus_names(corpus: str, protocol: Optional[str]) -> None:
     """A misspelt corpus or protocol name is refused before a run folder is made."""
-    from .data.protocols import get_protocol
-    from .data.registry import known_corpora
-    from .errors import DataError
+    from emodarts.data.protocols import get_protocol
+    from emodarts.data.registry import known_corpora
+    from emodarts.runtime.errors import DataError
 
     if corpus not in known_corpora():
         raise DataError(f"unknown corpus {corpus!r}; known corpora: {', '.join(known_corpora())}")
@@ -282,14 +282,14 @@ def check_corpus_names(corpus: str, protocol: Optional[str]) -> None:
 
 def check_backend(cfg: RunConfig) -> None:
     """A fused backend that is not built (or not for this device) fails here, before any work."""
-    from .ops.backend import check_backend as check
+    from emodarts.ops.backend import check_backend as check
 
     check(cfg.backend, cfg.device)
 
 
 def read_genotype(path: Path):
     """The genotype in `path`; a missing or malformed file is an error naming it."""
-    from .space import load_genotype
+    from emodarts.model.space import load_genotype
 
     if not Path(path).exists():
         raise EmodartsError(f"{path}: genotype file not found")
@@ -308,7 +308,7 @@ def fit_genotype(cfg: RunConfig, genotype, path: Path, seq_candidates: Optional[
     """`cfg` for training `genotype`: its candidate lists admit every operation of the genotype's space
     (a derived network needs none, and a preset's narrower list would refuse a genotype searched with
     more), unless --seq-candidates chose one. A genotype that does not fit is refused, naming the file."""
-    from .space import check_genotype_fits
+    from emodarts.model.space import check_genotype_fits
 
     model = replace(cfg.model, cnn_primitives=CNN_PRIMITIVES)
     if not seq_candidates:
@@ -320,9 +320,9 @@ def fit_genotype(cfg: RunConfig, genotype, path: Path, seq_candidates: Optional[
 # ---------------------------------------------------------------------------- run-time setup and errors
 def apply_threads(n: Optional[int]) -> int:
     """Set the process-wide run-time settings first thing, before any tensor work: the intra-op threads
-    (emodarts/threads.py) and the heap policy (emodarts/heap.py, EMODARTS_HEAP)."""
-    from .heap import apply_heap, heap_mode
-    from .threads import apply_threads as apply
+    (emodarts/runtime/threads.py) and the heap policy (emodarts/runtime/heap.py, EMODARTS_HEAP)."""
+    from emodarts.runtime.heap import apply_heap, heap_mode
+    from emodarts.runtime.threads import apply_threads as apply
 
     try:
         apply_heap(heap_mode())

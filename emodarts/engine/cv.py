@@ -21,12 +21,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import RunConfig, load_config, with_overrides
-from .data import Utterance
-from .errors import DataError, EmodartsError
-from .io import atomic_write_json, atomic_write_text
-from .progress import say
-from .run_data import RunData, build_run_data
+from emodarts.engine.config import RunConfig, load_config, with_overrides
+from emodarts.data import Utterance
+from emodarts.runtime.errors import DataError, EmodartsError
+from emodarts.runtime.files import atomic_write_json, atomic_write_text
+from emodarts.runtime.progress import say
+from emodarts.engine.run_data import RunData, build_run_data
 
 CV_STATE = "cv.json"
 RESULTS = "cv_results"
@@ -53,10 +53,10 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
     """Load the corpus, apply the protocol, extract (or reuse) the features, build the folds and count.
     Unusable files (clips under `min_duration` seconds included) go to `report` (a new SkipReport when
     None); DataError only when nothing is left."""
-    from .data.protocols import class_list, fold_counts
-    from .data.registry import CORPUS_SEED, load_protocol
-    from .data.report import SkipReport
-    from .features import FEATURE_PRESETS, build_features, default_cache_dir, feature_config
+    from emodarts.data.protocols import class_list, fold_counts
+    from emodarts.data.registry import CORPUS_SEED, load_protocol
+    from emodarts.data.report import SkipReport
+    from emodarts.features import FEATURE_PRESETS, build_features, default_cache_dir, feature_config
 
     if preset not in FEATURE_PRESETS:
         raise DataError(f"unknown feature preset {preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
@@ -169,9 +169,9 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
     """Cross-validate in `run_dir` (see the module doc). `genotype`: a space.Genotype to train on every fold
     instead of searching one. `folds`: '0,2' for a subset. With `resume`, the protocol, the fold list and the
     genotype come from run_dir/cv.json unless given again. Returns the results dict (cv_results.json)."""
-    from .data.protocols import format_counts, save_counts
-    from .space import genotype_from_dict, save_genotype
-    from .train import run_evaluate, run_search, run_train
+    from emodarts.data.protocols import format_counts, save_counts
+    from emodarts.model.space import genotype_from_dict, save_genotype
+    from emodarts.engine.train import run_evaluate, run_search, run_train
 
     run_dir = Path(run_dir)
     protocol = protocol or getattr(cfg, "protocol", None) or None

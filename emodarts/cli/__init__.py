@@ -1,0 +1,1 @@
+"""The `emodarts` commands (top layer): options, run folders, and the commands that only present results."""
