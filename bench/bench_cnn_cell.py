@@ -27,8 +27,8 @@ from common import add_run_options, header, run_settings, timed_round_robin, wri
 
 from emodarts.engine.config import PRESETS  # noqa: E402
 from emodarts.features import FEATURE_PRESETS  # noqa: E402
-from emodarts.ops.backend import get_backend  # noqa: E402
 from emodarts.model.supernet import Supernet  # noqa: E402
+from emodarts.ops.backend import get_backend  # noqa: E402
 
 
 def cell_inputs(net: Supernet, preset: str, index: int, batch: int, device: torch.device):

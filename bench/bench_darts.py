@@ -45,10 +45,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import add_run_options, header, run_settings, timed_round_robin, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_run_options,
+    header,
+    run_settings,
+    timed_round_robin,
+    write_json,
+)
 from emodarts.ops import darts_fused  # noqa: E402
 from emodarts.ops import grouped_recurrent as gr  # noqa: E402
-from emodarts.ops.darts_reference import activations, darts_rnn_reference, edge_index, n_darts_edges  # noqa: E402
+from emodarts.ops.darts_reference import (  # noqa: E402
+    activations,
+    darts_rnn_reference,
+    edge_index,
+    n_darts_edges,
+)
 
 PRESETS = {"tiny": dict(H=32, S=4, T=12, B=32), "paper": dict(H=128, S=8, T=32, B=16)}
 MEMORY_SIZE = dict(H=1024, S=8, T=128, B=128)  # the size of issue 13's memory review (E = 36)

@@ -30,7 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import add_run_options, header, run_settings, timed_round_robin, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_run_options,
+    header,
+    run_settings,
+    timed_round_robin,
+    write_json,
+)
 from emodarts.ops import pool_fused, pool_reference  # noqa: E402
 
 SIZES = {  # name -> (B, C, H, W)

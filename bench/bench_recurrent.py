@@ -37,10 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import add_run_options, header, run_settings, timed_round_robin, write_json  # noqa: E402
-from emodarts.ops import grouped_recurrent as gr  # noqa: E402
-from emodarts.ops.recurrent import make_seq_op  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_run_options,
+    header,
+    run_settings,
+    timed_round_robin,
+    write_json,
+)
+from emodarts.model.seq_ops import make_seq_op  # noqa: E402
 from emodarts.model.space import RECURRENT_PRIMITIVES  # noqa: E402
+from emodarts.ops import grouped_recurrent as gr  # noqa: E402
 
 PRESETS = {"tiny": dict(B=32, T=12, H=32), "paper": dict(B=16, T=32, H=128)}
 SCOPES = {"edge": [1], "source": [4], "cell": [4, 4, 3, 2, 1]}  # edges per source state

@@ -33,10 +33,10 @@ from common import RESULTS, header, median_time, write_json  # noqa: E402
 
 from emodarts.engine.architect import Architect  # noqa: E402
 from emodarts.engine.config import PRESETS, with_seq_space  # noqa: E402
+from emodarts.engine.losses import weight_step  # noqa: E402
 from emodarts.features import FEATURE_PRESETS  # noqa: E402
 from emodarts.model.space import SEQ_SUBSETS  # noqa: E402
 from emodarts.model.supernet import Supernet  # noqa: E402
-from emodarts.engine.train import weight_step  # noqa: E402
 
 MODES = ("reference", "compile", "fused")
 

@@ -30,9 +30,9 @@ def worker(job: dict) -> dict:
 
     from emodarts.engine.architect import Architect
     from emodarts.engine.config import PRESETS
+    from emodarts.engine.losses import weight_step
     from emodarts.features import FEATURE_PRESETS
     from emodarts.model.supernet import Supernet
-    from emodarts.engine.train import weight_step
 
     torch.set_num_threads(job["threads"])
     cfg = PRESETS[job["preset"]]
@@ -92,9 +92,8 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    from common import device_name, write_json
-
     import torch
+    from common import device_name, write_json
 
     cores = len(os.sched_getaffinity(0))
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})

@@ -9,9 +9,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from emodarts.engine.config import config_from_dict
+from emodarts.model.space import CELL_KINDS, Genotype, load_genotype, seq_inputs
 from emodarts.runtime.errors import EmodartsError
 from emodarts.runtime.files import read_jsonl, torn_line_note
-from emodarts.model.space import CELL_KINDS, Genotype, load_genotype, seq_inputs
 
 
 def _read_jsonl(path: Path, notes: List[str]) -> List[dict]:

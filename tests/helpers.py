@@ -7,8 +7,9 @@ import sys
 
 import torch
 
-from emodarts.engine.config import ModelConfig, RunConfig, SearchConfig, TrainConfig
+from emodarts.engine.config import RunConfig, SearchConfig, TrainConfig
 from emodarts.engine.run_data import RunData, TensorSplit
+from emodarts.model.config import ModelConfig
 
 SMALL_SEQ = ("none", "skip_connect", "lstm_1", "rnn_2", "lstm_att_1", "rnn_att_1")
 

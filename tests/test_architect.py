@@ -3,13 +3,16 @@ with dropout on (the finite-difference passes replay the masks of the pass w' is
 running statistics left alone, and under bf16 autocast (the finite difference in float32)."""
 import pytest
 import torch
+from helpers import small_model_config
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from emodarts.engine.architect import Architect, _virtual_step, cross_entropy_loss, unrolled_alpha_grad
+from emodarts.engine.architect import (
+    Architect,
+    _virtual_step,
+    cross_entropy_loss,
+    unrolled_alpha_grad,
+)
 from emodarts.model.supernet import Supernet
-
-from helpers import small_model_config
-
 
 SMOOTH_CNN = ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
 

@@ -6,15 +6,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import random_run_data, small_model_config, small_run_config
 
 from emodarts.engine.config import PRESETS, TrainConfig, load_config
+from emodarts.engine.evaluation import load_final_network, predict, run_evaluate
+from emodarts.engine.losses import sharded_cross_entropy
+from emodarts.engine.training import build_final_network, run_train
 from emodarts.model.derive import derive_genotype
 from emodarts.model.network import DerivedNetwork
 from emodarts.model.supernet import Supernet
-from emodarts.engine.train import (build_final_network, load_final_network, predict, run_evaluate, run_train,
-                            sharded_cross_entropy)
-
-from helpers import random_run_data, small_model_config, small_run_config
 
 
 def _genotype(cfg=None):

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from replicas import make_csv_corpus, make_iemocap, make_msp_podcast, tiny_wav
 
 import emodarts.features as F
 from emodarts.cli.commands import cli
-from emodarts.engine.cv import load_protocol_data
 from emodarts.data.registry import load_protocol
 from emodarts.data.report import SkipReport, read_report
-from emodarts.runtime.errors import DataError
+from emodarts.engine.cv import load_protocol_data
 from emodarts.features import FEATURE_PRESETS, extract_mfcc, read_audio
-
-from replicas import make_csv_corpus, make_iemocap, make_msp_podcast, tiny_wav
+from emodarts.runtime.errors import DataError
 
 TINY = FEATURE_PRESETS["tiny"]
 

@@ -7,12 +7,18 @@ import copy
 
 import pytest
 import torch
+from parity import assert_parity
 from torch import nn
 
+from emodarts.ops import (
+    bn_fused,
+    bn_reference,
+    grids_fused,
+    grids_reference,
+    pw_fused,
+    pw_reference,
+)
 from emodarts.runtime.errors import BackendError
-from emodarts.ops import bn_fused, bn_reference, grids_fused, grids_reference, pw_fused, pw_reference
-
-from parity import assert_parity
 
 
 @pytest.fixture(scope="module", autouse=True)

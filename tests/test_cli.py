@@ -84,11 +84,11 @@ def test_predict_matches_the_evaluation(short_run, monkeypatch):
     out, _, home = short_run
     monkeypatch.setenv("EMODARTS_HOME", str(home))
     from emodarts.cli.commands import open_run
+    from emodarts.cli.predict import predict_files
     from emodarts.data.registry import load_corpus
     from emodarts.data.splits import speaker_split
+    from emodarts.engine.evaluation import load_final_network, predict
     from emodarts.engine.pipeline import CORPUS_SEED, class_list, prepare_data
-    from emodarts.cli.predict import predict_files
-    from emodarts.engine.train import load_final_network, predict
 
     cfg, _, _ = open_run("predict", None, None, out, "cpu", False)
     utts = load_corpus("synthetic", None, CORPUS_SEED)

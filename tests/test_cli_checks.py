@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from emodarts.engine.config import PRESETS, with_overrides
-
 from helpers import invoke_cli, one_error_line
 from replicas import make_csv_corpus
+
+from emodarts.engine.config import PRESETS, with_overrides
 
 TINY_CNN = ("sep_conv_3x3", "max_pool_3x3", "skip_connect", "dil_conv_3x3", "avg_pool_3x3")
 
@@ -101,7 +100,7 @@ def test_a_given_folder_keeps_its_own_files_after_a_failure(tmp_path, monkeypatc
 
 def test_interrupt_names_the_run_folder(tmp_path, monkeypatch):
     import emodarts.engine.pipeline
-    import emodarts.engine.train
+    import emodarts.engine.search
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
@@ -118,7 +117,7 @@ def test_interrupt_names_the_run_folder(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(emodarts.engine.pipeline, "prepare_data", lambda *a, **k: None)
-    monkeypatch.setattr(emodarts.engine.train, "run_search", checkpoint_then_interrupt)
+    monkeypatch.setattr(emodarts.engine.search, "run_search", checkpoint_then_interrupt)
     result = invoke_cli("search", "--out", str(out), "--no-progress")
     assert result.exit_code == 130 and f"continue with --resume {out}" in result.output
     assert (out / "config.json").is_file()

@@ -3,10 +3,9 @@ values and combinations refused before a run folder or any data, refused with --
 import json
 
 import pytest
+from helpers import invoke_cli, one_error_line
 
 from emodarts.engine.config import PRESETS
-
-from helpers import invoke_cli, one_error_line
 
 
 def _no_data(monkeypatch):
@@ -21,7 +20,8 @@ def recorded(monkeypatch):
     configuration each phase got is kept."""
     import emodarts.engine.cv
     import emodarts.engine.pipeline
-    import emodarts.engine.train
+    import emodarts.engine.search
+    import emodarts.engine.training
 
     seen = {}
 
@@ -34,8 +34,8 @@ def recorded(monkeypatch):
         return fake
 
     monkeypatch.setattr(emodarts.engine.pipeline, "prepare_data", lambda *a, **k: None)
-    monkeypatch.setattr(emodarts.engine.train, "run_search", stop("search"))
-    monkeypatch.setattr(emodarts.engine.train, "run_train", lambda cfg, g, data, run_dir, **k: stop("train")(cfg, data, run_dir))
+    monkeypatch.setattr(emodarts.engine.search, "run_search", stop("search"))
+    monkeypatch.setattr(emodarts.engine.training, "run_train", lambda cfg, g, data, run_dir, **k: stop("train")(cfg, data, run_dir))
     monkeypatch.setattr(emodarts.engine.cv, "run_cv", stop("cv"))
     return seen
 

@@ -7,13 +7,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from emodarts.ops.backend import get_backend
-from emodarts.model.space import CNN_PRIMITIVES
-from emodarts.model.supernet import Supernet
-
 from helpers import small_model_config
 from parity import assert_parity
+
+from emodarts.model.space import CNN_PRIMITIVES
+from emodarts.model.supernet import Supernet
+from emodarts.ops.backend import get_backend
 
 GROUPED_REFERENCE = replace(get_backend("reference"), group_cnn=True)
 
@@ -101,7 +100,7 @@ def test_non_contiguous_input():
 def test_all_primitives_are_known():
     """The grouping covers every CNN candidate (a new one would need a rule in cnn_grouped.py)."""
     from emodarts.model.cnn_grouped import POOLS, _batchable
-    from emodarts.ops.cnn import FactorizedReduce, make_cnn_op
+    from emodarts.model.cnn_ops import FactorizedReduce, make_cnn_op
 
     for name in CNN_PRIMITIVES:
         if name == "none":

@@ -2,12 +2,11 @@
 import json
 
 import torch
+from helpers import random_run_data, small_run_config
 
+from emodarts.engine.search import run_search
 from emodarts.model.derive import count_op, derive_cell
 from emodarts.model.space import CNN_PRIMITIVES
-from emodarts.engine.train import run_search
-
-from helpers import random_run_data, small_run_config
 
 SKIP = CNN_PRIMITIVES.index("skip_connect")
 SEP = CNN_PRIMITIVES.index("sep_conv_3x3")

@@ -4,16 +4,29 @@ import json
 from collections import Counter
 
 import pytest
+from replicas import make_csv_corpus, make_iemocap, make_msp_improv, make_msp_podcast
 
 from emodarts.data import Utterance
 from emodarts.data.protocols import (
-    PAPER_CODE_IEMOCAP_GROUPS, balanced_speaker_groups, class_list, default_protocol, fold_counts,
-    format_counts, get_protocol, known_protocols, n_dev_speakers, save_counts)
-from emodarts.data.registry import known_corpora, load_corpus, load_native, load_protocol
+    PAPER_CODE_IEMOCAP_GROUPS,
+    balanced_speaker_groups,
+    class_list,
+    default_protocol,
+    fold_counts,
+    format_counts,
+    get_protocol,
+    known_protocols,
+    n_dev_speakers,
+    save_counts,
+)
+from emodarts.data.registry import (
+    known_corpora,
+    load_corpus,
+    load_native,
+    load_protocol,
+)
 from emodarts.data.report import SkipReport
 from emodarts.runtime.errors import DataError
-
-from replicas import make_csv_corpus, make_iemocap, make_msp_improv, make_msp_podcast
 
 STANDARD = {"neu": "neutral", "hap": "happy", "exc": "happy", "ang": "angry", "sad": "sad"}
 PAPER = {"neu": "neutral", "hap": "happy", "ang": "angry", "sad": "sad"}

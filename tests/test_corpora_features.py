@@ -4,14 +4,20 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from replicas import tiny_wav
 
 import emodarts.features as F
 from emodarts.data import Utterance
 from emodarts.data.report import SkipReport
 from emodarts.features import (
-    FEATURE_PRESETS, TORCHAUDIO_TOLERANCE, build_features, cache_dir_for, mfcc_from_audio, mfcc_torch, work_dir_for)
-
-from replicas import tiny_wav
+    FEATURE_PRESETS,
+    TORCHAUDIO_TOLERANCE,
+    build_features,
+    cache_dir_for,
+    mfcc_from_audio,
+    mfcc_torch,
+    work_dir_for,
+)
 
 TINY = FEATURE_PRESETS["tiny"]
 
@@ -161,8 +167,9 @@ def test_torchaudio_backend_entry_is_reused(tmp_path, monkeypatch, librosa_warm)
 
 
 def test_features_command_torchaudio_and_workers(tmp_path, librosa_warm):
-    from emodarts.cli.commands import cli
     from replicas import make_csv_corpus
+
+    from emodarts.cli.commands import cli
 
     manifest, recs = make_csv_corpus(tmp_path / "c", n_speakers=4, per_speaker=3)
     base = ["features", "--corpus", "csv", "--root", str(manifest), "--no-progress"]

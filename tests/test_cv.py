@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from replicas import make_iemocap
 
 from emodarts.cli.commands import cli
 from emodarts.engine.config import PRESETS, with_overrides
-from emodarts.engine.cv import format_results, load_protocol_data, parse_folds, prepare_fold_data, summarize
+from emodarts.engine.cv import (
+    format_results,
+    load_protocol_data,
+    parse_folds,
+    prepare_fold_data,
+    summarize,
+)
 from emodarts.runtime.errors import DataError
-
-from replicas import make_iemocap
 
 TINY_MODEL = ["--cnn-layers", "3", "--channels", "2", "--hidden", "8", "--seq-candidates", "rnn"]
 
@@ -58,9 +63,7 @@ def test_run_data_has_one_home():
     import emodarts.data.protocols as protocols
     import emodarts.engine.pipeline as pipeline
     import emodarts.engine.run_data as run_data
-    import emodarts.engine.train as train
 
-    assert train.RunData is run_data.RunData and train.TensorSplit is run_data.TensorSplit
     assert pipeline.class_list is protocols.class_list and pipeline.split_summary is run_data.split_summary
 
 def test_parse_folds_and_summary():

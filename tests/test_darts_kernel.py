@@ -17,15 +17,14 @@ import os
 
 import pytest
 import torch
+from helpers import run_in_fresh_process
+from parity import assert_parity
 
-from emodarts.runtime.errors import BackendError
 from emodarts.ops import darts_fused as df
 from emodarts.ops import extension_cuda
 from emodarts.ops import grouped_recurrent as gr
 from emodarts.ops.darts_reference import darts_rnn_reference, n_darts_edges
-
-from helpers import run_in_fresh_process
-from parity import assert_parity
+from emodarts.runtime.errors import BackendError
 
 HAS_CUDA = torch.cuda.is_available()
 TOL64 = 1e-10

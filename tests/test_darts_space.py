@@ -6,20 +6,32 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import random_run_data, small_model_config, small_run_config
 
 from emodarts.cli.commands import cli
+from emodarts.engine.search import run_search
+from emodarts.engine.training import run_train
 from emodarts.model.darts_cell import FixedDartsCell, MixedDartsCell
 from emodarts.model.derive import derive_cell, derive_genotype
-from emodarts.runtime.errors import GenotypeError
 from emodarts.model.network import DerivedNetwork
-from emodarts.ops.backend import get_backend
-from emodarts.ops.darts_reference import DARTS_ACTIVATIONS, darts_rnn_reference, edge_index, n_darts_edges
-from emodarts.model.space import (DARTS_SEQ_PRIMITIVES, CellGenotype, check_genotype_fits, genotype_from_dict, n_edges,
-                            save_genotype, load_genotype)
+from emodarts.model.space import (
+    DARTS_SEQ_PRIMITIVES,
+    CellGenotype,
+    check_genotype_fits,
+    genotype_from_dict,
+    load_genotype,
+    n_edges,
+    save_genotype,
+)
 from emodarts.model.supernet import Supernet
-from emodarts.engine.train import run_search, run_train
-
-from helpers import random_run_data, small_model_config, small_run_config
+from emodarts.ops.backend import get_backend
+from emodarts.ops.darts_reference import (
+    DARTS_ACTIVATIONS,
+    darts_rnn_reference,
+    edge_index,
+    n_darts_edges,
+)
+from emodarts.runtime.errors import GenotypeError
 
 DARTS = dict(seq_space="darts", seq_primitives=DARTS_SEQ_PRIMITIVES, seq_nodes=3)
 ACT = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda z: z}

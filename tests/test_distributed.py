@@ -5,12 +5,12 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-from emodarts.runtime.distributed import BatchDropout, DistInfo, global_batch, set_info
-from emodarts.ops.cnn import drop_path
-from emodarts.engine.train import run_search, run_train
-
 from helpers import random_run_data, small_run_config
+
+from emodarts.engine.search import run_search
+from emodarts.engine.training import run_train
+from emodarts.model.dropout import BatchDropout, drop_path
+from emodarts.runtime.distributed import DistInfo, global_batch, set_info
 
 
 def _config(second_order: bool = False):

@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import small_run_config
+from replicas import tiny_wav
 
 import emodarts.features as F
-from emodarts.engine.config import RunConfig, config_from_dict, load_config
 from emodarts.data import Utterance
 from emodarts.data.manifest import read_manifest, write_manifest
 from emodarts.data.report import SkipReport
+from emodarts.engine.config import RunConfig, config_from_dict, load_config
+from emodarts.engine.run_data import RunData, TensorSplit
+from emodarts.engine.search import run_search
+from emodarts.engine.training import run_train
 from emodarts.runtime.errors import DataError, EmodartsError
-from emodarts.engine.train import RunData, TensorSplit, run_search, run_train
-
-from helpers import small_run_config
-from replicas import tiny_wav
 
 TINY = F.FEATURE_PRESETS["tiny"]
 AUDIO_KINDS = ("mfcc", "logmel", "spectrogram")

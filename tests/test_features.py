@@ -11,8 +11,14 @@ import emodarts.features as F
 from emodarts.data import Utterance
 from emodarts.data.manifest import read_manifest
 from emodarts.data.synthetic import MANIFEST_NAME
+from emodarts.features import (
+    FEATURE_PRESETS,
+    FeatureConfig,
+    build_features,
+    extract_mfcc,
+    load_audio,
+)
 from emodarts.runtime.errors import DataError
-from emodarts.features import FEATURE_PRESETS, FeatureConfig, build_features, extract_mfcc, load_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 

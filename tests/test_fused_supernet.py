@@ -8,12 +8,11 @@ import os
 
 import pytest
 import torch
+from helpers import run_in_fresh_process, small_model_config
+from parity import assert_parity
 
 from emodarts.model.space import DARTS_SEQ_PRIMITIVES
 from emodarts.model.supernet import Supernet
-
-from helpers import run_in_fresh_process, small_model_config
-from parity import assert_parity
 
 ALL_SEQ = ("none", "skip_connect", "lstm_1", "lstm_2", "rnn_1", "rnn_3", "lstm_att_1", "rnn_att_2")
 # per-tensor floor (relative to the tensor's own largest magnitude), as compare's floors for gradients

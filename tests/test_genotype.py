@@ -3,14 +3,13 @@ import json
 
 import pytest
 import torch
+from helpers import small_model_config
 
 from emodarts.model.derive import derive_cell, derive_genotype
-from emodarts.runtime.errors import GenotypeError
 from emodarts.model.network import DerivedNetwork
 from emodarts.model.space import CNN_PRIMITIVES, load_genotype, save_genotype
 from emodarts.model.supernet import Supernet
-
-from helpers import small_model_config
+from emodarts.runtime.errors import GenotypeError
 
 
 def _genotype():

@@ -15,15 +15,13 @@ import copy
 
 import pytest
 import torch
+from helpers import sync_debug
+from parity import assert_parity
 from torch import nn
 
 from emodarts.ops import darts_fused as df
-from emodarts.ops import fused, reference
+from emodarts.ops import fused, grouped_reference, reference
 from emodarts.ops import grouped_recurrent as gr
-from emodarts.ops import grouped_reference
-
-from helpers import sync_debug
-from parity import assert_parity
 
 pytestmark = pytest.mark.gpu
 

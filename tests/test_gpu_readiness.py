@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_mixed_sum import HostOpRecorder
 from torch import nn
 
 from emodarts.engine import checkpoint
 from emodarts.ops import extension, extension_cuda
 from emodarts.ops import grouped_recurrent as gr
-
-from test_mixed_sum import HostOpRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,8 +164,8 @@ def test_ensure_cuda_prefers_the_installed_kernels(monkeypatch):
 def test_a_cuda_library_without_the_op_is_not_rebuilt_in_process(monkeypatch):
     """A CUDA library loaded earlier in the process that lacks an operator's kernels is an error that says to
     restart, not a second build over the first."""
-    from emodarts.runtime.errors import BackendError
     from emodarts.ops import darts_fused as df
+    from emodarts.runtime.errors import BackendError
 
     calls = []
     _fresh_cuda_loader(monkeypatch)
@@ -308,8 +307,9 @@ def test_grouped_and_darts_python_paths_do_not_synchronise():
     """The Python side of the grouped layer and of the DARTS cell (forward and backward) calls no op that would
     synchronise a GPU (a host tensor, a scalar read, a device copy); on the CPU the C++ ops stand in for the
     CUDA ones (same Python path)."""
-    from emodarts.ops import darts_fused as df
     from test_darts_kernel import make_inputs
+
+    from emodarts.ops import darts_fused as df
 
     mods = _grouped_modules()
     x = torch.randn(3, 4, 6, requires_grad=True)
@@ -333,10 +333,10 @@ def test_fused_supernet_forward_backward_builds_no_host_tensors(seq_space, monke
     """A whole fused supernet forward + backward (C++ ops on the CPU, the Triton mixed sum under the
     interpreter when it runs) reads no scalar and builds no host tensor after the first call. On a GPU the
     same step runs under set_sync_debug_mode("error") (tests/test_gpu_supernet.py)."""
+    from helpers import small_model_config
+
     from emodarts.model.space import DARTS_SEQ_PRIMITIVES
     from emodarts.model.supernet import Supernet
-
-    from helpers import small_model_config
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         monkeypatch.setenv("EMODARTS_TRITON_CPU", "1")  # the mixed sum through the Triton kernels too

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_run_data, small_model_config, small_run_config, sync_debug
+from test_fused_supernet import judge_step, step_grads
 from torch import nn
 
 from emodarts.model.space import DARTS_SEQ_PRIMITIVES
 from emodarts.model.supernet import Supernet
-
-from helpers import random_run_data, small_model_config, small_run_config, sync_debug
-from test_fused_supernet import judge_step, step_grads
 
 ALL_SEQ = ("none", "skip_connect", "lstm_1", "lstm_2", "rnn_1", "rnn_3", "lstm_att_1", "rnn_att_2")
 SPACES = ["emodarts", "darts"]
@@ -211,7 +210,7 @@ def test_search_step_synchronises_only_where_the_training_code_reads_a_scalar(se
     (weight_step's logged float(loss); the second order's float(norm) for its finite-difference step), none in
     the fused code (emodarts/ops, kernels). (A sync inside a backward pass is reported at the autograd call
     that ran it, which is not a float(...) line: it fails too.)"""
-    from emodarts.engine.train import weight_step
+    from emodarts.engine.losses import weight_step
 
     model, w_opt, architect, x, y, sc = _search_parts(seq_space, second_order)
 
@@ -287,7 +286,7 @@ def test_search_resume_on_cuda_draws_the_uninterrupted_runs_masks(tmp_path, monk
     generator) as the uninterrupted search; without the CUDA random state in the checkpoint the resumed run
     replayed epoch 0's masks. The alphas then agree up to the GPU's non-deterministic rounding."""
     import emodarts.runtime.distributed as dist_mod
-    from emodarts.engine.train import run_search
+    from emodarts.engine.search import run_search
 
     real = dist_mod.batch_mask
     masks = []

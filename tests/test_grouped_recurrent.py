@@ -12,16 +12,15 @@ import os
 
 import pytest
 import torch
-from torch import nn
-
-from emodarts.runtime.errors import BackendError
-from emodarts.ops import grouped_recurrent as gr
-from emodarts.ops import grouped_reference
-from emodarts.ops.recurrent import make_seq_op
-from emodarts.model.space import RECURRENT_PRIMITIVES
-
 from helpers import run_in_fresh_process
 from parity import assert_parity
+from torch import nn
+
+from emodarts.model.seq_ops import make_seq_op
+from emodarts.model.space import RECURRENT_PRIMITIVES
+from emodarts.ops import grouped_recurrent as gr
+from emodarts.ops import grouped_reference
+from emodarts.runtime.errors import BackendError
 
 HAS_CUDA = torch.cuda.is_available()
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}

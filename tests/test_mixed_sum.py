@@ -12,11 +12,10 @@ import os
 
 import pytest
 import torch
-
-from emodarts.runtime.errors import BackendError
-from emodarts.ops import fused, reference
-
 from parity import assert_parity
+
+from emodarts.ops import fused, reference
+from emodarts.runtime.errors import BackendError
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()

@@ -7,12 +7,11 @@ import os
 
 import pytest
 import torch
-
-from emodarts.runtime.errors import BackendError
-from emodarts.ops import dw_fused, dw_reference
-
 from helpers import run_in_fresh_process
 from parity import assert_parity
+
+from emodarts.ops import dw_fused, dw_reference
+from emodarts.runtime.errors import BackendError
 
 # the search space's depthwise convolutions: (kernel, dilation) of sep_conv_3x3/5x5 and dil_conv_3x3/5x5
 ALL = ((3, 1), (5, 1), (3, 2), (5, 2))

@@ -13,11 +13,11 @@ import os
 
 import pytest
 import torch
+from helpers import sync_debug
+from test_multi_depthwise import ALL, make
+from test_multi_depthwise import check as check_impl
 
 from emodarts.ops import dw_reference, dw_triton
-
-from helpers import sync_debug
-from test_multi_depthwise import ALL, check as check_impl, make
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()

@@ -1,14 +1,13 @@
 """Shape and gradient of every candidate operation and cell; batch independence of recurrent candidates."""
 import pytest
 import torch
+from helpers import small_model_config
 
-from emodarts.engine.config import ModelConfig
-from emodarts.ops.cnn import make_cnn_op
-from emodarts.ops.recurrent import make_seq_op
+from emodarts.model.cnn_ops import make_cnn_op
+from emodarts.model.config import ModelConfig
+from emodarts.model.seq_ops import make_seq_op
 from emodarts.model.space import CNN_PRIMITIVES, RECURRENT_PRIMITIVES, SEQ_PRIMITIVES
 from emodarts.model.supernet import Supernet
-
-from helpers import small_model_config
 
 
 @pytest.mark.parametrize("name", [p for p in CNN_PRIMITIVES if p != "none"])

@@ -2,7 +2,6 @@
 exact arithmetic, and still catch a real error, wherever it sits."""
 import pytest
 import torch
-
 from parity import assert_parity, judge
 
 

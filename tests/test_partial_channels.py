@@ -7,15 +7,20 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from emodarts.model.derive import derive_genotype
-from emodarts.ops.backend import get_backend
-from emodarts.model.partial_channels import bypass, channel_shuffle, check_partial_channels, edge_weights, node_logits
-from emodarts.model.supernet import ALPHA_NAMES, BETA_NAMES, Supernet
-
 from helpers import small_model_config
 from parity import assert_parity
 from test_fused_supernet import judge_step, step_grads
+
+from emodarts.model.derive import derive_genotype
+from emodarts.model.partial_channels import (
+    bypass,
+    channel_shuffle,
+    check_partial_channels,
+    edge_weights,
+    node_logits,
+)
+from emodarts.model.supernet import ALPHA_NAMES, BETA_NAMES, Supernet
+from emodarts.ops.backend import get_backend
 
 GROUPED_REFERENCE = replace(get_backend("reference"), group_cnn=True)
 
@@ -179,11 +184,11 @@ def test_search_resume_and_report_with_betas(tmp_path):
     and its report shows them; the genotype keeps its form."""
     import json
 
-    from emodarts.report import write_report
-    from emodarts.model.space import load_genotype
-    from emodarts.engine.train import run_search
-
     from helpers import random_run_data, small_run_config
+
+    from emodarts.engine.search import run_search
+    from emodarts.model.space import load_genotype
+    from emodarts.report import write_report
 
     cfg = small_run_config(epochs=2, partial_channels=2)
     whole, cut = tmp_path / "whole", tmp_path / "cut"

@@ -13,12 +13,11 @@ import os
 
 import pytest
 import torch
-
-from emodarts.runtime.errors import BackendError
-from emodarts.ops import pool_fused, pool_reference
-
 from helpers import run_in_fresh_process
 from parity import assert_parity
+
+from emodarts.ops import pool_fused, pool_reference
+from emodarts.runtime.errors import BackendError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -3,12 +3,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from emodarts.runtime.precision import autocast
-from emodarts.model.supernet import Supernet
-from emodarts.engine.train import run_evaluate, run_search, run_train
-
 from helpers import random_run_data, small_model_config, small_run_config
+
+from emodarts.engine.evaluation import run_evaluate
+from emodarts.engine.search import run_search
+from emodarts.engine.training import run_train
+from emodarts.model.supernet import Supernet
+from emodarts.runtime.precision import autocast
 
 
 @pytest.mark.parametrize("backend", ["reference", "fused"])

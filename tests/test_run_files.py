@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from helpers import random_run_data, small_run_config
 
 import emodarts.features as F
 import emodarts.runtime.files as eio
-from emodarts.engine.checkpoint import save_checkpoint
 from emodarts.cli.commands import cli
 from emodarts.data import Utterance
 from emodarts.data.report import SkipReport
-from emodarts.runtime.errors import DataError, EmodartsError
-from emodarts.report import cell_layout, curve_series, draw_cell, write_report
+from emodarts.engine.checkpoint import save_checkpoint
+from emodarts.engine.resume import truncate_jsonl
+from emodarts.engine.search import run_search
 from emodarts.model.space import CellGenotype, Genotype
-from emodarts.engine.train import _truncate_jsonl, run_search
-
-from helpers import random_run_data, small_run_config
+from emodarts.report import cell_layout, curve_series, draw_cell, write_report
+from emodarts.runtime.errors import DataError, EmodartsError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LOGS = ("metrics.jsonl", "genotypes.jsonl", "alphas.jsonl")
@@ -68,13 +68,13 @@ def test_malformed_line_names_file_and_line(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"phase": "search", "epoch": 0}\n{"phase": "sea\n{"phase": "search", "epoch": 1}\n')
     with pytest.raises(EmodartsError, match=r"metrics\.jsonl, line 2: not valid JSON"):
-        _truncate_jsonl(log, "search", 1)
+        truncate_jsonl(log, "search", 1)
     log.write_text('{"phase": "search", "epoch": 0}\n[1, 2]\n')
     with pytest.raises(EmodartsError, match=r"line 2: not a JSON object"):
         eio.read_jsonl(log)
     log.write_text('{"phase": "search"}\n')
     with pytest.raises(EmodartsError, match=r"line 1: no 'epoch' field"):
-        _truncate_jsonl(log, "search", 1)
+        truncate_jsonl(log, "search", 1)
 
 
 def test_complete_last_line_without_newline_is_kept(tmp_path):

@@ -3,11 +3,12 @@ import json
 
 import pytest
 import torch
-
-from emodarts.runtime.errors import CheckpointError
-from emodarts.engine.train import run_evaluate, run_search, run_train
-
 from helpers import random_run_data, small_run_config
+
+from emodarts.engine.evaluation import run_evaluate
+from emodarts.engine.search import run_search
+from emodarts.engine.training import run_train
+from emodarts.runtime.errors import CheckpointError
 
 
 def _alphas(run_dir):

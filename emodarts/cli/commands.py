@@ -10,17 +10,33 @@ from typing import Any, Optional, Tuple
 import click
 
 from emodarts.cli import corpus as cli_corpus
-from emodarts.cli.options import (THREADS, apply_threads, aux_option, build_config, check_backend, check_corpus_names,
-                          common_options, fit_genotype, friendly_errors, genotype_shape, model_options,
-                          parsed_options, precision_options, read_genotype, refuse_given, refuse_resume_conflicts,
-                          resume_changes, shape_options)
+from emodarts.cli.options import (
+    THREADS,
+    apply_threads,
+    aux_option,
+    build_config,
+    check_backend,
+    check_corpus_names,
+    common_options,
+    fit_genotype,
+    friendly_errors,
+    genotype_shape,
+    model_options,
+    parsed_options,
+    precision_options,
+    read_genotype,
+    refuse_given,
+    refuse_resume_conflicts,
+    resume_changes,
+    shape_options,
+)
 from emodarts.cli.runs import open_run, run_folder, with_device
 from emodarts.engine.config import PRESETS
+from emodarts.model.space import SEQ_SPACES
 from emodarts.runtime.distributed import info
+from emodarts.runtime.errors import EmodartsError
 from emodarts.runtime.files import atomic_write_json
 from emodarts.runtime.progress import say
-from emodarts.runtime.errors import EmodartsError
-from emodarts.model.space import SEQ_SPACES
 
 
 @click.group()
@@ -39,7 +55,7 @@ def search(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Op
            **_: Any) -> None:
     """Search a genotype (bilevel DARTS) and write RUN_DIR/genotype.json."""
     from emodarts.engine.pipeline import prepare_data
-    from emodarts.engine.train import run_search
+    from emodarts.engine.search import run_search
 
     apply_threads(threads)
     refuse_resume_conflicts(resume)
@@ -76,8 +92,8 @@ def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Opt
     with it. Cell counts and widths (--cnn-layers, --channels, --seq-cells, --hidden) are the preset's unless
     given."""
     from emodarts.engine.pipeline import prepare_data
+    from emodarts.engine.training import run_train
     from emodarts.model.space import check_genotype_fits, save_genotype
-    from emodarts.engine.train import run_train
 
     apply_threads(threads)
     refuse_resume_conflicts(resume)
@@ -113,8 +129,8 @@ def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Opt
 def evaluate(run_dir: Path, device: str, progress: bool) -> None:
     """Evaluate RUN_DIR's trained network on the test speakers (once); writes RUN_DIR/metrics.json."""
     from emodarts.engine.cv import legacy_fold_config
+    from emodarts.engine.evaluation import run_evaluate
     from emodarts.engine.pipeline import prepare_data
-    from emodarts.engine.train import run_evaluate
 
     legacy = legacy_fold_config(run_dir)  # a fold folder of a `cv` of an older version
     if legacy is None:
@@ -126,8 +142,8 @@ def evaluate(run_dir: Path, device: str, progress: bool) -> None:
 
 
 def _write_report(run_dir: Path) -> None:
-    from emodarts.runtime.distributed import info
     from emodarts.report import write_report
+    from emodarts.runtime.distributed import info
 
     if not info().is_main:
         return
@@ -153,9 +169,11 @@ def run(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optio
         train_epochs: Optional[int], device: str, fused: bool, progress: bool, threads: Optional[int],
         amp: Optional[str], channels_last: bool, **_: Any) -> None:
     """Search, then train the found genotype, then evaluate it on the test speakers."""
+    from emodarts.engine.evaluation import run_evaluate
     from emodarts.engine.pipeline import prepare_data
+    from emodarts.engine.search import run_search
+    from emodarts.engine.training import run_train
     from emodarts.model.space import save_genotype
-    from emodarts.engine.train import run_evaluate, run_search, run_train
 
     apply_threads(threads)
     refuse_resume_conflicts(resume)
@@ -231,8 +249,8 @@ def predict(run_dir: Path, audio: Tuple[Path, ...], device: str, as_json: bool) 
     """Predicted emotion and class probabilities for each AUDIO file, by RUN_DIR's trained network."""
     import json as _json
 
-    from emodarts.ops.backend import check_device
     from emodarts.cli.predict import format_predictions, predict_files
+    from emodarts.ops.backend import check_device
 
     check_device(device)
     records = predict_files(run_dir, audio, device)

@@ -5,10 +5,26 @@ from typing import Any, Optional
 
 import click
 
-from emodarts.cli.options import (FEATURES, RESUME_MAY_CHANGE, SEARCH_ONLY, apply_threads, aux_option, build_config, check_backend,
-                          check_corpus_names, common_options, fit_genotype, friendly_errors, genotype_shape,
-                          model_options, parsed_options, read_genotype, refuse_given, refuse_resume_conflicts,
-                          resume_changes)
+from emodarts.cli.options import (
+    FEATURES,
+    RESUME_MAY_CHANGE,
+    SEARCH_ONLY,
+    apply_threads,
+    aux_option,
+    build_config,
+    check_backend,
+    check_corpus_names,
+    common_options,
+    fit_genotype,
+    friendly_errors,
+    genotype_shape,
+    model_options,
+    parsed_options,
+    read_genotype,
+    refuse_given,
+    refuse_resume_conflicts,
+    resume_changes,
+)
 from emodarts.cli.runs import open_run, run_folder
 from emodarts.features import BACKENDS, FEATURE_PRESETS
 
@@ -71,9 +87,9 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
 
     Resumable: an interrupted extraction continues where it stopped when the same command runs again.
     Later `search`, `run` and `cv` runs with the same corpus, protocol and preset reuse the cache."""
-    from emodarts.engine.cv import load_protocol_data
     from emodarts.data.protocols import format_counts, save_counts
     from emodarts.data.report import SkipReport
+    from emodarts.engine.cv import load_protocol_data
     from emodarts.features import default_cache_dir
 
     report = SkipReport()

@@ -88,8 +88,8 @@ def _row(rows: List[Check], name: str) -> Check:
 def unmet(rows: List[Check], device: Optional[str] = None, fused: bool = False) -> List[str]:
     """What the user asked `doctor` for (a --device, the --fused kernels for it) that this machine cannot
     give, one line each; empty when everything asked for is there (doctor then exits 0)."""
-    from emodarts.runtime.errors import BackendError
     from emodarts.ops.backend import check_device
+    from emodarts.runtime.errors import BackendError
 
     out = []
     if device:

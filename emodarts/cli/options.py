@@ -13,16 +13,39 @@ import functools
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 import click
 from click.core import ParameterSource
 
-from emodarts.engine.config import PRESETS, RunConfig, alpha_split_problem, aux_weight_problem, with_changes, with_seq_space
-from emodarts.runtime.errors import EmodartsError
+from emodarts.engine.config import (
+    PRESETS,
+    RunConfig,
+    alpha_split_problem,
+    aux_weight_problem,
+    with_changes,
+    with_seq_space,
+)
 from emodarts.features.config import FEATURE_KINDS
 from emodarts.model.partial_channels import check_partial_channels
-from emodarts.model.space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS, seq_primitives_of
+from emodarts.model.space import (
+    CNN_PRIMITIVES,
+    DARTS_SEQ_PRIMITIVES,
+    SEQ_SPACES,
+    SEQ_SUBSETS,
+    seq_primitives_of,
+)
+from emodarts.runtime.errors import EmodartsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

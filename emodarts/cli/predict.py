@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from emodarts.engine.config import load_config
-from emodarts.runtime.errors import DataError, EmodartsError
 from emodarts.model.network import DerivedNetwork, has_auxiliary_head
 from emodarts.model.space import genotype_from_dict
+from emodarts.runtime.errors import DataError, EmodartsError
 
 
 def run_folder_config(run_dir: Path):
@@ -29,7 +29,7 @@ def run_folder_config(run_dir: Path):
 def load_predictor(run_dir: Path, device: str = "cpu"):
     """(config, classes, network in eval mode) from RUN_DIR/model.pt (a run's or a cv fold's). A network
     trained with an auxiliary head keeps it in model.pt; it is loaded but never used here."""
-    from emodarts.engine.train import load_run_checkpoint
+    from emodarts.engine.legacy import load_run_checkpoint
 
     run_dir = Path(run_dir)
     cfg = run_folder_config(run_dir)

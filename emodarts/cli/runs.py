@@ -33,8 +33,8 @@ def open_run(command: str, cfg: Optional[RunConfig], out: Optional[Path], resume
     its folder is not made yet (run_folder makes it once the checks passed). A resumed run's config.json
     takes `changes` (see resume_changes). Under torchrun the process joins its group here (and takes its
     own GPU); only rank 0 writes the run folder."""
-    from emodarts.runtime.distributed import init_from_env
     from emodarts.ops.backend import check_device
+    from emodarts.runtime.distributed import init_from_env
 
     check_device(device)
     _, device = init_from_env(device)
@@ -118,8 +118,8 @@ def run_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> Iterator[Path]:
 
 def with_device(cfg: RunConfig, device: str) -> RunConfig:
     """`cfg` on `device` (checked; under torchrun this process's own GPU)."""
-    from emodarts.runtime.distributed import init_from_env
     from emodarts.ops.backend import check_device
+    from emodarts.runtime.distributed import init_from_env
 
     check_device(device)
     return with_overrides(cfg, device=init_from_env(device)[1])

@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from emodarts.runtime.errors import DataError
 from emodarts.data import Utterance
+from emodarts.runtime.errors import DataError
 
 LABELS = ("neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth", "xxx")
 RELEASE_NAME = "IEMOCAP_full_release"

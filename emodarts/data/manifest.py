@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from emodarts.runtime.errors import DataError
 from emodarts.data import EMOTIONS, Utterance
+from emodarts.runtime.errors import DataError
 
 COLUMNS = ("utt_id", "path", "label", "speaker", "session", "split")
 REQUIRED = ("path", "label", "speaker")

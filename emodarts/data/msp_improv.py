@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from emodarts.runtime.errors import DataError
 from emodarts.data import Utterance
+from emodarts.runtime.errors import DataError
 
 TARGET_LETTERS = ("A", "H", "S", "N")
 CONSENSUS_LETTERS = ("A", "H", "S", "N", "O", "X")

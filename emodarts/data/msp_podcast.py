@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from emodarts.runtime.errors import DataError
 from emodarts.data import Utterance
 from emodarts.data.manifest import open_csv
+from emodarts.runtime.errors import DataError
 
 LETTERS = ("A", "S", "H", "U", "F", "D", "C", "N", "O", "X")
 LABEL_FILE = "labels_consensus.csv"

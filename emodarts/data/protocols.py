@@ -29,9 +29,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from emodarts.runtime.errors import DataError
 from emodarts.data import EMOTIONS, Utterance
 from emodarts.data.splits import Split, _speaker_order
+from emodarts.runtime.errors import DataError
 
 Folds = Callable[[List[Utterance], int], List["Fold"]]
 

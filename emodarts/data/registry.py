@@ -11,8 +11,8 @@ import inspect
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from emodarts.runtime.errors import DataError
 from emodarts.data import Utterance
+from emodarts.runtime.errors import DataError
 
 Loader = Callable[..., List[Utterance]]
 _CORPORA: Dict[str, Loader] = {}
@@ -53,9 +53,9 @@ def load_protocol(name: str, root: Optional[Path] = None, seed: int = 0, report=
 
     Files that cannot be used go to `report` (a SkipReport; a private one when None, summarised on the
     console). Raises DataError when no utterance is left."""
-    from emodarts.runtime.progress import say
     from emodarts.data.protocols import get_protocol
     from emodarts.data.report import SkipReport
+    from emodarts.runtime.progress import say
 
     own = report is None
     report = SkipReport() if own else report

@@ -8,8 +8,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from emodarts.runtime.errors import DataError
 from emodarts.data import Utterance
+from emodarts.runtime.errors import DataError
 
 
 @dataclass

@@ -27,8 +27,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from emodarts.runtime.errors import DataError
 from emodarts.data import EMOTIONS, Utterance
+from emodarts.runtime.errors import DataError
 
 GENERATOR_VERSION = 3
 SAMPLE_RATE = 16000
@@ -443,8 +443,8 @@ def ensure_synthetic_corpus(root: Optional[Path] = None, seed: int = 0, n_speake
     """
     import soundfile as sf
 
-    from emodarts.runtime.files import atomic_write, atomic_write_json
     from emodarts.data.manifest import write_manifest
+    from emodarts.runtime.files import atomic_write, atomic_write_json
 
     if n_speakers < 1 or utts_per_class < 1:
         raise DataError(f"synthetic corpus needs n_speakers >= 1 and utts_per_class >= 1 "

@@ -10,10 +10,9 @@ from torch import Tensor, nn
 from emodarts.engine.architect import Architect
 from emodarts.engine.checkpoint import seed_everything
 from emodarts.engine.config import RunConfig
+from emodarts.engine.run_data import TensorSplit
 from emodarts.model.derive import derive_genotype
 from emodarts.model.supernet import Supernet
-from emodarts.engine.run_data import TensorSplit
-from emodarts.engine.train import batches
 
 # quantity -> relative error against float64 that always passes (max |x - x64| / max |x64|); above it, the
 # fused error must stay within SLACK times the float32 reference's own error. The floors allow for the

@@ -5,27 +5,12 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from emodarts.runtime.errors import EmodartsError
+from emodarts.engine.legacy import upgrade_config_dict
 from emodarts.features.config import FEATURE_KINDS
-from emodarts.model.space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
+from emodarts.model.config import ModelConfig
+from emodarts.model.space import DARTS_SEQ_PRIMITIVES, SEQ_SPACES
+from emodarts.runtime.errors import EmodartsError
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Shape of the supernet and of the network derived from it."""
-
-    cnn_layers: int = 4
-    cnn_channels: int = 8
-    cnn_nodes: int = 4
-    stem_multiplier: int = 3
-    seq_cells: int = 4
-    seq_nodes: int = 4
-    hidden: int = 128
-    cnn_primitives: Tuple[str, ...] = CNN_PRIMITIVES
-    seq_primitives: Tuple[str, ...] = SEQ_SUBSETS["all"]
-    dropout: float = 0.3
-    seq_space: str = "emodarts"  # "darts": the DARTS recurrent cell (seq_nodes steps, one predecessor each)
-    partial_channels: int = 1  # PC-DARTS K: 1/K of each CNN edge's channels go through the candidates, with
     # edge normalisation (emodarts/model/partial_channels.py); 1: plain DARTS
 
 
@@ -127,19 +112,6 @@ def with_seq_space(model: ModelConfig, seq_space: str, preset: str) -> ModelConf
     return replace(model, seq_space="emodarts", seq_primitives=base.seq_primitives, seq_nodes=base.seq_nodes)
 
 
-def upgrade_config_dict(data: Any) -> Any:
-    """A configuration dict of an older version in today's form (a copy; anything else is returned as it is):
-    `search.weight_fraction` (the share that trained w) becomes `search.alpha_split` (the share that trains
-    alpha). Fields that did not exist yet (train.aux_weight, fold) take their defaults, which are what those
-    runs did (no auxiliary head, fold 0)."""
-    if not isinstance(data, dict) or not isinstance(data.get("search"), dict) or "weight_fraction" not in data["search"]:
-        return data
-    fraction = data["search"]["weight_fraction"]
-    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
-        return data  # left for config_problem to name
-    search = {k: v for k, v in data["search"].items() if k != "weight_fraction"}
-    search.setdefault("alpha_split", round(1.0 - float(fraction), 12))
-    return {**data, "search": search}
 
 
 def alpha_split_problem(value: float, name: str = "--alpha-split") -> Optional[str]:

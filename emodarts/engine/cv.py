@@ -21,12 +21,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from emodarts.engine.config import RunConfig, load_config, with_overrides
 from emodarts.data import Utterance
+from emodarts.engine.config import RunConfig, load_config, with_overrides
+from emodarts.engine.run_data import RunData, build_run_data
 from emodarts.runtime.errors import DataError, EmodartsError
 from emodarts.runtime.files import atomic_write_json, atomic_write_text
 from emodarts.runtime.progress import say
-from emodarts.engine.run_data import RunData, build_run_data
 
 CV_STATE = "cv.json"
 RESULTS = "cv_results"
@@ -56,7 +56,12 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
     from emodarts.data.protocols import class_list, fold_counts
     from emodarts.data.registry import CORPUS_SEED, load_protocol
     from emodarts.data.report import SkipReport
-    from emodarts.features import FEATURE_PRESETS, build_features, default_cache_dir, feature_config
+    from emodarts.features import (
+        FEATURE_PRESETS,
+        build_features,
+        default_cache_dir,
+        feature_config,
+    )
 
     if preset not in FEATURE_PRESETS:
         raise DataError(f"unknown feature preset {preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
@@ -170,8 +175,10 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
     instead of searching one. `folds`: '0,2' for a subset. With `resume`, the protocol, the fold list and the
     genotype come from run_dir/cv.json unless given again. Returns the results dict (cv_results.json)."""
     from emodarts.data.protocols import format_counts, save_counts
+    from emodarts.engine.evaluation import run_evaluate
+    from emodarts.engine.search import run_search
+    from emodarts.engine.training import run_train
     from emodarts.model.space import genotype_from_dict, save_genotype
-    from emodarts.engine.train import run_evaluate, run_search, run_train
 
     run_dir = Path(run_dir)
     protocol = protocol or getattr(cfg, "protocol", None) or None

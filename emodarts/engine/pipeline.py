@@ -2,15 +2,14 @@
 from pathlib import Path
 from typing import List, Optional
 
-from emodarts.engine.config import RunConfig
 from emodarts.data import Utterance
 from emodarts.data.protocols import Protocol, class_list
 from emodarts.data.registry import CORPUS_SEED
 from emodarts.data.splits import Split, speaker_split
+from emodarts.engine.config import RunConfig
+from emodarts.engine.run_data import RunData, build_run_data, split_summary
 from emodarts.runtime.errors import DataError
 from emodarts.runtime.progress import say
-from emodarts.engine.run_data import RunData, build_run_data, split_summary
-
 
 # class_list (data/protocols.py) and split_summary (run_data.py) are also offered here, their former home
 __all__ = ["CORPUS_SEED", "prepare_data", "class_list", "split_summary"]
@@ -28,7 +27,12 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     (default: the feature cache entry)."""
     from emodarts.data.registry import load_protocol
     from emodarts.data.report import SkipReport
-    from emodarts.features import FEATURE_PRESETS, build_features, default_cache_dir, run_feature_config
+    from emodarts.features import (
+        FEATURE_PRESETS,
+        build_features,
+        default_cache_dir,
+        run_feature_config,
+    )
 
     if cfg.preset not in FEATURE_PRESETS:
         raise DataError(f"unknown feature preset {cfg.preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")

@@ -6,7 +6,7 @@ it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -85,3 +85,21 @@ def split_summary(data: RunData) -> Dict[str, List[int]]:
     """Utterances per class in each part, to check a split's balance at a glance."""
     return {name: np.bincount(getattr(data, name).y.numpy(), minlength=len(data.classes)).tolist()
             for name in PARTS}
+
+
+def feature_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-feature-row mean and std over utterances and time: (F,), (F,)."""
+    return x.mean(dim=(0, 1, 3)), x.std(dim=(0, 1, 3))
+
+
+def batches(split: TensorSplit, batch_size: int, generator: Optional[torch.Generator]) -> Iterator[Tuple[Tensor, Tensor]]:
+    """Shuffled (when a generator is given) batches; the last short batch is kept."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield split.x[idx], split.y[idx]
+
+
+def epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + salt)

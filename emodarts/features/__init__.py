@@ -12,19 +12,55 @@ One job per module:
 librosa is imported inside the functions that need it: importing this package (for FEATURE_PRESETS,
 FeatureConfig, or a cached FeatureSet) needs only numpy.
 """
-from emodarts.features.audio import AudioError, check_duration, load_audio, read_audio, wav_truncation
-from emodarts.features.cache import (FeatureSet, cache_dir_for, default_cache_dir, load_feature_set, utterance_list_hash,
-                    work_dir_for)
-from emodarts.features.compute import (extract_features, extract_mfcc, features_from_audio, logmel_from_audio, mfcc_from_audio,
-                      spectrogram_from_audio)
-from emodarts.features.npy import FeatureFileError, corpus_rows, load_npy_features
-from emodarts.features.config import (FEATURE_KINDS, FEATURE_PRESETS, FEATURE_VERSION, MIN_DURATION_S, SPECTROGRAM_HOP,
-                     SPECTROGRAM_N_FFT, FeatureConfig, feature_config, feature_kind_problem, run_feature_config,
-                     with_rows)
+from emodarts.features.audio import (
+                    AudioError,
+                    check_duration,
+                    load_audio,
+                    read_audio,
+                    wav_truncation,
+)
+from emodarts.features.cache import (
+                    FeatureSet,
+                    cache_dir_for,
+                    default_cache_dir,
+                    load_feature_set,
+                    utterance_list_hash,
+                    work_dir_for,
+)
+from emodarts.features.compute import (
+                    extract_features,
+                    extract_mfcc,
+                    features_from_audio,
+                    logmel_from_audio,
+                    mfcc_from_audio,
+                    spectrogram_from_audio,
+)
+from emodarts.features.config import (
+                    FEATURE_KINDS,
+                    FEATURE_PRESETS,
+                    FEATURE_VERSION,
+                    MIN_DURATION_S,
+                    SPECTROGRAM_HOP,
+                    SPECTROGRAM_N_FFT,
+                    FeatureConfig,
+                    feature_config,
+                    feature_kind_problem,
+                    run_feature_config,
+                    with_rows,
+)
 from emodarts.features.extract import build_features, extract_chunk
+from emodarts.features.npy import FeatureFileError, corpus_rows, load_npy_features
 from emodarts.features.shards import DEFAULT_CHUNK
-from emodarts.features.torch_backend import (BACKENDS, TORCHAUDIO_TOLERANCE, features_batch_torch, features_torch, mfcc_batch_torch,
-                            mfcc_torch, resample_torch, torch_device)
+from emodarts.features.torch_backend import (
+                    BACKENDS,
+                    TORCHAUDIO_TOLERANCE,
+                    features_batch_torch,
+                    features_torch,
+                    mfcc_batch_torch,
+                    mfcc_torch,
+                    resample_torch,
+                    torch_device,
+)
 from emodarts.runtime.errors import DataError
 
 __all__ = [

@@ -15,9 +15,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from emodarts.features.config import FeatureConfig
 from emodarts.runtime.errors import DataError
 from emodarts.runtime.files import fsync_dir, fsync_file, make_temp_dir
-from emodarts.features.config import FeatureConfig
 
 
 class FeatureSet:

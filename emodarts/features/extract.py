@@ -17,15 +17,23 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from emodarts.runtime.errors import DataError
 from emodarts.features import compute
 from emodarts.features.audio import audio_facts, check_duration, read_audio
-from emodarts.features.cache import (FeatureSet, cache_dir_for, file_stamp, load_cached, source_path, utt_record, work_dir_for,
-                    write_entry)
+from emodarts.features.cache import (
+    FeatureSet,
+    cache_dir_for,
+    file_stamp,
+    load_cached,
+    source_path,
+    utt_record,
+    work_dir_for,
+    write_entry,
+)
 from emodarts.features.config import FEATURE_VERSION, FeatureConfig, with_rows
 from emodarts.features.npy import FeatureFileError, corpus_rows
 from emodarts.features.shards import load_plan, read_shard, shard_path, write_shard
 from emodarts.features.torch_backend import BACKENDS, features_torch, torch_device
+from emodarts.runtime.errors import DataError
 
 Items = Sequence[Tuple[str, str]]  # (utt_id, path) of one chunk
 

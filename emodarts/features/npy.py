@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from emodarts.runtime.errors import DataError
 from emodarts.features.config import FeatureConfig
+from emodarts.runtime.errors import DataError
 
 
 class FeatureFileError(DataError):

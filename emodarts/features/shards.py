@@ -12,8 +12,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from emodarts.runtime.files import atomic_write, atomic_write_json
 from emodarts.features.config import FEATURE_VERSION, FeatureConfig
+from emodarts.runtime.files import atomic_write, atomic_write_json
 
 DEFAULT_CHUNK = 64
 

@@ -9,9 +9,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from emodarts.runtime.errors import DataError
 from emodarts.features.compute import fix_frames, pool_to
 from emodarts.features.config import SPECTROGRAM_HOP, SPECTROGRAM_N_FFT, FeatureConfig
+from emodarts.runtime.errors import DataError
 
 BACKENDS = ("librosa", "torchaudio")
 # Agreement with the librosa reference, measured on CPU (tests/test_corpora_features.py; speech-like

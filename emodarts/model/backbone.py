@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emodarts.engine.config import ModelConfig
-from emodarts.runtime.distributed import BatchDropout
-from emodarts.ops.cnn import FactorizedReduce, ReLUConvBN
+from emodarts.model.cnn_ops import FactorizedReduce, ReLUConvBN
+from emodarts.model.config import ModelConfig
+from emodarts.model.dropout import BatchDropout
 
 
 class FeatureNorm(nn.Module):

@@ -21,8 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emodarts.ops.cnn import DilConv, FactorizedReduce, SepConv
-from emodarts.model.partial_channels import bypass, channel_shuffle, node_logits, split_channels
+from emodarts.model.cnn_ops import DilConv, FactorizedReduce, SepConv
+from emodarts.model.partial_channels import (
+    bypass,
+    channel_shuffle,
+    node_logits,
+    split_channels,
+)
 from emodarts.model.space import n_edges
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emodarts.engine.config import ModelConfig
-from emodarts.runtime.distributed import BatchDropout
+from emodarts.model.config import ModelConfig
+from emodarts.model.dropout import BatchDropout
+from emodarts.model.space import CellGenotype
 from emodarts.ops.backend import Backend
 from emodarts.ops.darts_reference import DARTS_ACTIVATIONS
-from emodarts.model.space import CellGenotype
 
 INIT_RANGE = 0.04  # uniform initialisation of the recurrent matrices, as the DARTS code does
 

@@ -2,12 +2,20 @@
 import torch
 from torch import Tensor, nn
 
-from emodarts.model.backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
-from emodarts.engine.config import ModelConfig
-from emodarts.runtime.distributed import BatchDropout
+from emodarts.model.backbone import (
+    FeatureNorm,
+    Head,
+    SequenceHandoff,
+    cnn_cell_plan,
+    cnn_preprocess,
+    reduce_node_concat,
+    stem,
+)
+from emodarts.model.cnn_ops import Identity, make_cnn_op
+from emodarts.model.config import ModelConfig
 from emodarts.model.darts_cell import FixedDartsCell
-from emodarts.ops.cnn import Identity, drop_path, make_cnn_op
-from emodarts.ops.recurrent import make_seq_op
+from emodarts.model.dropout import BatchDropout, drop_path
+from emodarts.model.seq_ops import make_seq_op
 from emodarts.model.space import CellGenotype, Genotype, check_genotype_fits
 
 

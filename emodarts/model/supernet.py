@@ -8,16 +8,30 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from emodarts.model.backbone import FeatureNorm, Head, SequenceHandoff, cnn_cell_plan, cnn_preprocess, reduce_node_concat, stem
-from emodarts.engine.config import ModelConfig
+from emodarts.model.backbone import (
+    FeatureNorm,
+    Head,
+    SequenceHandoff,
+    cnn_cell_plan,
+    cnn_preprocess,
+    reduce_node_concat,
+    stem,
+)
 from emodarts.model.cnn_grouped import grouped_cnn_nodes, preprocess
-from emodarts.runtime.distributed import BatchDropout
+from emodarts.model.cnn_ops import make_cnn_op
+from emodarts.model.config import ModelConfig
 from emodarts.model.darts_cell import MixedDartsCell
-from emodarts.ops.backend import Backend, get_backend
-from emodarts.ops.cnn import make_cnn_op
-from emodarts.ops.recurrent import AttentiveRecurrentOp, make_seq_op
-from emodarts.model.partial_channels import bypass, channel_shuffle, check_partial_channels, edge_weights, split_channels
+from emodarts.model.dropout import BatchDropout
+from emodarts.model.partial_channels import (
+    bypass,
+    channel_shuffle,
+    check_partial_channels,
+    edge_weights,
+    split_channels,
+)
+from emodarts.model.seq_ops import AttentiveRecurrentOp, make_seq_op
 from emodarts.model.space import n_edges, seq_inputs
+from emodarts.ops.backend import Backend, get_backend
 
 ALPHA_NAMES = ("alpha_normal", "alpha_reduce", "alpha_seq")
 BETA_NAMES = ("beta_normal", "beta_reduce")  # PC-DARTS edge normalisation, only with --partial-channels K > 1

@@ -7,8 +7,8 @@ from typing import Callable
 
 import torch
 
-from emodarts.runtime.errors import BackendError
 from emodarts.ops import reference
+from emodarts.runtime.errors import BackendError
 
 BACKENDS = ("reference", "fused")
 
@@ -52,7 +52,14 @@ def _pool_pair() -> Callable:
 def get_backend(name: str) -> Backend:
     """Return the named backend; a fused backend that is not built is an error, never a silent fallback."""
     if name == "reference":
-        from emodarts.ops import bn_reference, dw_reference, grids_reference, grouped_reference, pool_reference, pw_reference
+        from emodarts.ops import (
+            bn_reference,
+            dw_reference,
+            grids_reference,
+            grouped_reference,
+            pool_reference,
+            pw_reference,
+        )
         from emodarts.ops.darts_reference import darts_rnn_reference
 
         return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent, darts_rnn_reference,
@@ -60,7 +67,15 @@ def get_backend(name: str) -> Backend:
                        pw_reference.pointwise_convs, grids_reference.offset_grids)
     if name == "fused":
         try:
-            from emodarts.ops import bn_fused, darts_fused, dw_fused, fused, grids_fused, grouped_recurrent, pw_fused
+            from emodarts.ops import (
+                bn_fused,
+                darts_fused,
+                dw_fused,
+                fused,
+                grids_fused,
+                grouped_recurrent,
+                pw_fused,
+            )
         except ImportError as exc:
             raise BackendError(
                 "the fused backend is not built in this installation: its kernels are missing "

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from emodarts.runtime.errors import BackendError
 
+
 def kernels_module():
     """emodarts.kernels.multi_depthwise (Triton)."""
     from emodarts.ops.fused import triton_kernels

@@ -21,8 +21,8 @@ import sysconfig
 import threading
 from typing import List
 
-from emodarts.runtime.errors import BackendError
 from emodarts.ops.toolchain import openmp_flags
+from emodarts.runtime.errors import BackendError
 
 JIT_NAME = "emodarts_C"
 _lock = threading.RLock()  # re-entrant: load_ops holds it while it loads the extension

@@ -21,10 +21,17 @@ import sys
 import threading
 from typing import List, Optional, Set
 
-from emodarts.runtime.errors import BackendError
 from emodarts.ops import toolchain
-from emodarts.ops.extension import (announce_build, build_dir, cpp_extension, csrc_dir, load_extension,
-                                    local_includes, needs_build)
+from emodarts.ops.extension import (
+    announce_build,
+    build_dir,
+    cpp_extension,
+    csrc_dir,
+    load_extension,
+    local_includes,
+    needs_build,
+)
+from emodarts.runtime.errors import BackendError
 
 CUDA_MODULE = "emodarts._C_cuda"  # what setup.py builds
 JIT_NAME = "emodarts_grouped_rnn_cuda"  # the just-in-time library (and, below build_dir(), its folder's name)

@@ -103,18 +103,6 @@ def batch_mask(shape: Sequence[int], keep: float, device, dtype) -> Tensor:
     return torch.empty((n, *shape[1:]), device=device, dtype=dtype).bernoulli_(keep)[part]
 
 
-class BatchDropout(nn.Dropout):
-    """nn.Dropout (a bernoulli_ mask scaled by 1/keep) whose mask comes from `batch_mask`, so data-parallel
-    ranks drop what one process would. No parameters: checkpoints are those of nn.Dropout."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        if keep == 0.0:
-            return x * 0.0
-        noise = batch_mask(x.shape, keep, x.device, x.dtype).div_(keep)
-        return x * noise
 
 
 def sum_gradients(grads: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
@@ -165,7 +153,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         import warnings
 
-        from torch.distributed.nn.functional import all_reduce  # differentiable; its successor is private
+        from torch.distributed.nn.functional import (
+            all_reduce,  # differentiable; its successor is private
+        )
 
         c = x.shape[1]
         xf = x.float()
@@ -199,3 +189,9 @@ def use_global_batch_norm(model: nn.Module) -> nn.Module:
         else:
             use_global_batch_norm(child)
     return model
+
+
+def for_data_parallel(model: nn.Module) -> None:
+    """Under torchrun, batch norm normalises over the global batch, as the single process does."""
+    if info().active:
+        use_global_batch_norm(model)

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emodarts.runtime.distributed import batch_mask  # per-sample masks as one process draws them, also data-parallel
-
 
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool):
@@ -95,12 +93,3 @@ def make_cnn_op(name: str, channels: int, stride: int, affine: bool) -> nn.Modul
     if name not in CNN_OPS:
         raise ValueError(f"unknown CNN operation {name!r}; known: {', '.join(CNN_OPS)}")
     return CNN_OPS[name](channels, stride, affine)
-
-
-def drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
-    """Zero whole samples with probability `prob` (scaled), as DARTS final training does."""
-    if not training or prob <= 0.0:
-        return x
-    keep = 1.0 - prob
-    mask = batch_mask((x.shape[0], *([1] * (x.dim() - 1))), keep, x.device, x.dtype)
-    return x * mask / keep
