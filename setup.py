@@ -4,14 +4,14 @@ Compiled parts, built here only when torch is importable at build time, i.e. wit
 ``pip install --no-build-isolation [-e] .`` against the torch already installed (torch is deliberately not a
 build requirement: an isolated build would pull a second multi-GB torch). A plain ``pip install -e .`` builds
 in isolation, finds no torch and builds nothing; then everything is JIT-compiled on first use
-(emodarts/ops/extension.py for the C++ part, emodarts/ops/extension_cuda.py for the CUDA part).
+(emodarts/ops/compiled/cpp.py for the C++ part, emodarts/ops/compiled/cuda.py for the CUDA part).
 
 - ``emodarts._C``: the C++ CPU ops (csrc/*.cpp). Built whenever torch is importable.
 - ``emodarts._C_cuda``: the CUDA kernels of the grouped recurrent layer and of the DARTS cell
   (csrc/cuda/*.cu). Built when all of these hold:
     * torch is a CUDA build (torch.version.cuda is not None),
     * a CUDA toolkit is found (CUDA_HOME, CUDA_PATH, /usr/local/cuda or nvcc on the PATH, holding bin/nvcc
-      and include/cuda_runtime.h: emodarts/ops/toolchain.py, which the JIT build uses too),
+      and include/cuda_runtime.h: emodarts/ops/compiled/toolchain.py, which the JIT build uses too),
     * EMODARTS_NO_CUDA_EXT is not set,
     * and a GPU is visible (torch.cuda.is_available()), or it is asked for explicitly with
       EMODARTS_CUDA_EXT=1 or a TORCH_CUDA_ARCH_LIST. An nvcc build takes minutes on a small machine, so an
@@ -25,17 +25,21 @@ import importlib.util
 import os
 import platform
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = ["emodarts", "emodarts.cli", "emodarts.data", "emodarts.engine", "emodarts.features", "emodarts.model", "emodarts.ops", "emodarts.runtime", "emodarts.kernels"]
+# The sources the JIT builds and the Triton loader read travel inside the package (emodarts/ops/compiled/sources.py
+# finds them there in an installed wheel, or beside the package in a checkout): csrc/ as emodarts/csrc and
+# kernels/ as emodarts/kernels, data folders that are never imported as packages.
+SOURCE_PACKAGES = {"emodarts.csrc": "csrc", "emodarts.csrc.cuda": "csrc/cuda", "emodarts.kernels": "kernels"}
+SOURCE_FILES = {"emodarts.csrc": ["*.cpp", "*.h"], "emodarts.csrc.cuda": ["*.cu", "*.cuh"], "emodarts.kernels": ["*.py"]}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _load_toolchain():
-    """emodarts/ops/toolchain.py loaded by its path (standard library only): the CUDA toolkit lookup, the
+    """emodarts/ops/compiled/toolchain.py loaded by its path (standard library only): the CUDA toolkit lookup, the
     default GPU target and the OpenMP flags the JIT builds use too, without importing the package."""
     spec = importlib.util.spec_from_file_location(
-        "emodarts_toolchain_for_setup", os.path.join(HERE, "emodarts", "ops", "toolchain.py"))
+        "emodarts_toolchain_for_setup", os.path.join(HERE, "emodarts", "ops", "compiled", "toolchain.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -115,8 +119,9 @@ if __name__ == "__main__":  # pip's build backend runs this file as __main__; te
         name="emodarts",
         version="0.1.0",
         description="emoDARTS: joint CNN + sequential differentiable architecture search for speech emotion recognition",
-        packages=PACKAGES,
-        package_dir={"emodarts.kernels": "kernels"},
+        packages=find_packages(include=["emodarts", "emodarts.*"]) + list(SOURCE_PACKAGES),
+        package_dir=SOURCE_PACKAGES,
+        package_data=SOURCE_FILES,
         python_requires=">=3.10",
         install_requires=[
             "torch>=2.11",

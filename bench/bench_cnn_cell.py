@@ -1,5 +1,5 @@
 """One mixed CNN cell: per-candidate modules (the reference) vs torch.compile of them vs the cell grouped by
-source state with the fused kernels (emodarts/model/cnn_grouped.py: pools once per state, one multi-depthwise call
+source state with the fused kernels (emodarts/model/cells/cnn_grouped.py: pools once per state, one multi-depthwise call
 per half of the convolutions, shared ReLU and batch norms).
 
 Workload: the first normal cell and the first reduction cell of the `tiny` and `paper` presets, at the

@@ -1,4 +1,4 @@
-"""Benchmark of the mixed DARTS recurrent cell over a whole sequence (emodarts/ops/darts_reference.py's
+"""Benchmark of the mixed DARTS recurrent cell over a whole sequence (emodarts/ops/darts_rnn.py's
 contract): the eager reference vs torch.compile of the reference's *cell step* vs the fused op.
 
 Workload: one DARTS layer, darts_rnn(x_proj, h0, w0h, ws, probs) -> hs (T, B, H), float32:
@@ -7,7 +7,7 @@ Workload: one DARTS layer, darts_rnn(x_proj, h0, w0h, ws, probs) -> hs (T, B, H)
 Inputs as the search cell makes them: x_proj = (x W0x)^T, a transposed batch-first tensor (not
 contiguous), h0 = 0, W0x / w0h / ws ~ uniform(-0.04, 0.04) (the DARTS init), probs = the 4 activation
 columns of softmax(alpha) over 5 candidates with alpha = 0 (the start of a search), each node's rows divided
-by its number of predecessors, as emodarts.model.darts_cell.MixedDartsCell does (summed instead of averaged over
+by its number of predecessors, as emodarts.model.cells.darts.MixedDartsCell does (summed instead of averaged over
 predecessors, the 8-node cell's states grow geometrically and overflow at T = 32). The script checks that the
 outputs are finite and that the three implementations agree.
 
@@ -16,7 +16,7 @@ Implementations:
   compile    torch.compile(dynamic=False) of the reference's *cell step* (one time step: the h W0h GEMM, s0,
              the S nodes, the mean), called from an eager Python loop over time steps; the unrolled time loop
              is not compiled. Compile time is excluded (warm-up).
-  fused      emodarts.ops.darts_fused.darts_rnn_fused (the whole time loop in one C++ / CUDA op)
+  fused      emodarts.ops.darts_rnn.darts_rnn_fused (the whole time loop in one C++ / CUDA op)
 Memory (CUDA only; skipped on the CPU): the fused op's forward+backward at a large size, --memory-size
 (default H=1024, S=8 nodes (36 edges), T=128, B=128), with torch.cuda.max_memory_allocated over the call and
 its share above the inputs; the backward keeps one step of [dC | dZ] and of the state gradients and
@@ -52,9 +52,9 @@ from bench.common import (  # noqa: E402
     timed_round_robin,
     write_json,
 )
-from emodarts.ops import darts_fused  # noqa: E402
+from emodarts.ops import darts_rnn  # noqa: E402
 from emodarts.ops import grouped_recurrent as gr  # noqa: E402
-from emodarts.ops.darts_reference import (  # noqa: E402
+from emodarts.ops.darts_rnn import (  # noqa: E402
     activations,
     darts_rnn_reference,
     edge_index,
@@ -111,7 +111,7 @@ def run_compiled(x_proj: Tensor, h0: Tensor, w0h: Tensor, ws: Tensor, probs: Ten
 IMPLS: Dict[str, Callable] = {
     "reference": darts_rnn_reference,
     "compile": run_compiled,
-    "fused": darts_fused.darts_rnn_fused,
+    "fused": darts_rnn.darts_rnn_fused,
 }
 
 
@@ -231,7 +231,7 @@ def main(argv=None) -> None:
                          "H=1024,S=8,T=128,B=128); skipped on the CPU")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = ap.parse_args(argv)
-    device, repeats, warmup = run_settings(args, 9, darts_fused.ensure_cuda)
+    device, repeats, warmup = run_settings(args, 9, darts_rnn.ensure_cuda)
     impls = [s for s in args.impls.split(",") if s]
     base = [i for i in ("reference", "compile") if i in impls]
     print("compile = torch.compile(dynamic=False) of the reference's cell step (one time step), eager loop over "

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from emodarts.ops import fused, reference  # noqa: E402
+from emodarts.ops import mixed_sum  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from common import device_name  # noqa: E402
@@ -221,7 +221,7 @@ def main(argv=None):
         print("--heap steady: no glibc mallopt here, running with the default heap")
         heap = "default"
 
-    impls = {"eager": reference.mixed_sum}
+    impls = {"eager": mixed_sum.mixed_sum_reference}
     if not args.no_compile:
         # one graph per (K, size, grad mode): lift dynamo's recompile limit (default 8), or it silently
         # falls back to eager after a few cases
@@ -229,13 +229,13 @@ def main(argv=None):
                      "accumulated_cache_size_limit"):
             if hasattr(dynamo_config, name):
                 setattr(dynamo_config, name, 4096)
-        impls["compile"] = torch.compile(reference.mixed_sum, dynamic=False)
+        impls["compile"] = torch.compile(mixed_sum.mixed_sum_reference, dynamic=False)
     if gpu:
-        impls["fused"] = fused.mixed_sum_triton
+        impls["fused"] = mixed_sum.mixed_sum_triton
         fused_kind = "triton"
     else:
-        fused.cpp_ops()  # build/load the extension before timing
-        impls["fused"] = fused.mixed_sum_cpp
+        mixed_sum.cpp_ops()  # build/load the extension before timing
+        impls["fused"] = mixed_sum.mixed_sum_cpp
         fused_kind = "c++"
     fused_info = _cpp_info() if not gpu else None
 

@@ -5,9 +5,9 @@ Workload: x (B, C, H, W) float32 with requires_grad (as in a search step), strid
   tiny   (16, 12, 20, 47), (16, 16, 10, 24)
   paper  (16, 24, 128, 128), (16, 32, 64, 64), (16, 64, 32, 32)
 Implementations:
-  reference  emodarts.ops.pool_reference.pool3x3_pair: F.max_pool2d + F.avg_pool2d(count_include_pad=False)
+  reference  emodarts.ops.pools.pool3x3_pair_reference: F.max_pool2d + F.avg_pool2d(count_include_pad=False)
   compile    torch.compile(reference, dynamic=False), one graph per size and stride; compile time excluded
-  fused      emodarts.ops.pool_fused.pool3x3_pair (csrc/pool3x3.cpp; on CUDA it is the reference itself)
+  fused      emodarts.ops.pools.pool3x3_pair_fused (csrc/pool3x3.cpp; on CUDA it is the reference itself)
 Modes: fwd (forward, autograd recording) and fwd+bwd (forward, then the gradient of x from random gradients
 of both outputs). Median and min wall time over --repeats runs after --warmup runs, the implementations
 timed round-robin (one run of each in turn, so that they see the same load on a shared machine). Before
@@ -37,7 +37,7 @@ from bench.common import (  # noqa: E402
     timed_round_robin,
     write_json,
 )
-from emodarts.ops import pool_fused, pool_reference  # noqa: E402
+from emodarts.ops import pools  # noqa: E402
 
 SIZES = {  # name -> (B, C, H, W)
     "tiny-16x12x20x47": (16, 12, 20, 47),
@@ -57,21 +57,21 @@ def compiled_reference() -> Callable:
         # one graph per size, stride and mode: above dynamo's default limit
         dynamo_config.recompile_limit = max(getattr(dynamo_config, "recompile_limit", 8), 64)
         dynamo_config.cache_size_limit = max(getattr(dynamo_config, "cache_size_limit", 8), 64)
-        _compiled["ref"] = torch.compile(pool_reference.pool3x3_pair, dynamic=False)
+        _compiled["ref"] = torch.compile(pools.pool3x3_pair_reference, dynamic=False)
     return _compiled["ref"]
 
 
 IMPLS: Dict[str, Callable[[], Callable]] = {
-    "reference": lambda: pool_reference.pool3x3_pair,
+    "reference": lambda: pools.pool3x3_pair_reference,
     "compile": compiled_reference,
-    "fused": lambda: pool_fused.pool3x3_pair,
+    "fused": lambda: pools.pool3x3_pair_fused,
 }
 
 
 def build(shape: Tuple[int, ...], stride: int, device: torch.device, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
-    ho, wo = pool_fused.out_size(shape[2], stride), pool_fused.out_size(shape[3], stride)
+    ho, wo = pools.out_size(shape[2], stride), pools.out_size(shape[3], stride)
     gm = torch.randn(shape[0], shape[1], ho, wo, generator=gen).to(device)
     ga = torch.randn(shape[0], shape[1], ho, wo, generator=gen).to(device)
     return x, gm, ga
@@ -102,7 +102,7 @@ def min_bytes(shape, stride: int, mode: str, element: int = 4) -> int:
     """Bytes any implementation must move: forward reads x and writes both outputs; backward reads x and both
     output gradients and writes grad_x."""
     b, c, h, w = shape
-    n_in, n_out = b * c * h * w, b * c * pool_fused.out_size(h, stride) * pool_fused.out_size(w, stride)
+    n_in, n_out = b * c * h * w, b * c * pools.out_size(h, stride) * pools.out_size(w, stride)
     fwd = n_in + 2 * n_out
     return element * (fwd + (2 * n_in + 2 * n_out if mode == "fwd+bwd" else 0))
 
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         raise SystemExit(f"unknown sizes {unknown}; choose from {list(SIZES)}")
-    info = pool_fused.cpu_info() if device.type == "cpu" and "fused" in impls else None
+    info = pools.cpu_info() if device.type == "cpu" and "fused" in impls else None
     base = [i for i in ("reference", "compile") if i in impls]
     ratio_names = [f"{b}/{i}" for b in base for i in impls if i != b and not (b == "compile" and i == "reference")]
     print("compile = torch.compile(dynamic=False) of the reference pair; compile time excluded")
@@ -157,7 +157,7 @@ def main(argv=None) -> None:
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "pool3x3_cpu_info": info,
-        "compile": "torch.compile(dynamic=False) of emodarts.ops.pool_reference.pool3x3_pair; compile time "
+        "compile": "torch.compile(dynamic=False) of emodarts.ops.pools.pool3x3_pair_reference; compile time "
                    "excluded (warm-up)",
         "inputs": "x ~ N(0, 1) with requires_grad, output gradients ~ N(0, 1); both outputs used",
         "speedup_note": "a/b = median time of a / median time of b (> 1: b is faster)",

@@ -13,7 +13,7 @@ Implementations:
   compile   torch.compile of the *cell* (one time step of an LSTM / RNN layer: both linears and the gate
             math), called from an eager Python loop over layers, directions and time steps; the unrolled time
             loop is not compiled. Compile time is excluded (warm-up).
-  grouped   emodarts.ops.grouped_recurrent.grouped_recurrent (one call per source; C++ on the CPU, CUDA on
+  grouped   emodarts.ops.grouped_recurrent.grouped_recurrent_fused (one call per source; C++ on the CPU, CUDA on
             a GPU)
 Modes: fwd (forward with autograd recording, as in a search step) and fwd+bwd (forward, then backward of
 random output gradients into x and every weight). Median (and min) wall time over --repeats runs after
@@ -131,7 +131,7 @@ def impl_fn(name: str) -> Callable[[Tensor, Sequence[nn.Module]], List[Tensor]]:
     if name == "compile":
         return lambda x, mods: [run_compiled(x, m) for m in mods]
     if name == "grouped":
-        return gr.grouped_recurrent
+        return gr.grouped_recurrent_fused
     raise ValueError(name)
 
 

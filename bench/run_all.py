@@ -442,7 +442,7 @@ def build_environment(dev: torch.device, results: Path) -> dict:
             major, minor = torch.cuda.get_device_capability(dev)
             env["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
         if not env.get("CUDA_HOME"):
-            from emodarts.ops.extension_cuda import cuda_home
+            from emodarts.ops.compiled.cuda import cuda_home
 
             home = cuda_home()
             if home:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from emodarts.runtime.errors import BackendError
 
-from .layout import is_flat, max_offset, out_strides, plan_strided, result_dtype
+from emodarts.ops.layout import is_flat, max_offset, out_strides, plan_strided, result_dtype
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_INPUTS = 8  # pointers per launch

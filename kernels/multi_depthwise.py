@@ -1,7 +1,7 @@
 """Triton multi-depthwise kernels: the depthwise convolutions of up to MAX_SLOTS candidates in one launch per
 direction (forward, input gradient, weight gradient).
 
-Contract (the same as emodarts.ops.dw_reference.multi_depthwise): candidate i convolves xs[i] (or one shared
+Contract (the same as emodarts.ops.multi_depthwise.multi_depthwise_reference): candidate i convolves xs[i] (or one shared
 x) of shape (B, C, H, W) with weights[i] (C, 1, k, k), k in {3, 5}, dilation d in {1, 2}, padding
 d * (k - 1) // 2 and one stride s in {1, 2} for all, giving (B, C, ceil(H / s), ceil(W / s)).
 
@@ -365,7 +365,7 @@ def _multi_dw_bwd_w_kernel(
 
 
 # --------------------------------------------------------------------------------------------------
-# launch planning and entry points (plain tensors in, tensors out; autograd lives in emodarts/ops/dw_triton.py)
+# launch planning and entry points (plain tensors in, tensors out; autograd lives in emodarts/ops/multi_depthwise.py)
 
 
 def _block(n: int) -> Tuple[int, int]:

@@ -69,11 +69,11 @@ def _cuda_build_skip_reason():
 
     import torch
 
-    from emodarts.ops import extension_cuda
+    from emodarts.ops.compiled import cuda as compiled_cuda
 
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is not a CUDA build: it cannot build CUDA extensions"
-    if extension_cuda.cuda_home() is None:
+    if compiled_cuda.cuda_home() is None:
         return "no CUDA toolkit (nvcc) found: set CUDA_HOME to build the CUDA sources"
     if shutil.which("ninja") is None:
         try:
@@ -90,11 +90,13 @@ def cuda_built():
     reason = _cuda_build_skip_reason()
     if reason:
         pytest.skip(reason)
-    from emodarts.ops import darts_fused, extension_cuda, grouped_recurrent
+    from emodarts.ops import darts_rnn
+    from emodarts.ops.compiled import cuda as compiled_cuda
+    from emodarts.ops import grouped_recurrent
 
     grouped_recurrent.ops()  # the CPU library defines the operators the CUDA one implements
-    darts_fused.ops()
-    return extension_cuda.build_cuda_extension()
+    darts_rnn.ops()
+    return compiled_cuda.build_cuda_extension()
 
 
 def pytest_configure(config):

@@ -1,6 +1,6 @@
-"""The multi batch norm (csrc/multi_bn.cpp, emodarts/ops/bn_fused.py), the multi pointwise convolution
-(csrc/pointwise.cpp, emodarts/ops/pw_fused.py) and the factorized reduce's offset grids
-(csrc/offset_grids.cpp, emodarts/ops/grids_fused.py) against their reference twins (one ATen call per
+"""The multi batch norm (csrc/multi_bn.cpp, emodarts/ops/batch_norms.py), the multi pointwise convolution
+(csrc/pointwise.cpp, emodarts/ops/pointwise.py) and the factorized reduce's offset grids
+(csrc/offset_grids.cpp, emodarts/ops/offset_grids.py) against their reference twins (one ATen call per
 module or weight, ATen views): forward, every gradient, the running statistics, on fresh random inputs at
 awkward shapes, float32 judged against a float64 oracle."""
 import copy
@@ -10,23 +10,18 @@ import torch
 from parity import assert_parity
 from torch import nn
 
-from emodarts.ops import (
-    bn_fused,
-    bn_reference,
-    grids_fused,
-    grids_reference,
-    pw_fused,
-    pw_reference,
-)
+from emodarts.ops import batch_norms
+from emodarts.ops import offset_grids
+from emodarts.ops import pointwise
 from emodarts.runtime.errors import BackendError
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ops():
     try:
-        bn_fused.ops()
-        pw_fused.ops()
-        grids_fused.ops()
+        batch_norms.ops()
+        pointwise.ops()
+        offset_grids.ops()
     except BackendError as exc:
         pytest.fail(f"the C++ extension did not load: {exc}")
 
@@ -43,7 +38,7 @@ def _bn_run(impl, xs, groups, grads):
     xs = [x.detach().clone().requires_grad_(True) for x in xs]
     outs = impl(xs, groups)
     ys = [o[0] for o in outs]
-    assert all(all(y is o[0] for y in o) or impl is bn_reference.batch_norms for o in outs)
+    assert all(all(y is o[0] for y in o) or impl is batch_norms.batch_norms_reference for o in outs)
     gx = torch.autograd.grad(ys, xs, grads)
     buffers = [b.detach().clone() for g in groups for m in g for b in (m.running_mean, m.running_var)]
     counts = [int(m.num_batches_tracked) for g in groups for m in g]
@@ -72,8 +67,8 @@ def test_batch_norms_float64_equal_the_modules(momentum):
     grads = [torch.randn(*s, dtype=torch.float64) for s in BN_SHAPES]
     groups = _bn_modules(BN_SHAPES, torch.float64, momentum, sizes=[1, 2, 3, 1, 1])
     twins = copy.deepcopy(groups)
-    fused = _bn_run(bn_fused.batch_norms, xs, groups, grads)
-    ref = _bn_run(bn_reference.batch_norms, xs, twins, grads)
+    fused = _bn_run(batch_norms.batch_norms_fused, xs, groups, grads)
+    ref = _bn_run(batch_norms.batch_norms_reference, xs, twins, grads)
     for name, f, r in zip(("outputs", "input gradients", "running statistics"), fused[:3], ref[:3]):
         assert_parity([(f"{name} {i}", a, None, b) for i, (a, b) in enumerate(zip(f, r))], torch.float64,
                       rel_floor=1e-12, what=name)
@@ -87,10 +82,10 @@ def test_batch_norms_float32_against_float64_oracle():
     groups64 = _bn_modules(BN_SHAPES, torch.float64)
     groups32 = [[copy.deepcopy(m).float() for m in g] for g in groups64]
     twins32 = copy.deepcopy(groups32)
-    oracle = _bn_run(bn_reference.batch_norms, xs, groups64, grads)
+    oracle = _bn_run(batch_norms.batch_norms_reference, xs, groups64, grads)
     f32 = [[t.float() for t in ts] for ts in (xs, grads)]
-    fused = _bn_run(bn_fused.batch_norms, f32[0], groups32, f32[1])
-    ref = _bn_run(bn_reference.batch_norms, f32[0], twins32, f32[1])
+    fused = _bn_run(batch_norms.batch_norms_fused, f32[0], groups32, f32[1])
+    ref = _bn_run(batch_norms.batch_norms_reference, f32[0], twins32, f32[1])
     for k, name in enumerate(("outputs", "input gradients", "running statistics")):
         assert_parity([(f"{name} {i}", a, b, o) for i, (a, b, o) in enumerate(zip(fused[k], ref[k], oracle[k]))],
                       torch.float32, rel_floor=2e-6, what=name)
@@ -107,8 +102,8 @@ def test_batch_norms_non_contiguous_and_fallbacks():
     affine = nn.BatchNorm2d(4).double()
     groups = [[nn.BatchNorm2d(6, affine=False).double()], [eval_mod], [affine], [nn.BatchNorm2d(3, affine=False).bfloat16()]]
     twins = copy.deepcopy(groups)
-    outs = bn_fused.batch_norms(xs, groups)
-    want = bn_reference.batch_norms(xs, twins)
+    outs = batch_norms.batch_norms_fused(xs, groups)
+    want = batch_norms.batch_norms_reference(xs, twins)
     for o, w, g, t in zip(outs, want, groups, twins):
         torch.testing.assert_close(o[0], w[0], rtol=1e-12, atol=1e-12 if o[0].dtype == torch.float64 else 1e-2)
         torch.testing.assert_close(g[0].running_mean, t[0].running_mean, rtol=1e-12, atol=1e-12)
@@ -116,7 +111,7 @@ def test_batch_norms_non_contiguous_and_fallbacks():
 
 def test_batch_norm_refuses_one_value_per_channel():
     with pytest.raises(RuntimeError, match="more than 1 value per channel"):
-        bn_fused.batch_norms([torch.randn(1, 3, 1, 1)], [[nn.BatchNorm2d(3, affine=False)]])
+        batch_norms.batch_norms_fused([torch.randn(1, 3, 1, 1)], [[nn.BatchNorm2d(3, affine=False)]])
 
 
 def _pw_run(impl, xs, ws, grads):
@@ -137,8 +132,8 @@ def _pw_inputs(dtype, seed):
 
 def test_pointwise_float64_equals_conv2d():
     xs, ws, grads = _pw_inputs(torch.float64, 4)
-    fused = _pw_run(pw_fused.pointwise_convs, xs, ws, grads)
-    ref = _pw_run(pw_reference.pointwise_convs, xs, ws, grads)
+    fused = _pw_run(pointwise.pointwise_convs_fused, xs, ws, grads)
+    ref = _pw_run(pointwise.pointwise_convs_reference, xs, ws, grads)
     for name, f, r in zip(("outputs", "gradients"), fused, ref):
         assert_parity([(f"{name} {i}", a, None, b) for i, (a, b) in enumerate(zip(f, r))], torch.float64,
                       rel_floor=1e-12, what=name)
@@ -146,10 +141,10 @@ def test_pointwise_float64_equals_conv2d():
 
 def test_pointwise_float32_against_float64_oracle():
     xs, ws, grads = _pw_inputs(torch.float64, 5)
-    oracle = _pw_run(pw_reference.pointwise_convs, xs, ws, grads)
+    oracle = _pw_run(pointwise.pointwise_convs_reference, xs, ws, grads)
     f32 = [[t.float() for t in ts] for ts in (xs, ws, grads)]
-    fused = _pw_run(pw_fused.pointwise_convs, *f32)
-    ref = _pw_run(pw_reference.pointwise_convs, *f32)
+    fused = _pw_run(pointwise.pointwise_convs_fused, *f32)
+    ref = _pw_run(pointwise.pointwise_convs_reference, *f32)
     for k, name in enumerate(("outputs", "gradients")):
         assert_parity([(f"{name} {i}", a, b, o) for i, (a, b, o) in enumerate(zip(fused[k], ref[k], oracle[k]))],
                       torch.float32, rel_floor=1e-6, what=name)
@@ -161,8 +156,8 @@ def test_pointwise_non_contiguous_input_and_shared_input():
     x = torch.randn(2, 5, 11, 7, dtype=torch.float64).transpose(2, 3)
     ws = [torch.randn(3, 5, 1, 1, dtype=torch.float64) for _ in range(2)]
     grads = [torch.randn(2, 3, 7, 11, dtype=torch.float64) for _ in range(2)]
-    fused = _pw_run(pw_fused.pointwise_convs, [x, x], ws, grads)
-    ref = _pw_run(pw_reference.pointwise_convs, [x, x], ws, grads)
+    fused = _pw_run(pointwise.pointwise_convs_fused, [x, x], ws, grads)
+    ref = _pw_run(pointwise.pointwise_convs_reference, [x, x], ws, grads)
     for f, r in zip(fused[0] + fused[1], ref[0] + ref[1]):
         torch.testing.assert_close(f, r, rtol=1e-12, atol=1e-12)
 
@@ -179,8 +174,8 @@ def test_fused_ops_do_not_depend_on_the_thread_count():
             torch.set_num_threads(threads)
             torch.manual_seed(8)
             groups = _bn_modules([x.shape for x in xs], torch.float32)
-            bn = _bn_run(bn_fused.batch_norms, xs, groups, xs)
-            pw = _pw_run(pw_fused.pointwise_convs, xs, ws, [torch.ones(16, 8, 64, 64)] * 3)
+            bn = _bn_run(batch_norms.batch_norms_fused, xs, groups, xs)
+            pw = _pw_run(pointwise.pointwise_convs_fused, xs, ws, [torch.ones(16, 8, 64, 64)] * 3)
             results.append([t for part in (bn[0], bn[1], bn[2], pw[0], pw[1]) for t in part])
     finally:
         torch.set_num_threads(old)
@@ -196,12 +191,12 @@ def test_offset_grids_equal_the_slices(shape, dtype):
     base = torch.randn(shape[0], shape[1], shape[3], shape[2]).to(dtype)
     for x in (torch.randn(*shape).to(dtype), base.transpose(2, 3)):
         xf, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        fused, ref = grids_fused.offset_grids(xf), grids_reference.offset_grids(xr)
+        fused, ref = offset_grids.offset_grids_fused(xf), offset_grids.offset_grids_reference(xr)
         grads = [torch.randn_like(r) for r in ref]
         assert all(torch.equal(f, r) for f, r in zip(fused, ref))
         assert all(f.is_contiguous() for f in fused)
         torch.autograd.backward(fused, grads)
         torch.autograd.backward(ref, grads)
         assert torch.equal(xf.grad, xr.grad)
-        assert torch.equal(torch.autograd.grad(grids_fused.offset_grids(xf)[1].sum(), xf)[0],
-                           torch.autograd.grad(grids_reference.offset_grids(xr)[1].sum(), xr)[0])
+        assert torch.equal(torch.autograd.grad(offset_grids.offset_grids_fused(xf)[1].sum(), xf)[0],
+                           torch.autograd.grad(offset_grids.offset_grids_reference(xr)[1].sum(), xr)[0])

@@ -253,21 +253,21 @@ def test_doctor_exits_1_when_what_was_asked_for_is_missing(monkeypatch, ext_ok, 
 def test_build_message_only_when_the_extension_is_built(tmp_path, monkeypatch, capsys):
     import torch.utils.cpp_extension as cpp
 
-    from emodarts.ops import extension
+    from emodarts.ops.compiled import cpp as compiled_cpp
 
     monkeypatch.setenv("EMODARTS_EXT_DIR", str(tmp_path))
     monkeypatch.setattr(cpp, "load", lambda **k: "module")
-    assert extension._jit_build(ImportError("not installed")) == "module"
+    assert compiled_cpp._jit_build(ImportError("not installed")) == "module"
     assert "building the C++ extension (about a minute)..." in capsys.readouterr().err
-    lib = Path(extension.build_dir()) / f"{extension.JIT_NAME}.so"  # a cached build, newer than the sources
+    lib = Path(compiled_cpp.build_dir()) / f"{compiled_cpp.JIT_NAME}.so"  # a cached build, newer than the sources
     lib.write_bytes(b"")
     os.utime(lib, (time.time() + 3600, time.time() + 3600))
-    assert extension._jit_build(ImportError("not installed")) == "module"
+    assert compiled_cpp._jit_build(ImportError("not installed")) == "module"
     assert "building" not in capsys.readouterr().err
 
 
 def test_no_cuda_runtime_warning_is_silenced():
-    from emodarts.ops.extension import cpp_extension
+    from emodarts.ops.compiled.cpp import cpp_extension
 
     cpp_extension()
     logger = logging.getLogger("torch.utils.cpp_extension")  # torch's loggers do not propagate to the root

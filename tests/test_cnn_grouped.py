@@ -1,9 +1,8 @@
-"""The CNN cells grouped by source state (emodarts/model/cnn_grouped.py) against the per-candidate reference path:
+"""The CNN cells grouped by source state (emodarts/model/cells/cnn_grouped.py) against the per-candidate reference path:
 the same logits, every gradient and every batch-norm running statistic, on fresh random inputs, at awkward
-shapes. The grouping runs here with the reference's kernels (a Backend with group_cnn=True), so any
+shapes. The grouping runs here with the reference's kernels (Supernet.grouped_cnn with the reference backend), so any
 difference is the grouping's own; tests/test_fused_supernet.py checks it with the fused kernels."""
 import copy
-from dataclasses import replace
 
 import pytest
 import torch
@@ -12,9 +11,7 @@ from parity import assert_parity
 
 from emodarts.model.space import CNN_PRIMITIVES
 from emodarts.model.supernet import Supernet
-from emodarts.ops.backend import get_backend
 
-GROUPED_REFERENCE = replace(get_backend("reference"), group_cnn=True)
 
 
 def _step(net: Supernet, x, y, train: bool = True):
@@ -31,7 +28,7 @@ def _pair(cfg, n_features, dtype, seed):
     torch.manual_seed(seed)
     ref = Supernet(cfg, n_features, 4).to(dtype)
     grouped = copy.deepcopy(ref)
-    grouped.backend = GROUPED_REFERENCE
+    grouped.grouped_cnn = True  # the grouping with the reference's kernels
     return ref, grouped
 
 
@@ -99,7 +96,7 @@ def test_non_contiguous_input():
 
 def test_all_primitives_are_known():
     """The grouping covers every CNN candidate (a new one would need a rule in cnn_grouped.py)."""
-    from emodarts.model.cnn_grouped import POOLS, _batchable
+    from emodarts.model.cells.cnn_grouped import POOLS, _batchable
     from emodarts.model.cnn_ops import FactorizedReduce, make_cnn_op
 
     for name in CNN_PRIMITIVES:

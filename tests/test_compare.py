@@ -23,10 +23,10 @@ def test_compare_passes_on_cpu(tmp_path, order):
 
 
 def test_compare_fails_when_the_fused_path_is_perturbed(monkeypatch):
-    from emodarts.ops import fused
+    from emodarts.ops import mixed_sum
 
-    real = fused.mixed_sum
-    monkeypatch.setattr(fused, "mixed_sum", lambda ys, alpha, index: real(ys, alpha, index) * (1 + 1e-3))
+    real = mixed_sum.mixed_sum_fused
+    monkeypatch.setattr(mixed_sum, "mixed_sum_fused", lambda ys, alpha, index: real(ys, alpha, index) * (1 + 1e-3))
     result = CliRunner().invoke(cli, ["compare", "--preset", "tiny", "--steps", "1"])
     assert result.exit_code == 1, result.output
     assert "BEYOND TOLERANCE" in result.output

@@ -1,5 +1,5 @@
-"""The fused DARTS recurrent cell (emodarts/ops/darts_fused.py, csrc/darts_rnn.cpp, csrc/cuda/darts_rnn_cuda.cu)
-against its plain-PyTorch oracle emodarts.ops.darts_reference.darts_rnn_reference.
+"""The fused DARTS recurrent cell (emodarts/ops/darts_rnn.py, csrc/darts_rnn.cpp, csrc/cuda/darts_rnn_cuda.cu)
+against its plain-PyTorch oracle emodarts.ops.darts_rnn.darts_rnn_reference.
 
 Every comparison runs the same inputs through both and compares the output and the gradients of all five
 inputs (x_proj, h0, w0h, ws, probs) under the same random output gradient. Errors are relative to the
@@ -20,10 +20,10 @@ import torch
 from helpers import run_in_fresh_process
 from parity import assert_parity
 
-from emodarts.ops import darts_fused as df
-from emodarts.ops import extension_cuda
+from emodarts.ops import darts_rnn as df
+from emodarts.ops.compiled import cuda as compiled_cuda
 from emodarts.ops import grouped_recurrent as gr
-from emodarts.ops.darts_reference import darts_rnn_reference, n_darts_edges
+from emodarts.ops.darts_rnn import darts_rnn_reference, n_darts_edges
 from emodarts.runtime.errors import BackendError
 
 HAS_CUDA = torch.cuda.is_available()
@@ -333,7 +333,7 @@ def test_rejects_bad_inputs(ops):
 def test_cuda_sources_compile(cuda_built):
     """nvcc compiles and links csrc/cuda/darts_rnn_cuda.cu (Hopper, sm_90, when no GPU is visible) and its
     kernels register for both ops."""
-    assert any(s.endswith(os.path.join("cuda", "darts_rnn_cuda.cu")) for s in extension_cuda.cuda_sources())
+    assert any(s.endswith(os.path.join("cuda", "darts_rnn_cuda.cu")) for s in compiled_cuda.cuda_sources())
     assert os.path.isfile(cuda_built)
     assert torch._C._dispatch_has_kernel_for_dispatch_key(df.OP_FWD, "CUDA")
     assert torch._C._dispatch_has_kernel_for_dispatch_key(df.OP_BWD, "CUDA")

@@ -11,7 +11,7 @@ from helpers import random_run_data, small_model_config, small_run_config
 from emodarts.cli.commands import cli
 from emodarts.engine.search import run_search
 from emodarts.engine.training import run_train
-from emodarts.model.darts_cell import FixedDartsCell, MixedDartsCell
+from emodarts.model.cells.darts import FixedDartsCell, MixedDartsCell
 from emodarts.model.derive import derive_cell, derive_genotype
 from emodarts.model.network import DerivedNetwork
 from emodarts.model.space import (
@@ -25,12 +25,7 @@ from emodarts.model.space import (
 )
 from emodarts.model.supernet import Supernet
 from emodarts.ops.backend import get_backend
-from emodarts.ops.darts_reference import (
-    DARTS_ACTIVATIONS,
-    darts_rnn_reference,
-    edge_index,
-    n_darts_edges,
-)
+from emodarts.ops.darts_rnn import DARTS_ACTIVATIONS, darts_rnn_reference, edge_index, n_darts_edges
 from emodarts.runtime.errors import GenotypeError
 
 DARTS = dict(seq_space="darts", seq_primitives=DARTS_SEQ_PRIMITIVES, seq_nodes=3)

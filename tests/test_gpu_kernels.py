@@ -19,8 +19,9 @@ from helpers import sync_debug
 from parity import assert_parity
 from torch import nn
 
-from emodarts.ops import darts_fused as df
-from emodarts.ops import fused, grouped_reference, reference
+from emodarts.ops import darts_rnn as df
+from emodarts.ops import mixed_sum
+from emodarts.ops import grouped_recurrent
 from emodarts.ops import grouped_recurrent as gr
 
 pytestmark = pytest.mark.gpu
@@ -40,7 +41,7 @@ def ieee_fp32(monkeypatch):
 def cuda_ops():
     gr.ensure_cuda()
     df.ensure_cuda()
-    fused.kernels_module()
+    mixed_sum.kernels_module()
 
 
 
@@ -79,9 +80,9 @@ def run_mixed(fn, ys, alpha, index, g):
 def judge_mixed(device, dtype, slack=2.0, **kw):
     """Fused vs reference in `dtype`, both against the float64 reference on the CPU."""
     ys, alpha, index, g = mixed_inputs(device, dtype, **kw)
-    got = run_mixed(fused.mixed_sum, ys, alpha, index, g)
-    ref = run_mixed(reference.mixed_sum, ys, alpha, index, g)
-    truth = run_mixed(reference.mixed_sum, [y.double().cpu() for y in ys], alpha.double().cpu(), index,
+    got = run_mixed(mixed_sum.mixed_sum_fused, ys, alpha, index, g)
+    ref = run_mixed(mixed_sum.mixed_sum_reference, ys, alpha, index, g)
+    truth = run_mixed(mixed_sum.mixed_sum_reference, [y.double().cpu() for y in ys], alpha.double().cpu(), index,
                       g.double().cpu())
     names = ["out"] + [f"grad[{i}]" for i in range(len(ys))] + ["grad_alpha"]
     assert all(a.device == ys[0].device for a in got)
@@ -124,7 +125,7 @@ def test_every_fused_op_runs_on_the_second_gpu(cuda_ops):
     for mods, dev in ((mods0, d0), (mods1, d1)):
         mods = [m.to(dev) for m in mods]
         xd = x.to(dev).requires_grad_(True)
-        ys = gr.grouped_recurrent(xd, mods)
+        ys = gr.grouped_recurrent_fused(xd, mods)
         gx, = torch.autograd.grad(sum(y.square().sum() for y in ys), [xd])
         assert all(y.device == dev for y in ys) and gx.device == dev
         outs.append([y.detach().cpu() for y in ys] + [gx.cpu()])
@@ -149,8 +150,8 @@ def test_every_fused_op_runs_on_the_second_gpu(cuda_ops):
 
 def fused_step(ys, alpha, index, x, mods, darts):
     """Forward and backward through all three fused ops; returns the loss and every gradient."""
-    out = fused.mixed_sum(ys, alpha, index)
-    hs_group = gr.grouped_recurrent(x, mods)
+    out = mixed_sum.mixed_sum_fused(ys, alpha, index)
+    hs_group = gr.grouped_recurrent_fused(x, mods)
     hs = df.darts_rnn_fused(*darts)
     loss = out.square().mean() + sum(h.square().mean() for h in hs_group) + hs.square().mean()
     params = [p for m in mods for p in m.parameters()]
@@ -232,7 +233,7 @@ class _MixedModel(nn.Module):
     def forward(self, x):
         h = self.conv(x)
         ys = [torch.relu(h), torch.tanh(h), h.transpose(2, 3).contiguous().transpose(2, 3), h * h]
-        return fused.mixed_sum(ys, self.alpha, [(0, 1), (0, 2), (1, 3), (1, 1)])
+        return mixed_sum.mixed_sum_fused(ys, self.alpha, [(0, 1), (0, 2), (1, 3), (1, 1)])
 
 
 def test_torch_compile_of_a_model_calling_the_triton_path(cuda_ops):
@@ -278,10 +279,10 @@ def test_grouped_layer_against_the_reference_on_cuda(cuda_ops):
         return res
 
     gen.manual_seed(1)
-    truth = run(grouped_reference.grouped_recurrent, [copy.deepcopy(m).double() for m in mods], x.double())
+    truth = run(grouped_recurrent.grouped_recurrent_reference, [copy.deepcopy(m).double() for m in mods], x.double())
     gen.manual_seed(1)
-    ref = run(grouped_reference.grouped_recurrent, [copy.deepcopy(m) for m in mods], x)
+    ref = run(grouped_recurrent.grouped_recurrent_reference, [copy.deepcopy(m) for m in mods], x)
     gen.manual_seed(1)
-    got = run(gr.grouped_recurrent, mods, x)
+    got = run(gr.grouped_recurrent_fused, mods, x)
     assert_parity([(f"t{i}", a, r, t) for i, (a, r, t) in enumerate(zip(got, ref, truth))], torch.float32,
                   rel_floor=2e-5, what="grouped layer on CUDA")

@@ -18,7 +18,8 @@ from test_mixed_sum import HostOpRecorder
 from torch import nn
 
 from emodarts.engine import checkpoint
-from emodarts.ops import extension, extension_cuda
+from emodarts.ops.compiled import cpp as compiled_cpp
+from emodarts.ops.compiled import cuda as compiled_cuda
 from emodarts.ops import grouped_recurrent as gr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_setup_builds_the_cuda_kernels_only_when_asked_on_a_cpu_machine(monkeypa
 
 
 def test_setup_and_the_loader_share_the_toolkit_lookup(monkeypatch, tmp_path):
-    """setup.py and the JIT loader run one rule (emodarts/ops/toolchain.py) to find the CUDA toolkit."""
+    """setup.py and the JIT loader run one rule (emodarts/ops/compiled/toolchain.py) to find the CUDA toolkit."""
     home = tmp_path / "cuda"
     (home / "bin").mkdir(parents=True)
     (home / "include").mkdir()
@@ -103,7 +104,7 @@ def test_setup_and_the_loader_share_the_toolkit_lookup(monkeypatch, tmp_path):
     (home / "include" / "cuda_runtime.h").write_text("")
     monkeypatch.setenv("CUDA_HOME", str(home))
     mod = load_setup_module()
-    assert mod.find_cuda_home() == extension_cuda.cuda_home() == str(home)
+    assert mod.find_cuda_home() == compiled_cuda.cuda_home() == str(home)
 
 
 def test_setup_without_torch_builds_nothing():
@@ -119,14 +120,14 @@ def test_setup_without_torch_builds_nothing():
 
 def _fresh_cuda_loader(monkeypatch):
     """extension_cuda as in a new process: nothing loaded, no operator seen ready."""
-    monkeypatch.setattr(extension_cuda, "_ready", set())
-    monkeypatch.setattr(extension_cuda, "_loaded", False)
+    monkeypatch.setattr(compiled_cuda, "_ready", set())
+    monkeypatch.setattr(compiled_cuda, "_loaded", False)
 
 
 def test_ensure_cuda_prefers_the_installed_kernels(monkeypatch):
     """grouped_recurrent.ensure_cuda (and darts_fused.ensure_cuda, through the same loader,
-    extension_cuda.ensure_cuda) loads emodarts._C_cuda built by setup.py before falling back to a JIT build."""
-    from emodarts.ops import darts_fused as df
+    compiled_cuda.ensure_cuda) loads emodarts._C_cuda built by setup.py before falling back to a JIT build."""
+    from emodarts.ops import darts_rnn as df
 
     calls = []
     registered = {"yes": False}
@@ -139,24 +140,24 @@ def test_ensure_cuda_prefers_the_installed_kernels(monkeypatch):
     _fresh_cuda_loader(monkeypatch)
     monkeypatch.setattr(gr, "ops", lambda: None)
     monkeypatch.setattr(df, "ops", lambda: None)
-    monkeypatch.setattr(extension_cuda, "load_installed_cuda", installed)
-    monkeypatch.setattr(extension_cuda, "build_cuda_extension", lambda *a, **k: calls.append("jit"))
+    monkeypatch.setattr(compiled_cuda, "load_installed_cuda", installed)
+    monkeypatch.setattr(compiled_cuda, "build_cuda_extension", lambda *a, **k: calls.append("jit"))
     monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: registered["yes"])
     gr.ensure_cuda()
-    assert calls == ["installed"] and gr.OP_FWD in extension_cuda._ready
+    assert calls == ["installed"] and gr.OP_FWD in compiled_cuda._ready
     df.ensure_cuda()  # the same library: loaded once
-    assert calls == ["installed"] and df.OP_FWD in extension_cuda._ready
+    assert calls == ["installed"] and df.OP_FWD in compiled_cuda._ready
     # not installed: the JIT build runs
     _fresh_cuda_loader(monkeypatch)
     registered["yes"] = False
     calls.clear()
-    monkeypatch.setattr(extension_cuda, "load_installed_cuda", lambda: calls.append("installed") or False)
+    monkeypatch.setattr(compiled_cuda, "load_installed_cuda", lambda: calls.append("installed") or False)
 
     def jit(*a, **k):
         calls.append("jit")
         registered["yes"] = True
 
-    monkeypatch.setattr(extension_cuda, "build_cuda_extension", jit)
+    monkeypatch.setattr(compiled_cuda, "build_cuda_extension", jit)
     gr.ensure_cuda()
     assert calls == ["installed", "jit"]
 
@@ -164,15 +165,15 @@ def test_ensure_cuda_prefers_the_installed_kernels(monkeypatch):
 def test_a_cuda_library_without_the_op_is_not_rebuilt_in_process(monkeypatch):
     """A CUDA library loaded earlier in the process that lacks an operator's kernels is an error that says to
     restart, not a second build over the first."""
-    from emodarts.ops import darts_fused as df
+    from emodarts.ops import darts_rnn as df
     from emodarts.runtime.errors import BackendError
 
     calls = []
     _fresh_cuda_loader(monkeypatch)
-    monkeypatch.setattr(extension_cuda, "_loaded", True)
+    monkeypatch.setattr(compiled_cuda, "_loaded", True)
     monkeypatch.setattr(df, "ops", lambda: None)
-    monkeypatch.setattr(extension_cuda, "load_installed_cuda", lambda: calls.append("installed") or False)
-    monkeypatch.setattr(extension_cuda, "build_cuda_extension", lambda *a, **k: calls.append("jit"))
+    monkeypatch.setattr(compiled_cuda, "load_installed_cuda", lambda: calls.append("installed") or False)
+    monkeypatch.setattr(compiled_cuda, "build_cuda_extension", lambda *a, **k: calls.append("jit"))
     monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: False)
     with pytest.raises(BackendError, match="darts_rnn_cuda.cu .restart the process"):
         df.ensure_cuda()
@@ -182,26 +183,26 @@ def test_a_cuda_library_without_the_op_is_not_rebuilt_in_process(monkeypatch):
 def test_installed_kernels_are_skipped_when_older_than_their_sources(tmp_path, monkeypatch, capsys):
     lib = tmp_path / "_C_cuda.so"
     lib.write_bytes(b"")
-    old = min(os.path.getmtime(s) for s in extension_cuda.cuda_sources()) - 100
+    old = min(os.path.getmtime(s) for s in compiled_cuda.cuda_sources()) - 100
     os.utime(lib, (old, old))
     imported = []
-    monkeypatch.setattr(extension_cuda, "_installed_tried", False)
-    monkeypatch.setattr(extension_cuda, "installed_cuda_library", lambda: str(lib))
-    monkeypatch.setattr(extension_cuda.importlib, "import_module", lambda name: imported.append(name))
-    assert extension_cuda.load_installed_cuda() is False
+    monkeypatch.setattr(compiled_cuda, "_installed_tried", False)
+    monkeypatch.setattr(compiled_cuda, "installed_cuda_library", lambda: str(lib))
+    monkeypatch.setattr(compiled_cuda.importlib, "import_module", lambda name: imported.append(name))
+    assert compiled_cuda.load_installed_cuda() is False
     assert not imported and "older than" in capsys.readouterr().err
     # a build newer than every source (and the headers they include) is loaded, after emodarts._C
-    new = max(os.path.getmtime(p) for s in extension_cuda.cuda_sources()
-              for p in [s] + extension.local_includes(s)) + 100
+    new = max(os.path.getmtime(p) for s in compiled_cuda.cuda_sources()
+              for p in [s] + compiled_cpp.local_includes(s)) + 100
     os.utime(lib, (new, new))
-    monkeypatch.setattr(extension_cuda, "_installed_tried", False)
-    monkeypatch.setattr(extension_cuda, "load_extension", lambda: imported.append("emodarts._C"))
-    assert extension_cuda.load_installed_cuda() is True
+    monkeypatch.setattr(compiled_cuda, "_installed_tried", False)
+    monkeypatch.setattr(compiled_cuda, "load_extension", lambda: imported.append("emodarts._C"))
+    assert compiled_cuda.load_installed_cuda() is True
     assert imported == ["emodarts._C", "emodarts._C_cuda"]
 
 
 def test_local_includes_find_the_shared_headers():
-    heads = {os.path.basename(h) for s in extension_cuda.cuda_sources() for h in extension.local_includes(s)}
+    heads = {os.path.basename(h) for s in compiled_cuda.cuda_sources() for h in compiled_cpp.local_includes(s)}
     assert {"grouped_rnn_plan.h", "darts_rnn_shape.h", "cuda_common.cuh"} <= heads
 
 
@@ -309,14 +310,14 @@ def test_grouped_and_darts_python_paths_do_not_synchronise():
     CUDA ones (same Python path)."""
     from test_darts_kernel import make_inputs
 
-    from emodarts.ops import darts_fused as df
+    from emodarts.ops import darts_rnn as df
 
     mods = _grouped_modules()
     x = torch.randn(3, 4, 6, requires_grad=True)
     darts = [t.requires_grad_(True) for t in make_inputs(4, 3, 5, 3, dtype=torch.float32)]
 
     def step():
-        outs = gr.grouped_recurrent(x, mods)
+        outs = gr.grouped_recurrent_fused(x, mods)
         hs = df.darts_rnn_fused(*darts)
         loss = sum(o.square().sum() for o in outs) + hs.square().sum()
         torch.autograd.grad(loss, [x, *[p for m in mods for p in m.parameters()], *darts])

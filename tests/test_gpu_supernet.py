@@ -162,7 +162,7 @@ def test_sync_log_attribution():
 
 
 def _call_in_project(fn):
-    """Calls fn from a frame that claims a file of the fused code (emodarts/ops/fused.py)."""
+    """Calls fn from a frame that claims a file of the fused code (emodarts/ops/mixed_sum.py)."""
     code = compile("fn()", str(ROOT / "emodarts" / "ops" / "fused.py"), "exec")
     exec(code, {"fn": fn})
 

@@ -19,7 +19,7 @@ from torch import nn
 from emodarts.model.seq_ops import make_seq_op
 from emodarts.model.space import RECURRENT_PRIMITIVES
 from emodarts.ops import grouped_recurrent as gr
-from emodarts.ops import grouped_reference
+from emodarts.ops import grouped_recurrent
 from emodarts.runtime.errors import BackendError
 
 HAS_CUDA = torch.cuda.is_available()
@@ -72,11 +72,11 @@ def compare(mods, x, rel_floor, grad_outputs_seed=0):
     error may be 4x PyTorch's own float32 error, or below `rel_floor` of the tensor's largest magnitude."""
     dtype = x.dtype
     oracle_mods = [copy.deepcopy(m).double() for m in mods]
-    want, want_g, grads = _run(grouped_reference.grouped_recurrent, oracle_mods, x.double(), seed=grad_outputs_seed)
+    want, want_g, grads = _run(grouped_recurrent.grouped_recurrent_reference, oracle_mods, x.double(), seed=grad_outputs_seed)
     ref = ref_g = None
     if dtype != torch.float64:
-        ref, ref_g, _ = _run(grouped_reference.grouped_recurrent, [copy.deepcopy(m) for m in mods], x, grads)
-    out, out_g, _ = _run(gr.grouped_recurrent, mods, x, grads)
+        ref, ref_g, _ = _run(grouped_recurrent.grouped_recurrent_reference, [copy.deepcopy(m) for m in mods], x, grads)
+    out, out_g, _ = _run(gr.grouped_recurrent_fused, mods, x, grads)
     assert len(out) == len(want)
     for i, (o, w) in enumerate(zip(out, want)):
         assert o.shape == w.shape and o.dtype == dtype, f"module {i}: {tuple(o.shape)} {o.dtype} vs {tuple(w.shape)}"
@@ -165,7 +165,7 @@ def test_threads_agree(ops):
             xg = x.clone().requires_grad_(True)
             for m in mods:
                 m.zero_grad(set_to_none=True)
-            out = gr.grouped_recurrent(xg, mods)
+            out = gr.grouped_recurrent_fused(xg, mods)
             torch.autograd.backward(out, [torch.ones_like(o) for o in out])
             return [o.detach().clone() for o in out] + [xg.grad] + [p.grad.clone() for m in mods for p in m.parameters()]
         finally:
@@ -180,13 +180,13 @@ def test_unused_outputs_and_no_grad(ops):
     torch.manual_seed(7)
     mods = [make(s, 4, 4, torch.float64) for s in ("lstm2", "rnn1bi", "lstm1")]
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-    out = gr.grouped_recurrent(x, mods)
+    out = gr.grouped_recurrent_fused(x, mods)
     out[1].sum().backward()  # only one module's output used
     assert mods[0].weight_ih_l0.grad is None or mods[0].weight_ih_l0.grad.abs().max() == 0
     assert mods[1].weight_hh_l0_reverse.grad.abs().max() > 0
     with torch.no_grad():
-        y = gr.grouped_recurrent(x, mods)
-    want = grouped_reference.grouped_recurrent(x.detach(), mods)
+        y = gr.grouped_recurrent_fused(x, mods)
+    want = grouped_recurrent.grouped_recurrent_reference(x.detach(), mods)
     assert_parity([(f"output {i}", a, None, b) for i, (a, b) in enumerate(zip(y, want))], torch.float64,
                   rel_floor=TOL[torch.float64], what="no_grad outputs")
 
@@ -220,7 +220,7 @@ class _Group(nn.Module):
         self.mods = nn.ModuleList(mods)
 
     def forward(self, x):
-        return tuple(gr.grouped_recurrent(x, list(self.mods)))
+        return tuple(gr.grouped_recurrent_fused(x, list(self.mods)))
 
 
 def test_gradcheck_modules(ops):
@@ -253,18 +253,18 @@ def test_opcheck(ops):
 def test_rejects_unsupported(ops):
     x = torch.randn(2, 3, 4)
     with pytest.raises(TypeError):
-        gr.grouped_recurrent(x, [nn.GRU(4, 4, batch_first=True)])
+        gr.grouped_recurrent_fused(x, [nn.GRU(4, 4, batch_first=True)])
     with pytest.raises(ValueError, match="tanh"):
-        gr.grouped_recurrent(x, [nn.RNN(4, 4, nonlinearity="relu", batch_first=True)])
+        gr.grouped_recurrent_fused(x, [nn.RNN(4, 4, nonlinearity="relu", batch_first=True)])
     with pytest.raises(ValueError, match="proj_size"):
-        gr.grouped_recurrent(x, [nn.LSTM(4, 4, proj_size=2, batch_first=True)])
+        gr.grouped_recurrent_fused(x, [nn.LSTM(4, 4, proj_size=2, batch_first=True)])
     with pytest.raises(ValueError, match="input_size"):
-        gr.grouped_recurrent(x, [nn.LSTM(5, 4, batch_first=True)])
+        gr.grouped_recurrent_fused(x, [nn.LSTM(5, 4, batch_first=True)])
     with pytest.raises(ValueError, match="batch_first"):
-        gr.grouped_recurrent(x, [nn.LSTM(4, 4, batch_first=True), nn.LSTM(4, 4)])
+        gr.grouped_recurrent_fused(x, [nn.LSTM(4, 4, batch_first=True), nn.LSTM(4, 4)])
     with pytest.raises(ValueError, match="dtype"):
-        gr.grouped_recurrent(x.half(), [nn.LSTM(4, 4, batch_first=True).half()])
-    assert gr.grouped_recurrent(x, []) == []
+        gr.grouped_recurrent_fused(x.half(), [nn.LSTM(4, 4, batch_first=True).half()])
+    assert gr.grouped_recurrent_fused(x, []) == []
 
 
 def test_baseline_epilogue_without_avx2(ops):

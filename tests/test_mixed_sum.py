@@ -14,7 +14,7 @@ import pytest
 import torch
 from parity import assert_parity
 
-from emodarts.ops import fused, reference
+from emodarts.ops import mixed_sum
 from emodarts.runtime.errors import BackendError
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def cpp():
     """Load (JIT-building once per session if needed) the C++ extension."""
     try:
-        return fused.cpp_ops()
+        return mixed_sum.cpp_ops()
     except BackendError as exc:
         pytest.fail(f"the C++ extension did not load: {exc}")
 
@@ -44,7 +44,7 @@ def km():
     if TRITON_DEVICE is None:
         pytest.skip("Triton needs a CUDA GPU or TRITON_INTERPRET=1")
     pytest.importorskip("triton")
-    mod = fused.kernels_module()
+    mod = mixed_sum.kernels_module()
     if TRITON_DEVICE == "cpu":
         assert mod.INTERPRET, "kernels were imported before TRITON_INTERPRET=1 was set"
     return mod
@@ -103,7 +103,7 @@ def truth(ys, alpha, index, g):
 def check(fn, ys, alpha, index, g, what=""):
     """Compare fn against the reference and the float64 truth (see module docstring for tolerances)."""
     out_f, gr_f = run(fn, ys, alpha, index, g)
-    out_r, gr_r = run(reference.mixed_sum, ys, alpha, index, g)
+    out_r, gr_r = run(mixed_sum.mixed_sum_reference, ys, alpha, index, g)
     out_t, gr_t = truth(ys, alpha, index, g)
     assert out_f.dtype == out_r.dtype and out_f.shape == out_r.shape, what
     assert out_f.device == ys[0].device
@@ -138,7 +138,7 @@ def as64(ts):
 @pytest.mark.parametrize("k", KS)
 def test_cpp_matches_reference(cpp, k, shape, dtype):
     ys, alpha, index, g = make_case(k, shape, dtype, seed=k * 31 + len(shape))
-    check(fused.mixed_sum_cpp, ys, alpha, index, g, f"cpp k={k} {shape} {dtype}")
+    check(mixed_sum.mixed_sum_cpp, ys, alpha, index, g, f"cpp k={k} {shape} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -147,11 +147,11 @@ def test_cpp_big_and_threads(cpp, dtype):
     ys, alpha, index, g = make_case(8, (3, 100_003), dtype, seed=5)
     torch.set_num_threads(2)
     try:
-        check(fused.mixed_sum_cpp, ys, alpha, index, g, "cpp big")
-        one = run(fused.mixed_sum_cpp, ys, alpha, index, g)
+        check(mixed_sum.mixed_sum_cpp, ys, alpha, index, g, "cpp big")
+        one = run(mixed_sum.mixed_sum_cpp, ys, alpha, index, g)
     finally:
         torch.set_num_threads(1)
-    two = run(fused.mixed_sum_cpp, ys, alpha, index, g)
+    two = run(mixed_sum.mixed_sum_cpp, ys, alpha, index, g)
     for x, y in zip([one[0]] + one[1], [two[0]] + two[1]):
         assert torch.equal(x, y)  # the same bits whatever the number of threads
 
@@ -162,27 +162,27 @@ def test_cpp_big_and_threads(cpp, dtype):
 def test_cpp_large_outputs(cpp, k, n, dtype):
     """Outputs of many MB: grad_y is the fp32 product w * g rounded once, bit for bit."""
     ys, alpha, index, g = make_case(k, (n,), dtype, seed=17)
-    out_f, gf = run(fused.mixed_sum_cpp, ys, alpha, index, g)
-    out_r, gr = run(reference.mixed_sum, ys, alpha, index, g)
+    out_f, gf = run(mixed_sum.mixed_sum_cpp, ys, alpha, index, g)
+    out_r, gr = run(mixed_sum.mixed_sum_reference, ys, alpha, index, g)
     # p in double, rounded to fp32, as the C++ op computes it
     w = torch.softmax(alpha.double(), -1).float()[[e for e, _ in index], [m for _, m in index]]
     for i, x in enumerate(gf[:-1]):
         assert torch.equal(x, (w[i] * g.float()).to(dtype))
     if dtype == torch.float32:
-        t = run(reference.mixed_sum, as64(ys), alpha.double(), index, g.double())
+        t = run(mixed_sum.mixed_sum_reference, as64(ys), alpha.double(), index, g.double())
         judge_results((out_f, gf), (out_r, gr), t, dtype, "large")
 
 
 _ISA_SCRIPT = r"""
 import sys, torch
-from emodarts.ops import fused
+from emodarts.ops import mixed_sum
 torch.manual_seed(0)
 # 9 fp32 inputs (a group of 8 and one alone), then a bf16 and an fp16 one: every group path
 ys = [torch.randn(3, 5001) for _ in range(9)] + [torch.randn(3, 5001).bfloat16(), torch.randn(3, 5001).half()]
 g = torch.randn(3, 5001)
 alpha = torch.randn(2, 8)
 index = [i % 16 for i in range(len(ys))]
-ops = fused.cpp_ops()
+ops = mixed_sum.cpp_ops()
 out = ops.mixed_sum_fwd(ys, alpha, index)
 grads, dots = ops.mixed_sum_bwd(g, ys, alpha, index)
 h16 = [torch.randn(2, 1003).half() for _ in range(3)]
@@ -256,8 +256,8 @@ def test_cpp_uses_several_threads(cpp):
 
 def test_cpp_deterministic(cpp):
     ys, alpha, index, g = make_case(8, (4, 50_001), torch.float32, seed=9)
-    a = run(fused.mixed_sum_cpp, ys, alpha, index, g)
-    b = run(fused.mixed_sum_cpp, ys, alpha, index, g)
+    a = run(mixed_sum.mixed_sum_cpp, ys, alpha, index, g)
+    b = run(mixed_sum.mixed_sum_cpp, ys, alpha, index, g)
     for x, y in zip([a[0]] + a[1], [b[0]] + b[1]):
         assert torch.equal(x, y)
 
@@ -303,7 +303,7 @@ LAYOUT_CASES = [
 def test_cpp_and_python_layout_rules_agree(cpp, make):
     """The C++ op's real output and gradients have the strides and dtype the fake kernels promise
     (kernels/layout.py out_strides / result_dtype): the single check that keeps the two rules in step."""
-    lay = fused._layout()
+    lay = mixed_sum._layout()
     ys = make()
     index = [(i % E) * M + 1 + i % (M - 1) for i in range(len(ys))]
     alpha = torch.randn(E, M)
@@ -313,7 +313,7 @@ def test_cpp_and_python_layout_rules_agree(cpp, make):
     grads, _ = cpp.mixed_sum_bwd(torch.randn(ys[0].shape), ys, alpha, index)
     assert [list(g.stride()) for g in grads] == [want] * len(ys)
     assert [g.dtype for g in grads] == [y.dtype for y in ys]
-    fake_out = fused._empty_out(ys)
+    fake_out = mixed_sum._empty_out(ys)
     assert fake_out.stride() == out.stride() and fake_out.dtype == out.dtype
 
 
@@ -334,14 +334,14 @@ def test_triton_matches_reference(km, k, shape, dtype):
     if dtype == torch.bfloat16 and TRITON_DEVICE != "cuda":
         pytest.skip("Triton bf16 is broken under the interpreter: tested on a GPU only")
     ys, alpha, index, g = make_case(k, shape, dtype, device=TRITON_DEVICE, seed=k * 17 + len(shape))
-    check(fused.mixed_sum_triton, ys, alpha, index, g, f"triton k={k} {shape} {dtype}")
+    check(mixed_sum.mixed_sum_triton, ys, alpha, index, g, f"triton k={k} {shape} {dtype}")
 
 
 def test_triton_block_edges(km):
     """Lengths around the block size, 9 and 17 inputs (chunk boundaries), fp16 scratch accumulation."""
     for n, k, dtype in [(4095, 9, torch.float32), (4097, 17, torch.float16), (8193, 16, torch.float32)]:
         ys, alpha, index, g = make_case(k, (n,), dtype, device=TRITON_DEVICE, seed=n)
-        check(fused.mixed_sum_triton, ys, alpha, index, g, f"triton n={n} k={k}")
+        check(mixed_sum.mixed_sum_triton, ys, alpha, index, g, f"triton n={n} k={k}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,8 +357,8 @@ def impl(request, cpp):
     name = request.param
     if name == "triton":
         request.getfixturevalue("km")
-        return fused.mixed_sum_triton, TRITON_DEVICE
-    return fused.mixed_sum_cpp, "cpu"
+        return mixed_sum.mixed_sum_triton, TRITON_DEVICE
+    return mixed_sum.mixed_sum_cpp, "cpu"
 
 
 @pytest.mark.parametrize("impl", _impls(), indirect=True)
@@ -380,10 +380,10 @@ def test_repeated_entries_and_same_tensor(impl):
     idx = [(0, 1), (0, 1), (1, 4)]
     out_f = fn([y, y, y], a, idx)
     gf = torch.autograd.grad(out_f, [y, a], g)
-    out_r = reference.mixed_sum([y, y, y], a, idx)
+    out_r = mixed_sum.mixed_sum_reference([y, y, y], a, idx)
     gr = torch.autograd.grad(out_r, [y, a], g)
     y64, a64 = y.detach().double().requires_grad_(True), a.detach().double().requires_grad_(True)
-    out_t = reference.mixed_sum([y64, y64, y64], a64, idx)
+    out_t = mixed_sum.mixed_sum_reference([y64, y64, y64], a64, idx)
     gt = torch.autograd.grad(out_t, [y64, a64], g.double())
     judge_results((out_f.detach(), gf), (out_r.detach(), gr), (out_t.detach(), gt), torch.float32, "same tensor")
 
@@ -436,11 +436,11 @@ def test_non_contiguous_inputs(impl, dtype, km_or_none):
     if km_or_none is not None:
         km_or_none.reset_copy_count()
     out_f, gf = run_views(fn, bases, views, alpha, index, g)
-    out_r, gr = run_views(reference.mixed_sum, bases, views, alpha, index, g)
+    out_r, gr = run_views(mixed_sum.mixed_sum_reference, bases, views, alpha, index, g)
     if km_or_none is not None:
         assert km_or_none.copy_count() == 0
     assert out_f.shape == shape and out_f.is_contiguous()  # the majority layout (contiguous) wins
-    t = run_views(reference.mixed_sum, as64(bases), views, alpha.double(), index, g.double())
+    t = run_views(mixed_sum.mixed_sum_reference, as64(bases), views, alpha.double(), index, g.double())
     judge_results((out_f, gf), (out_r, gr), t, dtype, "views")
     # views fed through the truth check as plain inputs too (non-leaf ys)
     check(fn, views(bases), alpha, index, g.contiguous(), "views as inputs")
@@ -482,7 +482,7 @@ def test_triton_copies_only_when_unavoidable(km):
     index = [(0, 1), (1, 1), (2, 2)]
     g = torch.randn(shape, generator=gen).to(dev)
     km.reset_copy_count()
-    check(fused.mixed_sum_triton, ys, alpha, index, g, "6-d")
+    check(mixed_sum.mixed_sum_triton, ys, alpha, index, g, "6-d")
     assert km.copy_count() == 2  # the odd input, once in forward and once in backward
 
 
@@ -509,9 +509,9 @@ def test_triton_int64_index_path(km, monkeypatch):
     monkeypatch.setattr(km, "IDX64_LIMIT", 0)
     assert km._Plan(ys, km.out_strides(ys), g).idx64
     km.reset_copy_count()
-    check(fused.mixed_sum_triton, ys, alpha, index, g, "int64 indices, strided inputs")
+    check(mixed_sum.mixed_sum_triton, ys, alpha, index, g, "int64 indices, strided inputs")
     ys, alpha, index, g = make_case(9, (4097,), torch.float32, device=TRITON_DEVICE, seed=5)
-    check(fused.mixed_sum_triton, ys, alpha, index, g, "int64 indices, flat inputs")
+    check(mixed_sum.mixed_sum_triton, ys, alpha, index, g, "int64 indices, flat inputs")
     assert km.copy_count() == 0
 
 
@@ -568,7 +568,7 @@ def test_triton_launches_run_under_the_inputs_device(km, monkeypatch):
     monkeypatch.setattr(km, "_mixed_sum_fwd_kernel", fwd)
     monkeypatch.setattr(km, "_mixed_sum_bwd_kernel", bwd)
     ys, alpha, index, g = _strided_case(TRITON_DEVICE)
-    check(fused.mixed_sum_triton, ys, alpha, index, g, "guarded")
+    check(mixed_sum.mixed_sum_triton, ys, alpha, index, g, "guarded")
     assert fwd.launches == 2 and bwd.launches == 2  # two chunks of inputs each way
     assert guard.open == 0 and set(guard.devices) == {ys[0].device}
 
@@ -630,9 +630,9 @@ def test_triton_step_builds_no_host_tensors(km):
     the first call (which caches the (e, m) index on the device), forward and backward run no op that builds a
     host tensor, reads a scalar or copies between devices."""
     ys, alpha, index, g = _strided_case(TRITON_DEVICE)
-    run(fused.mixed_sum_triton, ys, alpha, index, g)  # warm: the cached index
+    run(mixed_sum.mixed_sum_triton, ys, alpha, index, g)  # warm: the cached index
     with HostOpRecorder() as rec:
-        run(fused.mixed_sum_triton, ys, alpha, index, g)
+        run(mixed_sum.mixed_sum_triton, ys, alpha, index, g)
     assert rec.ops, "the dispatch mode saw nothing"
     assert not rec.host_ops, rec.host_ops
 
@@ -644,7 +644,7 @@ def test_cpp_never_copies_high_rank(cpp):
     ys.append(torch.randn(3, 2, 3, 2, 3, 2, generator=gen).permute(5, 4, 3, 2, 1, 0))
     alpha = torch.randn(E, M, generator=gen)
     g = torch.randn(shape, generator=gen)
-    check(fused.mixed_sum_cpp, ys, alpha, [(0, 1), (1, 1), (2, 2)], g, "6-d cpp")
+    check(mixed_sum.mixed_sum_cpp, ys, alpha, [(0, 1), (1, 1), (2, 2)], g, "6-d cpp")
 
 
 @pytest.mark.parametrize("impl", _impls(), indirect=True)
@@ -660,9 +660,9 @@ def test_sum_backward_expanded_grad(impl):
     a_t = alpha.detach().double().requires_grad_(True)
     out_f = fn(ys_f, a_f, index)
     out_f.sum().backward()
-    out_r = reference.mixed_sum(ys_r, a_r, index)
+    out_r = mixed_sum.mixed_sum_reference(ys_r, a_r, index)
     out_r.sum().backward()
-    out_t = reference.mixed_sum(ys_t, a_t, index)
+    out_t = mixed_sum.mixed_sum_reference(ys_t, a_t, index)
     out_t.sum().backward()
     judge_results((out_f.detach(), [x.grad for x in ys_f + [a_f]]), (out_r.detach(), [x.grad for x in ys_r + [a_r]]),
                   (out_t.detach(), [x.grad for x in ys_t + [a_t]]), torch.float32, "sum().backward()")
@@ -676,11 +676,11 @@ def test_mixed_dtypes_promote(impl):
     alpha = torch.randn(2, 3, generator=gen).to(dev)
     index = [(0, 1), (1, 2)]
     out_f, gf = run(fn, ys, alpha, index, torch.ones(4, 7, device=dev))
-    out_r, gr = run(reference.mixed_sum, ys, alpha, index, torch.ones(4, 7, device=dev))
+    out_r, gr = run(mixed_sum.mixed_sum_reference, ys, alpha, index, torch.ones(4, 7, device=dev))
     assert out_f.dtype == out_r.dtype == torch.float32
     for x, r in zip(gf, gr):
         assert x.dtype == r.dtype
-    t = run(reference.mixed_sum, as64(ys), alpha.double(), index, torch.ones(4, 7, dtype=torch.float64, device=dev))
+    t = run(mixed_sum.mixed_sum_reference, as64(ys), alpha.double(), index, torch.ones(4, 7, dtype=torch.float64, device=dev))
     judge_results((out_f, gf), (out_r, gr), t, torch.float32, "mixed dtypes")
 
 
@@ -689,7 +689,7 @@ def test_mixed_dtypes_promote(impl):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_inf_and_nan_propagate(impl, dtype):
     fn, dev = impl
-    if dtype == torch.bfloat16 and fn is fused.mixed_sum_triton and dev == "cpu":
+    if dtype == torch.bfloat16 and fn is mixed_sum.mixed_sum_triton and dev == "cpu":
         pytest.skip("Triton bf16 is broken under the interpreter")
     gen = torch.Generator().manual_seed(14)
     ys = [torch.randn(3, 37, generator=gen) for _ in range(3)]
@@ -702,21 +702,21 @@ def test_inf_and_nan_propagate(impl, dtype):
     index = [(0, 1), (0, 2), (1, 3)]
     g = torch.ones(3, 37, dtype=dtype, device=dev)
     out_f, gf = run(fn, ys, alpha, index, g)
-    out_r, gr = run(reference.mixed_sum, ys, alpha, index, g)
+    out_r, gr = run(mixed_sum.mixed_sum_reference, ys, alpha, index, g)
     assert torch.equal(torch.isnan(out_f), torch.isnan(out_r))
     assert torch.equal(torch.isinf(out_f), torch.isinf(out_r))
     fin = torch.isfinite(out_r)
-    out_t, gt = run(reference.mixed_sum, as64(ys), alpha.double(), index, g.double())
+    out_t, gt = run(mixed_sum.mixed_sum_reference, as64(ys), alpha.double(), index, g.double())
     judge_results((out_f[fin], gf[:-1]), (out_r[fin], gr[:-1]), (out_t[fin], gt[:-1]), dtype, "finite part")
     assert not torch.isfinite(gf[-1]).all() and not torch.isfinite(gr[-1]).all()
 
 
 def test_cpp_matches_triton(cpp, km):
     ys, alpha, index, g = make_case(11, (5, 97), torch.float32, device=TRITON_DEVICE, seed=21)
-    out_t, gr_t = run(fused.mixed_sum_triton, ys, alpha, index, g)
+    out_t, gr_t = run(mixed_sum.mixed_sum_triton, ys, alpha, index, g)
     cpu = [y.cpu() for y in ys]
-    out_c, gr_c = run(fused.mixed_sum_cpp, cpu, alpha.cpu(), index, g.cpu())
-    truth_ = run(reference.mixed_sum, as64(cpu), alpha.cpu().double(), index, g.cpu().double())
+    out_c, gr_c = run(mixed_sum.mixed_sum_cpp, cpu, alpha.cpu(), index, g.cpu())
+    truth_ = run(mixed_sum.mixed_sum_reference, as64(cpu), alpha.cpu().double(), index, g.cpu().double())
     judge_results((out_t.cpu(), [x.cpu() for x in gr_t]), (out_c, gr_c), truth_, torch.float32, "Triton vs C++")
 
 
@@ -726,35 +726,35 @@ def test_cpp_matches_triton(cpp, km):
 
 def test_dispatch_cpu_uses_cpp_unless_asked(cpp, monkeypatch):
     monkeypatch.delenv("EMODARTS_TRITON_CPU", raising=False)
-    assert fused.default_impl(torch.device("cpu")) == "cpp"
-    assert fused.default_impl(torch.device("cuda", 0)) == "triton"
+    assert mixed_sum.default_impl(torch.device("cpu")) == "cpp"
+    assert mixed_sum.default_impl(torch.device("cuda", 0)) == "triton"
     monkeypatch.setenv("EMODARTS_TRITON_CPU", "1")
-    assert fused.default_impl("cpu") == "triton"
+    assert mixed_sum.default_impl("cpu") == "triton"
     monkeypatch.delenv("EMODARTS_TRITON_CPU")
     ys, alpha, index, g = make_case(3, (2, 5), torch.float32, seed=1)
-    check(fused.mixed_sum, ys, alpha, index, g, "dispatch")
+    check(mixed_sum.mixed_sum_fused, ys, alpha, index, g, "dispatch")
 
 
 def test_backend_switch_gives_the_fused_sum(cpp):
     from emodarts.ops.backend import get_backend
 
     ys, alpha, index, g = make_case(3, (2, 5), torch.float32, seed=4)
-    assert torch.equal(get_backend("fused").mixed_sum(ys, alpha, index), fused.mixed_sum(ys, alpha, index))
+    assert torch.equal(get_backend("fused").mixed_sum(ys, alpha, index), mixed_sum.mixed_sum_fused(ys, alpha, index))
 
 
 def test_errors(cpp):
     y = torch.randn(3)
     alpha = torch.randn(2, 3)
     with pytest.raises(ValueError, match="index entries"):
-        fused.mixed_sum([y, y], alpha, [(0, 1)])
+        mixed_sum.mixed_sum_fused([y, y], alpha, [(0, 1)])
     with pytest.raises(ValueError, match="at least one"):
-        fused.mixed_sum([], alpha, [])
+        mixed_sum.mixed_sum_fused([], alpha, [])
     with pytest.raises(ValueError, match="outside alpha"):
-        fused.mixed_sum([y], alpha, [(2, 1)])
+        mixed_sum.mixed_sum_fused([y], alpha, [(2, 1)])
     with pytest.raises(ValueError, match="shape"):
-        fused.mixed_sum_cpp([y, torch.randn(4)], alpha, [(0, 1), (1, 1)])
+        mixed_sum.mixed_sum_cpp([y, torch.randn(4)], alpha, [(0, 1), (1, 1)])
     with pytest.raises(ValueError, match="dtype"):
-        fused.mixed_sum_cpp([y.double()], alpha, [(0, 1)])
+        mixed_sum.mixed_sum_cpp([y.double()], alpha, [(0, 1)])
     # the C++ ops check on their own too
     with pytest.raises(RuntimeError, match="shape"):
         cpp.mixed_sum_fwd([y, torch.randn(4)], alpha, [1, 2])
@@ -763,7 +763,7 @@ def test_errors(cpp):
     with pytest.raises(RuntimeError, match="outside alpha"):
         cpp.mixed_sum_fwd([y], alpha, [6])
     # negative indices mean what they mean in the reference
-    check(fused.mixed_sum_cpp, [y, y * 2], alpha, [(-1, -1), (0, 1)], torch.ones(3), "negative index")
+    check(mixed_sum.mixed_sum_cpp, [y, y * 2], alpha, [(-1, -1), (0, 1)], torch.ones(3), "negative index")
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(km, monkeypatch):
@@ -773,16 +773,16 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(km, monkeypatch):
 
 
 def test_extension_missing_is_a_clear_error(tmp_path, monkeypatch):
-    from emodarts.ops import extension
+    from emodarts.ops.compiled import cpp as compiled_cpp
 
-    monkeypatch.setattr(extension, "csrc_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(compiled_cpp, "csrc_dir", lambda: str(tmp_path))
     with pytest.raises(BackendError, match="pip install --no-build-isolation -e ."):
-        extension._jit_build(ImportError("No module named 'emodarts._C'"))
+        compiled_cpp._jit_build(ImportError("No module named 'emodarts._C'"))
     (tmp_path / "broken.cpp").write_text("#error this source does not compile\n")
-    monkeypatch.setattr(extension, "build_dir", lambda: str(tmp_path / "build"))
+    monkeypatch.setattr(compiled_cpp, "build_dir", lambda: str(tmp_path / "build"))
     (tmp_path / "build").mkdir()
     with pytest.raises(BackendError, match="C\\+\\+ compiler"):
-        extension._jit_build(ImportError("No module named 'emodarts._C'"))
+        compiled_cpp._jit_build(ImportError("No module named 'emodarts._C'"))
 
 
 @pytest.mark.parametrize("impl_name", ["cpp", "triton"])
@@ -810,7 +810,7 @@ def test_custom_op_and_eager_paths_agree(cpp, impl_name, request, monkeypatch):
     if impl_name == "triton":
         request.getfixturevalue("km")
     dev = TRITON_DEVICE if impl_name == "triton" else "cpu"
-    fn = fused.mixed_sum_triton if impl_name == "triton" else fused.mixed_sum_cpp
+    fn = mixed_sum.mixed_sum_triton if impl_name == "triton" else mixed_sum.mixed_sum_cpp
     ys, alpha, index, g = make_case(9, (3, 41), torch.float32, device=dev, seed=23, repeat=True)
     out_a, ga = run(fn, ys, alpha, index, g)
     monkeypatch.setenv("EMODARTS_FUSED_CUSTOM_OP", "1")
@@ -823,7 +823,7 @@ def test_custom_op_and_eager_paths_agree(cpp, impl_name, request, monkeypatch):
 def test_double_backward_is_a_clear_error(cpp):
     ys, alpha, index, g = make_case(2, (5,), torch.float32, seed=2)
     ys = [y.requires_grad_(True) for y in ys]
-    out = fused.mixed_sum_cpp(ys, alpha.requires_grad_(True), index)
+    out = mixed_sum.mixed_sum_cpp(ys, alpha.requires_grad_(True), index)
     (gy,) = torch.autograd.grad(out, [ys[0]], g, create_graph=True)
     with pytest.raises(RuntimeError):
         gy.sum().backward()
@@ -834,7 +834,7 @@ def test_torch_compile_traces_the_op(cpp):
     ys, alpha, index, g = make_case(4, (3, 8), torch.float32, seed=13)
 
     def f(ys, alpha):
-        return fused.mixed_sum_cpp(ys, alpha, index) * 2.0
+        return mixed_sum.mixed_sum_cpp(ys, alpha, index) * 2.0
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     out_c, gr_c = run(lambda ys, a, _i: compiled(ys, a), ys, alpha, index, g)
@@ -849,7 +849,7 @@ import os, sys
 os.environ.pop("TRITON_INTERPRET", None)
 from triton.compiler import ASTSource, compile
 from triton.backends.compiler import GPUTarget
-from emodarts.ops.fused import kernels_module
+from emodarts.ops.mixed_sum import kernels_module
 km = kernels_module()
 tgt = GPUTarget("cuda", 90, 32)
 
@@ -919,7 +919,7 @@ def test_gpu_large(km, k, dtype):
     if TRITON_DEVICE != "cuda":
         pytest.skip("Triton runs under the interpreter in this session")
     ys, alpha, index, g = make_case(k, (16, 32, 64, 64), dtype, device="cuda", seed=k)
-    check(fused.mixed_sum, ys, alpha, index, g, f"gpu k={k} {dtype}")
+    check(mixed_sum.mixed_sum_fused, ys, alpha, index, g, f"gpu k={k} {dtype}")
 
 
 @pytest.mark.gpu
@@ -932,5 +932,5 @@ def test_gpu_non_contiguous_no_copy(km):
     index = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 6)]
     g = torch.randn(16, 128, 64, device="cuda")
     km.reset_copy_count()
-    check(fused.mixed_sum, ys, alpha, index, g, "gpu transposed skip input")
+    check(mixed_sum.mixed_sum_fused, ys, alpha, index, g, "gpu transposed skip input")
     assert km.copy_count() == 0

@@ -1,5 +1,5 @@
-"""Multi-depthwise convolution (csrc/multi_depthwise.cpp via emodarts/ops/dw_fused.py) against its reference
-twin (one F.conv2d per candidate, emodarts/ops/dw_reference.py): outputs, the input gradient(s) and every
+"""Multi-depthwise convolution (csrc/multi_depthwise.cpp via emodarts/ops/multi_depthwise.py) against its reference
+twin (one F.conv2d per candidate, emodarts/ops/multi_depthwise.py): outputs, the input gradient(s) and every
 weight gradient, on fresh random inputs, judged as `emodarts compare` judges (tests/parity.py): against the
 reference in float64; float32 within 4x the reference's own float32 error; bf16 within 4x the reference's own
 bf16 error (both against float64); float64 within 1e-12."""
@@ -10,7 +10,7 @@ import torch
 from helpers import run_in_fresh_process
 from parity import assert_parity
 
-from emodarts.ops import dw_fused, dw_reference
+from emodarts.ops import multi_depthwise
 from emodarts.runtime.errors import BackendError
 
 # the search space's depthwise convolutions: (kernel, dilation) of sep_conv_3x3/5x5 and dil_conv_3x3/5x5
@@ -29,7 +29,7 @@ def kernels(request, monkeypatch):
 @pytest.fixture(scope="module", autouse=True)
 def ops():
     try:
-        return dw_fused.ops()
+        return multi_depthwise.ops()
     except BackendError as exc:
         pytest.fail(f"the C++ extension did not load: {exc}")
 
@@ -59,7 +59,7 @@ def run(fn, xs, ws, dilations, stride, grads, dtype):
 def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, device="cpu", impl=None):
     """`impl` (default: the C++ op) against the reference: outputs, input and weight gradients, judged against
     float64 (tests/parity.py); returns the implementation's outputs and gradients."""
-    impl = impl or dw_fused.multi_depthwise
+    impl = impl or multi_depthwise.multi_depthwise_fused
     xs, ws, dil = make(shape, cands, shared, seed, non_contiguous, device)
     if non_contiguous:
         assert not xs[0].is_contiguous()
@@ -67,9 +67,9 @@ def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, dev
     gen = torch.Generator().manual_seed(seed + 1)
     grads = [torch.randn(b, c, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=gen,
                          dtype=torch.float64).to(device) for _ in cands]
-    o_t, g_t = run(dw_reference.multi_depthwise, xs, ws, dil, stride, grads, torch.float64)
+    o_t, g_t = run(multi_depthwise.multi_depthwise_reference, xs, ws, dil, stride, grads, torch.float64)
     o_f, g_f = run(impl, xs, ws, dil, stride, grads, dtype)
-    o_r, g_r = (None, None) if dtype == torch.float64 else run(dw_reference.multi_depthwise, xs, ws, dil, stride,
+    o_r, g_r = (None, None) if dtype == torch.float64 else run(multi_depthwise.multi_depthwise_reference, xs, ws, dil, stride,
                                                                grads, dtype)
     names = [f"out[{i}]" for i in range(len(cands))] + [f"grad_x[{i}]" for i in range(len(xs))] + \
             [f"grad_w[{i}]" for i in range(len(ws))]
@@ -149,7 +149,7 @@ def test_weight_gradient_ignores_inputs_its_tap_never_reads(cand, stride):
     w = torch.randn(3, 1, k, k, generator=gen) / k
     go = torch.randn(2, 3, (9 - 1) // stride + 1, (13 - 1) // stride + 1, generator=gen)
     grads = {}
-    for name, fn in (("fused", dw_fused.multi_depthwise), ("reference", dw_reference.multi_depthwise)):
+    for name, fn in (("fused", multi_depthwise.multi_depthwise_fused), ("reference", multi_depthwise.multi_depthwise_reference)):
         ww = w.clone().requires_grad_(True)
         out = fn([x], [ww], [d], stride)[0]
         (gw,) = torch.autograd.grad(out, [ww], go)
@@ -168,7 +168,7 @@ def test_threads_agree_bitwise(stride):
     def once(threads):
         torch.set_num_threads(threads)
         try:
-            return run(dw_fused.multi_depthwise, xs, ws, dil, stride, grads, torch.float32)
+            return run(multi_depthwise.multi_depthwise_fused, xs, ws, dil, stride, grads, torch.float32)
         finally:
             torch.set_num_threads(1)
 
@@ -182,7 +182,7 @@ def test_gradcheck():
     leaves = [t.requires_grad_(True) for t in xs + ws]
 
     def fn(x, *w):
-        return tuple(dw_fused.multi_depthwise([x], list(w), dil, 2))
+        return tuple(multi_depthwise.multi_depthwise_fused([x], list(w), dil, 2))
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8)
 

@@ -1,5 +1,5 @@
-"""Triton multi-depthwise convolution (kernels/multi_depthwise.py via emodarts/ops/dw_triton.py) against its
-reference twin (one F.conv2d per candidate, emodarts/ops/dw_reference.py): outputs, the input gradient(s) and
+"""Triton multi-depthwise convolution (kernels/multi_depthwise.py via emodarts/ops/multi_depthwise.py) against its
+reference twin (one F.conv2d per candidate, emodarts/ops/multi_depthwise.py): outputs, the input gradient(s) and
 every weight gradient, judged as `emodarts compare` judges (tests/parity.py): each tensor against the reference
 run in float64 on the same inputs; float32/fp16 within 4x the reference's own error in that precision, bf16
 likewise (GPU only), float64 within 1e-12 relative.
@@ -17,7 +17,7 @@ from helpers import sync_debug
 from test_multi_depthwise import ALL, make
 from test_multi_depthwise import check as check_impl
 
-from emodarts.ops import dw_reference, dw_triton
+from emodarts.ops import multi_depthwise
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
@@ -31,7 +31,7 @@ needs_interpreter = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def km():
     pytest.importorskip("triton")
-    mod = dw_triton.kernels_module()
+    mod = multi_depthwise.kernels_module()
     if INTERPRET:
         assert mod.INTERPRET, "kernels were imported before TRITON_INTERPRET=1 was set"
     return mod
@@ -40,7 +40,7 @@ def km():
 def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, device="cpu"):
     """The Triton op judged as the C++ one is (test_multi_depthwise.check)."""
     return check_impl(shape, cands, stride, shared, dtype, seed, non_contiguous, device,
-                      impl=dw_triton.multi_depthwise_triton)
+                      impl=multi_depthwise.multi_depthwise_triton)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,10 +97,10 @@ def test_unused_outputs_and_frozen_weights(km):
     xs, ws, dil = make((1, 2, 5, 6), ALL, True, 11)
     x = xs[0].float().requires_grad_(True)
     wsf = [w.float() for w in ws]
-    outs = dw_triton.multi_depthwise_triton([x], wsf, dil, 2)
+    outs = multi_depthwise.multi_depthwise_triton([x], wsf, dil, 2)
     (gx,) = torch.autograd.grad(outs[1].sum() + 2 * outs[3].sum(), [x])
     xr = x.detach().requires_grad_(True)
-    ref = dw_reference.multi_depthwise([xr], wsf, dil, 2)
+    ref = multi_depthwise.multi_depthwise_reference([xr], wsf, dil, 2)
     (gr,) = torch.autograd.grad(ref[1].sum() + 2 * ref[3].sum(), [xr])
     torch.testing.assert_close(gx, gr, rtol=1e-5, atol=1e-5)
 
@@ -109,13 +109,13 @@ def test_unused_outputs_and_frozen_weights(km):
 def test_refuses_what_it_does_not_implement(km):
     x = torch.randn(1, 2, 4, 4)
     with pytest.raises(ValueError, match="weight 0"):
-        dw_triton.multi_depthwise_triton([x], [torch.randn(2, 1, 7, 7)], [1], 1)
+        multi_depthwise.multi_depthwise_triton([x], [torch.randn(2, 1, 7, 7)], [1], 1)
     with pytest.raises(ValueError, match="dilation"):
-        dw_triton.multi_depthwise_triton([x], [torch.randn(2, 1, 3, 3)], [3], 1)
+        multi_depthwise.multi_depthwise_triton([x], [torch.randn(2, 1, 3, 3)], [3], 1)
     with pytest.raises(ValueError, match="stride"):
-        dw_triton.multi_depthwise_triton([x], [torch.randn(2, 1, 3, 3)], [1], 3)
+        multi_depthwise.multi_depthwise_triton([x], [torch.randn(2, 1, 3, 3)], [1], 3)
     with pytest.raises(ValueError, match="inputs"):
-        dw_triton.multi_depthwise_triton([x, x], [torch.randn(2, 1, 3, 3)] * 3, [1] * 3, 1)
+        multi_depthwise.multi_depthwise_triton([x, x], [torch.randn(2, 1, 3, 3)] * 3, [1] * 3, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_gpu_no_host_sync(km):
     wsf = [w.float().requires_grad_(True) for w in ws]
     for mode in ("default", "error"):  # the first pass compiles the kernels
         with sync_debug(mode):
-            outs = dw_triton.multi_depthwise_triton([x], wsf, dil, 1)
+            outs = multi_depthwise.multi_depthwise_triton([x], wsf, dil, 1)
             torch.autograd.grad(outs, [x] + wsf, [torch.ones_like(o) for o in outs])
     torch.cuda.synchronize()
 
@@ -163,19 +163,19 @@ def test_gpu_no_host_sync(km):
 def test_gpu_fused_backend_dispatches_to_triton(monkeypatch):
     """`--fused` on CUDA runs these kernels (EMODARTS_DW_CUDNN=1 the reference's cuDNN calls), weights cast
     to the autocast dtype as F.conv2d would."""
-    from emodarts.ops import dw_fused
+    from emodarts.ops import multi_depthwise
 
     calls = []
-    real = dw_triton.multi_depthwise_triton
-    monkeypatch.setattr(dw_triton, "multi_depthwise_triton", lambda *a: calls.append(a) or real(*a))
+    real = multi_depthwise.multi_depthwise_triton
+    monkeypatch.setattr(multi_depthwise, "multi_depthwise_triton", lambda *a: calls.append(a) or real(*a))
     xs, ws, dil = make((2, 4, 9, 9), ALL, True, 1, device="cuda")
     xs, ws = [x.float() for x in xs], [w.float() for w in ws]
-    dw_fused.multi_depthwise(xs, ws, dil, 1)
+    multi_depthwise.multi_depthwise_fused(xs, ws, dil, 1)
     assert len(calls) == 1
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        outs = dw_fused.multi_depthwise(xs, ws, dil, 1)
+        outs = multi_depthwise.multi_depthwise_fused(xs, ws, dil, 1)
     assert len(calls) == 2 and all(o.dtype == torch.bfloat16 for o in outs)
     assert all(w.dtype == torch.bfloat16 for w in calls[1][1])
     monkeypatch.setenv("EMODARTS_DW_CUDNN", "1")
-    dw_fused.multi_depthwise(xs, ws, dil, 1)
+    multi_depthwise.multi_depthwise_fused(xs, ws, dil, 1)
     assert len(calls) == 2

@@ -20,9 +20,7 @@ from emodarts.model.partial_channels import (
     node_logits,
 )
 from emodarts.model.supernet import ALPHA_NAMES, BETA_NAMES, Supernet
-from emodarts.ops.backend import get_backend
 
-GROUPED_REFERENCE = replace(get_backend("reference"), group_cnn=True)
 
 
 def _grads(net: Supernet, x, y, train: bool = True):
@@ -121,7 +119,7 @@ def test_grouped_equals_edge_by_edge_float64(case):
     torch.manual_seed(len(case))
     ref = Supernet(small_model_config(dropout=0.0, **changes), n_features, 4).double()
     grouped = copy.deepcopy(ref)
-    grouped.backend = GROUPED_REFERENCE
+    grouped.grouped_cnn = True  # the grouping with the reference's kernels
     x = torch.randn(batch, 1, n_features, frames, dtype=torch.float64)
     if case == "k2_odd_sizes":
         x = torch.randn(batch, 1, frames, n_features, dtype=torch.float64).transpose(2, 3)  # not contiguous

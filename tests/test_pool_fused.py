@@ -1,5 +1,5 @@
-"""Fused 3x3 pool pair (csrc/pool3x3.cpp, emodarts/ops/pool_fused.py) against the reference twin
-(emodarts/ops/pool_reference.py: ATen's max_pool2d and avg_pool2d).
+"""Fused 3x3 pool pair (csrc/pool3x3.cpp, emodarts/ops/pools.py) against the reference twin
+(emodarts/ops/pools.py: ATen's max_pool2d and avg_pool2d).
 
 Judged as tests/parity.py judges: every tensor (max_out, avg_out, grad_x) against a float64 oracle (the
 reference run in float64 on the same, already rounded inputs); the fused error may be at most 4x the
@@ -16,7 +16,7 @@ import torch
 from helpers import run_in_fresh_process
 from parity import assert_parity
 
-from emodarts.ops import pool_fused, pool_reference
+from emodarts.ops import pools
 from emodarts.runtime.errors import BackendError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -32,7 +32,7 @@ GRADS = ["both", "max", "avg"]
 @pytest.fixture(scope="module")
 def ops():
     try:
-        return pool_fused.ops()
+        return pools.ops()
     except BackendError as exc:
         pytest.fail(f"the C++ extension did not load: {exc}")
 
@@ -44,7 +44,7 @@ def ops():
 def make(shape, dtype, seed=0, stride=1):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen).to(dtype)
-    ho, wo = pool_fused.out_size(shape[2], stride), pool_fused.out_size(shape[3], stride)
+    ho, wo = pools.out_size(shape[2], stride), pools.out_size(shape[3], stride)
     gm = torch.randn(shape[0], shape[1], ho, wo, generator=gen).to(dtype)
     ga = torch.randn(shape[0], shape[1], ho, wo, generator=gen).to(dtype)
     return x, gm, ga
@@ -75,9 +75,9 @@ def as64(t):
 
 def check(x, stride, gm, ga, view=None, what=""):
     """The fused pair against the reference and the float64 oracle (module docstring)."""
-    f = run(pool_fused.pool3x3_pair, x, stride, gm, ga, view)
-    r = run(pool_reference.pool3x3_pair, x, stride, gm, ga, view)
-    t = run(pool_reference.pool3x3_pair, as64(x), stride, as64(gm), as64(ga), view)
+    f = run(pools.pool3x3_pair_fused, x, stride, gm, ga, view)
+    r = run(pools.pool3x3_pair_reference, x, stride, gm, ga, view)
+    t = run(pools.pool3x3_pair_reference, as64(x), stride, as64(gm), as64(ga), view)
     for a, b in zip(f, r):
         if b is not None:
             assert a.dtype == b.dtype and a.shape == b.shape, what
@@ -135,7 +135,7 @@ def test_non_contiguous_input(ops, view, stride, dtype):
     base = torch.randn(base_shape(*shape), generator=gen).to(dtype)
     assert not fn(base).is_contiguous() or view == "channels_last"
     assert fn(base).shape == shape
-    ho, wo = pool_fused.out_size(shape[2], stride), pool_fused.out_size(shape[3], stride)
+    ho, wo = pools.out_size(shape[2], stride), pools.out_size(shape[3], stride)
     gm = torch.randn(shape[0], shape[1], ho, wo, generator=gen).to(dtype)
     ga = torch.randn(shape[0], shape[1], ho, wo, generator=gen).to(dtype)
     for which in GRADS:
@@ -144,11 +144,11 @@ def test_non_contiguous_input(ops, view, stride, dtype):
 
 def test_unbatched_and_empty_batch(ops):
     x, gm, ga = make((1, 3, 7, 6), torch.float32, seed=9, stride=2)
-    f = pool_fused.pool3x3_pair(x[0], 2)
-    r = pool_reference.pool3x3_pair(x[0], 2)
+    f = pools.pool3x3_pair_fused(x[0], 2)
+    r = pools.pool3x3_pair_reference(x[0], 2)
     assert all(torch.equal(a, b) for a, b in zip(f, r))
     empty = torch.randn(0, 3, 5, 4)
-    f = pool_fused.pool3x3_pair(empty, 2)
+    f = pools.pool3x3_pair_fused(empty, 2)
     assert [tuple(t.shape) for t in f] == [(0, 3, 3, 2)] * 2
     g = torch.ops.emodarts.pool3x3_bwd(torch.randn(0, 3, 3, 2), None, empty, 2)
     assert g.shape == empty.shape
@@ -173,8 +173,8 @@ def test_ties_route_like_aten(ops, stride, dtype):
     _, gm, ga = make(shape, dtype, seed=12, stride=stride)
     for name, x in inputs.items():
         for which in GRADS:
-            f = run(pool_fused.pool3x3_pair, x, stride, *grads_for(which, gm, ga))
-            r = run(pool_reference.pool3x3_pair, x, stride, *grads_for(which, gm, ga))
+            f = run(pools.pool3x3_pair_fused, x, stride, *grads_for(which, gm, ga))
+            r = run(pools.pool3x3_pair_reference, x, stride, *grads_for(which, gm, ga))
             for a, b in zip(f, r):
                 assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit()), f"{name} {which}"
 
@@ -197,20 +197,20 @@ def test_nan_and_inf_like_aten(ops, stride, dtype):
     x = x.to(dtype)
     _, gm, ga = make(shape, dtype, seed=14, stride=stride)
     for which in GRADS:
-        f = run(pool_fused.pool3x3_pair, x, stride, *grads_for(which, gm, ga))
-        r = run(pool_reference.pool3x3_pair, x, stride, *grads_for(which, gm, ga))
+        f = run(pools.pool3x3_pair_fused, x, stride, *grads_for(which, gm, ga))
+        r = run(pools.pool3x3_pair_reference, x, stride, *grads_for(which, gm, ga))
         for name, a, b in zip(["max_out", "avg_out", "grad_x"], f, r):
             assert torch.equal(a.isnan(), b.isnan()), f"{name} {which}: NaN positions"
             if dtype != torch.bfloat16 or name == "max_out":
                 assert torch.equal(a.nan_to_num(), b.nan_to_num()), f"{name} {which}"
         if dtype == torch.bfloat16:  # finite parts within the usual bf16 bound
-            t = run(pool_reference.pool3x3_pair, as64(x), stride, *[as64(g) for g in grads_for(which, gm, ga)])
+            t = run(pools.pool3x3_pair_reference, as64(x), stride, *[as64(g) for g in grads_for(which, gm, ga)])
             keep = [~torch.isnan(c) & torch.isfinite(c) for c in t]
             assert_parity([(n_, a[k], b[k], c[k]) for n_, a, b, c, k in zip(["max", "avg", "gx"], f, r, t, keep)],
                           dtype, what=f"bf16 finite part {which}")
     if dtype != torch.bfloat16:  # only the max gradient: it goes exactly where ATen sends it
-        f = run(pool_fused.pool3x3_pair, x, stride, gm, None)[2]
-        r = run(pool_reference.pool3x3_pair, x, stride, gm, None)[2]
+        f = run(pools.pool3x3_pair_fused, x, stride, gm, None)[2]
+        r = run(pools.pool3x3_pair_reference, x, stride, gm, None)[2]
         assert torch.equal(f, r)
 
 
@@ -223,9 +223,9 @@ def test_gradcheck(ops, stride):
     """float64 gradcheck; distinct, well-separated values so that no finite-difference step moves an argmax."""
     gen = torch.Generator().manual_seed(15)
     x = (torch.randperm(2 * 2 * 5 * 7, generator=gen).double() * 0.1).view(2, 2, 5, 7).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: pool_fused.pool3x3_pair(t, stride), (x,), eps=1e-6, atol=1e-8)
-    assert torch.autograd.gradcheck(lambda t: pool_fused.pool3x3_pair(t, stride)[0], (x,), eps=1e-6, atol=1e-8)
-    assert torch.autograd.gradcheck(lambda t: pool_fused.pool3x3_pair(t, stride)[1], (x,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(lambda t: pools.pool3x3_pair_fused(t, stride), (x,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(lambda t: pools.pool3x3_pair_fused(t, stride)[0], (x,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(lambda t: pools.pool3x3_pair_fused(t, stride)[1], (x,), eps=1e-6, atol=1e-8)
 
 
 def test_opcheck(ops):
@@ -233,7 +233,7 @@ def test_opcheck(ops):
     for stride in (1, 2):
         x = torch.randn(2, 3, 7, 10, generator=gen).requires_grad_(True)
         torch.library.opcheck(torch.ops.emodarts.pool3x3_fwd.default, (x, stride))
-        ho, wo = pool_fused.out_size(7, stride), pool_fused.out_size(10, stride)
+        ho, wo = pools.out_size(7, stride), pools.out_size(10, stride)
         gm, ga = torch.randn(2, 3, ho, wo, generator=gen), torch.randn(2, 3, ho, wo, generator=gen)
         for args in [(gm, ga), (gm, None), (None, ga)]:
             torch.library.opcheck(torch.ops.emodarts.pool3x3_bwd.default, (*args, x.detach(), stride))
@@ -242,11 +242,11 @@ def test_opcheck(ops):
 def test_custom_op_and_eager_paths_agree(ops):
     """Eager calls take the autograd.Function; the registered op's autograd formula gives the same."""
     x, gm, ga = make((2, 3, 9, 13), torch.float32, seed=17)
-    eager = run(pool_fused.pool3x3_pair, x, 1, gm, ga)
+    eager = run(pools.pool3x3_pair_fused, x, 1, gm, ga)
     custom = run(lambda t, s: torch.ops.emodarts.pool3x3_fwd(t, s), x, 1, gm, ga)
     assert all(torch.equal(a, b) for a, b in zip(eager, custom))
     only_avg = run(lambda t, s: torch.ops.emodarts.pool3x3_fwd(t, s), x, 1, None, ga)
-    assert torch.equal(only_avg[2], run(pool_fused.pool3x3_pair, x, 1, None, ga)[2])
+    assert torch.equal(only_avg[2], run(pools.pool3x3_pair_fused, x, 1, None, ga)[2])
 
 
 def test_torch_compile_traces_the_op(ops):
@@ -254,7 +254,7 @@ def test_torch_compile_traces_the_op(ops):
     x, gm, ga = make((2, 3, 8, 11), torch.float32, seed=18, stride=2)
 
     def f(t):
-        mx, av = pool_fused.pool3x3_pair(t, 2)
+        mx, av = pools.pool3x3_pair_fused(t, 2)
         return mx * 2.0, av + 1.0
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
@@ -266,7 +266,7 @@ def test_torch_compile_traces_the_op(ops):
 def test_double_backward_is_an_error(ops):
     x, gm, ga = make((1, 2, 5, 5), torch.float64, seed=19)
     x.requires_grad_(True)
-    mx, av = pool_fused.pool3x3_pair(x, 1)
+    mx, av = pools.pool3x3_pair_fused(x, 1)
     (gx,) = torch.autograd.grad((mx * gm).sum() + (av * ga).sum(), [x], create_graph=True)
     with pytest.raises(RuntimeError):
         gx.sum().backward()
@@ -294,10 +294,10 @@ def test_threads_give_the_same_bits(ops):
 
 _ISA_SCRIPT = r"""
 import sys, torch
-from emodarts.ops import pool_fused
+from emodarts.ops import pools
 torch.set_num_threads(1)
 gen = torch.Generator().manual_seed(21)
-res = {"info": pool_fused.cpu_info()}
+res = {"info": pools.cpu_info()}
 for dt in (torch.float32, torch.float64, torch.bfloat16):
     for shape in [(2, 3, 7, 5), (1, 2, 20, 47), (1, 1, 1, 1), (2, 1, 9, 16)]:
         for s in (1, 2):
@@ -327,7 +327,7 @@ def test_baseline_copy_without_avx2(ops, tmp_path):
         for a, b in zip([mx, av, g_both, g_max], mine):
             assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), (dt, shape, s)
         if dt != str(torch.bfloat16):
-            r = run(pool_reference.pool3x3_pair, x, s, gm, None)
+            r = run(pools.pool3x3_pair_reference, x, s, gm, None)
             assert torch.equal(g_max.nan_to_num(), r[2].nan_to_num())
             assert torch.equal(mx.nan_to_num(), r[0].nan_to_num())
 
@@ -335,19 +335,19 @@ def test_baseline_copy_without_avx2(ops, tmp_path):
 def test_dispatch_falls_back_to_the_reference():
     """Not-CPU tensors (CUDA: cuDNN) and CPU dtypes the kernels do not cover take ATen's pools."""
     x = torch.randn(2, 3, 7, 6).half()
-    f = pool_fused.pool3x3_pair(x, 2)
-    r = pool_reference.pool3x3_pair(x, 2)
+    f = pools.pool3x3_pair_fused(x, 2)
+    r = pools.pool3x3_pair_reference(x, 2)
     assert all(torch.equal(a, b) for a, b in zip(f, r))
-    meta = pool_fused.pool3x3_pair(torch.empty(2, 3, 7, 6, device="meta"), 2)
+    meta = pools.pool3x3_pair_fused(torch.empty(2, 3, 7, 6, device="meta"), 2)
     assert [tuple(t.shape) for t in meta] == [(2, 3, 4, 3)] * 2
 
 
 def test_errors(ops):
     x = torch.randn(2, 3, 5, 5)
     with pytest.raises(ValueError, match="stride"):
-        pool_fused.pool3x3_pair(x, 3)
+        pools.pool3x3_pair_fused(x, 3)
     with pytest.raises(ValueError, match="shape"):
-        pool_fused.pool3x3_pair(x[None], 1)
+        pools.pool3x3_pair_fused(x[None], 1)
     with pytest.raises(RuntimeError, match="stride"):
         torch.ops.emodarts.pool3x3_fwd(x, 3)
     with pytest.raises(RuntimeError, match="dtype"):
@@ -361,6 +361,6 @@ def test_errors(ops):
 def test_cuda_takes_the_reference():
     x = torch.randn(4, 8, 33, 20, device="cuda")
     for s in (1, 2):
-        f = pool_fused.pool3x3_pair(x, s)
-        r = pool_reference.pool3x3_pair(x, s)
+        f = pools.pool3x3_pair_fused(x, s)
+        r = pools.pool3x3_pair_reference(x, s)
         assert all(torch.equal(a, b) for a, b in zip(f, r))

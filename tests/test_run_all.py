@@ -164,13 +164,13 @@ def test_test_outcomes_are_read_from_pytest_output(run_all):
 
 def test_gpu_environment_gets_the_arch_and_the_toolkit(run_all, tmp_path, monkeypatch):
     """TORCH_CUDA_ARCH_LIST from the visible GPU's capability and CUDA_HOME from the toolkit, when unset."""
-    from emodarts.ops import extension_cuda
+    from emodarts.ops.compiled import cuda as compiled_cuda
 
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (9, 0))
-    monkeypatch.setattr(extension_cuda, "cuda_home", lambda: "/opt/cuda-x")
+    monkeypatch.setattr(compiled_cuda, "cuda_home", lambda: "/opt/cuda-x")
     env = run_all.build_environment(torch.device("cuda"), tmp_path)
     assert env["TORCH_CUDA_ARCH_LIST"] == "9.0" and env["CUDA_HOME"] == "/opt/cuda-x"
     assert env["EMODARTS_BENCH_RESULTS"] == str(tmp_path) and "TRITON_INTERPRET" not in env

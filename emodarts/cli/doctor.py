@@ -47,7 +47,7 @@ def _extension_check() -> Check:
     from emodarts.runtime.errors import BackendError
 
     try:
-        from emodarts.ops.extension import load_extension
+        from emodarts.ops.compiled.cpp import load_extension
 
         mod = load_extension()
     except BackendError as exc:
@@ -70,11 +70,11 @@ def _cuda_kernels_check(has_cuda: bool) -> Check:
         return (name, False, "not built: no CUDA device here",
                 "they build on a GPU machine on first use (python bench/run_all.py builds and tests them)")
     try:
-        from emodarts.ops import darts_fused, fused, grouped_recurrent
+        from emodarts.ops import darts_rnn, grouped_recurrent, mixed_sum
 
         grouped_recurrent.ensure_cuda()
-        darts_fused.ensure_cuda()
-        fused.kernels_module()
+        darts_rnn.ensure_cuda()
+        mixed_sum.kernels_module()
     except Exception as exc:
         return (name, False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}",
                 "set CUDA_HOME to the CUDA toolkit and install triton")

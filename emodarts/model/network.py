@@ -1,5 +1,4 @@
 """The network derived from a genotype, trained from scratch (batch norm affine, drop-path on CNN ops)."""
-import torch
 from torch import Tensor, nn
 
 from emodarts.model.backbone import (
@@ -7,56 +6,14 @@ from emodarts.model.backbone import (
     Head,
     SequenceHandoff,
     cnn_cell_plan,
-    cnn_preprocess,
-    reduce_node_concat,
     stem,
 )
-from emodarts.model.cnn_ops import Identity, make_cnn_op
+from emodarts.model.cells.cnn import FixedCnnCell
+from emodarts.model.cells.darts import FixedDartsCell
+from emodarts.model.cells.seq import FixedSeqCell
 from emodarts.model.config import ModelConfig
-from emodarts.model.darts_cell import FixedDartsCell
-from emodarts.model.dropout import BatchDropout, drop_path
-from emodarts.model.seq_ops import make_seq_op
-from emodarts.model.space import CellGenotype, Genotype, check_genotype_fits
-
-
-class FixedCnnCell(nn.Module):
-    def __init__(self, cell: CellGenotype, plan):
-        super().__init__()
-        self.reduction = plan.reduction
-        self.pre = cnn_preprocess(plan, affine=True)
-        self.sources = [[src for _, src in node] for node in cell.nodes]
-        self.ops = nn.ModuleList(
-            nn.ModuleList(make_cnn_op(op, plan.c, 2 if plan.reduction and src < 2 else 1, affine=True)
-                          for op, src in node)
-            for node in cell.nodes
-        )
-        self.drop_path_prob = 0.0
-
-    def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
-        states = [self.pre[0](s0), self.pre[1](s1)]
-        for sources, ops in zip(self.sources, self.ops):
-            out = 0
-            for src, op in zip(sources, ops):
-                h = op(states[src])
-                if not isinstance(op, Identity):
-                    h = drop_path(h, self.drop_path_prob, self.training)
-                out = out + h
-            states.append(out)
-        return torch.cat(states[2:], dim=1)
-
-
-class FixedSeqCell(nn.Module):
-    def __init__(self, cell: CellGenotype, hidden: int, dropout: float):
-        super().__init__()
-        self.sources = [[src for _, src in node] for node in cell.nodes]
-        self.ops = nn.ModuleList(nn.ModuleList(make_seq_op(op, hidden) for op, _ in node) for node in cell.nodes)
-        self.dropout = BatchDropout(dropout)
-
-    def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
-        states = [s0, s1]
-        for sources, ops in zip(self.sources, self.ops):
-            states.append(sum(op(states[src]) for src, op in zip(sources, ops)))
-        return self.dropout(reduce_node_concat(states[2:]))
+from emodarts.model.dropout import BatchDropout
+from emodarts.model.space import Genotype, check_genotype_fits
 
 
 class AuxiliaryHead(nn.Module):

@@ -6,7 +6,7 @@ A genotype lists, for every intermediate node of a cell, the incoming edges it k
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 from emodarts.runtime.errors import GenotypeError
 
@@ -53,6 +53,29 @@ def n_edges(n_nodes: int, n_inputs: int = 2) -> int:
     the inputs and every earlier node). emoDARTS and CNN cells have two inputs; the DARTS recurrent cell has
     one (its initial state s0)."""
     return sum(n_inputs + i for i in range(n_nodes))
+
+
+def active_candidates(primitives: Sequence[str]) -> List[Tuple[int, str]]:
+    """(column, name) of every candidate that is computed: all but `none`, which only holds softmax mass."""
+    return [(k, p) for k, p in enumerate(primitives) if p != "none"]
+
+
+def node_edges(node: int, n_inputs: int = 2) -> slice:
+    """The rows of node `node`'s incoming edges in a cell's alpha (and in its edge list): node i reads the
+    cell's inputs and every earlier node, in state order."""
+    start = n_edges(node, n_inputs)
+    return slice(start, start + n_inputs + node)
+
+
+def readers(source: int, n_nodes: int, n_inputs: int = 2) -> range:
+    """The nodes that read state `source`: every node reads the inputs; node i's output (state n_inputs + i)
+    is read by the nodes after it."""
+    return range(max(0, source - n_inputs + 1), n_nodes)
+
+
+def edge_stride(reduction: bool, source: int) -> int:
+    """A reduction cell's edges from its two inputs halve the map (stride 2); every other edge keeps it."""
+    return 2 if reduction and source < 2 else 1
 
 
 def seq_inputs(seq_space: str) -> int:

@@ -1,16 +1,26 @@
-"""The one backend switch: the model asks its backend for `mixed_sum`, never a kernel module.
-
-reference: plain PyTorch (the oracle). fused: Triton on CUDA, the C++ extension on CPU.
+"""The one backend switch: the model asks its backend for an op (`mixed_sum`, `pool_pair`, ...), never a
+kernel module. Every op's home (emodarts/ops/<home>.py) holds `<op>_reference` (plain PyTorch, the oracle)
+and `<op>_fused` (Triton on CUDA, the C++ extension on the CPU); a backend is one of the two columns.
 """
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from emodarts.ops import reference
 from emodarts.runtime.errors import BackendError
 
 BACKENDS = ("reference", "fused")
+HOMES = {  # Backend field -> (module under emodarts.ops, op name in it)
+    "mixed_sum": ("mixed_sum", "mixed_sum"),
+    "grouped_recurrent": ("grouped_recurrent", "grouped_recurrent"),
+    "darts_rnn": ("darts_rnn", "darts_rnn"),
+    "pool_pair": ("pools", "pool3x3_pair"),
+    "multi_depthwise": ("multi_depthwise", "multi_depthwise"),
+    "batch_norms": ("batch_norms", "batch_norms"),
+    "pointwise_convs": ("pointwise", "pointwise_convs"),
+    "offset_grids": ("offset_grids", "offset_grids"),
+}
 
 
 @dataclass(frozen=True)
@@ -24,67 +34,21 @@ class Backend:
     batch_norms: Callable  # (xs, groups of BatchNorm2d) -> per x, every module of its group run on x
     pointwise_convs: Callable  # (xs, weights) -> bias-free 1x1 convolution of each x with its weight
     offset_grids: Callable  # x -> (even, odd) sampling grids of the factorized reduce
-    group_cnn: bool = False  # CNN cells grouped by source state (emodarts/model/cnn_grouped.py), not per candidate
-
-
-def _fp32_grouped(grouped: Callable) -> Callable:
-    """The grouped kernel runs in float32/float64: under bf16/fp16 autocast it takes a float32 copy of x
-    and hands back outputs in x's dtype, as the mixed sum expects one dtype per node."""
-
-    def run(x, rnns):
-        if x.dtype in (torch.float32, torch.float64):
-            return grouped(x, rnns)
-        with torch.autocast(x.device.type, enabled=False):
-            return [y.to(x.dtype) for y in grouped(x.float(), rnns)]
-
-    return run
-
-
-def _pool_pair() -> Callable:
-    """The fused pool pair (C++ on the CPU) when it is built in, else the reference's ATen pools."""
-    try:
-        from emodarts.ops.pool_fused import pool3x3_pair
-    except ImportError:
-        from emodarts.ops.pool_reference import pool3x3_pair
-    return pool3x3_pair
 
 
 def get_backend(name: str) -> Backend:
     """Return the named backend; a fused backend that is not built is an error, never a silent fallback."""
-    if name == "reference":
-        from emodarts.ops import (
-            bn_reference,
-            dw_reference,
-            grids_reference,
-            grouped_reference,
-            pool_reference,
-            pw_reference,
-        )
-        from emodarts.ops.darts_reference import darts_rnn_reference
-
-        return Backend("reference", reference.mixed_sum, grouped_reference.grouped_recurrent, darts_rnn_reference,
-                       pool_reference.pool3x3_pair, dw_reference.multi_depthwise, bn_reference.batch_norms,
-                       pw_reference.pointwise_convs, grids_reference.offset_grids)
-    if name == "fused":
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    ops = {}
+    for field, (home, op) in HOMES.items():
         try:
-            from emodarts.ops import (
-                bn_fused,
-                darts_fused,
-                dw_fused,
-                fused,
-                grids_fused,
-                grouped_recurrent,
-                pw_fused,
-            )
+            ops[field] = getattr(importlib.import_module(f"emodarts.ops.{home}"), f"{op}_{name}")
         except ImportError as exc:
             raise BackendError(
-                "the fused backend is not built in this installation: its kernels are missing "
-                f"({exc}). Run without --fused to use the reference backend."
-            ) from exc
-        return Backend("fused", fused.mixed_sum, _fp32_grouped(grouped_recurrent.grouped_recurrent),
-                       darts_fused.darts_rnn_fused, _pool_pair(), dw_fused.multi_depthwise, bn_fused.batch_norms,
-                       pw_fused.pointwise_convs, grids_fused.offset_grids, group_cnn=True)
-    raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+                f"the {name} backend is not built in this installation: its kernels are missing ({exc}). "
+                "Run without --fused to use the reference backend.") from exc
+    return Backend(name, **ops)
 
 
 def check_device(device: str) -> str:
@@ -115,13 +79,11 @@ def check_backend(name: str, device: str) -> Backend:
     check_device(device)
     backend = get_backend(name)
     if name == "fused":
-        from emodarts.ops import fused
+        from emodarts.ops import mixed_sum
+        from emodarts.ops.compiled.cpp import load_extension
 
-        kind = torch.device(device).type
-        if fused.default_impl(torch.device(kind)) == "cpp":
-            from emodarts.ops.extension import load_extension
-
+        if mixed_sum.default_impl(torch.device(torch.device(device).type)) == "cpp":
             load_extension()
         else:
-            fused.kernels_module()
+            mixed_sum.kernels_module()
     return backend

@@ -1,9 +1,14 @@
-"""Grouped recurrent layer: many nn.LSTM / nn.RNN candidates that read one input, run as one kernel call.
+"""[grouped_reference] Plain-PyTorch twin of the grouped recurrent layer (emodarts/ops/grouped_recurrent.py): the oracle.
+
+`grouped_recurrent(x, rnns)` calls each candidate module on the shared input, one at a time, exactly as the
+reference supernet does: cuDNN on a GPU, PyTorch's CPU kernels (oneDNN for float32 LSTMs) on the CPU.
+
+[grouped_recurrent] Grouped recurrent layer: many nn.LSTM / nn.RNN candidates that read one input, run as one kernel call.
 
     outs = grouped_recurrent(x, [lstm_1.rnn, rnn_2.rnn, lstm_att_1.rnn, ...])
     # outs[i] equals rnns[i](x)[0]: (B, T, D) for batch_first modules, D = H or 2H (bidirectional)
 
-The fused twin of emodarts.ops.grouped_reference.grouped_recurrent. The weights stay in the modules' own
+The fused twin of emodarts.ops.grouped_recurrent_reference. The weights stay in the modules' own
 parameters (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ..., *_reverse): gradients flow back to
 them, and a genotype-derived network loads them unchanged.
 
@@ -36,29 +41,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# --------------------------------------------------------------------------------------------------
+# from grouped_reference
+
+def grouped_recurrent_reference(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
+    """[rnn(x)[0] for rnn in rnns]: each candidate's output sequence ((B, T, D) when batch_first)."""
+    return [rnn(x)[0] for rnn in rnns]
+
+
+# --------------------------------------------------------------------------------------------------
+# from grouped_recurrent
+
 OP_FWD = "emodarts::grouped_rnn_forward"
 OP_BWD = "emodarts::grouped_rnn_backward"
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 # --------------------------------------------------------------------------------------------------
-# the operators (loaded, and built when needed, by emodarts/ops/extension.py and extension_cuda.py)
+# the operators (loaded, and built when needed, by emodarts/ops/compiled/cpp.py and extension_cuda.py)
 
 
 def ops():
     """torch.ops.emodarts with the grouped-RNN ops loaded (JIT-building the extension if needed), their fake
     kernels and autograd registered."""
-    from emodarts.ops.extension import load_ops
+    from emodarts.ops.compiled.cpp import load_ops
 
     return load_ops(OP_FWD, OP_BWD, "csrc/grouped_rnn.cpp", _fwd_fake, _bwd_fake, _backward, _setup_context)
 
 
 def ensure_cuda() -> None:
     """Make the CUDA kernels of the grouped ops available (the extension's CUDA library: installed by setup.py
-    or JIT-compiled once; see emodarts/ops/extension_cuda.py)."""
-    from emodarts.ops import extension_cuda
+    or JIT-compiled once; see emodarts/ops/compiled/cuda.py)."""
+    from emodarts.ops.compiled import cuda as compiled_cuda
 
     ops()
-    extension_cuda.ensure_cuda(OP_FWD, "csrc/cuda/grouped_rnn_cuda.cu")
+    compiled_cuda.ensure_cuda(OP_FWD, "csrc/cuda/grouped_rnn_cuda.cu")
 
 
 def cpu_gemm_path() -> str:
@@ -199,8 +215,18 @@ def _grouped_same_hidden(x_tm: Tensor, mods: Sequence[nn.Module]) -> List[Tensor
     return [layer_output(i, m.num_layers - 1) for i, m in enumerate(mods)]
 
 
-def grouped_recurrent(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
-    """Fused twin of emodarts.ops.grouped_reference.grouped_recurrent: [rnn(x)[0] for rnn in rnns].
+def grouped_recurrent_fused(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
+    """grouped_recurrent_kernel at the dtype the kernels run in: float32/float64 as they are; under bf16/fp16
+    autocast a float32 copy of x, with outputs handed back in x's dtype (the mixed sum expects one dtype per
+    node)."""
+    if x.dtype in SUPPORTED_DTYPES:
+        return grouped_recurrent_kernel(x, rnns)
+    with torch.autocast(x.device.type, enabled=False):
+        return [y.to(x.dtype) for y in grouped_recurrent_kernel(x.float(), rnns)]
+
+
+def grouped_recurrent_kernel(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
+    """The fused twin of grouped_recurrent_reference: [rnn(x)[0] for rnn in rnns], float32 or float64.
 
     x: (B, T, I) for batch_first modules, (T, B, I) otherwise (all modules must agree). Every module is an
     nn.LSTM or tanh nn.RNN with input_size I. Returns each module's output sequence, (B, T, D) or (T, B, D)
@@ -225,6 +251,3 @@ def grouped_recurrent(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
         for i, y in zip(idx, _grouped_same_hidden(x_tm, [rnns[i] for i in idx])):
             outs[i] = y.transpose(0, 1) if batch_first else y
     return outs  # type: ignore[return-value]
-
-
-__all__ = ["grouped_recurrent", "grouped_rnn_layer", "ops", "ensure_cuda", "cpu_gemm_path"]

@@ -1,4 +1,7 @@
-"""Several bias-free 1x1 convolutions in one call (the pointwise halves of a CNN search state's candidates,
+"""[pw_reference] The reference twin of emodarts.ops.pointwise.pointwise_convs_fused: each bias-free 1x1 convolution as one
+ATen convolution.
+
+[pw_fused] Several bias-free 1x1 convolutions in one call (the pointwise halves of a CNN search state's candidates,
 the factorized reduce, the cell preprocessing): the `--fused` twin of emodarts.ops.pw_reference.
 
 CPU float32/float64 run the C++ ops of csrc/pointwise.cpp: each (input, batch item) is one small GEMM on
@@ -8,14 +11,26 @@ batched GEMM over (B, C, H*W) (torch.einsum), which cuBLAS runs well. Double bac
 from typing import List, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+# --------------------------------------------------------------------------------------------------
+# from pw_reference
+
+def pointwise_convs_reference(xs: Sequence[Tensor], weights: Sequence[Tensor]) -> List[Tensor]:
+    """ys[i] = conv2d(xs[i], weights[i]) for (O, C, 1, 1) weights: x (B, C, H, W) -> (B, O, H, W)."""
+    return [F.conv2d(x, w) for x, w in zip(xs, weights)]
+
+
+# --------------------------------------------------------------------------------------------------
+# from pw_fused
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 
 
 def ops():
     """torch.ops.emodarts with the pointwise ops loaded (JIT-building the extension if needed)."""
-    from emodarts.ops.extension import load_ops
+    from emodarts.ops.compiled.cpp import load_ops
 
     return load_ops("emodarts::pointwise_fwd", "emodarts::pointwise_bwd", "csrc/pointwise.cpp",
                     lambda xs, ws: [x.new_empty(x.shape[0], w.shape[0], x.shape[2], x.shape[3]) for x, w in zip(xs, ws)],
@@ -47,8 +62,8 @@ def einsum_pointwise(x: Tensor, w: Tensor) -> Tensor:
     return torch.einsum("oc,bcp->bop", w.reshape(o, c), x.reshape(b, c, h * wd)).view(b, o, h, wd)
 
 
-def pointwise_convs(xs: Sequence[Tensor], weights: Sequence[Tensor]) -> List[Tensor]:
-    """Same contract as pw_reference.pointwise_convs."""
+def pointwise_convs_fused(xs: Sequence[Tensor], weights: Sequence[Tensor]) -> List[Tensor]:
+    """Same contract as pointwise_convs_reference."""
     if xs and all(x.device.type == "cpu" and x.dtype == xs[0].dtype for x in xs) and xs[0].dtype in _CPU_DTYPES \
             and all(w.dtype == xs[0].dtype for w in weights) and not torch.is_autocast_enabled("cpu"):
         return list(_Pointwise.apply(len(xs), *[x.contiguous() for x in xs], *[w.contiguous() for w in weights]))

@@ -1,7 +1,7 @@
 """Load the compiled extension `emodarts._C` (C++ CPU ops), JIT-building it if needed, and register the fake
 kernels and autograd formulas of its operators (load_ops: what every ops module asks for its operators).
 The CUDA kernels (`emodarts._C_cuda`, or their JIT build) are loaded by the sibling
-emodarts/ops/extension_cuda.py, with the build helpers of this module; emodarts/ops/toolchain.py holds what
+emodarts/ops/compiled/cuda.py, with the build helpers of this module; emodarts/ops/compiled/toolchain.py holds what
 setup.py shares with both (the CUDA toolkit lookup, the OpenMP flags).
 
 `pip install --no-build-isolation -e .` builds emodarts._C with the package (setup.py, when torch is importable
@@ -9,7 +9,7 @@ at build time), and emodarts._C_cuda too when setup.py's rule says so (a CUDA bu
 and a visible GPU or EMODARTS_CUDA_EXT=1 / TORCH_CUDA_ARCH_LIST; see setup.py). Otherwise `load_extension()`
 compiles csrc/*.cpp once with torch.utils.cpp_extension.load into a per-torch-version cache folder
 (EMODARTS_EXT_DIR, else $XDG_CACHE_HOME/emodarts or ~/.cache/emodarts) and reuses it in later processes, and
-the CUDA kernels are JIT-compiled on first use on a GPU (emodarts.ops.extension_cuda.ensure_cuda, which
+the CUDA kernels are JIT-compiled on first use on a GPU (emodarts.ops.compiled.cuda.ensure_cuda, which
 first tries the installed `emodarts._C_cuda`). Either way the operators appear under torch.ops.emodarts (e.g.
 torch.ops.emodarts.mixed_sum_fwd).
 """
@@ -21,7 +21,8 @@ import sysconfig
 import threading
 from typing import List
 
-from emodarts.ops.toolchain import openmp_flags
+from emodarts.ops.compiled.sources import source_dir
+from emodarts.ops.compiled.toolchain import openmp_flags
 from emodarts.runtime.errors import BackendError
 
 JIT_NAME = "emodarts_C"
@@ -35,8 +36,8 @@ BUILD_HINT = (
 
 
 def csrc_dir() -> str:
-    """The source folder (a source checkout or an editable install)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+    """The C++/CUDA source folder (sources.source_dir: the installed copy or the checkout's)."""
+    return str(source_dir("csrc"))
 
 
 def cpu_sources() -> List[str]:

@@ -1,4 +1,7 @@
-"""The search's affine-free batch norms in one call: the `--fused` twin of emodarts.ops.bn_reference.
+"""[bn_reference] The reference twin of emodarts.ops.batch_norms.batch_norms_fused: every BatchNorm2d module on its own input,
+one ATen call each.
+
+[bn_fused] The search's affine-free batch norms in one call: the `--fused` twin of emodarts.ops.bn_reference.
 
     outs = batch_norms(xs, groups)   # outs[i][j] == groups[i][j](xs[i]) for BatchNorm2d modules
 
@@ -18,12 +21,23 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
+# --------------------------------------------------------------------------------------------------
+# from bn_reference
+
+def batch_norms_reference(xs: Sequence[Tensor], groups: Sequence[Sequence[nn.Module]]) -> List[List[Tensor]]:
+    """For each x, the outputs of its group of batch-norm modules, each module run on x."""
+    return [[bn(x) for bn in group] for x, group in zip(xs, groups)]
+
+
+# --------------------------------------------------------------------------------------------------
+# from bn_fused
+
 _FAST_DTYPES = (torch.float32, torch.float64)
 
 
 def ops():
     """torch.ops.emodarts with the multi batch-norm ops loaded (JIT-building the extension if needed)."""
-    from emodarts.ops.extension import load_ops
+    from emodarts.ops.compiled.cpp import load_ops
 
     return load_ops("emodarts::multi_bn_fwd", "emodarts::multi_bn_bwd", "csrc/multi_bn.cpp",
                     lambda xs, rms, rvs, counts, momenta, sizes, eps: (
@@ -84,8 +98,8 @@ def _native_once(x: Tensor, group: Sequence[nn.Module]) -> Tensor:
     return y
 
 
-def batch_norms(xs: Sequence[Tensor], groups: Sequence[Sequence[nn.Module]]) -> List[List[Tensor]]:
-    """Same contract as bn_reference.batch_norms (module docstring)."""
+def batch_norms_fused(xs: Sequence[Tensor], groups: Sequence[Sequence[nn.Module]]) -> List[List[Tensor]]:
+    """Same contract as batch_norms_reference (module docstring)."""
     outs: List[List[Tensor]] = [[] for _ in xs]
     in_op: dict = {}  # (eps, dtype) -> indices normalised together by the C++ op
     for i, (x, group) in enumerate(zip(xs, groups)):

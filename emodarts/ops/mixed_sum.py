@@ -1,11 +1,10 @@
-"""Fused mixed sum: the `--fused` twin of emodarts.ops.reference.mixed_sum.
+"""The mixed sum of one node: out = sum_i softmax(alpha, -1)[e_i, m_i] * ys[i], its reference twin and its
+fused implementations.
 
-    out = sum_i softmax(alpha, -1)[e_i, m_i] * ys[i]
-
-`mixed_sum(ys, alpha, index)` has the reference's signature and semantics. It runs the Triton kernels
-(kernels/mixed_sum.py) on CUDA tensors and the C++ twin (csrc/mixed_sum.cpp) on CPU tensors; with
-EMODARTS_TRITON_CPU=1 (and TRITON_INTERPRET=1 set before the kernels are imported) CPU tensors go through
-the Triton interpreter instead. `mixed_sum_triton` and `mixed_sum_cpp` pick one implementation explicitly.
+`mixed_sum_reference` is plain PyTorch (the oracle). `mixed_sum_fused` has its signature and semantics and
+runs the Triton kernels (kernels/mixed_sum.py) on CUDA tensors and the C++ twin (csrc/mixed_sum.cpp) on CPU
+tensors; with EMODARTS_TRITON_CPU=1 (and TRITON_INTERPRET=1 set before the kernels are loaded) CPU tensors go
+through the Triton interpreter instead. `mixed_sum_triton` and `mixed_sum_cpp` pick one implementation.
 
 Backward: one pass over grad_out (per chunk of 8 inputs in Triton) writes every grad_y_i = p_i * grad_out
 and the dot products d_i = <grad_out, y_i>; an epilogue on (E, M) scatters d (repeated (e, m) add up) and
@@ -14,9 +13,9 @@ applies the softmax Jacobian, grad_alpha[e, k] = p[e, k] * (D[e, k] - sum_j p[e,
 epilogue themselves, in double; the Triton path does them with a few torch ops on the (E, M) tensors.
 A `none` candidate has no y: D is 0 there, so it costs nothing but its softmax mass.
 
-Inputs are read where they lie, through their strides (kernels/layout.py), so skip_connect inputs are never
-copied; the only copy is Triton's, for an input whose strides do not collapse to 4 dims (never the case for
-<= 4-D cell tensors), counted in emodarts.kernels.mixed_sum.COPIES.
+Inputs are read where they lie, through their strides (emodarts/ops/layout.py), so skip_connect inputs are
+never copied; the only copy is Triton's, for an input whose strides do not collapse to 4 dims (never the
+case for <= 4-D cell tensors), counted by `copy_count()`.
 
 Registration: one torch.library custom op, `emodarts::mixed_sum(Tensor[] ys, Tensor alpha, int[] edges,
 int[] cands, str impl) -> Tensor`, with a fake kernel and autograd registered beside it (its backward is
@@ -25,105 +24,74 @@ kernels run through a plain autograd.Function, which skips the custom-op layers 
 EMODARTS_FUSED_CUSTOM_OP=1 to use the op in eager mode too). Double backward is not supported.
 """
 import functools
-import importlib.util
 import os
-import sys
-from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from emodarts.ops import layout
+from emodarts.ops.compiled.triton import triton_kernels
 from emodarts.runtime.errors import BackendError
 
+# --------------------------------------------------------------------------------------------------
+# the reference twin
+
+def mixed_sum_reference(ys: Sequence[Tensor], alpha: Tensor, index: Sequence[Tuple[int, int]]) -> Tensor:
+    """Weighted sum of one node's candidate outputs.
+
+    out = sum_i softmax(alpha, -1)[e_i, m_i] * ys[i]
+
+    alpha: (E, M) logits of the node's E incoming edges over all M candidates, `none` included
+    (a `none` candidate has no entry in `ys`: it costs nothing but its softmax mass).
+    ys: tensors of one shape and dtype; index[i] = (edge, candidate) of ys[i].
+    """
+    if len(ys) != len(index):
+        raise ValueError(f"mixed_sum: {len(ys)} inputs but {len(index)} index entries")
+    p = torch.softmax(alpha.to(torch.promote_types(alpha.dtype, torch.float32)), dim=-1)  # float64 stays
+    out = None
+    for y, (e, m) in zip(ys, index):
+        term = p[e, m].to(y.dtype) * y
+        out = term if out is None else out + term
+    if out is None:
+        raise ValueError("mixed_sum needs at least one input")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the fused implementations
+
 IMPLS = ("triton", "cpp")
-_KERNELS: dict = {}  # name -> emodarts.kernels.<name>, imported once
 
 
 # --------------------------------------------------------------------------------------------------
 # locating the implementations
 
 
-def triton_kernels(name: str, needed_for: str):
-    """emodarts.kernels.<name> (Triton), imported once. In a source checkout that is not pip-installed,
-    `kernels/` sits next to `emodarts/` and is mapped onto `emodarts.kernels` here, as setup.py's package_dir
-    does. `needed_for` names what asked, for the error when Triton is missing."""
-    if name in _KERNELS:
-        return _KERNELS[name]
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:
-        raise BackendError(f"{needed_for} needs Triton: {exc}") from exc
-    full = f"emodarts.kernels.{name}"
-    try:
-        mod = importlib.import_module(full)
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("emodarts.kernels", full):
-            raise
-        _load_source_kernels_pkg()
-        mod = importlib.import_module(full)
-    _KERNELS[name] = mod
-    return mod
-
-
 def kernels_module():
-    """emodarts.kernels.mixed_sum (Triton)."""
+    """kernels/mixed_sum.py (Triton)."""
     return triton_kernels("mixed_sum", "the fused backend's mixed sum on this device")
-
-
-def _load_source_kernels_pkg() -> None:
-    """Map the checkout's kernels/ folder onto the package name emodarts.kernels."""
-    import emodarts
-
-    if "emodarts.kernels" in sys.modules:
-        return
-    root = Path(__file__).resolve().parents[2] / "kernels"
-    init = root / "__init__.py"
-    if not init.is_file():
-        raise BackendError(
-            "emodarts.kernels is not installed and no kernels/ folder was found next to the package; "
-            "install the project with `pip install --no-build-isolation -e .`"
-        )
-    spec = importlib.util.spec_from_file_location(
-        "emodarts.kernels", str(init), submodule_search_locations=[str(root)]
-    )
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["emodarts.kernels"] = pkg
-    spec.loader.exec_module(pkg)
-    emodarts.kernels = pkg
 
 
 def cpp_ops():
     """torch.ops.emodarts with the C++ mixed-sum ops loaded (JIT-building the extension if needed) and their
     fake kernels registered (so they can be traced and opchecked on their own too)."""
-    from emodarts.ops.extension import load_ops
+    from emodarts.ops.compiled.cpp import load_ops
 
     return load_ops("emodarts::mixed_sum_fwd", "emodarts::mixed_sum_bwd", "csrc/mixed_sum.cpp",
                     lambda ys, alpha, index: _empty_out(ys),
                     lambda grad_out, ys, alpha, index: (_empty_grads(ys), torch.empty_like(alpha)))
 
 
-def _layout():
-    """kernels/layout.py without importing Triton (it is pure torch)."""
-    try:
-        from emodarts.kernels import layout
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("emodarts.kernels", "emodarts.kernels.layout"):
-            raise
-        _load_source_kernels_pkg()
-        from emodarts.kernels import layout
-    return layout
-
-
 def _empty_out(ys: Sequence[Tensor]) -> Tensor:
-    lay = _layout()
+    lay = layout
     return torch.empty_strided(
         ys[0].shape, lay.out_strides(ys), dtype=lay.result_dtype(ys), device=ys[0].device
     )
 
 
 def _empty_grads(ys: Sequence[Tensor]) -> List[Tensor]:
-    st = _layout().out_strides(ys)
+    st = layout.out_strides(ys)
     return [torch.empty_strided(y.shape, st, dtype=y.dtype, device=y.device) for y in ys]
 
 
@@ -299,8 +267,8 @@ def default_impl(device: torch.device) -> str:
     raise BackendError(f"the fused mixed sum has no implementation for {device.type} tensors")
 
 
-def mixed_sum(ys: Sequence[Tensor], alpha: Tensor, index: Sequence[Tuple[int, int]]) -> Tensor:
-    """Fused twin of emodarts.ops.reference.mixed_sum (same signature and semantics)."""
+def mixed_sum_fused(ys: Sequence[Tensor], alpha: Tensor, index: Sequence[Tuple[int, int]]) -> Tensor:
+    """Fused twin of mixed_sum_reference (same signature and semantics)."""
     if len(ys) == 0:
         raise ValueError("mixed_sum needs at least one input")
     return _call(ys, alpha, index, default_impl(ys[0].device))
@@ -314,6 +282,3 @@ def mixed_sum_triton(ys: Sequence[Tensor], alpha: Tensor, index: Sequence[Tuple[
 def mixed_sum_cpp(ys: Sequence[Tensor], alpha: Tensor, index: Sequence[Tuple[int, int]]) -> Tensor:
     """The C++ twin (CPU tensors)."""
     return _call(ys, alpha, index, "cpp")
-
-
-__all__ = ["mixed_sum", "mixed_sum_triton", "mixed_sum_cpp", "default_impl", "copy_count", "cpp_ops", "kernels_module"]

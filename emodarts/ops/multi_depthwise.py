@@ -1,5 +1,20 @@
-"""Multi-depthwise convolution in Triton (kernels/multi_depthwise.py): the CUDA twin of
-emodarts.ops.dw_reference.multi_depthwise, with its signature and semantics.
+"""[dw_reference] Depthwise convolutions of several candidates, one ATen call each: the reference twin of
+emodarts.ops.multi_depthwise.multi_depthwise_fused.
+
+[dw_fused] Multi-depthwise convolution: the depthwise convolutions of every convolution candidate leaving one state
+of a CNN cell in one call (C++ on the CPU: csrc/multi_depthwise.cpp; Triton on CUDA:
+kernels/multi_depthwise.py through emodarts/ops/multi_depthwise.py), the `--fused` twin of
+emodarts.ops.multi_depthwise_reference.
+
+The op reads the state's (shared) input once per channel for all candidates, or takes one input per
+candidate (the second halves of the separable convolutions). float32/float64 run as they are; bf16/fp16 run
+in float32 and come back in their dtype; non-contiguous inputs are made contiguous once. On CUDA the Triton
+kernels run in the inputs' dtype (the autocast dtype under autocast, as cuDNN would) with float32
+accumulation; EMODARTS_DW_CUDNN=1 runs the reference's cuDNN calls instead (to tell a kernel fault from
+anything else on a GPU).
+
+[dw_triton] Multi-depthwise convolution in Triton (kernels/multi_depthwise.py): the CUDA twin of
+emodarts.ops.multi_depthwise_reference, with its signature and semantics.
 
 `multi_depthwise_triton(xs, weights, dilations, stride)` is the entry point (dw_fused calls it for CUDA
 tensors). xs is one input shared by every candidate or one input per candidate, (B, C, H, W); weights[i] is
@@ -18,17 +33,97 @@ On the CPU the kernels run only under the Triton interpreter (TRITON_INTERPRET=1
 is imported), which is how the tests run them. Double backward is not supported.
 """
 import contextlib
+import os
 from typing import List, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from emodarts.runtime.errors import BackendError
 
+# --------------------------------------------------------------------------------------------------
+# from dw_reference
+
+def multi_depthwise_reference(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
+                    stride: int) -> List[Tensor]:
+    """[depthwise conv of xs[i] (or of xs[0], shared) with weights[i] (C, 1, k, k), dilation dilations[i],
+    padding dilation * (k - 1) / 2, `stride`] for every candidate i."""
+    shared = len(xs) == 1
+    return [F.conv2d(xs[0 if shared else i], w, None, stride, d * (w.shape[-1] - 1) // 2, d, w.shape[0])
+            for i, (w, d) in enumerate(zip(weights, dilations))]
+
+
+# --------------------------------------------------------------------------------------------------
+# from dw_fused
+
+def ops():
+    """torch.ops.emodarts with the multi-depthwise ops loaded (JIT-building the extension if needed)."""
+    from emodarts.ops.compiled.cpp import load_ops
+
+    return load_ops("emodarts::multi_dw_fwd", "emodarts::multi_dw_bwd", "csrc/multi_depthwise.cpp",
+                    lambda xs, ws, dilations, stride: _empty_outs(xs, ws, stride),
+                    lambda grads, xs, ws, dilations, stride: ([torch.empty_like(x) for x in xs],
+                                                              [torch.empty_like(w) for w in ws]))
+
+
+def _empty_outs(xs, ws, stride):
+    b, c, h, w = xs[0].shape
+    return [xs[0].new_empty(b, c, (h - 1) // stride + 1, (w - 1) // stride + 1) for _ in ws]
+
+
+class _MultiDepthwise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, n_x: int, dilations: List[int], stride: int, *tensors: Tensor):
+        xs, ws = list(tensors[:n_x]), list(tensors[n_x:])
+        ctx.save_for_backward(*tensors)
+        ctx.n_x, ctx.dilations, ctx.stride = n_x, dilations, stride
+        return tuple(ops().multi_dw_fwd(xs, ws, dilations, stride))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        tensors = ctx.saved_tensors
+        xs, ws = list(tensors[: ctx.n_x]), list(tensors[ctx.n_x:])
+        if any(g is None for g in grads):
+            grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, _empty_outs(xs, ws, ctx.stride))]
+        grads = [g.contiguous() for g in grads]
+        gxs, gws = ops().multi_dw_bwd(grads, xs, ws, ctx.dilations, ctx.stride)
+        return (None, None, None, *gxs, *gws)
+
+
+def multi_depthwise_fused(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
+                    stride: int) -> List[Tensor]:
+    """Same contract as multi_depthwise_reference."""
+    if xs and xs[0].device.type == "cuda" and os.environ.get("EMODARTS_DW_CUDNN") != "1":
+        return _multi_depthwise_cuda(xs, weights, dilations, stride)
+    if not xs or xs[0].device.type != "cpu":
+        return multi_depthwise_reference(xs, weights, dilations, stride)
+    dtype = xs[0].dtype
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    with torch.autocast("cpu", enabled=False):
+        xs_c = [x.to(work).contiguous() for x in xs]
+        ws_c = [w.to(work).contiguous() for w in weights]
+        outs = _MultiDepthwise.apply(len(xs_c), [int(d) for d in dilations], int(stride), *xs_c, *ws_c)
+    return [o.to(dtype) for o in outs]
+
+
+def _multi_depthwise_cuda(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
+                          stride: int) -> List[Tensor]:
+    """The Triton op, inputs and weights in one dtype: the autocast dtype when autocast is on (what
+    F.conv2d would compute in), else the inputs'."""
+    from emodarts.ops.multi_depthwise import multi_depthwise_triton
+
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else xs[0].dtype
+    with torch.autocast("cuda", enabled=False):
+        return multi_depthwise_triton([x.to(dtype) for x in xs], [w.to(dtype) for w in weights], dilations, stride)
+
+
+# --------------------------------------------------------------------------------------------------
+# from dw_triton
 
 def kernels_module():
     """emodarts.kernels.multi_depthwise (Triton)."""
-    from emodarts.ops.fused import triton_kernels
+    from emodarts.ops.mixed_sum import triton_kernels
 
     return triton_kernels("multi_depthwise", "the Triton multi-depthwise op")
 
@@ -108,7 +203,7 @@ class _MultiDepthwiseTriton(torch.autograd.Function):
 def multi_depthwise_triton(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
                            stride: int) -> List[Tensor]:
     """[depthwise conv of xs[i] (or xs[0], shared) with weights[i], dilation dilations[i], padding
-    dilation * (k - 1) // 2, `stride`] for every candidate i: dw_reference.multi_depthwise's contract, in
+    dilation * (k - 1) // 2, `stride`] for every candidate i: multi_depthwise_reference's contract, in
     Triton. Outputs are contiguous, in the inputs' dtype; differentiable in every input and weight."""
     km = kernels_module()
     stride = int(stride)

@@ -1,5 +1,8 @@
-"""The two 3x3 pools of the CNN search space from one read of the input: the `--fused` twin of
-emodarts.ops.pool_reference.pool3x3_pair.
+"""[pool_reference] The two 3x3 pools of the CNN search space on one input, in plain PyTorch: the reference twin of
+emodarts.ops.pools.pool3x3_pair_fused.
+
+[pool_fused] The two 3x3 pools of the CNN search space from one read of the input: the `--fused` twin of
+emodarts.ops.pool3x3_pair_reference.
 
     max_out, avg_out = pool3x3_pair(x, stride)
     # max_out == F.max_pool2d(x, 3, stride, 1)
@@ -18,16 +21,27 @@ made contiguous once, here, and the outputs are contiguous.
 
 Other tensors take the reference explicitly: CUDA tensors (ATen's cuDNN pooling), and CPU dtypes the kernels
 do not cover (float16). The ops are registered with fake kernels and an autograd formula
-(torch.library.register_autograd) through emodarts.ops.extension.load_ops, so torch.compile traces them; in
+(torch.library.register_autograd) through emodarts.ops.compiled.cpp.load_ops, so torch.compile traces them; in
 eager mode a torch.autograd.Function calls the same two ops with less per-call overhead.
 Double backward is not supported.
 """
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from emodarts.ops import pool_reference
+# --------------------------------------------------------------------------------------------------
+# from pool_reference
+
+def pool3x3_pair_reference(x: Tensor, stride: int) -> Tuple[Tensor, Tensor]:
+    """(max pool, average pool) with a 3x3 window, padding 1 and `stride`; the average counts only the
+    in-bounds elements (count_include_pad=False), as the search space's avg_pool_3x3."""
+    return F.max_pool2d(x, 3, stride, 1), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# from pool_fused
 
 OP_FWD = "emodarts::pool3x3_fwd"
 OP_BWD = "emodarts::pool3x3_bwd"
@@ -40,7 +54,7 @@ def ops():
     """torch.ops.emodarts with the pool ops loaded (JIT-building the extension if needed), their fake kernels
     and autograd registered."""
     global _loaded
-    from emodarts.ops.extension import load_ops
+    from emodarts.ops.compiled.cpp import load_ops
 
     o = load_ops(OP_FWD, OP_BWD, "csrc/pool3x3.cpp", _fwd_fake, _bwd_fake, _op_backward, _op_setup_context)
     _loaded = True
@@ -98,22 +112,22 @@ class _Pool3x3Pair(torch.autograd.Function):
         return torch.ops.emodarts.pool3x3_bwd(grad_max, grad_avg, x, ctx.stride), None
 
 
-def pool3x3_pair(x: Tensor, stride: int) -> Tuple[Tensor, Tensor]:
+def pool3x3_pair_fused(x: Tensor, stride: int) -> Tuple[Tensor, Tensor]:
     """(max pool, average pool) with a 3x3 window, padding 1 and `stride` (1 or 2); the average counts only
-    the in-bounds elements. Same contract as pool_reference.pool3x3_pair; x is (B, C, H, W) or (C, H, W)."""
+    the in-bounds elements. Same contract as pool3x3_pair_reference; x is (B, C, H, W) or (C, H, W)."""
     stride = int(stride)
     if stride not in (1, 2):
         raise ValueError(f"pool3x3_pair: stride must be 1 or 2, got {stride}")
     if x.device.type != "cpu" or x.dtype not in SUPPORTED_DTYPES:
         # CUDA: ATen's (cuDNN) pooling, on purpose; CPU float16: ATen's kernels
-        return pool_reference.pool3x3_pair(x, stride)
+        return pool3x3_pair_reference(x, stride)
     if x.dim() == 3:  # unbatched (C, H, W), as F.max_pool2d accepts
-        max_out, avg_out = pool3x3_pair(x.unsqueeze(0), stride)
+        max_out, avg_out = pool3x3_pair_fused(x.unsqueeze(0), stride)
         return max_out.squeeze(0), avg_out.squeeze(0)
     if x.dim() != 4:
         raise ValueError(f"pool3x3_pair: x must be (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
     if x.shape[2] == 0 or x.shape[3] == 0:
-        return pool_reference.pool3x3_pair(x, stride)  # ATen's error for an empty spatial size
+        return pool3x3_pair_reference(x, stride)  # ATen's error for an empty spatial size
     if not _loaded:
         ops()
     x = x.contiguous()  # once: both ops read it, and backward reads the saved copy
@@ -125,6 +139,3 @@ def pool3x3_pair(x: Tensor, stride: int) -> Tuple[Tensor, Tensor]:
 def cpu_info() -> str:
     """What a CPU call runs here: the kernel copy (isa=avx2 / baseline) and the threading."""
     return ops().pool3x3_cpu_info()
-
-
-__all__ = ["pool3x3_pair", "ops", "out_size", "cpu_info", "SUPPORTED_DTYPES", "OP_FWD", "OP_BWD"]

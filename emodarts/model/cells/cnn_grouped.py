@@ -12,7 +12,7 @@ For a state h with E outgoing edges (all of one stride):
   call, every batch norm ending a candidate or a separable convolution's first half in one `batch_norms`
   call, then the separable convolutions' second halves the same way (one call of each). Weights stay in the
   candidates' own modules, so checkpoints, genotypes, the derived network and `compare` are unchanged.
-The per-candidate path (supernet._mixed_nodes) is the reference twin; the node sums take their inputs in
+The per-candidate path (cells/cnn.py, _mixed_nodes) is the reference twin; the node sums take their inputs in
 the same order (source state, then candidate).
 """
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emodarts.model.cells.schedule import Entry, nodes_by_source
 from emodarts.model.cnn_ops import DilConv, FactorizedReduce, SepConv
 from emodarts.model.partial_channels import (
     bypass,
@@ -28,7 +29,7 @@ from emodarts.model.partial_channels import (
     node_logits,
     split_channels,
 )
-from emodarts.model.space import n_edges
+from emodarts.model.space import edge_stride, node_edges
 
 if TYPE_CHECKING:
     from emodarts.ops.backend import Backend
@@ -163,42 +164,31 @@ def _pointwise_outputs(xs: List[Tensor], halves: List[DilConv], stride: int, bac
 
 
 def grouped_cnn_nodes(states: List[Tensor], edges: nn.ModuleList, active: Sequence[Tuple[int, str]],
-                      alpha: Tensor, n_nodes: int, reduction: bool, backend: "Backend", k: int = 1,
+                      alpha: Tensor, n_nodes: int, reduction: bool, backend: "Backend", partial_channels: int = 1,
                       beta: Optional[Tensor] = None) -> List[Tensor]:
-    """The cell's n_nodes mixed nodes from its two input states, grouped by source state (module docstring);
-    node i sums its inputs in the order of supernet._mixed_nodes. With PC-DARTS' K > 1 the candidates see
-    a state's first C/K channels, and each node is one mixed sum of the candidates weighted by beta_j p_jk,
-    one of the bypassed channels weighted by beta_j, and one shuffle (emodarts/model/partial_channels.py)."""
-    first = [n_edges(i) for i in range(n_nodes)]  # index of node i's first incoming edge
-    pending: List[list] = [[] for _ in range(n_nodes)]  # node i -> [(source j, candidate k, y)]
+    """The cell's n_nodes mixed nodes from its two input states, grouped by source state (module docstring;
+    schedule.nodes_by_source). With PC-DARTS' K = partial_channels > 1 the candidates see a state's first C/K
+    channels, and each node is one mixed sum of the candidates weighted by beta_j p_jk, one of the bypassed
+    channels weighted by beta_j, and one shuffle (emodarts/model/partial_channels.py)."""
     bypassed: List[Tensor] = []  # state j -> its channels that skip the candidates (K > 1)
 
-    def run_source(j: int, h: Tensor) -> None:
-        targets = list(range(max(0, j - 1), n_nodes))  # node i reads states 0 .. i + 1
-        stride = 2 if reduction and j < 2 else 1
-        if k > 1:
-            h, rest = split_channels(h, k)
+    def run_source(j: int, h: Tensor, nodes: range) -> Dict[int, List[Entry]]:
+        stride = edge_stride(reduction, j)
+        if partial_channels > 1:
+            h, rest = split_channels(h, partial_channels)
             bypassed.append(bypass(rest, stride))
-        outs = state_outputs(h, [edges[first[i] + j] for i in targets], active, stride, backend)
-        for i, ys in zip(targets, outs):
-            pending[i].extend((j, k, ys[k]) for k, _ in active)
+        outs = state_outputs(h, [edges[node_edges(i).start + j] for i in nodes], active, stride, backend)
+        return {i: [(j, cand, ys[cand]) for cand, _ in active] for i, ys in zip(nodes, outs)}
 
-    states = list(states)
-    run_source(0, states[0])
-    run_source(1, states[1])
-    for i in range(n_nodes):
-        entries = sorted(pending[i], key=lambda e: (e[0], e[1]))
-        rows = slice(first[i], first[i] + 2 + i)
+    def make_node(i: int, entries: List[Entry]) -> Tensor:
+        rows = node_edges(i)
         ys, index = [e[2] for e in entries], [(e[0], e[1]) for e in entries]
-        if k == 1:
-            node = backend.mixed_sum(ys, alpha[rows], index)
-        else:
-            cand_logits, bypass_logits = node_logits(alpha[rows], beta[rows])
-            part = backend.mixed_sum(ys, cand_logits, index)
-            rest = backend.mixed_sum(bypassed[: 2 + i], bypass_logits, [(j, 0) for j in range(2 + i)])
-            node = channel_shuffle(torch.cat([part, rest], dim=1), k)
-        states.append(node)
-        if i + 1 < n_nodes:
-            run_source(2 + i, node)
-    return states[2:]
+        if partial_channels == 1:
+            return backend.mixed_sum(ys, alpha[rows], index)
+        cand_logits, bypass_logits = node_logits(alpha[rows], beta[rows])
+        part = backend.mixed_sum(ys, cand_logits, index)
+        n_in = rows.stop - rows.start
+        rest = backend.mixed_sum(bypassed[:n_in], bypass_logits, [(j, 0) for j in range(n_in)])
+        return channel_shuffle(torch.cat([part, rest], dim=1), partial_channels)
 
+    return nodes_by_source(states, n_nodes, run_source, make_node)

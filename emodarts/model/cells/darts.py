@@ -18,7 +18,7 @@ from emodarts.model.config import ModelConfig
 from emodarts.model.dropout import BatchDropout
 from emodarts.model.space import CellGenotype
 from emodarts.ops.backend import Backend
-from emodarts.ops.darts_reference import DARTS_ACTIVATIONS
+from emodarts.ops.darts_rnn import DARTS_ACTIVATIONS
 
 INIT_RANGE = 0.04  # uniform initialisation of the recurrent matrices, as the DARTS code does
 

@@ -2,14 +2,14 @@
 and not older than its sources, else a just-in-time build of csrc/cuda/*.cu.
 
 The CUDA sources only register CUDA kernels (TORCH_LIBRARY_IMPL) for operators that the C++ library
-(emodarts._C, loaded by emodarts/ops/extension.py) defines, so the C++ library is loaded first. All of them
+(emodarts._C, loaded by emodarts/ops/compiled/cpp.py) defines, so the C++ library is loaded first. All of them
 (the grouped recurrent layer, csrc/cuda/grouped_rnn_cuda.cu, and the DARTS cell, csrc/cuda/darts_rnn_cuda.cu)
 are built into one library, and the ops modules ask for theirs with `ensure_cuda(op)`:
 
     ops()                     # the module's operators, defined by the C++ library
     extension_cuda.ensure_cuda("emodarts::grouped_rnn_forward", "csrc/cuda/grouped_rnn_cuda.cu")
 
-The JIT build needs nvcc (found by emodarts/ops/toolchain.py, as setup.py finds it) and a CUDA build of
+The JIT build needs nvcc (found by emodarts/ops/compiled/toolchain.py, as setup.py finds it) and a CUDA build of
 torch; it is loaded into the process too, which works without a GPU. It is cached, like the C++ library's,
 in the per-torch-version folder of extension.build_dir(); ninja rebuilds only what changed.
 """
@@ -21,8 +21,8 @@ import sys
 import threading
 from typing import List, Optional, Set
 
-from emodarts.ops import toolchain
-from emodarts.ops.extension import (
+from emodarts.ops.compiled import toolchain
+from emodarts.ops.compiled.cpp import (
     announce_build,
     build_dir,
     cpp_extension,
