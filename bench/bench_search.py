@@ -100,7 +100,7 @@ def measure(job: dict) -> dict:
         model.compile(dynamic=False)  # dynamic shapes fail in Inductor here ("Cannot convert expression to float")
     sc = cfg.search
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
-    a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=sc.alpha_betas)
+    a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=sc.alpha_betas)
     architect = Architect(model, w_opt, a_opt, second_order=job["second_order"])
     x = torch.randn(batch, 1, n_features, n_frames, device=device)
     y = torch.randint(0, 4, (batch,), device=device)

@@ -41,7 +41,7 @@ def worker(job: dict) -> dict:
     model = Supernet(cfg.model, n_features, 4, backend=job["backend"])
     sc = cfg.search
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
-    a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=sc.alpha_betas)
+    a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=sc.alpha_betas)
     architect = Architect(model, w_opt, a_opt, second_order=False)
     x = torch.randn(sc.batch_size, 1, n_features, n_frames)
     y = torch.randint(0, 4, (sc.batch_size,))

@@ -23,7 +23,7 @@
 //                          and holds its activated gates (LSTM) or pre-activations (RNN, unused).
 // h_0 = c_0 = 0, as nn.LSTM / nn.RNN called without hx.
 //
-// Algorithm (the contract of design.md: "Grouped recurrent layer"). Forward: the input projections of every
+// Algorithm (the contract of docs/architecture.md: "Grouped recurrent layer"). Forward: the input projections of every
 // time step as one GEMM, then the time loop: per step the recurrent GEMM gates_t += h_{t-1} W_hh^T and one
 // fused epilogue (bias, gates, cell update, new h). Backward through time (d gates written to a workspace,
 // dh carried through dgates W_hh), then the weight gradients as one GEMM each after the loop: dW_hh over all

@@ -1,6 +1,6 @@
 """Triton mixed-sum kernels: out = sum_i w_i * y_i and its one-pass backward.
 
-Contract (design.md, "Mixed sum"): the weights w (fp32, one per input, softmax(alpha) gathered by the
+Contract (docs/architecture.md, "Mixed sum"): the weights w (fp32, one per input, softmax(alpha) gathered by the
 caller) are folded into the sum; the forward reads each y once and writes out once, accumulating in fp32;
 the backward reads grad_out once per launch and writes every grad_y_i = w_i * g plus per-block partials of
 <g, y_i> (reduced here to the dot products, from which the caller builds grad_alpha).

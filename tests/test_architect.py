@@ -32,7 +32,7 @@ def _setup(monkeypatch, dropout: float = 0.0):
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    for a in net.alphas():
+    for a in net.arch_parameters():
         a.data.normal_(0, 0.5)
     return net, opt, (x_w, y_w, x_a, y_a)
 
@@ -40,7 +40,7 @@ def _setup(monkeypatch, dropout: float = 0.0):
 def _exact_unrolled_grad(net, opt, xi, x_w, y_w, x_a, y_a):
     """The exact unrolled gradient of L_val(w - xi * grad_w L_train(w, alpha; m1), alpha; m2) for the dropout
     masks m1, m2 the generator gives from its current state (the Hessian term replays m1)."""
-    weights, alphas = net.weights(), net.alphas()
+    weights, alphas = net.weights(), net.arch_parameters()
     w0 = [w.detach().clone() for w in weights]
     rng_train = torch.get_rng_state()
     g_w = torch.autograd.grad(cross_entropy_loss(net, x_w, y_w), weights)
@@ -88,11 +88,11 @@ def test_second_order_matches_exact_hessian_vector_product(monkeypatch, dropout)
 
 def test_first_order_is_plain_alpha_gradient(monkeypatch):
     net, opt, (x_w, y_w, x_a, y_a) = _setup(monkeypatch)
-    a_opt = torch.optim.SGD(net.alphas(), lr=1.0)
-    before = [a.detach().clone() for a in net.alphas()]
-    expected = torch.autograd.grad(cross_entropy_loss(net, x_a, y_a), net.alphas())
+    a_opt = torch.optim.SGD(net.arch_parameters(), lr=1.0)
+    before = [a.detach().clone() for a in net.arch_parameters()]
+    expected = torch.autograd.grad(cross_entropy_loss(net, x_a, y_a), net.arch_parameters())
     Architect(net, opt, a_opt, second_order=False).step(x_w, y_w, x_a, y_a)
-    for a, b, g in zip(net.alphas(), before, expected):
+    for a, b, g in zip(net.arch_parameters(), before, expected):
         torch.testing.assert_close(a.detach(), b - g, rtol=1e-10, atol=1e-12)
 
 
@@ -140,7 +140,7 @@ def test_bf16_second_order_gradient_is_close_to_float32(monkeypatch, dropout):
     with autocast("cpu", "bf16"):
         _, bf16 = unrolled_alpha_grad(net, opt, xi, *batch)
     torch.manual_seed(3)
-    first_order = torch.autograd.grad(cross_entropy_loss(net, *batch[2:]), net.alphas())
+    first_order = torch.autograd.grad(cross_entropy_loss(net, *batch[2:]), net.arch_parameters())
     hessian_term = float((_flat(fp32) - _flat(first_order)).norm())
     assert hessian_term > 0.1 * float(_flat(fp32).norm())  # the second-order part matters in this check
     assert all(g.dtype == torch.float32 for g in bf16)

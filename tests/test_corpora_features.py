@@ -154,16 +154,16 @@ def test_torchaudio_backend_entry_is_reused(tmp_path, monkeypatch, librosa_warm)
     stereo = tiny_wav(tmp_path / "audio" / "st.wav", 4, channels=2)
     utts.append(Utterance("st", str(stereo), "sad", "F9"))
     report = SkipReport()
-    fs = build_features(utts, TINY, tmp_path / "cache", progress=False, report=report, backend="torchaudio",
+    fs = build_features(utts, TINY, tmp_path / "cache", progress=False, report=report, extractor="torchaudio",
                         device="cpu", workers=2, chunk_size=3)
-    assert fs.backend == "torchaudio" and "bad" not in fs and len(fs) == 7
+    assert fs.extractor == "torchaudio" and "bad" not in fs and len(fs) == 7
     assert {(e["kind"], e["action"]) for e in report.entries} == {("unreadable", "skipped"), ("mixed-down", "kept")}
     ref = build_features(utts, TINY, tmp_path / "ref", progress=False, report=SkipReport())
     np.testing.assert_allclose(np.array(fs.features), np.array(ref.features),
                                atol=TORCHAUDIO_TOLERANCE["same_rate_atol"])
     monkeypatch.setattr(F.compute, "extract_mfcc", lambda *a: pytest.fail("re-extracted"))
     again = build_features(utts, TINY, tmp_path / "cache", progress=False, report=SkipReport())
-    assert again.path == fs.path and again.backend == "torchaudio"
+    assert again.path == fs.path and again.extractor == "torchaudio"
 
 
 def test_features_command_torchaudio_and_workers(tmp_path, librosa_warm):

@@ -33,7 +33,7 @@ ACT = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identi
 
 
 def _scalar_step(x_proj, h, w0h, ws, probs):
-    """One time step written out element by element from method.md's formula (a second, independent
+    """One time step written out element by element from docs/method.md's formula (a second, independent
     reading of the contract)."""
     H = h.shape[-1]
     pre = x_proj + h @ w0h

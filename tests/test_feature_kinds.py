@@ -106,7 +106,7 @@ def test_torchaudio_backend_agrees(tmp_path, librosa_warm, kind):
     utts = _clips(tmp_path / "audio")
     cfg = F.feature_config("tiny", kind=kind)
     ref = F.build_features(utts, cfg, tmp_path / "a", progress=False)
-    got = F.build_features(utts, cfg, tmp_path / "b", progress=False, backend="torchaudio", device="cpu")
+    got = F.build_features(utts, cfg, tmp_path / "b", progress=False, extractor="torchaudio", device="cpu")
     scale = float(np.abs(np.asarray(ref.features)).max())
     np.testing.assert_allclose(np.asarray(got.features), np.asarray(ref.features),
                                atol=F.TORCHAUDIO_TOLERANCE["same_rate_atol"] * max(1.0, scale / 100), rtol=0)

@@ -15,7 +15,7 @@ from emodarts.runtime.errors import GenotypeError
 def _genotype():
     torch.manual_seed(0)
     net = Supernet(small_model_config(), 10, 4)
-    for a in net.alphas():
+    for a in net.arch_parameters():
         a.data.normal_()
     return derive_genotype(net, meta={"epoch": 3})
 

@@ -175,7 +175,7 @@ def _search_parts(seq_space, second_order, dropout=0.1):
     torch.manual_seed(0)
     model = Supernet(model_config(seq_space, dropout=dropout), 10, 4, backend="fused").cuda()
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
-    a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=sc.alpha_betas)
+    a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=sc.alpha_betas)
     architect = Architect(model, w_opt, a_opt, second_order=second_order)
     x = torch.randn(8, 1, 10, 17, device="cuda")
     y = torch.randint(0, 4, (8,), device="cuda")

@@ -253,18 +253,18 @@ def test_opcheck(ops):
 def test_rejects_unsupported(ops):
     x = torch.randn(2, 3, 4)
     with pytest.raises(TypeError):
-        gr.grouped_recurrent_fused(x, [nn.GRU(4, 4, batch_first=True)])
+        gr.grouped_recurrent_kernel(x, [nn.GRU(4, 4, batch_first=True)])
     with pytest.raises(ValueError, match="tanh"):
-        gr.grouped_recurrent_fused(x, [nn.RNN(4, 4, nonlinearity="relu", batch_first=True)])
+        gr.grouped_recurrent_kernel(x, [nn.RNN(4, 4, nonlinearity="relu", batch_first=True)])
     with pytest.raises(ValueError, match="proj_size"):
-        gr.grouped_recurrent_fused(x, [nn.LSTM(4, 4, proj_size=2, batch_first=True)])
+        gr.grouped_recurrent_kernel(x, [nn.LSTM(4, 4, proj_size=2, batch_first=True)])
     with pytest.raises(ValueError, match="input_size"):
-        gr.grouped_recurrent_fused(x, [nn.LSTM(5, 4, batch_first=True)])
+        gr.grouped_recurrent_kernel(x, [nn.LSTM(5, 4, batch_first=True)])
     with pytest.raises(ValueError, match="batch_first"):
-        gr.grouped_recurrent_fused(x, [nn.LSTM(4, 4, batch_first=True), nn.LSTM(4, 4)])
+        gr.grouped_recurrent_kernel(x, [nn.LSTM(4, 4, batch_first=True), nn.LSTM(4, 4)])
     with pytest.raises(ValueError, match="dtype"):
-        gr.grouped_recurrent_fused(x.half(), [nn.LSTM(4, 4, batch_first=True).half()])
-    assert gr.grouped_recurrent_fused(x, []) == []
+        gr.grouped_recurrent_kernel(x.half(), [nn.LSTM(4, 4, batch_first=True).half()])
+    assert gr.grouped_recurrent_kernel(x, []) == []
 
 
 def test_baseline_epilogue_without_avx2(ops):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from parity import assert_parity
 
-from emodarts.ops import mixed_sum
+from emodarts.ops import layout, mixed_sum
 from emodarts.runtime.errors import BackendError
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -270,7 +270,7 @@ def _strided(shape, strides):
     return torch.empty_strided(shape, strides).normal_()
 
 
-# (name, inputs): the layouts the output-layout rule has to decide between. kernels/layout.py (which the fake
+# (name, inputs): the layouts the output-layout rule has to decide between. emodarts/ops/layout.py (which the fake
 # kernels use to promise the output's strides) and csrc/mixed_sum.cpp (which allocates the real output) each
 # implement the rule; test_cpp_and_python_layout_rules_agree fails when the two disagree on any of these.
 LAYOUT_CASES = [
@@ -302,8 +302,8 @@ LAYOUT_CASES = [
 @pytest.mark.parametrize("make", [c[1] for c in LAYOUT_CASES], ids=[c[0] for c in LAYOUT_CASES])
 def test_cpp_and_python_layout_rules_agree(cpp, make):
     """The C++ op's real output and gradients have the strides and dtype the fake kernels promise
-    (kernels/layout.py out_strides / result_dtype): the single check that keeps the two rules in step."""
-    lay = mixed_sum._layout()
+    (emodarts/ops/layout.py out_strides / result_dtype): the single check that keeps the two rules in step."""
+    lay = layout
     ys = make()
     index = [(i % E) * M + 1 + i % (M - 1) for i in range(len(ys))]
     alpha = torch.randn(E, M)

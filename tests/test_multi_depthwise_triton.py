@@ -6,7 +6,7 @@ likewise (GPU only), float64 within 1e-12 relative.
 
 On the CPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by conftest before any kernel
 module is imported when there is no GPU), at tiny awkward shapes: the interpreter pays per op and per program.
-Triton bf16 is tested on a GPU only: the interpreter's bf16 arithmetic is broken (docs: install-notes.md).
+Triton bf16 is tested on a GPU only: the interpreter's bf16 arithmetic is broken (docs/toolchain.md).
 The `gpu` tests run the kernels on CUDA at a paper-like shape (16, 16, 64, 64) against cuDNN.
 """
 import os
@@ -87,7 +87,7 @@ def test_fp16(km):
 @needs_interpreter
 def test_bf16_on_cpu_is_skipped():
     pytest.skip("Triton bf16 under the interpreter gives garbage (1e38 or NaN) in triton 3.6-3.9 "
-                "(install-notes.md): bf16 is tested on a GPU (test_gpu_paper_shape)")
+                "(docs/toolchain.md): bf16 is tested on a GPU (test_gpu_paper_shape)")
 
 
 @needs_interpreter

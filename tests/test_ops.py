@@ -47,7 +47,7 @@ def test_skip_connect_is_not_a_copy():
 
 @pytest.mark.parametrize("name", RECURRENT_PRIMITIVES)
 def test_recurrent_output_independent_of_batch_mates(name):
-    """pitfalls.md #1: utterance i's output must not change when the other utterances change."""
+    """docs/pitfalls.md #1: utterance i's output must not change when the other utterances change."""
     torch.manual_seed(0)
     op = make_seq_op(name, 5).eval()
     x = torch.randn(4, 9, 5)
@@ -74,7 +74,7 @@ def test_supernet_forward_backward(batch, frames):
     logits = net(x)
     assert logits.shape == (batch, 4)
     logits.sum().backward()
-    for a in net.alphas():
+    for a in net.arch_parameters():
         assert a.grad is not None and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
     used = [p for p in net.weights() if p.grad is not None]
     assert len(used) == len(net.weights())
@@ -98,7 +98,7 @@ def test_each_cell_shape_and_grad():
         q0, q1 = q1, cell(q0, q1, net.alpha_seq, net.backend)
         assert q1.shape == q0.shape
     q1.sum().backward()
-    assert all(torch.isfinite(a.grad).all() for a in net.alphas())
+    assert all(torch.isfinite(a.grad).all() for a in net.arch_parameters())
 
 
 def test_paper_preset_builds_with_all_candidates():

@@ -22,7 +22,7 @@ def test_bf16_autocast_forward_backward(backend):
         loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2]))
     assert logits.dtype == torch.bfloat16
     loss.backward()
-    for a in net.alphas():
+    for a in net.arch_parameters():
         assert a.dtype == torch.float32 and a.grad.dtype == torch.float32 and torch.isfinite(a.grad).all()
     # bf16 logits stay close to the fp32 ones
     ref = net(x)

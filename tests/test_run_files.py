@@ -228,14 +228,14 @@ def test_too_short_clip_is_reported_not_padded(tmp_path, fake_mfcc, backend):
     utts = _clips(tmp_path / "audio", [0.5, 0.05, 0.4])
     report = SkipReport()
     fs = F.build_features(utts, F.FEATURE_PRESETS["tiny"], tmp_path / "cache", progress=False, report=report,
-                          backend=backend, device="cpu")
+                          extractor=backend, device="cpu")
     assert fs.utt_ids == ["c0", "c2"]
     (entry,) = report.skipped
     assert entry["kind"] == "too-short" and entry["file"] == utts[1].path
     assert utts[1].path in entry["reason"] and "0.050 s" in entry["reason"] and "0.25 s" in entry["reason"]
     assert "audio shorter than the minimum duration" in report.summary()
     with pytest.raises(DataError, match="too short"):  # without a report: an error naming the file
-        F.build_features(utts, F.FEATURE_PRESETS["tiny"], tmp_path / "cache2", progress=False, backend=backend,
+        F.build_features(utts, F.FEATURE_PRESETS["tiny"], tmp_path / "cache2", progress=False, extractor=backend,
                          device="cpu")
 
 

@@ -26,7 +26,7 @@ from emodarts.cli.options import (
     resume_changes,
 )
 from emodarts.cli.runs import open_run, run_folder
-from emodarts.features import BACKENDS, FEATURE_PRESETS
+from emodarts.features import EXTRACTORS, FEATURE_PRESETS
 
 _CORPUS_HELP = ("Corpus: synthetic (built in), iemocap, msp-improv, msp-podcast, or csv (a manifest with "
                 "path,label,speaker[,utt_id,session,split]).")
@@ -65,7 +65,7 @@ def _cv_epochs(resume: Optional[Path], epochs: Optional[int], train_epochs: Opti
 @click.option("--protocol", default=None, help=_PROTOCOL_HELP)
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Extraction processes (librosa); reader threads (torchaudio).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="librosa", show_default=True,
+@click.option("--backend", "extractor", type=click.Choice(EXTRACTORS), default="librosa", show_default=True,
               help="librosa (reference) or torchaudio (batched, on the GPU when present; same features "
                    "within the tolerance stated in docs/corpora.md).")
 @click.option("--device", default="auto", show_default=True,
@@ -80,7 +80,7 @@ def _cv_epochs(resume: Optional[Path], epochs: Optional[int], train_epochs: Opti
                    "Part of the cache key: give later runs the same value.")
 @FEATURES
 @friendly_errors
-def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], workers: int, backend: str,
+def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], workers: int, extractor: str,
              device: str, cache_dir: Optional[Path], seed: int, progress: bool, min_duration: Optional[float],
              features: Optional[str]) -> None:
     """Extract (or reuse) the feature cache of a corpus under a protocol; print the fold counts.
@@ -96,7 +96,7 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
     cache_dir = cache_dir or default_cache_dir()
     try:
         data = load_protocol_data(corpus, root, preset, protocol, seed, cache_dir=cache_dir, progress=progress,
-                                  report=report, workers=workers, backend=backend, device=device,
+                                  report=report, workers=workers, extractor=extractor, device=device,
                                   min_duration=min_duration, features=features or "mfcc")
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished chunks are kept in {cache_dir}; run the same command again to "
@@ -116,7 +116,7 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
         report.write(entry)
         click.echo(report.summary(entry))
     click.echo(f"features: {len(data.features)} utterances x {data.features.shape[1]}x"
-               f"{data.features.shape[2]} in {entry} (backend {data.features.backend}); "
+               f"{data.features.shape[2]} in {entry} (backend {data.features.extractor}); "
                f"counts in {entry / (name + '.md')}")
 
 

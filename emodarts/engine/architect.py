@@ -4,7 +4,7 @@ Second order: w' = w - xi * (momentum buffer * mu + grad_w L_train(w) + weight_d
 grad_alpha = grad_alpha L_val(w', alpha) - xi * H, where the mixed second derivative
 H = d/dalpha [grad_w L_train(w, alpha)] . grad_w' L_val(w', alpha) is taken by central finite
 differences: (grad_alpha L_train(w+) - grad_alpha L_train(w-)) / (2 * eps), w+- = w +- eps * dw',
-eps = 0.01 / ||dw'|| (pitfalls.md #4: the published code divides by 2 and multiplies by eps).
+eps = 0.01 / ||dw'|| (docs/pitfalls.md #4: the published code divides by 2 and multiplies by eps).
 
 What the finite difference differentiates is one function, so the passes see the same randomness and
 the same precision (issue 14):
@@ -64,8 +64,8 @@ class Architect:
             loss, grads = unrolled_alpha_grad(self.model, self.w_optimizer, lr, x_w, y_w, x_a, y_a, self.loss_fn)
         else:
             loss = self.loss_fn(self.model, x_a, y_a)
-            grads = _grad(loss, self.model.alphas())
-        for a, g in zip(self.model.alphas(), grads):
+            grads = _grad(loss, self.model.arch_parameters())
+        for a, g in zip(self.model.arch_parameters(), grads):
             a.grad = g
         self.alpha_optimizer.step()
         return loss.detach()
@@ -142,7 +142,7 @@ def autocast_off(model: nn.Module):
 def unrolled_alpha_grad(model, w_optimizer, xi: float, x_w, y_w, x_a, y_a, loss_fn: LossFn = cross_entropy_loss):
     """The DARTS second-order alpha gradient; weights and batch-norm running statistics are restored before
     returning (see the module doc for dropout masks and precision)."""
-    weights, alphas = model.weights(), model.alphas()
+    weights, alphas = model.weights(), model.arch_parameters()
     backup = [w.detach().clone() for w in weights]
     with frozen_batch_norm_stats(model):
         train_rng = RngState(model)  # the masks of L_train(w), replayed by the finite-difference passes
@@ -165,7 +165,7 @@ def finite_difference_hvp(model, w0: Sequence[Tensor], v: Sequence[Tensor], x, y
     """(grad_alpha L(w0 + eps v) - grad_alpha L(w0 - eps v)) / (2 eps), eps = 0.01 / ||v||, in float32
     (autocast off). Both passes start from the random-number state `rng` (default: the state at the call),
     so they draw the same dropout masks. The model's weights are left at w0 - eps v: the caller restores them."""
-    weights, alphas = model.weights(), model.alphas()
+    weights, alphas = model.weights(), model.arch_parameters()
     rng = rng if rng is not None else RngState(model)
     norm = torch.sqrt(sum((t.double() ** 2).sum() for t in v))
     eps = 0.01 / float(norm) if float(norm) > 0 else 0.01

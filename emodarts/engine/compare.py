@@ -63,7 +63,7 @@ def run_trace(cfg: RunConfig, backend: str, init_state: dict, data: List[TensorS
     model.load_state_dict(init_state)
     model.to(device=device, dtype=dtype)
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
-    a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
     architect = Architect(model, w_opt, a_opt, second_order=sc.second_order)
     trace = Trace([], [], {n: [] for n, _ in model.named_weights()}, {n: [] for n in model.arch_names}, {}, {})
     seed_everything(cfg.seed)  # same dropout masks for both backends
@@ -72,7 +72,7 @@ def run_trace(cfg: RunConfig, backend: str, init_state: dict, data: List[TensorS
         xw, yw = data[2 * step].x.to(device, dtype), data[2 * step].y.to(device)
         xa, ya = data[2 * step + 1].x.to(device, dtype), data[2 * step + 1].y.to(device)
         trace.loss.append(architect.step(xw, yw, xa, ya).detach().cpu())
-        for name, a in zip(trace.alpha_grad, model.alphas()):
+        for name, a in zip(trace.alpha_grad, model.arch_parameters()):
             trace.alpha_grad[name].append(a.grad.detach().cpu().clone())
         logits = model(xw)
         loss = nn.functional.cross_entropy(logits, yw)

@@ -48,7 +48,7 @@ class ProtocolData:
 
 def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], seed: int,
                        cache_dir: Optional[Path] = None, progress: bool = True, report=None, workers: int = 1,
-                       backend: str = "librosa", device: Optional[str] = None,
+                       extractor: str = "librosa", device: Optional[str] = None,
                        min_duration: Optional[float] = None, features: str = "mfcc") -> ProtocolData:
     """Load the corpus, apply the protocol, extract (or reuse) the features, build the folds and count.
     Unusable files (clips under `min_duration` seconds included) go to `report` (a new SkipReport when
@@ -68,7 +68,7 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
     report = report if report is not None else SkipReport()
     utts, excluded, proto = load_protocol(corpus, root, seed=CORPUS_SEED, report=report, protocol=protocol)
     feature_set = build_features(utts, feature_config(preset, min_duration, features), cache_dir or default_cache_dir(),
-                                 progress=progress, report=report, workers=workers, backend=backend, device=device)
+                                 progress=progress, report=report, workers=workers, extractor=extractor, device=device)
     usable = list(feature_set.utterances)
     report.raise_if_empty(len(usable), f"corpus {corpus!r}")
     classes = class_list(usable)

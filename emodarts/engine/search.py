@@ -55,7 +55,7 @@ def _build_search(cfg: RunConfig, data: RunData) -> _Search:
     prepare_model(model, cfg.device, cfg.channels_last)
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, sc.epochs, eta_min=sc.w_lr_min)
-    a_opt = torch.optim.Adam(model.alphas(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
     architect = Architect(model, w_opt, a_opt, second_order=sc.second_order, loss_fn=sharded_cross_entropy())
     return _Search(model, w_opt, sched, a_opt, architect)
 

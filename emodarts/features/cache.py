@@ -38,7 +38,7 @@ class FeatureSet:
         self.utterances: Optional[list] = None  # set by load_feature_set / build_features
         self.skipped: List[dict] = []
         self.notes: List[dict] = []
-        self.backend: str = "librosa"
+        self.extractor: str = "librosa"
 
     def __len__(self) -> int:
         return len(self.utt_ids)
@@ -89,7 +89,7 @@ def _with_index(fs: FeatureSet, index: dict, utts: list) -> FeatureSet:
     fs.utterances = utts
     fs.skipped = list(index.get("skipped") or [])
     fs.notes = list(index.get("notes") or [])
-    fs.backend = index.get("backend", "librosa")
+    fs.extractor = index.get("backend", "librosa")
     return fs
 
 

@@ -1,4 +1,4 @@
-"""The librosa backend: one file's features, the reference the torchaudio backend is measured against.
+"""The librosa extractor: one file's features, the reference the torchaudio extractor is measured against.
 
 The extraction (extract.py) calls `extract_mfcc` through this module's namespace at call time, so a test
 can replace it (monkeypatch emodarts.features.compute.extract_mfcc) to count or fake extractions.

@@ -1,6 +1,6 @@
 """Feature settings: FeatureConfig, the `paper` and `tiny` presets, and the cache key they give.
 
-The `paper` preset reproduces the published preparation (method.md): resample to 32,750 Hz, keep the
+The `paper` preset reproduces the published preparation (docs/method.md): resample to 32,750 Hz, keep the
 first 8 s (zero-pad shorter clips at the end), 128 MFCCs with librosa defaults (n_fft 2048, hop 512,
 Hann, 128 mel bands, power to dB, DCT-II ortho) -> 128 x 512 frames (1 + 262000 // 512; trimmed or
 padded to 512 in general), then max-pooled over time by 4 -> 128 x 128. No normalisation.

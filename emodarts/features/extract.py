@@ -2,7 +2,7 @@
 
 Extraction runs chunk by chunk: librosa one file at a time (over a process pool with workers > 1), or
 torchaudio batched (files decoded over `workers` threads). Precomputed features (kind npy) are loaded one
-file at a time whatever the backend; their row count is the corpus's (npy.corpus_rows). Each finished
+file at a time whatever the extractor; their row count is the corpus's (npy.corpus_rows). Each finished
 chunk is saved as a shard (shards.py); when every chunk is done the entry is assembled from the shards
 (cache.write_entry) and the shards are removed. Files that cannot be used are left out and listed (with a
 report) or stop the extraction (without one).
@@ -32,7 +32,7 @@ from emodarts.features.cache import (
 from emodarts.features.config import FEATURE_VERSION, FeatureConfig, with_rows
 from emodarts.features.npy import FeatureFileError, corpus_rows
 from emodarts.features.shards import load_plan, read_shard, shard_path, write_shard
-from emodarts.features.torch_backend import BACKENDS, features_torch, torch_device
+from emodarts.features.torchaudio_extractor import EXTRACTORS, features_torch, torch_device
 from emodarts.runtime.errors import DataError
 
 Items = Sequence[Tuple[str, str]]  # (utt_id, path) of one chunk
@@ -97,7 +97,7 @@ def _chunk_torchaudio(items: Items, cfg: FeatureConfig, out: dict, strict: bool,
         out["ok"][good] = True
 
 
-def extract_chunk(items: Items, cfg: FeatureConfig, backend: str = "librosa",
+def extract_chunk(items: Items, cfg: FeatureConfig, extractor: str = "librosa",
                   device: Optional[str] = None, strict: bool = False, threads: int = 1) -> dict:
     """Features of one chunk of (utt_id, path): {"feats": (n, F, T) float32, "ok": (n,) bool,
     "errors": {row: [kind, message]}, "facts": [{sr, channels, subtype} | None]}. With `strict`, stops at
@@ -105,9 +105,9 @@ def extract_chunk(items: Items, cfg: FeatureConfig, backend: str = "librosa",
     n = len(items)
     out = {"feats": np.zeros((n,) + cfg.shape, dtype=np.float32), "ok": np.zeros(n, dtype=bool),
            "errors": {}, "facts": [None] * n}
-    if backend not in BACKENDS:
-        raise DataError(f"unknown feature backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "librosa" or cfg.kind == "npy":
+    if extractor not in EXTRACTORS:
+        raise DataError(f"unknown feature extractor (--backend) {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+    if extractor == "librosa" or cfg.kind == "npy":
         _chunk_per_file(items, cfg, out, strict)
     else:
         _chunk_torchaudio(items, cfg, out, strict, device, threads)
@@ -121,17 +121,17 @@ def _ignore_sigint() -> None:
 
 
 def _chunk_task(args):
-    c, items, cfg, backend, device, strict = args
-    return c, extract_chunk(items, cfg, backend, device, strict)
+    c, items, cfg, extractor, device, strict = args
+    return c, extract_chunk(items, cfg, extractor, device, strict)
 
 
 # ------------------------------------------------------------------------------------- the extraction
 class _Extraction:
     """One extraction of `utts` into the work folder `work`: its chunks, the source stamps, the results."""
 
-    def __init__(self, work: Path, utts: list, cfg: FeatureConfig, backend: str, strict: bool,
+    def __init__(self, work: Path, utts: list, cfg: FeatureConfig, extractor: str, strict: bool,
                  chunk_size: Optional[int]):
-        self.work, self.utts, self.cfg, self.backend, self.strict = work, utts, cfg, backend, strict
+        self.work, self.utts, self.cfg, self.extractor, self.strict = work, utts, cfg, extractor, strict
         self.chunks = load_plan(work, len(utts), cfg, chunk_size)
         self.sources = [source_path(u, cfg) for u in utts]
         self.stamps = [file_stamp(p) for p in self.sources]
@@ -152,7 +152,7 @@ class _Extraction:
         """Take the finished shards a previous run left; returns the chunks still to extract."""
         pending = []
         for c in range(len(self.chunks)):
-            done = read_shard(shard_path(self.work, c), *self._ids_stamps(c), self.backend, self.cfg)
+            done = read_shard(shard_path(self.work, c), *self._ids_stamps(c), self.extractor, self.cfg)
             if done is None:
                 pending.append(c)
                 continue
@@ -163,7 +163,7 @@ class _Extraction:
     def finish(self, c: int, res: dict) -> None:
         """Keep a chunk's result and save it as a shard (strict: the first unusable file stops here)."""
         self._check(res)
-        write_shard(shard_path(self.work, c), *self._ids_stamps(c), res, self.backend)
+        write_shard(shard_path(self.work, c), *self._ids_stamps(c), res, self.extractor)
         self.results[c] = res
 
     def rows_done(self) -> int:
@@ -179,7 +179,7 @@ def _progress(ex: _Extraction, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=len(ex.utts), initial=ex.rows_done(), unit="utt", dynamic_ncols=True,
-                desc=f"{_LABELS[ex.cfg.kind]} {ex.cfg.shape[0]}x{ex.cfg.shape[1]} ({ex.backend})")
+                desc=f"{_LABELS[ex.cfg.kind]} {ex.cfg.shape[0]}x{ex.cfg.shape[1]} ({ex.extractor})")
 
 
 def _run_pool(ex: _Extraction, pending: List[int], workers: int, device: Optional[str],
@@ -190,7 +190,7 @@ def _run_pool(ex: _Extraction, pending: List[int], workers: int, device: Optiona
 
     pool = mp.get_context("spawn").Pool(min(workers, len(pending)), initializer=_ignore_sigint)
     try:
-        tasks = [(c, ex.items(c), ex.cfg, ex.backend, device, ex.strict) for c in pending]
+        tasks = [(c, ex.items(c), ex.cfg, ex.extractor, device, ex.strict) for c in pending]
         for c, res in pool.imap_unordered(_chunk_task, tasks):
             done(c, res)
         pool.close()
@@ -209,12 +209,12 @@ def _run_chunks(ex: _Extraction, pending: List[int], workers: int, device: Optio
             bar.update(len(ex.chunks[c]))
 
     try:
-        if ex.backend == "librosa" and workers > 1 and len(pending) > 1:
+        if ex.extractor == "librosa" and workers > 1 and len(pending) > 1:
             _run_pool(ex, pending, workers, device, done)
         else:
-            dev = torch_device(device) if ex.backend == "torchaudio" else None
+            dev = torch_device(device) if ex.extractor == "torchaudio" else None
             for c in pending:
-                done(c, extract_chunk(ex.items(c), ex.cfg, ex.backend, dev, ex.strict, threads=max(1, workers)))
+                done(c, extract_chunk(ex.items(c), ex.cfg, ex.extractor, dev, ex.strict, threads=max(1, workers)))
     finally:
         if bar is not None:
             bar.close()
@@ -276,23 +276,23 @@ def _assemble(ex: _Extraction, folder: Path) -> None:
     index = {"version": FEATURE_VERSION, "key": cfg.key(), "config": cfg.record(),
              "utt_ids": [utts[i].utt_id for i in kept],
              "utterances": [utt_record(utts[i]) for i in kept], "stamps": [ex.stamps[i] for i in kept],
-             "skipped": skipped, "notes": notes, "audio": audio, "backend": ex.backend,
+             "skipped": skipped, "notes": notes, "audio": audio, "backend": ex.extractor,
              "requested": len(utts), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     blocks = (ex.results[c]["feats"][ex.results[c]["ok"]] for c in range(len(ex.chunks)))
     write_entry(folder, blocks, len(kept), cfg, index, utts)
 
 
 def _extract_into(work: Path, folder: Path, utts: list, cfg: FeatureConfig, progress: bool, strict: bool,
-                  workers: int, backend: str, device: Optional[str], chunk_size: Optional[int]) -> None:
+                  workers: int, extractor: str, device: Optional[str], chunk_size: Optional[int]) -> None:
     """Extract the missing shards of `utts` into `work`, then assemble the entry `folder` from them."""
-    ex = _Extraction(work, utts, cfg, backend, strict, chunk_size)
+    ex = _Extraction(work, utts, cfg, extractor, strict, chunk_size)
     _run_chunks(ex, ex.reuse_shards(), workers, device, progress)
     _assemble(ex, folder)
     shutil.rmtree(work, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------- build_features
-def _check_request(utts: list, backend: str) -> None:
+def _check_request(utts: list, extractor: str) -> None:
     if not utts:
         raise DataError("no utterances to extract features from")
     ids = [u.utt_id for u in utts]
@@ -300,8 +300,8 @@ def _check_request(utts: list, backend: str) -> None:
         seen = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise DataError(f"duplicate utterance id {dup!r} in the feature request")
-    if backend not in BACKENDS:
-        raise DataError(f"unknown feature backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if extractor not in EXTRACTORS:
+        raise DataError(f"unknown feature extractor (--backend) {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
 
 
 def _report_result(result: FeatureSet, report) -> None:
@@ -319,7 +319,7 @@ def _report_result(result: FeatureSet, report) -> None:
 
 
 def build_features(utts: Sequence, cfg: FeatureConfig, cache_dir: Path, progress: bool = True, *,
-                   report=None, workers: int = 1, backend: str = "librosa", device: Optional[str] = None,
+                   report=None, workers: int = 1, extractor: str = "librosa", device: Optional[str] = None,
                    chunk_size: Optional[int] = None) -> FeatureSet:
     """Features of `utts` (in their order), computed once and cached under
     cache_dir/<cfg.key()>-<hash of ids and paths>/{features.npy, index.json}.
@@ -328,7 +328,7 @@ def build_features(utts: Sequence, cfg: FeatureConfig, cache_dir: Path, progress
     each finished chunk is saved as a shard in cache_dir/.partial-<entry>/, so an interrupted run continues
     where it stopped. The entry is then assembled in a temporary folder and renamed into place (index.json
     is the completion mark), and reused while the ids, the settings and the audio files' size/mtime still
-    match (whatever backend wrote it). The returned features are a read-only memmap.
+    match (whatever extractor wrote it). The returned features are a read-only memmap.
 
     For kind npy, each utterance's `features` file is loaded instead of its audio; the entry's (and the
     returned FeatureSet's) cfg has the files' row count as n_mfcc.
@@ -338,7 +338,7 @@ def build_features(utts: Sequence, cfg: FeatureConfig, cache_dir: Path, progress
     entry's index.json keeps them too, for later runs); a DataError only when no file is usable.
     """
     utts = list(utts)
-    _check_request(utts, backend)
+    _check_request(utts, extractor)
     strict = report is None
     if cfg.kind == "npy":  # the arrays' row count, not the preset's, is the features' height
         rows = corpus_rows([source_path(u, cfg) for u in utts])
@@ -349,7 +349,7 @@ def build_features(utts: Sequence, cfg: FeatureConfig, cache_dir: Path, progress
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         work = work_dir_for(folder)
         try:
-            _extract_into(work, folder, utts, cfg, progress, strict, workers, backend, device, chunk_size)
+            _extract_into(work, folder, utts, cfg, progress, strict, workers, extractor, device, chunk_size)
         except DataError as exc:
             if strict:
                 shutil.rmtree(work, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 An extraction of a cache entry works in cache_dir/.partial-<entry>/: plan.json fixes the chunking, and
 each finished chunk is saved as shard-NNNNN.npz, so an interrupted run continues where it stopped. A
-shard is reused only for the same utterance ids, the same source stamps, backend and settings.
+shard is reused only for the same utterance ids, the same source stamps, extractor and settings.
 """
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ def load_plan(work: Path, n: int, cfg: FeatureConfig, chunk_size: Optional[int])
     return [list(range(s, min(s + chunk, n))) for s in range(0, n, chunk)]
 
 
-def write_shard(path: Path, ids: Sequence[str], stamps: list, result: dict, backend: str) -> None:
+def write_shard(path: Path, ids: Sequence[str], stamps: list, result: dict, extractor: str) -> None:
     """Save one chunk's extract_chunk result atomically."""
-    meta = {"version": FEATURE_VERSION, "backend": backend, "stamps": stamps,
+    meta = {"version": FEATURE_VERSION, "backend": extractor, "stamps": stamps,
             "errors": {str(k): v for k, v in result["errors"].items()}, "facts": result["facts"]}
 
     def write(tmp: Path) -> None:
@@ -56,8 +56,8 @@ def write_shard(path: Path, ids: Sequence[str], stamps: list, result: dict, back
     atomic_write(path, write)
 
 
-def read_shard(path: Path, ids: Sequence[str], stamps: list, backend: str, cfg: FeatureConfig) -> Optional[dict]:
-    """A finished shard of these ids (same audio stamps, same backend), or None (redo the chunk)."""
+def read_shard(path: Path, ids: Sequence[str], stamps: list, extractor: str, cfg: FeatureConfig) -> Optional[dict]:
+    """A finished shard of these ids (same audio stamps, same extractor), or None (redo the chunk)."""
     if not path.is_file():
         return None
     try:
@@ -65,7 +65,7 @@ def read_shard(path: Path, ids: Sequence[str], stamps: list, backend: str, cfg: 
             meta = json.loads(str(z["meta"]))
             if [str(i) for i in z["ids"]] != list(ids) or meta.get("version") != FEATURE_VERSION:
                 return None
-            if meta.get("backend") != backend or meta.get("stamps") != stamps:
+            if meta.get("backend") != extractor or meta.get("stamps") != stamps:
                 return None
             feats, ok = z["feats"], z["ok"]
             if feats.shape != (len(ids),) + cfg.shape or ok.shape != (len(ids),):

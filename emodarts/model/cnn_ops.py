@@ -1,4 +1,4 @@
-"""The CNN candidate operations of standard DARTS (method.md), for 2-D feature maps (B, C, F, T).
+"""The CNN candidate operations of standard DARTS (docs/method.md), for 2-D feature maps (B, C, F, T).
 
 Spatial sizes may be odd: every stride-2 operation maps n to ceil(n / 2), so all candidates of a
 reduction edge agree.

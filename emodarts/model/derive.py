@@ -7,26 +7,25 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from emodarts.model.space import CellGenotype, Genotype, seq_inputs
+from emodarts.model.space import CellGenotype, Genotype, node_edges, seq_inputs
 
 
 def _derive(probs: Tensor, primitives: Sequence[str], n_nodes: int, keep: int, n_inputs: int = 2,
             edge_weights: Optional[Tensor] = None):
     """(cell, [(alpha row, op) of every kept edge])."""
     active = [k for k, p in enumerate(primitives) if p != "none"]
-    nodes, kept, offset = [], [], 0
+    nodes, kept = [], []
     for i in range(n_nodes):
-        n_in = n_inputs + i
-        rows = probs[offset : offset + n_in][:, active]
-        best_w, best_k = rows.max(dim=-1)
+        edges = node_edges(i, n_inputs)
+        n_in = edges.stop - edges.start
+        best_w, best_k = probs[edges][:, active].max(dim=-1)
         if edge_weights is not None:
-            best_w = best_w * edge_weights[offset : offset + n_in]
+            best_w = best_w * edge_weights[edges]
         # ties broken by the lower state index, so the result is deterministic
         order = sorted(range(n_in), key=lambda j: (-float(best_w[j]), j))[:keep]
         node = tuple((primitives[active[int(best_k[j])]], j) for j in sorted(order))
         nodes.append(node)
-        kept += [(offset + j, op) for op, j in node]
-        offset += n_in
+        kept += [(edges.start + j, op) for op, j in node]
     return CellGenotype(tuple(nodes)), kept
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from emodarts.model.space import node_edges
+
 
 def check_partial_channels(k: int, channels: int) -> None:
     """Refuse a K that is not a positive divisor of the CNN channel count (every cell's width is a
@@ -52,12 +54,7 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
 
 def edge_weights(beta: Tensor, n_nodes: int, n_inputs: int = 2) -> Tensor:
     """softmax(beta) over the edges entering each node, laid out like beta (one entry per edge)."""
-    parts, offset = [], 0
-    for i in range(n_nodes):
-        n_in = n_inputs + i
-        parts.append(torch.softmax(_at_least_float32(beta[offset:offset + n_in]), dim=-1))
-        offset += n_in
-    return torch.cat(parts)
+    return torch.cat([torch.softmax(_at_least_float32(beta[node_edges(i, n_inputs)]), dim=-1) for i in range(n_nodes)])
 
 
 def _at_least_float32(t: Tensor) -> Tensor:

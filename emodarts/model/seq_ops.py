@@ -1,6 +1,6 @@
 """Sequential candidates of emoDARTS, on sequences (B, T, H) -> (B, T, H).
 
-Every candidate runs over time, per utterance (pitfalls.md #1): an utterance's output never
+Every candidate runs over time, per utterance (docs/pitfalls.md #1): an utterance's output never
 depends on the other utterances of its batch.
 """
 import re

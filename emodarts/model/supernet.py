@@ -60,7 +60,7 @@ class Supernet(nn.Module):
         self.backend: Backend = get_backend(name)
         self.grouped_cnn = name == "fused"
 
-    def alphas(self) -> List[nn.Parameter]:
+    def arch_parameters(self) -> List[nn.Parameter]:
         """Every architecture parameter: the three alphas, and the PC-DARTS betas when K > 1."""
         return [getattr(self, n) for n in self.arch_names]
 

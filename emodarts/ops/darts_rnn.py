@@ -1,4 +1,4 @@
-"""[darts_reference] The DARTS recurrent cell (method.md, last section) over a whole sequence, in plain PyTorch: the oracle
+"""[darts_reference] The DARTS recurrent cell (docs/method.md, last section) over a whole sequence, in plain PyTorch: the oracle
 of the fused epilogue in the extension.
 
 Per time step t, with h the previous output (h0 before the first step):

@@ -1,5 +1,5 @@
-"""The process heap of a CPU run (`--heap`): glibc hands large freed blocks back to the system and serves
-the next large allocation with fresh pages, so an eager step that frees and re-allocates the same
+"""The process heap of a CPU run (EMODARTS_HEAP=steady|default, read by the CLI): glibc hands large freed
+blocks back to the system and serves the next large allocation with fresh pages, so an eager step that frees and re-allocates the same
 activations every iteration pays a page fault per 4 KB each time (the mixed-sum benchmark measured up to
 14,000 faults per call). `keep_freed_memory()` tells glibc to keep freed memory for reuse instead."""
 import ctypes

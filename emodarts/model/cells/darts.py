@@ -2,7 +2,7 @@
 the fixed cell a genotype derives.
 
 Like an emoDARTS sequential cell it reads the two previous sequences (B, T, H) and returns one; here they
-are concatenated per time step into x_t, and the cell runs over time (method.md, last section): an initial
+are concatenated per time step into x_t, and the cell runs over time (docs/method.md, last section): an initial
 state s0 from x_t and h_{t-1}, then `seq_nodes` nodes, each averaging over its predecessors the mixed
 activations of one shared GEMM (search; see `MixedDartsCell.mixing_weights`) or applying one activation to
 one predecessor (derived). h_t is the mean of the nodes. The time loop of the

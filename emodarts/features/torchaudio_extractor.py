@@ -1,4 +1,4 @@
-"""The torchaudio backend: the librosa features for a batch of decoded signals, on the GPU when there is one.
+"""The torchaudio extractor: the librosa features for a batch of decoded signals, on the GPU when there is one.
 
 It needs no librosa. It agrees with the librosa reference within TORCHAUDIO_TOLERANCE (see
 tests/test_corpora_features.py); the transforms are built once per (settings, device).
@@ -13,7 +13,7 @@ from emodarts.features.compute import fix_frames, pool_to
 from emodarts.features.config import SPECTROGRAM_HOP, SPECTROGRAM_N_FFT, FeatureConfig
 from emodarts.runtime.errors import DataError
 
-BACKENDS = ("librosa", "torchaudio")
+EXTRACTORS = ("librosa", "torchaudio")
 # Agreement with the librosa reference, measured on CPU (tests/test_corpora_features.py; speech-like
 # synthetic audio, noise and silence; MFCC values up to ~1.1e3 in magnitude):
 # - file already at the preset's rate: largest |difference| 2.4e-4 (float32 FFT rounding); bound 5e-3.
@@ -130,7 +130,7 @@ def _windows(signals: Sequence[np.ndarray], rates: Sequence[int], cfg: FeatureCo
 
 def features_torch(signals: Sequence[np.ndarray], rates: Sequence[int], cfg: FeatureConfig,
                    device: Optional[str] = None) -> np.ndarray:
-    """The preset's features of decoded signals (any rates) with the torchaudio backend: (n, F, T) float32."""
+    """The preset's features of decoded signals (any rates) with the torchaudio extractor: (n, F, T) float32."""
     device = torch_device(device)
     if not len(signals):
         return np.zeros((0,) + cfg.shape, dtype=np.float32)
@@ -140,7 +140,7 @@ def features_torch(signals: Sequence[np.ndarray], rates: Sequence[int], cfg: Fea
 
 def mfcc_torch(signals: Sequence[np.ndarray], rates: Sequence[int], cfg: FeatureConfig,
                device: Optional[str] = None) -> np.ndarray:
-    """MFCCs of decoded signals (any rates) with the torchaudio backend: (n, F, T) float32 numpy."""
+    """MFCCs of decoded signals (any rates) with the torchaudio extractor: (n, F, T) float32 numpy."""
     device = torch_device(device)
     if not len(signals):
         return np.zeros((0,) + cfg.shape, dtype=np.float32)
