@@ -7,17 +7,14 @@ import pytest
 from replicas import make_csv_corpus, make_iemocap, make_msp_improv, make_msp_podcast
 
 from emodarts.data import Utterance
+from emodarts.data.counts import class_list, fold_counts, format_counts, save_counts
 from emodarts.data.protocols import (
     PAPER_CODE_IEMOCAP_GROUPS,
     balanced_speaker_groups,
-    class_list,
     default_protocol,
-    fold_counts,
-    format_counts,
     get_protocol,
     known_protocols,
     n_dev_speakers,
-    save_counts,
 )
 from emodarts.data.registry import (
     known_corpora,

@@ -113,7 +113,7 @@ def test_strict_mode_stops_at_the_bad_file_and_keeps_nothing(tmp_path, librosa_w
 
 # ------------------------------------------------------------------------------------- torchaudio
 def _signals():
-    from emodarts.data.synthetic import make_speakers, synthesize_utterance
+    from emodarts.data.synthetic_voice import make_speakers, synthesize_utterance
 
     spk = make_speakers(0, 2)
     sigs = [synthesize_utterance(spk[i % 2], e, np.random.default_rng(i))

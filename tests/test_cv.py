@@ -60,11 +60,11 @@ def test_prepare_fold_data(replica, tmp_path, librosa_warm):
 
 def test_run_data_has_one_home():
     """RunData and class_list are defined once; their former homes still hand out the same objects."""
-    import emodarts.data.protocols as protocols
+    import emodarts.data.counts as counts
     import emodarts.engine.pipeline as pipeline
     import emodarts.engine.run_data as run_data
 
-    assert pipeline.class_list is protocols.class_list and pipeline.split_summary is run_data.split_summary
+    assert pipeline.class_list is counts.class_list and pipeline.split_summary is run_data.split_summary
 
 def test_parse_folds_and_summary():
     assert parse_folds(None, 5) == [0, 1, 2, 3, 4] and parse_folds("2, 0,2", 5) == [0, 2]

@@ -128,7 +128,7 @@ def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Opt
 @friendly_errors
 def evaluate(run_dir: Path, device: str, progress: bool) -> None:
     """Evaluate RUN_DIR's trained network on the test speakers (once); writes RUN_DIR/metrics.json."""
-    from emodarts.engine.cv import legacy_fold_config
+    from emodarts.engine.legacy import legacy_fold_config
     from emodarts.engine.evaluation import run_evaluate
     from emodarts.engine.pipeline import prepare_data
 

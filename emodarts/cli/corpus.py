@@ -87,7 +87,7 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
 
     Resumable: an interrupted extraction continues where it stopped when the same command runs again.
     Later `search`, `run` and `cv` runs with the same corpus, protocol and preset reuse the cache."""
-    from emodarts.data.protocols import format_counts, save_counts
+    from emodarts.data.counts import format_counts, save_counts
     from emodarts.data.report import SkipReport
     from emodarts.engine.cv import load_protocol_data
     from emodarts.features import default_cache_dir

@@ -52,10 +52,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_NAME = "config.json"
 # What --resume lets the command line change: run-time choices and epoch counts. Every other setting comes
 # from RUN_DIR/config.json, and giving it again is an error rather than silently dropped.
-RESUME_MAY_CHANGE = ("device", "fused", "progress", "threads", "epochs", "train_epochs", "amp", "channels_last")
+RESUME_MAY_CHANGE = ("epochs", "train_epochs", "device", "fused", "amp", "channels_last", "progress", "threads")
+
+
+def option_list(names: Sequence[str]) -> str:
+    """'--a, --b and --c' for parameter names ('train_epochs' -> '--train-epochs')."""
+    flags = ["--" + n.replace("_", "-") for n in names]
+    return ", ".join(flags[:-1]) + " and " + flags[-1] if len(flags) > 1 else flags[0]
+
+
 RESUME_HELP = ("Continue the run in this folder from its last checkpoint, with the settings of its config.json; "
-               "only --epochs, --train-epochs, --device, --fused, --amp, --channels-last, --progress and "
-               "--threads may be given with it (any other setting is refused).")
+               f"only {option_list(RESUME_MAY_CHANGE)} may be given with it (any other setting is refused).")
+
+
+def backend_of(fused: bool) -> str:
+    """The kernel backend that --fused asks for."""
+    return "fused" if fused else "reference"
 
 
 # ------------------------------------------------------------------------------------ the option table
@@ -121,7 +133,7 @@ COMMON_OPTIONS: Sequence[Opt] = (
     opt("--epochs", type=int, default=None, help="Epochs (search epochs for `run`)."),
     opt("--batch-size", type=int, default=None, help="Batch size (search and training)."),
     opt("--device", to="device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
-    opt("--fused", to="backend", convert=lambda fused: "fused" if fused else "reference", is_flag=True,
+    opt("--fused", to="backend", convert=backend_of, is_flag=True,
         help="Use the fused kernels (Triton on CUDA, C++ on CPU) instead of plain PyTorch."),
     opt("--progress/--no-progress", default=True, show_default=True, help="Progress bars."),
     THREADS,
@@ -275,8 +287,7 @@ def refuse_resume_conflicts(resume: Optional[Path], may_change: Iterable[str] = 
              and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE]
     if given:
         raise EmodartsError(f"--resume {resume} continues the run with the settings of its {CONFIG_NAME}; resume "
-                            f"it without {', '.join(given)} (with --resume only --epochs, --train-epochs, "
-                            f"--device, --fused, --amp, --channels-last, --progress and --threads may be given)")
+                            f"it without {', '.join(given)} (with --resume only {option_list(list(may_change))} may be given)")
 
 
 def resume_changes(phase_epochs: Dict[str, Optional[int]], amp: Optional[str] = None,

@@ -14,7 +14,7 @@ from emodarts.runtime.errors import DataError, EmodartsError
 def run_folder_config(run_dir: Path):
     """RUN_DIR/config.json; for a `cv` fold folder of an older version (no config.json of its own), the cv
     run's configuration with the fold's protocol and number (cv.legacy_fold_config)."""
-    from emodarts.engine.cv import legacy_fold_config
+    from emodarts.engine.legacy import legacy_fold_config
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Set, Tuple
 
-from emodarts.cli.options import CONFIG_NAME
+from emodarts.cli.options import CONFIG_NAME, backend_of
 from emodarts.engine.config import RunConfig, load_config, with_changes, with_overrides
 from emodarts.runtime.distributed import info
 from emodarts.runtime.errors import EmodartsError
@@ -60,7 +60,7 @@ def _resumed_config(run_dir: Path, device: str, fused: bool, changes: dict) -> R
     cfg = with_changes(stored, changes)
     if cfg != stored and info().is_main:
         atomic_write_json(path, cfg.to_dict())
-    return with_overrides(cfg, device=device, backend="fused" if fused else cfg.backend)
+    return with_overrides(cfg, device=device, backend=backend_of(True) if fused else cfg.backend)
 
 
 def _create_run_dir(cfg: RunConfig, run_dir: Path) -> None:

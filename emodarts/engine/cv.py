@@ -10,7 +10,7 @@ RUN_DIR also holds config.json, cv.json (protocol, folds, mode), fold_counts.jso
 fold and part) and, when files were left out, skipped_files.csv/.json. Each fold_<k>/ holds the config.json of
 that fold (the run's, with the protocol's name and `fold: k`), so that `emodarts evaluate RUN_DIR/fold_<k>`,
 `predict` and `report` work on it as on any run folder (a fold folder of an older version, without its own
-config.json, is read through legacy_fold_config).
+config.json, is read through engine/legacy.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from emodarts.data import Utterance
-from emodarts.engine.config import RunConfig, load_config, with_overrides
+from emodarts.engine.config import RunConfig, with_overrides
 from emodarts.engine.run_data import RunData, build_run_data
 from emodarts.runtime.errors import DataError, EmodartsError
 from emodarts.runtime.files import atomic_write_json, atomic_write_text
@@ -53,23 +53,15 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
     """Load the corpus, apply the protocol, extract (or reuse) the features, build the folds and count.
     Unusable files (clips under `min_duration` seconds included) go to `report` (a new SkipReport when
     None); DataError only when nothing is left."""
-    from emodarts.data.protocols import class_list, fold_counts
-    from emodarts.data.registry import CORPUS_SEED, load_protocol
+    from emodarts.data.counts import class_list, fold_counts
     from emodarts.data.report import SkipReport
-    from emodarts.features import (
-        FEATURE_PRESETS,
-        build_features,
-        default_cache_dir,
-        feature_config,
-    )
+    from emodarts.engine.pipeline import corpus_features
+    from emodarts.features import feature_config
 
-    if preset not in FEATURE_PRESETS:
-        raise DataError(f"unknown feature preset {preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
     report = report if report is not None else SkipReport()
-    utts, excluded, proto = load_protocol(corpus, root, seed=CORPUS_SEED, report=report, protocol=protocol)
-    feature_set = build_features(utts, feature_config(preset, min_duration, features), cache_dir or default_cache_dir(),
-                                 progress=progress, report=report, workers=workers, extractor=extractor, device=device)
-    usable = list(feature_set.utterances)
+    usable, excluded, proto, feature_set = corpus_features(corpus, root, protocol,
+                                                           feature_config(preset, min_duration, features), cache_dir,
+                                                           progress, report, workers, extractor, device)
     report.raise_if_empty(len(usable), f"corpus {corpus!r}")
     classes = class_list(usable)
     folds = proto.make_folds(usable, seed)
@@ -86,24 +78,6 @@ def prepare_fold_data(cfg: RunConfig, fold, features, classes: Sequence[str], wi
 def fold_config(cfg: RunConfig, protocol: str, k: int) -> RunConfig:
     """The configuration of fold k of a cv run: the run's, with the protocol named and the fold recorded."""
     return with_overrides(cfg, protocol=protocol, fold=k)
-
-
-def legacy_fold_config(run_dir: Path) -> Optional[RunConfig]:
-    """For a fold folder written by `cv` of an older version (fold.json, but no config.json of its own):
-    the cv run's configuration (../config.json) with the protocol of ../cv.json and the fold of fold.json.
-    None for any other folder."""
-    run_dir = Path(run_dir)
-    parent = run_dir.parent
-    if (run_dir / "config.json").exists() or not (run_dir / "fold.json").is_file():
-        return None
-    if not (parent / "config.json").is_file() or not (parent / CV_STATE).is_file():
-        return None
-    try:
-        k = int(json.loads((run_dir / "fold.json").read_text())["fold"])
-        protocol = str(json.loads((parent / CV_STATE).read_text())["protocol"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EmodartsError(f"{run_dir}: a cv fold folder whose fold.json or ../{CV_STATE} is unreadable ({exc})") from exc
-    return fold_config(load_config(parent / "config.json"), protocol, k)
 
 
 def parse_folds(text: Optional[str], n_folds: int) -> List[int]:
@@ -174,7 +148,7 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
     """Cross-validate in `run_dir` (see the module doc). `genotype`: a space.Genotype to train on every fold
     instead of searching one. `folds`: '0,2' for a subset. With `resume`, the protocol, the fold list and the
     genotype come from run_dir/cv.json unless given again. Returns the results dict (cv_results.json)."""
-    from emodarts.data.protocols import format_counts, save_counts
+    from emodarts.data.counts import format_counts, save_counts
     from emodarts.engine.evaluation import run_evaluate
     from emodarts.engine.search import run_search
     from emodarts.engine.training import run_train

@@ -1,9 +1,10 @@
 """Corpus -> speaker-independent split -> cached features -> tensors for the search and final training."""
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from emodarts.data import Utterance
-from emodarts.data.protocols import Protocol, class_list
+from emodarts.data.counts import class_list
+from emodarts.data.protocols import Protocol
 from emodarts.data.registry import CORPUS_SEED
 from emodarts.data.splits import Split, speaker_split
 from emodarts.engine.config import RunConfig
@@ -13,6 +14,22 @@ from emodarts.runtime.progress import say
 
 # class_list (data/protocols.py) and split_summary (run_data.py) are also offered here, their former home
 __all__ = ["CORPUS_SEED", "prepare_data", "class_list", "split_summary"]
+
+
+def corpus_features(corpus: str, root: Optional[Path], protocol: Optional[str], feature_cfg, cache_dir: Optional[Path],
+                    progress: bool, report, workers: int = 1, extractor: str = "librosa",
+                    device: Optional[str] = None) -> Tuple[List[Utterance], Dict[str, int], Protocol, object]:
+    """Corpus -> the protocol's utterances -> their features (extracted, or reused from the cache): the first
+    steps of every command that reads data (prepare_data here, cv.load_protocol_data). Returns the usable
+    utterances (those with features), the protocol's exclusions per reason, the protocol and the FeatureSet.
+    Unusable files go to `report`."""
+    from emodarts.data.registry import load_protocol
+    from emodarts.features import build_features, default_cache_dir
+
+    utts, excluded, proto = load_protocol(corpus, root, seed=CORPUS_SEED, report=report, protocol=protocol)
+    features = build_features(utts, feature_cfg, cache_dir or default_cache_dir(), progress=progress, report=report,
+                              workers=workers, extractor=extractor, device=device)
+    return list(features.utterances), excluded, proto, features
 
 
 def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path] = None,
@@ -25,24 +42,13 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     and alpha parts by `cfg.search.alpha_split` (data/splits.py: search_halves). Files that cannot
     be used are left out, summarised on the console and listed in skipped_files.csv/json in `report_dir`
     (default: the feature cache entry)."""
-    from emodarts.data.registry import load_protocol
     from emodarts.data.report import SkipReport
-    from emodarts.features import (
-        FEATURE_PRESETS,
-        build_features,
-        default_cache_dir,
-        run_feature_config,
-    )
+    from emodarts.features import run_feature_config
 
-    if cfg.preset not in FEATURE_PRESETS:
-        raise DataError(f"unknown feature preset {cfg.preset!r}; choose one of {', '.join(FEATURE_PRESETS)}")
     protocol = protocol or getattr(cfg, "protocol", None) or None
     report = SkipReport()
-    utts, _, proto = load_protocol(cfg.corpus, Path(cfg.root) if cfg.root else None, seed=CORPUS_SEED,
-                                   report=report, protocol=protocol)
-    features = build_features(utts, run_feature_config(cfg), cache_dir or default_cache_dir(),
-                              progress=progress, report=report)
-    utts = list(features.utterances)
+    utts, _, proto, features = corpus_features(cfg.corpus, Path(cfg.root) if cfg.root else None, protocol,
+                                               run_feature_config(cfg), cache_dir, progress, report)
     if report.entries:
         where = Path(report_dir) if report_dir is not None else features.path
         report.write(where)
