@@ -16,7 +16,6 @@ from emodarts.cli.options import (
     aux_option,
     build_config,
     check_backend,
-    check_corpus_names,
     common_options,
     fit_genotype,
     friendly_errors,
@@ -26,12 +25,11 @@ from emodarts.cli.options import (
     precision_options,
     read_genotype,
     refuse_given,
-    refuse_resume_conflicts,
     resume_changes,
     shape_options,
 )
-from emodarts.cli.runs import open_run, run_folder, with_device
-from emodarts.engine.config import PRESETS
+from emodarts.cli.runs import open_run, run_folder, start_run, with_device
+from emodarts.engine.config import PRESETS, RunConfig
 from emodarts.model.space import SEQ_SPACES
 from emodarts.runtime.distributed import info
 from emodarts.runtime.errors import EmodartsError
@@ -57,16 +55,10 @@ def search(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Op
     from emodarts.engine.pipeline import prepare_data
     from emodarts.engine.search import run_search
 
-    apply_threads(threads)
-    refuse_resume_conflicts(resume)
-    refuse_given(["train_epochs"], "`search` has no final training (give it to `run` or `cv`)")
-    cfg = None
-    if resume is None:
-        check_corpus_names(corpus, protocol)
-        cfg = build_config("search", parsed_options())
-    changes = resume_changes({"search": epochs}, amp, channels_last)
-    cfg, run_dir, resuming = open_run("search", cfg, out, resume, device, fused, changes, create=False)
-    check_backend(cfg)
+    cfg, run_dir, resuming = start_run(
+        "search", lambda: build_config("search", parsed_options()), corpus, protocol, out, resume, device, fused,
+        threads, resume_changes({"search": epochs}, amp, channels_last),
+        refuse=lambda: refuse_given(["train_epochs"], "`search` has no final training (give it to `run` or `cv`)"))
     with run_folder(cfg, run_dir, resuming):
         data = prepare_data(cfg, progress, report_dir=run_dir)
         genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
@@ -95,24 +87,24 @@ def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Opt
     from emodarts.engine.training import run_train
     from emodarts.model.space import check_genotype_fits, save_genotype
 
-    apply_threads(threads)
-    refuse_resume_conflicts(resume)
-    cfg = None
-    if resume is None:
-        if genotype_path is None:
+    def need_genotype() -> None:
+        if resume is None and genotype_path is None:
             raise EmodartsError("give --genotype FILE (a genotype.json written by `emodarts search`), or "
                                 "--resume RUN_DIR")
-        check_corpus_names(corpus, protocol)
+
+    def build() -> RunConfig:
+        nonlocal genotype
         genotype = read_genotype(genotype_path)
-        cfg = build_config("train", genotype_shape(genotype, parsed_options()))
-        cfg = fit_genotype(cfg, genotype, genotype_path, seq_candidates)
-    changes = resume_changes({"train": epochs}, amp, channels_last)
-    cfg, run_dir, resuming = open_run("train", cfg, out, resume, device, fused, changes, create=False)
+        return fit_genotype(build_config("train", genotype_shape(genotype, parsed_options())), genotype, genotype_path,
+                            seq_candidates)
+
+    genotype = None
+    cfg, run_dir, resuming = start_run("train", build, corpus, protocol, out, resume, device, fused, threads,
+                                       resume_changes({"train": epochs}, amp, channels_last), refuse=need_genotype)
     if resuming:
         genotype_path = run_dir / "genotype.json"
         genotype = read_genotype(genotype_path)
         check_genotype_fits(genotype, cfg.model, where=str(genotype_path))
-    check_backend(cfg)
     with run_folder(cfg, run_dir, resuming):
         if not resuming and info().is_main:
             save_genotype(genotype, run_dir / "genotype.json")
@@ -128,8 +120,8 @@ def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Opt
 @friendly_errors
 def evaluate(run_dir: Path, device: str, progress: bool) -> None:
     """Evaluate RUN_DIR's trained network on the test speakers (once); writes RUN_DIR/metrics.json."""
-    from emodarts.engine.legacy import legacy_fold_config
     from emodarts.engine.evaluation import run_evaluate
+    from emodarts.engine.legacy import legacy_fold_config
     from emodarts.engine.pipeline import prepare_data
 
     legacy = legacy_fold_config(run_dir)  # a fold folder of a `cv` of an older version
@@ -175,15 +167,9 @@ def run(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optio
     from emodarts.engine.training import run_train
     from emodarts.model.space import save_genotype
 
-    apply_threads(threads)
-    refuse_resume_conflicts(resume)
-    cfg = None
-    if resume is None:
-        check_corpus_names(corpus, protocol)
-        cfg = build_config("run", parsed_options())
-    changes = resume_changes({"search": epochs, "train": train_epochs}, amp, channels_last)
-    cfg, run_dir, resuming = open_run("run", cfg, out, resume, device, fused, changes, create=False)
-    check_backend(cfg)
+    cfg, run_dir, resuming = start_run("run", lambda: build_config("run", parsed_options()), corpus, protocol, out,
+                                       resume, device, fused, threads,
+                                       resume_changes({"search": epochs, "train": train_epochs}, amp, channels_last))
     t0 = time.time()
     with run_folder(cfg, run_dir, resuming):
         data = prepare_data(cfg, progress, report_dir=run_dir)

@@ -9,11 +9,8 @@ from emodarts.cli.options import (
     FEATURES,
     RESUME_MAY_CHANGE,
     SEARCH_ONLY,
-    apply_threads,
     aux_option,
     build_config,
-    check_backend,
-    check_corpus_names,
     common_options,
     fit_genotype,
     friendly_errors,
@@ -22,10 +19,10 @@ from emodarts.cli.options import (
     parsed_options,
     read_genotype,
     refuse_given,
-    refuse_resume_conflicts,
     resume_changes,
 )
-from emodarts.cli.runs import open_run, run_folder
+from emodarts.cli.runs import run_folder, start_run
+from emodarts.engine.config import RunConfig
 from emodarts.features import EXTRACTORS, FEATURE_PRESETS
 
 _CORPUS_HELP = ("Corpus: synthetic (built in), iemocap, msp-improv, msp-podcast, or csv (a manifest with "
@@ -142,24 +139,24 @@ def cv(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Option
     come from the genotype."""
     from emodarts.engine.cv import format_results, run_cv
 
-    apply_threads(threads)
-    refuse_resume_conflicts(resume, CV_RESUME_MAY_CHANGE)
-    genotype, cfg = None, None
-    if genotype_path is not None:
-        refuse_given(SEARCH_ONLY, "search settings, but `cv --genotype` trains the given genotype on every fold "
-                                  "without a search (drop them, or drop --genotype)")
-    if resume is None:  # check the names and the genotype before a run folder is made
-        check_corpus_names(corpus, protocol)
+    def refuse_search_settings() -> None:
         if genotype_path is not None:
-            genotype = read_genotype(genotype_path)
-            options = {**parsed_options(), "epochs": train_epochs or epochs}  # no search: all epochs train
-            cfg = build_config("train", genotype_shape(genotype, options))
-            cfg = fit_genotype(cfg, genotype, genotype_path, seq_candidates)
-        else:
-            cfg = build_config("run", parsed_options())
-    changes = resume_changes(_cv_epochs(resume, epochs, train_epochs))
-    cfg, run_dir, resuming = open_run("cv", cfg, out, resume, device, fused, changes, create=False)
-    check_backend(cfg)
+            refuse_given(SEARCH_ONLY, "search settings, but `cv --genotype` trains the given genotype on every "
+                                      "fold without a search (drop them, or drop --genotype)")
+
+    def build() -> RunConfig:
+        nonlocal genotype
+        if genotype_path is None:
+            return build_config("run", parsed_options())
+        genotype = read_genotype(genotype_path)
+        options = {**parsed_options(), "epochs": train_epochs or epochs}  # no search: all epochs train
+        return fit_genotype(build_config("train", genotype_shape(genotype, options)), genotype, genotype_path,
+                            seq_candidates)
+
+    genotype = None
+    cfg, run_dir, resuming = start_run("cv", build, corpus, protocol, out, resume, device, fused, threads,
+                                       resume_changes(_cv_epochs(resume, epochs, train_epochs)),
+                                       CV_RESUME_MAY_CHANGE, refuse_search_settings)
     with run_folder(cfg, run_dir, resuming):
         results = run_cv(cfg, run_dir, protocol=protocol, genotype=genotype, folds=folds, resume=resuming,
                          progress=progress, workers=workers)

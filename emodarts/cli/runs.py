@@ -5,9 +5,17 @@ import contextlib
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Set, Tuple
+from typing import Callable, Iterable, Iterator, Optional, Set, Tuple
 
-from emodarts.cli.options import CONFIG_NAME, backend_of
+from emodarts.cli.options import (
+    CONFIG_NAME,
+    RESUME_MAY_CHANGE,
+    apply_threads,
+    backend_of,
+    check_backend,
+    check_corpus_names,
+    refuse_resume_conflicts,
+)
 from emodarts.engine.config import RunConfig, load_config, with_changes, with_overrides
 from emodarts.runtime.distributed import info
 from emodarts.runtime.errors import EmodartsError
@@ -25,6 +33,27 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path, kept: bool):
         super().__init__(str(run_dir))
         self.run_dir, self.kept = run_dir, kept
+
+
+def start_run(command: str, build: Callable[[], RunConfig], corpus: str, protocol: Optional[str], out: Optional[Path],
+              resume: Optional[Path], device: str, fused: bool, threads: Optional[int], changes: dict,
+              may_change: Iterable[str] = RESUME_MAY_CHANGE,
+              refuse: Optional[Callable[[], None]] = None) -> Tuple[RunConfig, Path, bool]:
+    """The start every run command (search, train, run, cv) shares, all before any data is read: threads set,
+    options that --resume does not take refused (then `refuse`, the command's own refusals), and for a new run
+    the corpus and protocol names checked and the configuration built (`build`); then the run opened (its
+    folder is made by run_folder) and the backend checked. Returns (config, run_dir, resuming)."""
+    apply_threads(threads)
+    refuse_resume_conflicts(resume, may_change)
+    if refuse is not None:
+        refuse()
+    cfg = None
+    if resume is None:
+        check_corpus_names(corpus, protocol)
+        cfg = build()
+    cfg, run_dir, resuming = open_run(command, cfg, out, resume, device, fused, changes, create=False)
+    check_backend(cfg)
+    return cfg, run_dir, resuming
 
 
 def open_run(command: str, cfg: Optional[RunConfig], out: Optional[Path], resume: Optional[Path], device: str,
