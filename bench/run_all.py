@@ -101,14 +101,15 @@ def plan(args, tag: str, results: Path) -> List[Step]:
                                                "-e", "."], {"full": 0, "quick": 0}, min_limit=600))
     build_code = (
         "import time, importlib.util; t0 = time.time()\n"
-        "from emodarts.ops import extension as ext\n"
+        "from emodarts.ops.compiled import cpp as ext\n"
         "cpu = 'installed' if importlib.util.find_spec('emodarts._C') else 'JIT'\n"
         "ext.load_extension(); print(f'C++ extension: {cpu} ({time.time() - t0:.0f} s)', flush=True)\n"
         "import torch\n"
         "if torch.cuda.is_available():\n"
-        "    from emodarts.ops import darts_fused, extension_cuda, fused, grouped_recurrent as g\n"
-        "    t1 = time.time(); how = 'installed' if extension_cuda.load_installed_cuda() else 'JIT'\n"
-        "    g.ensure_cuda(); darts_fused.ensure_cuda(); fused.kernels_module()\n"
+        "    from emodarts.ops import darts_rnn, mixed_sum, grouped_recurrent as g\n"
+        "    from emodarts.ops.compiled import cuda\n"
+        "    t1 = time.time(); how = 'installed' if cuda.load_installed_cuda() else 'JIT'\n"
+        "    g.ensure_cuda(); darts_rnn.ensure_cuda(); mixed_sum.kernels_module()\n"
         "    print(f'CUDA kernels: {how} ({time.time() - t1:.0f} s); triton ok', flush=True)\n"
         "print('build ok', flush=True)\n"
     )

@@ -1,6 +1,6 @@
 // The DARTS recurrent cell over a whole sequence, C++ CPU implementation (the CUDA one is
 // csrc/cuda/darts_rnn_cuda.cu; the plain-PyTorch oracle and the exact contract:
-// emodarts/ops/darts_reference.py, darts_rnn_reference).
+// emodarts/ops/darts_rnn.py, darts_rnn_reference).
 //
 //   emodarts::darts_rnn_forward(Tensor x_proj, Tensor h0, Tensor w0h, Tensor ws, Tensor probs)
 //       -> (Tensor hs, Tensor states, Tensor pre0, Tensor pre)

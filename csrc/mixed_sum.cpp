@@ -49,7 +49,7 @@
 
 // at::parallel_for is a header template: with torch's OpenMP backend it only forks threads in a source
 // compiled with -fopenmp (ATen/ParallelOpenMP.h); without the flag it silently runs the whole range on the
-// calling thread. The build passes -fopenmp on Linux (setup.py, emodarts/ops/extension.py); this guard
+// calling thread. The build passes -fopenmp on Linux (setup.py, emodarts/ops/compiled/cpp.py); this guard
 // makes a Linux build without it fail loudly rather than run on one core.
 #if AT_PARALLEL_OPENMP && !defined(_OPENMP) && defined(__linux__)
 #error "csrc/*.cpp must be compiled with -fopenmp: torch uses OpenMP for intra-op parallelism"

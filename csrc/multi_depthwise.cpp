@@ -7,7 +7,7 @@
 // xs: one input (B, C, H, W) read by every candidate (the shared ReLU of a state), or one input per
 // candidate (the second halves of the separable convolutions). ws[i]: (C, 1, k, k), k odd, padding
 // dilations[i] * (k - 1) / 2, so every output is (B, C, (H - 1) / s + 1, (W - 1) / s + 1). float32 and float64,
-// contiguous (the Python wrapper, emodarts/ops/dw_fused.py, makes them so and upcasts bf16/fp16).
+// contiguous (the Python wrapper, emodarts/ops/multi_depthwise.py, makes them so and upcasts bf16/fp16).
 //
 // Work is split over channels with at::parallel_for: a thread owns channel c of every batch item and every
 // candidate, so it reads each input plane once for all candidates while it is in cache, writes its own
@@ -17,7 +17,7 @@
 // baseline, as for the other kernels): register-blocked ones (csrc/multi_dw_blocked.h) for kernel 3 or 5,
 // dilation 1 or 2, stride 1 or 2, which read a thread's padded / phase-split copy of the plane
 // (csrc/multi_dw_scratch.h), and plain loops for any other size. Reference twin: F.conv2d per candidate
-// (emodarts/ops/dw_reference.py).
+// (emodarts/ops/multi_depthwise.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

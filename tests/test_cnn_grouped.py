@@ -95,7 +95,7 @@ def test_non_contiguous_input():
 
 
 def test_all_primitives_are_known():
-    """The grouping covers every CNN candidate (a new one would need a rule in cnn_grouped.py)."""
+    """The grouping covers every CNN candidate (a new one would need a rule in model/cells/cnn_grouped.py)."""
     from emodarts.model.cells.cnn_grouped import POOLS, _batchable
     from emodarts.model.cnn_ops import FactorizedReduce, make_cnn_op
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FUSED_CODE = (str(ROOT / "emodarts" / "ops") + os.sep, str(ROOT / "kernels") + os.sep,
               os.sep + os.path.join("emodarts", "kernels") + os.sep)
 # the synchronisations the training code makes on purpose (file, function): a scalar it needs on the host
-INTENDED_SYNCS = {("train.py", "weight_step"), ("architect.py", "finite_difference_hvp")}
+INTENDED_SYNCS = {("losses.py", "weight_step"), ("architect.py", "finite_difference_hvp")}
 
 
 @pytest.fixture
@@ -158,12 +158,12 @@ def test_sync_log_attribution():
     log = SyncLog()
     with log.capture():
         _call_in_project(_fake_sync)
-    assert len(log.unexpected()) == 1 and log.unexpected()[0].startswith("fused.py")
+    assert len(log.unexpected()) == 1 and log.unexpected()[0].startswith("mixed_sum.py")
 
 
 def _call_in_project(fn):
     """Calls fn from a frame that claims a file of the fused code (emodarts/ops/mixed_sum.py)."""
-    code = compile("fn()", str(ROOT / "emodarts" / "ops" / "fused.py"), "exec")
+    code = compile("fn()", str(ROOT / "emodarts" / "ops" / "mixed_sum.py"), "exec")
     exec(code, {"fn": fn})
 
 

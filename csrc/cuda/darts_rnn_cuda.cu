@@ -1,10 +1,10 @@
 // The DARTS recurrent cell over a whole sequence, CUDA implementation: the CUDA kernels of
 // emodarts::darts_rnn_forward and emodarts::darts_rnn_backward (schemas, shapes, the saved-state layout,
 // which is the same on both devices, and the CPU twin: csrc/darts_rnn.cpp; the oracle:
-// emodarts/ops/darts_reference.py).
+// emodarts/ops/darts_rnn.py).
 //
 // Built with the other CUDA kernels of the extension (emodarts._C_cuda by setup.py, or JIT-compiled by
-// emodarts/ops/extension_cuda.py ensure_cuda) into a library that only registers CUDA kernels. Like
+// emodarts/ops/compiled/cuda.py ensure_cuda) into a library that only registers CUDA kernels. Like
 // csrc/cuda/grouped_rnn_cuda.cu it includes no ATen/cuda/CUDAContext.h: GEMMs go through ATen (cuBLAS via
 // at::mm_out / addmm_ / bmm_out on views of the saved buffers, no copies), the stream comes from c10.
 //

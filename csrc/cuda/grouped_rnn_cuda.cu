@@ -2,7 +2,7 @@
 // emodarts::grouped_rnn_backward (schemas, layouts and the CPU twin: csrc/grouped_rnn.cpp).
 //
 // Built with the other CUDA kernels into emodarts._C_cuda by setup.py, or JIT-compiled with them by
-// emodarts/ops/extension_cuda.py (ensure_cuda), as a library that only registers CUDA kernels. It
+// emodarts/ops/compiled/cuda.py (ensure_cuda), as a library that only registers CUDA kernels. It
 // includes no ATen/cuda/CUDAContext.h (no cuBLAS headers needed): GEMMs go through ATen (at::mm_out,
 // at::bmm_out on strided views: cuBLAS reads the strides, no copies), the stream comes from c10.
 //

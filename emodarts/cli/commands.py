@@ -1,7 +1,7 @@
 """The `emodarts` command: search, train, evaluate, run (search -> train -> evaluate).
 
-The options and checks the commands share are in cli_options.py, the run folders in cli_runs.py; the corpus
-commands (`features`, `cv`) in cli_corpus.py join the group at the end of this file."""
+The options and checks the commands share are in options.py, the run folders and the shared start in runs.py;
+the corpus commands (`features`, `cv`) in corpus.py join the group at the end of this file."""
 import sys
 import time
 from pathlib import Path

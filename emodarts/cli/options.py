@@ -1,4 +1,4 @@
-"""What the command modules (cli.py, cli_corpus.py) share: the options, declared once in a table that also
+"""What the command modules (commands.py, corpus.py) share: the options, declared once in a table that also
 says which configuration field each one sets (so that `build_config` turns the parsed options into a
 RunConfig without a parameter per option), the checks on what was given, the pre-checks before a run
 folder exists, the thread setup and the one-line error printing.

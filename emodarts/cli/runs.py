@@ -1,6 +1,6 @@
 """The run folder of a command (search, train, run, cv): opened new or resumed, made only once the checks
 passed, and removed again when a new run fails before its first checkpoint (so the same --out can be
-retried). Shared by cli.py and cli_corpus.py."""
+retried). Shared by commands.py and corpus.py."""
 import contextlib
 import shutil
 import time

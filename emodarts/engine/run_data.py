@@ -1,8 +1,8 @@
 """The tensors one run searches, trains and evaluates on, built from a corpus's cached features.
 
 `pipeline.prepare_data` (one split of a corpus) and `cv.prepare_fold_data` (one fold of a protocol) both
-end here, so that a run folder's data is cut the same way whichever command made it; `train.py` only reads
-it."""
+end here, so that a run folder's data is cut the same way whichever command made it; search and training only
+read it."""
 from __future__ import annotations
 
 from dataclasses import dataclass

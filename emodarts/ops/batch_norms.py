@@ -1,9 +1,12 @@
-"""[bn_reference] The reference twin of emodarts.ops.batch_norms.batch_norms_fused: every BatchNorm2d module on its own input,
+"""The search's affine-free batch norms: `batch_norms_reference` (every BatchNorm2d module on its own input, one
+ATen call each) and `batch_norms_fused` (one call for all).
+
+The reference twin of emodarts.ops.batch_norms.batch_norms_fused: every BatchNorm2d module on its own input,
 one ATen call each.
 
-[bn_fused] The search's affine-free batch norms in one call: the `--fused` twin of emodarts.ops.bn_reference.
+The search's affine-free batch norms in one call: the `--fused` twin of batch_norms_reference.
 
-    outs = batch_norms(xs, groups)   # outs[i][j] == groups[i][j](xs[i]) for BatchNorm2d modules
+    outs = batch_norms(xs, groups)   # outs[i]== groups[i][j](xs[i]) for BatchNorm2d modules
 
 A group is every module that normalises the same input (a pool's batch norm on every edge leaving a state:
 during the search they have no parameters, so one normalisation serves them all); most groups hold one
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 # --------------------------------------------------------------------------------------------------
-# from bn_reference
+# the reference twin
 
 def batch_norms_reference(xs: Sequence[Tensor], groups: Sequence[Sequence[nn.Module]]) -> List[List[Tensor]]:
     """For each x, the outputs of its group of batch-norm modules, each module run on x."""
@@ -30,7 +33,7 @@ def batch_norms_reference(xs: Sequence[Tensor], groups: Sequence[Sequence[nn.Mod
 
 
 # --------------------------------------------------------------------------------------------------
-# from bn_fused
+# the fused op
 
 _FAST_DTYPES = (torch.float32, torch.float64)
 

@@ -1,8 +1,11 @@
-"""[darts_reference] The DARTS recurrent cell (docs/method.md, last section) over a whole sequence, in plain PyTorch: the oracle
+"""The DARTS recurrent cell over a whole sequence: `darts_rnn_reference` (plain PyTorch, the oracle) and
+`darts_rnn_fused` (one C++/CUDA op).
+
+The DARTS recurrent cell (docs/method.md, last section) over a whole sequence, in plain PyTorch: the oracle
 of the fused epilogue in the extension.
 
 Per time step t, with h the previous output (h0 before the first step):
-    [c0 | z0] = x_proj[t] + h W0h                      x_proj = x W0x is computed by the caller
+    [c0 | z0] = x_proj+ h W0h                      x_proj = x W0x is computed by the caller
     s0 = h + sigmoid(c0) * (tanh(z0) - h)
     node i = 0 .. S-1 reads every earlier state s_j (j = 0 .. i) through one shared matrix W_i:
     [C_j | Z_j] = s_j W_i,  c_j = sigmoid(C_j)
@@ -10,7 +13,7 @@ Per time step t, with h the previous output (h0 before the first step):
     h_t = mean(s_1 .. s_S)
 f runs over DARTS_ACTIVATIONS; `none` is never computed (its softmax mass only shrinks the other p).
 
-[darts_fused] The DARTS recurrent cell over a whole sequence as one fused op: the twin of
+The DARTS recurrent cell over a whole sequence as one fused op: the twin of
 emodarts.ops.darts_rnn.darts_rnn_reference (same signature, same contract).
 
     hs = darts_rnn_fused(x_proj, h0, w0h, ws, probs)   # (T, B, H)
@@ -37,7 +40,7 @@ import torch
 from torch import Tensor
 
 # --------------------------------------------------------------------------------------------------
-# from darts_reference
+# the reference twin
 
 DARTS_ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
 
@@ -81,7 +84,7 @@ def darts_rnn_reference(x_proj: Tensor, h0: Tensor, w0h: Tensor, ws: Tensor, pro
 
 
 # --------------------------------------------------------------------------------------------------
-# from darts_fused
+# the fused op
 
 OP_FWD = "emodarts::darts_rnn_forward"
 OP_BWD = "emodarts::darts_rnn_backward"

@@ -1,12 +1,15 @@
-"""[grouped_reference] Plain-PyTorch twin of the grouped recurrent layer (emodarts/ops/grouped_recurrent.py): the oracle.
+"""The grouped recurrent layer: `grouped_recurrent_reference` (each candidate module on the shared input) and
+`grouped_recurrent_fused` (all of them in one kernel call; `grouped_recurrent_kernel` at float32/float64).
+
+Plain-PyTorch twin of the grouped recurrent layer (emodarts/ops/grouped_recurrent.py): the oracle.
 
 `grouped_recurrent(x, rnns)` calls each candidate module on the shared input, one at a time, exactly as the
 reference supernet does: cuDNN on a GPU, PyTorch's CPU kernels (oneDNN for float32 LSTMs) on the CPU.
 
-[grouped_recurrent] Grouped recurrent layer: many nn.LSTM / nn.RNN candidates that read one input, run as one kernel call.
+Grouped recurrent layer: many nn.LSTM / nn.RNN candidates that read one input, run as one kernel call.
 
     outs = grouped_recurrent(x, [lstm_1.rnn, rnn_2.rnn, lstm_att_1.rnn, ...])
-    # outs[i] equals rnns[i](x)[0]: (B, T, D) for batch_first modules, D = H or 2H (bidirectional)
+    # outsequals rnns[i](x)[0]: (B, T, D) for batch_first modules, D = H or 2H (bidirectional)
 
 The fused twin of emodarts.ops.grouped_recurrent_reference. The weights stay in the modules' own
 parameters (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ..., *_reverse): gradients flow back to
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # --------------------------------------------------------------------------------------------------
-# from grouped_reference
+# the reference twin
 
 def grouped_recurrent_reference(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
     """[rnn(x)[0] for rnn in rnns]: each candidate's output sequence ((B, T, D) when batch_first)."""
@@ -50,14 +53,14 @@ def grouped_recurrent_reference(x: Tensor, rnns: Sequence[nn.Module]) -> List[Te
 
 
 # --------------------------------------------------------------------------------------------------
-# from grouped_recurrent
+# the fused op
 
 OP_FWD = "emodarts::grouped_rnn_forward"
 OP_BWD = "emodarts::grouped_rnn_backward"
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 # --------------------------------------------------------------------------------------------------
-# the operators (loaded, and built when needed, by emodarts/ops/compiled/cpp.py and extension_cuda.py)
+# the operators (loaded, and built when needed, by emodarts/ops/compiled/cpp.py and cuda.py)
 
 
 def ops():

@@ -1,9 +1,13 @@
-"""[dw_reference] Depthwise convolutions of several candidates, one ATen call each: the reference twin of
+"""The multi-depthwise op: the depthwise convolutions of every convolution candidate leaving one state of a CNN
+cell. Its home: `multi_depthwise_reference` (one ATen call per candidate), the C++ binding and
+`multi_depthwise_fused` (C++ on the CPU), and `multi_depthwise_triton` (Triton on CUDA).
+
+Depthwise convolutions of several candidates, one ATen call each: the reference twin of
 emodarts.ops.multi_depthwise.multi_depthwise_fused.
 
-[dw_fused] Multi-depthwise convolution: the depthwise convolutions of every convolution candidate leaving one state
+Multi-depthwise convolution: the depthwise convolutions of every convolution candidate leaving one state
 of a CNN cell in one call (C++ on the CPU: csrc/multi_depthwise.cpp; Triton on CUDA:
-kernels/multi_depthwise.py through emodarts/ops/multi_depthwise.py), the `--fused` twin of
+kernels/multi_depthwise.py ), the `--fused` twin of
 emodarts.ops.multi_depthwise_reference.
 
 The op reads the state's (shared) input once per channel for all candidates, or takes one input per
@@ -13,12 +17,12 @@ kernels run in the inputs' dtype (the autocast dtype under autocast, as cuDNN wo
 accumulation; EMODARTS_DW_CUDNN=1 runs the reference's cuDNN calls instead (to tell a kernel fault from
 anything else on a GPU).
 
-[dw_triton] Multi-depthwise convolution in Triton (kernels/multi_depthwise.py): the CUDA twin of
+Multi-depthwise convolution in Triton (kernels/multi_depthwise.py): the CUDA twin of
 emodarts.ops.multi_depthwise_reference, with its signature and semantics.
 
-`multi_depthwise_triton(xs, weights, dilations, stride)` is the entry point (dw_fused calls it for CUDA
-tensors). xs is one input shared by every candidate or one input per candidate, (B, C, H, W); weights[i] is
-(C, 1, k, k) with k in {3, 5}; dilations[i] in {1, 2}; padding dilation * (k - 1) // 2; one stride (1 or 2).
+`multi_depthwise_triton(xs, weights, dilations, stride)` is the entry point (multi_depthwise_fused calls it for CUDA
+tensors). xs is one input shared by every candidate or one input per candidate, (B, C, H, W); weightsis
+(C, 1, k, k) with k in {3, 5}; dilationsin {1, 2}; padding dilation * (k - 1) // 2; one stride (1 or 2).
 
 One launch per direction for up to 8 candidates (more run in chunks of 8): forward, input gradient(s) and
 weight gradients (two launches in backward, each skipped when its gradients are not needed). float32, bf16 and
@@ -43,7 +47,7 @@ from torch import Tensor
 from emodarts.runtime.errors import BackendError
 
 # --------------------------------------------------------------------------------------------------
-# from dw_reference
+# the reference twin
 
 def multi_depthwise_reference(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
                     stride: int) -> List[Tensor]:
@@ -55,7 +59,7 @@ def multi_depthwise_reference(xs: Sequence[Tensor], weights: Sequence[Tensor], d
 
 
 # --------------------------------------------------------------------------------------------------
-# from dw_fused
+# the C++ op (CPU) and the fused dispatch
 
 def ops():
     """torch.ops.emodarts with the multi-depthwise ops loaded (JIT-building the extension if needed)."""
@@ -119,7 +123,7 @@ def _multi_depthwise_cuda(xs: Sequence[Tensor], weights: Sequence[Tensor], dilat
 
 
 # --------------------------------------------------------------------------------------------------
-# from dw_triton
+# the Triton op (CUDA)
 
 def kernels_module():
     """emodarts.kernels.multi_depthwise (Triton)."""
@@ -164,7 +168,7 @@ def _check(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[
         raise ValueError(f"multi_depthwise (Triton): unsupported dtype {x0.dtype} (fp32, bf16, fp16, fp64)")
     if x0.device.type == "cpu" and not km.INTERPRET:
         raise BackendError("the Triton multi-depthwise kernels got CPU tensors but the Triton interpreter is off: "
-                           "set TRITON_INTERPRET=1 before the kernels are imported, or use dw_fused on the CPU")
+                           "set TRITON_INTERPRET=1 before the kernels are imported, or use multi_depthwise_fused on the CPU")
     if x0.device.type not in ("cpu", "cuda"):
         raise BackendError(f"the Triton multi-depthwise kernels do not run on {x0.device.type} tensors")
 

@@ -1,7 +1,10 @@
-"""[grids_reference] The reference twin of emodarts.ops.offset_grids.offset_grids_fused: the two grids FactorizedReduce's stride-2 1x1
+"""The factorized reduce's two sampling grids: `offset_grids_reference` (ATen views) and `offset_grids_fused`
+(one pass).
+
+The reference twin of emodarts.ops.offset_grids.offset_grids_fused: the two grids FactorizedReduce's stride-2 1x1
 convolutions read, as ATen views.
 
-[grids_fused] The factorized reduce's two sampling grids in one pass (csrc/offset_grids.cpp): the `--fused` twin of
+The factorized reduce's two sampling grids in one pass (csrc/offset_grids.cpp): the `--fused` twin of
 emodarts.ops.offset_grids_reference. Its backward writes grad_x once, where ATen's slices fill and
 scatter into two full-size zero tensors. CPU tensors only; elsewhere the reference's views.
 """
@@ -12,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # --------------------------------------------------------------------------------------------------
-# from grids_reference
+# the reference twin
 
 def offset_grids_reference(x: Tensor) -> Tuple[Tensor, Tensor]:
     """(even rows and columns of x, odd rows and columns of x zero-padded to even sizes): both
@@ -22,7 +25,7 @@ def offset_grids_reference(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------
-# from grids_fused
+# the fused op
 
 def ops():
     """torch.ops.emodarts with the offset-grid ops loaded (JIT-building the extension if needed)."""

@@ -1,8 +1,11 @@
-"""[pw_reference] The reference twin of emodarts.ops.pointwise.pointwise_convs_fused: each bias-free 1x1 convolution as one
+"""Bias-free 1x1 convolutions: `pointwise_convs_reference` (one ATen convolution each) and
+`pointwise_convs_fused` (several in one call).
+
+The reference twin of emodarts.ops.pointwise.pointwise_convs_fused: each bias-free 1x1 convolution as one
 ATen convolution.
 
-[pw_fused] Several bias-free 1x1 convolutions in one call (the pointwise halves of a CNN search state's candidates,
-the factorized reduce, the cell preprocessing): the `--fused` twin of emodarts.ops.pw_reference.
+Several bias-free 1x1 convolutions in one call (the pointwise halves of a CNN search state's candidates,
+the factorized reduce, the cell preprocessing): the `--fused` twin of pointwise_convs_reference.
 
 CPU float32/float64 run the C++ ops of csrc/pointwise.cpp: each (input, batch item) is one small GEMM on
 the tensors' own memory, where ATen's convolution or einsum would copy and permute. Elsewhere each one is a
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # --------------------------------------------------------------------------------------------------
-# from pw_reference
+# the reference twin
 
 def pointwise_convs_reference(xs: Sequence[Tensor], weights: Sequence[Tensor]) -> List[Tensor]:
     """ys[i] = conv2d(xs[i], weights[i]) for (O, C, 1, 1) weights: x (B, C, H, W) -> (B, O, H, W)."""
@@ -23,7 +26,7 @@ def pointwise_convs_reference(xs: Sequence[Tensor], weights: Sequence[Tensor]) -
 
 
 # --------------------------------------------------------------------------------------------------
-# from pw_fused
+# the fused op
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 

@@ -1,7 +1,10 @@
-"""[pool_reference] The two 3x3 pools of the CNN search space on one input, in plain PyTorch: the reference twin of
+"""The two 3x3 pools of the CNN search space: `pool3x3_pair_reference` (two ATen calls) and `pool3x3_pair_fused`
+(one read of the input).
+
+The two 3x3 pools of the CNN search space on one input, in plain PyTorch: the reference twin of
 emodarts.ops.pools.pool3x3_pair_fused.
 
-[pool_fused] The two 3x3 pools of the CNN search space from one read of the input: the `--fused` twin of
+The two 3x3 pools of the CNN search space from one read of the input: the `--fused` twin of
 emodarts.ops.pool3x3_pair_reference.
 
     max_out, avg_out = pool3x3_pair(x, stride)
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # --------------------------------------------------------------------------------------------------
-# from pool_reference
+# the reference twin
 
 def pool3x3_pair_reference(x: Tensor, stride: int) -> Tuple[Tensor, Tensor]:
     """(max pool, average pool) with a 3x3 window, padding 1 and `stride`; the average counts only the
@@ -41,7 +44,7 @@ def pool3x3_pair_reference(x: Tensor, stride: int) -> Tuple[Tensor, Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------
-# from pool_fused
+# the fused op
 
 OP_FWD = "emodarts::pool3x3_fwd"
 OP_BWD = "emodarts::pool3x3_bwd"

@@ -7,7 +7,7 @@ The CUDA sources only register CUDA kernels (TORCH_LIBRARY_IMPL) for operators t
 are built into one library, and the ops modules ask for theirs with `ensure_cuda(op)`:
 
     ops()                     # the module's operators, defined by the C++ library
-    extension_cuda.ensure_cuda("emodarts::grouped_rnn_forward", "csrc/cuda/grouped_rnn_cuda.cu")
+    cuda.ensure_cuda("emodarts::grouped_rnn_forward", "csrc/cuda/grouped_rnn_cuda.cu")
 
 The JIT build needs nvcc (found by emodarts/ops/compiled/toolchain.py, as setup.py finds it) and a CUDA build of
 torch; it is loaded into the process too, which works without a GPU. It is cached, like the C++ library's,

@@ -1,4 +1,4 @@
-"""Build-toolchain facts shared by setup.py and the just-in-time loaders (extension.py, extension_cuda.py).
+"""Build-toolchain facts shared by setup.py and the just-in-time loaders (compiled/cpp.py, compiled/cuda.py).
 
 Standard library only, and importing nothing from emodarts: setup.py loads this file by its path at build
 time (importing the package there would import torch-heavy code, or fail in an isolated build), so the
