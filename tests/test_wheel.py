@@ -3,6 +3,7 @@ nothing of the checkout on sys.path: every module imports, the Triton kernel sou
 extension JIT-builds from the sources the wheel ships (emodarts/ops/compiled/sources.py)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -56,9 +57,13 @@ def installed(tmp_path_factory) -> Path:
     """The checkout built into a wheel (no build isolation, no ahead-of-time extension) and installed, without
     dependencies, into an empty folder."""
     wheels, target = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("site")
+    # from a copy of the sources, so that no build/ folder of an earlier build (setuptools reuses it) leaks in
+    source = tmp_path_factory.mktemp("source") / "emodarts"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "*.so",
+                                                                "runs", "results", ".pytest_cache"))
     env = {**os.environ, "EMODARTS_NO_EXT": "1"}
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                            str(ROOT)], capture_output=True, text=True, env=env, cwd=wheels)
+                            str(source)], capture_output=True, text=True, env=env, cwd=wheels)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     (wheel,) = wheels.glob("emodarts-*.whl")
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
