@@ -1,15 +1,15 @@
 """Triton multi-depthwise kernels: the depthwise convolutions of up to MAX_SLOTS candidates in one launch per
 direction (forward, input gradient, weight gradient).
 
-Contract (the same as emodarts.ops.multi_depthwise.multi_depthwise_reference): candidate i convolves xs[i] (or one shared
-x) of shape (B, C, H, W) with weights[i] (C, 1, k, k), k in {3, 5}, dilation d in {1, 2}, padding
+Contract (the same as emodarts.ops.multi_depthwise.multi_depthwise_reference): candidate i convolves xs[i] (or
+one shared x) of shape (B, C, H, W) with weights[i] (C, 1, k, k), k in {3, 5}, dilation d in {1, 2}, padding
 d * (k - 1) // 2 and one stride s in {1, 2} for all, giving (B, C, ceil(H / s), ceil(W / s)).
 
 Launch structure: a program per (batch * channel plane, pixel tile) on axis 0 and per candidate slot on
-axis 1. Each slot has its own pointers, strides (scalar arguments: nothing is built on the host and copied to
-the device, so a call never synchronises and can be captured in a CUDA graph) and its kernel size and
-dilation as tl.constexpr; the program branches on its slot. Taps are unrolled with tl.static_range over
-constexpr bounds (runtime loop bounds break the triton 3.6 interpreter) and there is no autotuning, so the
+axis 1. Each slot has its own pointers, strides (tuples of scalar arguments: nothing is built on the host and
+copied to the device, so a call never synchronises and can be captured in a CUDA graph) and its kernel size and
+dilation (tuples of tl.constexpr); the program branches on its slot, whose body is written once. Taps are
+unrolled with tl.static_range over constexpr bounds (runtime loop bounds break the triton 3.6 interpreter) and there is no autotuning, so the
 same code runs on CUDA and under TRITON_INTERPRET=1 on the CPU (set before this module is imported).
 
 - forward: each program writes one tile of one candidate's output (fp32 accumulation, fp64 for fp64 inputs).
@@ -137,62 +137,23 @@ def _offs(BLOCK: tl.constexpr, IDX64: tl.constexpr):
 
 
 # --------------------------------------------------------------------------------------------------
-# kernels (8 slots unrolled; unused slots get slot 0's pointers and are never branched to)
+# kernels: one slot written once, the candidates' tensors, strides and kernel sizes passed as tuples (triton 3.6
+# and 3.8 take tuples of pointers, of scalars and of constexprs as kernel arguments, under the interpreter and
+# compiled for sm_90: tests/test_triton_compile.py); tl.static_range(NUM) unrolls the slots at compile time
 
-_XS = [f"sx{k}_{d}" for k in range(MAX_SLOTS) for d in "bchw"]
-_GS = [f"sg{k}_{d}" for k in range(MAX_SLOTS) for d in "bchw"]
 
-
-@triton.jit(do_not_specialize=_XS + ["C", "H", "W", "Ho", "Wo", "N"])
-def _multi_dw_fwd_kernel(
-    x0, x1, x2, x3, x4, x5, x6, x7,
-    w0, w1, w2, w3, w4, w5, w6, w7,
-    o0, o1, o2, o3, o4, o5, o6, o7,
-    sx0_b, sx0_c, sx0_h, sx0_w, sx1_b, sx1_c, sx1_h, sx1_w,
-    sx2_b, sx2_c, sx2_h, sx2_w, sx3_b, sx3_c, sx3_h, sx3_w,
-    sx4_b, sx4_c, sx4_h, sx4_w, sx5_b, sx5_c, sx5_h, sx5_w,
-    sx6_b, sx6_c, sx6_h, sx6_w, sx7_b, sx7_c, sx7_h, sx7_w,
-    C, H, W, Ho, Wo, N,
-    NUM: tl.constexpr, STRIDE: tl.constexpr,
-    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
-    K4: tl.constexpr, K5: tl.constexpr, K6: tl.constexpr, K7: tl.constexpr,
-    D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr,
-    D4: tl.constexpr, D5: tl.constexpr, D6: tl.constexpr, D7: tl.constexpr,
-    F64: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
-):
+@triton.jit(do_not_specialize=["sxs", "C", "H", "W", "Ho", "Wo", "N"])
+def _multi_dw_fwd_kernel(xs, ws, outs, sxs, C, H, W, Ho, Wo, N, NUM: tl.constexpr, STRIDE: tl.constexpr,
+                         KS: tl.constexpr, DS: tl.constexpr, F64: tl.constexpr, IDX64: tl.constexpr,
+                         BLOCK: tl.constexpr):
     """Tiles of the flat (B, C, Ho, Wo) output; axis 1: the candidate slot."""
     offs = _offs(BLOCK, IDX64)
     slot = tl.program_id(1)
-    if slot == 0:
-        _fwd_slot(x0, w0, o0, sx0_b, sx0_c, sx0_h, sx0_w, C, H, W, Ho, Wo, N, offs, STRIDE, K0, D0, F64, BLOCK)
-    if NUM > 1:
-        if slot == 1:
-            _fwd_slot(x1, w1, o1, sx1_b, sx1_c, sx1_h, sx1_w, C, H, W, Ho, Wo, N, offs, STRIDE, K1, D1, F64,
-                      BLOCK)
-    if NUM > 2:
-        if slot == 2:
-            _fwd_slot(x2, w2, o2, sx2_b, sx2_c, sx2_h, sx2_w, C, H, W, Ho, Wo, N, offs, STRIDE, K2, D2, F64,
-                      BLOCK)
-    if NUM > 3:
-        if slot == 3:
-            _fwd_slot(x3, w3, o3, sx3_b, sx3_c, sx3_h, sx3_w, C, H, W, Ho, Wo, N, offs, STRIDE, K3, D3, F64,
-                      BLOCK)
-    if NUM > 4:
-        if slot == 4:
-            _fwd_slot(x4, w4, o4, sx4_b, sx4_c, sx4_h, sx4_w, C, H, W, Ho, Wo, N, offs, STRIDE, K4, D4, F64,
-                      BLOCK)
-    if NUM > 5:
-        if slot == 5:
-            _fwd_slot(x5, w5, o5, sx5_b, sx5_c, sx5_h, sx5_w, C, H, W, Ho, Wo, N, offs, STRIDE, K5, D5, F64,
-                      BLOCK)
-    if NUM > 6:
-        if slot == 6:
-            _fwd_slot(x6, w6, o6, sx6_b, sx6_c, sx6_h, sx6_w, C, H, W, Ho, Wo, N, offs, STRIDE, K6, D6, F64,
-                      BLOCK)
-    if NUM > 7:
-        if slot == 7:
-            _fwd_slot(x7, w7, o7, sx7_b, sx7_c, sx7_h, sx7_w, C, H, W, Ho, Wo, N, offs, STRIDE, K7, D7, F64,
-                      BLOCK)
+    for s in tl.static_range(NUM):
+        if slot == s:
+            sx = sxs[s]
+            _fwd_slot(xs[s], ws[s], outs[s], sx[0], sx[1], sx[2], sx[3], C, H, W, Ho, Wo, N, offs, STRIDE, KS[s],
+                      DS[s], F64, BLOCK)
 
 
 @triton.jit
@@ -203,26 +164,12 @@ def _gx_store(gx_ptr, acc, offs, mask, READ_ACC: tl.constexpr):
     tl.store(ptr, acc.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=_GS + ["C", "H", "W", "Ho", "Wo", "N"])
-def _multi_dw_bwd_x_kernel(
-    g0, g1, g2, g3, g4, g5, g6, g7,
-    w0, w1, w2, w3, w4, w5, w6, w7,
-    gx0, gx1, gx2, gx3, gx4, gx5, gx6, gx7,
-    sg0_b, sg0_c, sg0_h, sg0_w, sg1_b, sg1_c, sg1_h, sg1_w,
-    sg2_b, sg2_c, sg2_h, sg2_w, sg3_b, sg3_c, sg3_h, sg3_w,
-    sg4_b, sg4_c, sg4_h, sg4_w, sg5_b, sg5_c, sg5_h, sg5_w,
-    sg6_b, sg6_c, sg6_h, sg6_w, sg7_b, sg7_c, sg7_h, sg7_w,
-    C, H, W, Ho, Wo, N,
-    NUM: tl.constexpr, STRIDE: tl.constexpr,
-    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
-    K4: tl.constexpr, K5: tl.constexpr, K6: tl.constexpr, K7: tl.constexpr,
-    D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr,
-    D4: tl.constexpr, D5: tl.constexpr, D6: tl.constexpr, D7: tl.constexpr,
-    SHARED: tl.constexpr, READ_ACC: tl.constexpr,
-    F64: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """Tiles of the flat (B, C, H, W) input gradient. SHARED: one program sums all slots into gx0 (READ_ACC
-    adds gx0's previous contents: the running sum of an earlier chunk). Otherwise slot k writes gx_k."""
+@triton.jit(do_not_specialize=["sgs", "C", "H", "W", "Ho", "Wo", "N"])
+def _multi_dw_bwd_x_kernel(gs, ws, gxs, sgs, C, H, W, Ho, Wo, N, NUM: tl.constexpr, STRIDE: tl.constexpr,
+                           KS: tl.constexpr, DS: tl.constexpr, SHARED: tl.constexpr, READ_ACC: tl.constexpr,
+                           F64: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """Tiles of the flat (B, C, H, W) input gradient. SHARED: one program sums all slots into gxs[0] (READ_ACC
+    adds its previous contents: the running sum of an earlier chunk). Otherwise slot k writes gxs[k]."""
     offs = _offs(BLOCK, IDX64)
     mask = offs < N
     iw = offs % W
@@ -233,96 +180,28 @@ def _multi_dw_bwd_x_kernel(
     b = q // C
     zero = _acc_t(tl.zeros([BLOCK], dtype=tl.float32), F64)
     if SHARED:
-        acc = _gx_slot(zero, g0, w0, sg0_b, sg0_c, sg0_h, sg0_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K0, D0, F64)
-        if NUM > 1:
-            acc = _gx_slot(acc, g1, w1, sg1_b, sg1_c, sg1_h, sg1_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K1, D1,
-                           F64)
-        if NUM > 2:
-            acc = _gx_slot(acc, g2, w2, sg2_b, sg2_c, sg2_h, sg2_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K2, D2,
-                           F64)
-        if NUM > 3:
-            acc = _gx_slot(acc, g3, w3, sg3_b, sg3_c, sg3_h, sg3_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K3, D3,
-                           F64)
-        if NUM > 4:
-            acc = _gx_slot(acc, g4, w4, sg4_b, sg4_c, sg4_h, sg4_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K4, D4,
-                           F64)
-        if NUM > 5:
-            acc = _gx_slot(acc, g5, w5, sg5_b, sg5_c, sg5_h, sg5_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K5, D5,
-                           F64)
-        if NUM > 6:
-            acc = _gx_slot(acc, g6, w6, sg6_b, sg6_c, sg6_h, sg6_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K6, D6,
-                           F64)
-        if NUM > 7:
-            acc = _gx_slot(acc, g7, w7, sg7_b, sg7_c, sg7_h, sg7_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K7, D7,
-                           F64)
-        _gx_store(gx0, acc, offs, mask, READ_ACC)
+        acc = zero
+        for s in tl.static_range(NUM):
+            sg = sgs[s]
+            acc = _gx_slot(acc, gs[s], ws[s], sg[0], sg[1], sg[2], sg[3], b, ch, Ho, Wo, ih, iw, mask, STRIDE, KS[s],
+                           DS[s], F64)
+        _gx_store(gxs[0], acc, offs, mask, READ_ACC)
     else:
         slot = tl.program_id(1)
-        if slot == 0:
-            acc = _gx_slot(zero, g0, w0, sg0_b, sg0_c, sg0_h, sg0_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K0, D0,
-                           F64)
-            _gx_store(gx0, acc, offs, mask, False)
-        if NUM > 1:
-            if slot == 1:
-                acc = _gx_slot(zero, g1, w1, sg1_b, sg1_c, sg1_h, sg1_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K1,
-                               D1, F64)
-                _gx_store(gx1, acc, offs, mask, False)
-        if NUM > 2:
-            if slot == 2:
-                acc = _gx_slot(zero, g2, w2, sg2_b, sg2_c, sg2_h, sg2_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K2,
-                               D2, F64)
-                _gx_store(gx2, acc, offs, mask, False)
-        if NUM > 3:
-            if slot == 3:
-                acc = _gx_slot(zero, g3, w3, sg3_b, sg3_c, sg3_h, sg3_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K3,
-                               D3, F64)
-                _gx_store(gx3, acc, offs, mask, False)
-        if NUM > 4:
-            if slot == 4:
-                acc = _gx_slot(zero, g4, w4, sg4_b, sg4_c, sg4_h, sg4_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K4,
-                               D4, F64)
-                _gx_store(gx4, acc, offs, mask, False)
-        if NUM > 5:
-            if slot == 5:
-                acc = _gx_slot(zero, g5, w5, sg5_b, sg5_c, sg5_h, sg5_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K5,
-                               D5, F64)
-                _gx_store(gx5, acc, offs, mask, False)
-        if NUM > 6:
-            if slot == 6:
-                acc = _gx_slot(zero, g6, w6, sg6_b, sg6_c, sg6_h, sg6_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K6,
-                               D6, F64)
-                _gx_store(gx6, acc, offs, mask, False)
-        if NUM > 7:
-            if slot == 7:
-                acc = _gx_slot(zero, g7, w7, sg7_b, sg7_c, sg7_h, sg7_w, b, ch, Ho, Wo, ih, iw, mask, STRIDE, K7,
-                               D7, F64)
-                _gx_store(gx7, acc, offs, mask, False)
+        for s in tl.static_range(NUM):
+            if slot == s:
+                sg = sgs[s]
+                acc = _gx_slot(zero, gs[s], ws[s], sg[0], sg[1], sg[2], sg[3], b, ch, Ho, Wo, ih, iw, mask, STRIDE,
+                               KS[s], DS[s], F64)
+                _gx_store(gxs[s], acc, offs, mask, False)
 
 
-@triton.jit(do_not_specialize=_XS + _GS + ["H", "W", "Ho", "Wo", "N", "NTILES"]
-            + [f"p{k}" for k in range(MAX_SLOTS)])
-def _multi_dw_bwd_w_kernel(
-    x0, x1, x2, x3, x4, x5, x6, x7,
-    g0, g1, g2, g3, g4, g5, g6, g7,
-    part_ptr, p0, p1, p2, p3, p4, p5, p6, p7,
-    sx0_b, sx0_c, sx0_h, sx0_w, sx1_b, sx1_c, sx1_h, sx1_w,
-    sx2_b, sx2_c, sx2_h, sx2_w, sx3_b, sx3_c, sx3_h, sx3_w,
-    sx4_b, sx4_c, sx4_h, sx4_w, sx5_b, sx5_c, sx5_h, sx5_w,
-    sx6_b, sx6_c, sx6_h, sx6_w, sx7_b, sx7_c, sx7_h, sx7_w,
-    sg0_b, sg0_c, sg0_h, sg0_w, sg1_b, sg1_c, sg1_h, sg1_w,
-    sg2_b, sg2_c, sg2_h, sg2_w, sg3_b, sg3_c, sg3_h, sg3_w,
-    sg4_b, sg4_c, sg4_h, sg4_w, sg5_b, sg5_c, sg5_h, sg5_w,
-    sg6_b, sg6_c, sg6_h, sg6_w, sg7_b, sg7_c, sg7_h, sg7_w,
-    H, W, Ho, Wo, N, NTILES,
-    NUM: tl.constexpr, STRIDE: tl.constexpr,
-    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
-    K4: tl.constexpr, K5: tl.constexpr, K6: tl.constexpr, K7: tl.constexpr,
-    D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr,
-    D4: tl.constexpr, D5: tl.constexpr, D6: tl.constexpr, D7: tl.constexpr,
-    F64: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
-):
+@triton.jit(do_not_specialize=["sxs", "sgs", "H", "W", "Ho", "Wo", "N", "NTILES", "ps"])
+def _multi_dw_bwd_w_kernel(xs, gs, part_ptr, ps, sxs, sgs, H, W, Ho, Wo, N, NTILES, NUM: tl.constexpr,
+                           STRIDE: tl.constexpr, KS: tl.constexpr, DS: tl.constexpr, F64: tl.constexpr,
+                           IDX64: tl.constexpr, BLOCK: tl.constexpr):
     """Axis 0: (channel, tile of the flat (B, Ho, Wo) positions of that channel); slot k writes its k*k
-    partial sums at part_ptr + p_k, row channel * NTILES + tile."""
+    partial sums at part_ptr + ps[k], row channel * NTILES + tile."""
     row = tl.program_id(0)
     ch = row // NTILES
     t = row % NTILES
@@ -331,37 +210,12 @@ def _multi_dw_bwd_w_kernel(
         t = t.to(tl.int64)
     offs = t * BLOCK + tl.arange(0, BLOCK)
     slot = tl.program_id(1)
-    if slot == 0:
-        _gw_slot(x0, g0, part_ptr + p0, sx0_b, sx0_c, sx0_h, sx0_w, sg0_b, sg0_c, sg0_h, sg0_w, ch, H, W, Ho,
-                 Wo, N, offs, row, STRIDE, K0, D0, F64)
-    if NUM > 1:
-        if slot == 1:
-            _gw_slot(x1, g1, part_ptr + p1, sx1_b, sx1_c, sx1_h, sx1_w, sg1_b, sg1_c, sg1_h, sg1_w, ch, H, W, Ho,
-                     Wo, N, offs, row, STRIDE, K1, D1, F64)
-    if NUM > 2:
-        if slot == 2:
-            _gw_slot(x2, g2, part_ptr + p2, sx2_b, sx2_c, sx2_h, sx2_w, sg2_b, sg2_c, sg2_h, sg2_w, ch, H, W, Ho,
-                     Wo, N, offs, row, STRIDE, K2, D2, F64)
-    if NUM > 3:
-        if slot == 3:
-            _gw_slot(x3, g3, part_ptr + p3, sx3_b, sx3_c, sx3_h, sx3_w, sg3_b, sg3_c, sg3_h, sg3_w, ch, H, W, Ho,
-                     Wo, N, offs, row, STRIDE, K3, D3, F64)
-    if NUM > 4:
-        if slot == 4:
-            _gw_slot(x4, g4, part_ptr + p4, sx4_b, sx4_c, sx4_h, sx4_w, sg4_b, sg4_c, sg4_h, sg4_w, ch, H, W, Ho,
-                     Wo, N, offs, row, STRIDE, K4, D4, F64)
-    if NUM > 5:
-        if slot == 5:
-            _gw_slot(x5, g5, part_ptr + p5, sx5_b, sx5_c, sx5_h, sx5_w, sg5_b, sg5_c, sg5_h, sg5_w, ch, H, W, Ho,
-                     Wo, N, offs, row, STRIDE, K5, D5, F64)
-    if NUM > 6:
-        if slot == 6:
-            _gw_slot(x6, g6, part_ptr + p6, sx6_b, sx6_c, sx6_h, sx6_w, sg6_b, sg6_c, sg6_h, sg6_w, ch, H, W, Ho,
-                     Wo, N, offs, row, STRIDE, K6, D6, F64)
-    if NUM > 7:
-        if slot == 7:
-            _gw_slot(x7, g7, part_ptr + p7, sx7_b, sx7_c, sx7_h, sx7_w, sg7_b, sg7_c, sg7_h, sg7_w, ch, H, W, Ho,
-                     Wo, N, offs, row, STRIDE, K7, D7, F64)
+    for s in tl.static_range(NUM):
+        if slot == s:
+            sx = sxs[s]
+            sg = sgs[s]
+            _gw_slot(xs[s], gs[s], part_ptr + ps[s], sx[0], sx[1], sx[2], sx[3], sg[0], sg[1], sg[2], sg[3], ch,
+                     H, W, Ho, Wo, N, offs, row, STRIDE, KS[s], DS[s], F64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,23 +234,13 @@ def _chunks(n: int) -> List[List[int]]:
     return [list(range(s, min(s + MAX_SLOTS, n))) for s in range(0, n, MAX_SLOTS)]
 
 
-def _pad(items: Sequence, fill) -> List:
-    return list(items) + [fill] * (MAX_SLOTS - len(items))
+def _pick(items: Sequence, idx: List[int]) -> tuple:
+    """The chunk's items, a tuple (one kernel argument)."""
+    return tuple(items[i] for i in idx)
 
 
-def _strides(ts: Sequence[Tensor], idx: List[int]) -> List[int]:
-    out: List[int] = []
-    for slot in range(MAX_SLOTS):
-        out += list(ts[idx[slot]].stride()) if slot < len(idx) else [0, 0, 0, 0]
-    return out
-
-
-def _kd(ks: Sequence[int], ds: Sequence[int], idx: List[int]) -> dict:
-    meta = {}
-    for slot in range(MAX_SLOTS):
-        meta[f"K{slot}"] = ks[idx[slot]] if slot < len(idx) else 1
-        meta[f"D{slot}"] = ds[idx[slot]] if slot < len(idx) else 1
-    return meta
+def _strides(ts: Sequence[Tensor], idx: List[int]) -> tuple:
+    return tuple(tuple(ts[i].stride()) for i in idx)
 
 
 def _reach(t: Tensor) -> int:
@@ -429,13 +273,9 @@ def forward(xs: Sequence[Tensor], ws: Sequence[Tensor], ks: Sequence[int], ds: S
     idx64 = _idx64(list(xs) + outs, block)
     for idx in _chunks(n):
         _multi_dw_fwd_kernel[(triton.cdiv(total, block), len(idx))](
-            *_pad([xsel[i] for i in idx], xsel[idx[0]]),
-            *_pad([ws[i] for i in idx], ws[idx[0]]),
-            *_pad([outs[i] for i in idx], outs[idx[0]]),
-            *_strides(xsel, idx),
-            c, h, w, ho, wo, total,
-            NUM=len(idx), STRIDE=stride, **_kd(ks, ds, idx),
-            F64=f64, IDX64=idx64, BLOCK=block, num_warps=warps,
+            _pick(xsel, idx), _pick(ws, idx), _pick(outs, idx), _strides(xsel, idx), c, h, w, ho, wo, total,
+            NUM=len(idx), STRIDE=stride, KS=_pick(ks, idx), DS=_pick(ds, idx), F64=f64, IDX64=idx64, BLOCK=block,
+            num_warps=warps,
         )
     return outs
 
@@ -465,14 +305,9 @@ def backward_input(grads: Sequence[Tensor], ws: Sequence[Tensor], ks: Sequence[i
     gsel = gxs if not shared else [gxs[0]] * n
     for ci, idx in enumerate(chunks):
         _multi_dw_bwd_x_kernel[(triton.cdiv(total, block), 1 if shared else len(idx))](
-            *_pad([grads[i] for i in idx], grads[idx[0]]),
-            *_pad([ws[i] for i in idx], ws[idx[0]]),
-            *_pad([gsel[i] for i in idx], gsel[idx[0]]),
-            *_strides(grads, idx),
-            c, h, w, ho, wo, total,
-            NUM=len(idx), STRIDE=stride, **_kd(ks, ds, idx),
-            SHARED=shared, READ_ACC=shared and ci > 0,
-            F64=f64, IDX64=idx64, BLOCK=block, num_warps=warps,
+            _pick(grads, idx), _pick(ws, idx), _pick(gsel, idx), _strides(grads, idx), c, h, w, ho, wo, total,
+            NUM=len(idx), STRIDE=stride, KS=_pick(ks, idx), DS=_pick(ds, idx), SHARED=shared,
+            READ_ACC=shared and ci > 0, F64=f64, IDX64=idx64, BLOCK=block, num_warps=warps,
         )
     if shared and gxs[0].dtype != x_dtypes[0]:
         gxs = [gxs[0].to(x_dtypes[0])]
@@ -506,14 +341,10 @@ def backward_weight(grads: Sequence[Tensor], xs: Sequence[Tensor], ks: Sequence[
     idx64 = _idx64(list(xs) + list(grads), block) or offsets[-1] >= IDX64_LIMIT
     for idx in _chunks(n):
         _multi_dw_bwd_w_kernel[(rows, len(idx))](
-            *_pad([xsel[i] for i in idx], xsel[idx[0]]),
-            *_pad([grads[i] for i in idx], grads[idx[0]]),
-            part, *_pad([offsets[i] for i in idx], offsets[idx[0]]),
-            *_strides(xsel, idx),
-            *_strides(grads, idx),
-            h, w, ho, wo, per_channel, ntiles,
-            NUM=len(idx), STRIDE=stride, **_kd(ks, ds, idx),
-            F64=f64, IDX64=idx64, BLOCK=block, num_warps=warps,
+            _pick(xsel, idx), _pick(grads, idx), part, _pick(offsets, idx), _strides(xsel, idx),
+            _strides(grads, idx), h, w, ho, wo, per_channel, ntiles,
+            NUM=len(idx), STRIDE=stride, KS=_pick(ks, idx), DS=_pick(ds, idx), F64=f64, IDX64=idx64, BLOCK=block,
+            num_warps=warps,
         )
     out = []
     for i, (k, dt) in enumerate(zip(ks, w_dtypes)):
