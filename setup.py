@@ -134,7 +134,7 @@ if __name__ == "__main__":  # pip's build backend runs this file as __main__; te
             "matplotlib",
         ]
         + (["triton"] if linux_x86 else []),
-        extras_require={"test": ["pytest", "hypothesis", "ninja"]},
+        extras_require={"test": ["pytest", "hypothesis", "ninja", "setuptools>=70.1"]},
         entry_points={"console_scripts": ["emodarts=emodarts.cli.commands:main"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,

@@ -88,63 +88,43 @@ def _fwd_term(acc, y_ptr, w_ptr, K: tl.constexpr, offs, mask, t0, t1, t2, t3, ST
     return acc + w * _load_f32(y_ptr, offs, mask, t0, t1, t2, t3, STRIDED, c0, c1, c2, c3)
 
 
-# The stride arguments are not specialised on their values (Triton would otherwise compile one variant per
-# pattern of strides equal to 1 or divisible by 16): one compiled kernel per layout kind, not per shape.
-_STRIDE_ARGS = [f"s{k}_{d}" for k in range(MAX_INPUTS) for d in range(MAX_DIMS)]
+# The inputs, their strides and whether each is strided go to the kernels as tuples (triton 3.6 and 3.8 take
+# tuples of pointers, scalars and constexprs as kernel arguments), so an input slot is written once and
+# tl.static_range(NUM) unrolls the slots. The stride tuples are not specialised on their values (Triton would
+# otherwise compile one variant per pattern of strides equal to 1 or divisible by 16): one compiled kernel per
+# layout kind, not per shape.
 
 
-@triton.jit(do_not_specialize=_STRIDE_ARGS)
-def _mixed_sum_fwd_kernel(
-    y0, y1, y2, y3, y4, y5, y6, y7,
-    w_ptr, out_ptr, acc_ptr,
-    s0_0, s0_1, s0_2, s0_3,
-    s1_0, s1_1, s1_2, s1_3,
-    s2_0, s2_1, s2_2, s2_3,
-    s3_0, s3_1, s3_2, s3_3,
-    s4_0, s4_1, s4_2, s4_3,
-    s5_0, s5_1, s5_2, s5_3,
-    s6_0, s6_1, s6_2, s6_3,
-    s7_0, s7_1, s7_2, s7_3,
-    N, D1, D2, D3,
-    NUM: tl.constexpr,
-    SMASK: tl.constexpr,
-    HAS_STRIDED: tl.constexpr,
-    READ_ACC: tl.constexpr,
-    WRITE_ACC: tl.constexpr,
-    IDX64: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
+@triton.jit
+def _offsets(N, D1, D2, D3, HAS_STRIDED: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's flat offsets, their mask and, when some input is strided, their coordinates on the
+    collapsed dims."""
     pid = tl.program_id(0)
     if IDX64:
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     else:
         offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
     c0 = offs
     c1 = offs
     c2 = offs
     c3 = offs
     if HAS_STRIDED:
         c0, c1, c2, c3 = _coords(offs, D1, D2, D3)
+    return offs, offs < N, c0, c1, c2, c3
+
+
+@triton.jit(do_not_specialize=["strides"])
+def _mixed_sum_fwd_kernel(ys, w_ptr, out_ptr, acc_ptr, strides, N, D1, D2, D3, NUM: tl.constexpr,
+                          STRIDED: tl.constexpr, HAS_STRIDED: tl.constexpr, READ_ACC: tl.constexpr,
+                          WRITE_ACC: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    offs, mask, c0, c1, c2, c3 = _offsets(N, D1, D2, D3, HAS_STRIDED, IDX64, BLOCK)
     if READ_ACC:
         acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
-    acc = _fwd_term(acc, y0, w_ptr, 0, offs, mask, s0_0, s0_1, s0_2, s0_3, (SMASK >> 0) & 1, c0, c1, c2, c3)
-    if NUM > 1:
-        acc = _fwd_term(acc, y1, w_ptr, 1, offs, mask, s1_0, s1_1, s1_2, s1_3, (SMASK >> 1) & 1, c0, c1, c2, c3)
-    if NUM > 2:
-        acc = _fwd_term(acc, y2, w_ptr, 2, offs, mask, s2_0, s2_1, s2_2, s2_3, (SMASK >> 2) & 1, c0, c1, c2, c3)
-    if NUM > 3:
-        acc = _fwd_term(acc, y3, w_ptr, 3, offs, mask, s3_0, s3_1, s3_2, s3_3, (SMASK >> 3) & 1, c0, c1, c2, c3)
-    if NUM > 4:
-        acc = _fwd_term(acc, y4, w_ptr, 4, offs, mask, s4_0, s4_1, s4_2, s4_3, (SMASK >> 4) & 1, c0, c1, c2, c3)
-    if NUM > 5:
-        acc = _fwd_term(acc, y5, w_ptr, 5, offs, mask, s5_0, s5_1, s5_2, s5_3, (SMASK >> 5) & 1, c0, c1, c2, c3)
-    if NUM > 6:
-        acc = _fwd_term(acc, y6, w_ptr, 6, offs, mask, s6_0, s6_1, s6_2, s6_3, (SMASK >> 6) & 1, c0, c1, c2, c3)
-    if NUM > 7:
-        acc = _fwd_term(acc, y7, w_ptr, 7, offs, mask, s7_0, s7_1, s7_2, s7_3, (SMASK >> 7) & 1, c0, c1, c2, c3)
+    for k in tl.static_range(NUM):
+        st = strides[k]
+        acc = _fwd_term(acc, ys[k], w_ptr, k, offs, mask, st[0], st[1], st[2], st[3], STRIDED[k], c0, c1, c2, c3)
     if WRITE_ACC:
         tl.store(acc_ptr + offs, acc, mask=mask)
     else:
@@ -160,58 +140,18 @@ def _bwd_term(g, y_ptr, gy_ptr, w_ptr, part_ptr, K: tl.constexpr, offs, mask, t0
     tl.store(part_ptr + K, tl.sum(g * y, axis=0))
 
 
-@triton.jit(do_not_specialize=_STRIDE_ARGS + [f"g_{d}" for d in range(MAX_DIMS)])
-def _mixed_sum_bwd_kernel(
-    g_ptr,
-    y0, y1, y2, y3, y4, y5, y6, y7,
-    gy0, gy1, gy2, gy3, gy4, gy5, gy6, gy7,
-    w_ptr, part_ptr,
-    s0_0, s0_1, s0_2, s0_3,
-    s1_0, s1_1, s1_2, s1_3,
-    s2_0, s2_1, s2_2, s2_3,
-    s3_0, s3_1, s3_2, s3_3,
-    s4_0, s4_1, s4_2, s4_3,
-    s5_0, s5_1, s5_2, s5_3,
-    s6_0, s6_1, s6_2, s6_3,
-    s7_0, s7_1, s7_2, s7_3,
-    g_0, g_1, g_2, g_3,
-    N, D1, D2, D3,
-    NUM: tl.constexpr,
-    SMASK: tl.constexpr,
-    G_STRIDED: tl.constexpr,
-    HAS_STRIDED: tl.constexpr,
-    IDX64: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    if IDX64:
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    else:
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    c0 = offs
-    c1 = offs
-    c2 = offs
-    c3 = offs
-    if HAS_STRIDED:
-        c0, c1, c2, c3 = _coords(offs, D1, D2, D3)
-    g = _load_f32(g_ptr, offs, mask, g_0, g_1, g_2, g_3, G_STRIDED, c0, c1, c2, c3)
-    part = part_ptr + pid * 8
-    _bwd_term(g, y0, gy0, w_ptr, part, 0, offs, mask, s0_0, s0_1, s0_2, s0_3, (SMASK >> 0) & 1, c0, c1, c2, c3)
-    if NUM > 1:
-        _bwd_term(g, y1, gy1, w_ptr, part, 1, offs, mask, s1_0, s1_1, s1_2, s1_3, (SMASK >> 1) & 1, c0, c1, c2, c3)
-    if NUM > 2:
-        _bwd_term(g, y2, gy2, w_ptr, part, 2, offs, mask, s2_0, s2_1, s2_2, s2_3, (SMASK >> 2) & 1, c0, c1, c2, c3)
-    if NUM > 3:
-        _bwd_term(g, y3, gy3, w_ptr, part, 3, offs, mask, s3_0, s3_1, s3_2, s3_3, (SMASK >> 3) & 1, c0, c1, c2, c3)
-    if NUM > 4:
-        _bwd_term(g, y4, gy4, w_ptr, part, 4, offs, mask, s4_0, s4_1, s4_2, s4_3, (SMASK >> 4) & 1, c0, c1, c2, c3)
-    if NUM > 5:
-        _bwd_term(g, y5, gy5, w_ptr, part, 5, offs, mask, s5_0, s5_1, s5_2, s5_3, (SMASK >> 5) & 1, c0, c1, c2, c3)
-    if NUM > 6:
-        _bwd_term(g, y6, gy6, w_ptr, part, 6, offs, mask, s6_0, s6_1, s6_2, s6_3, (SMASK >> 6) & 1, c0, c1, c2, c3)
-    if NUM > 7:
-        _bwd_term(g, y7, gy7, w_ptr, part, 7, offs, mask, s7_0, s7_1, s7_2, s7_3, (SMASK >> 7) & 1, c0, c1, c2, c3)
+@triton.jit(do_not_specialize=["strides", "g_strides"])
+def _mixed_sum_bwd_kernel(g_ptr, ys, gys, w_ptr, part_ptr, strides, g_strides, N, D1, D2, D3, NUM: tl.constexpr,
+                          STRIDED: tl.constexpr, G_STRIDED: tl.constexpr, HAS_STRIDED: tl.constexpr,
+                          IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    offs, mask, c0, c1, c2, c3 = _offsets(N, D1, D2, D3, HAS_STRIDED, IDX64, BLOCK)
+    g = _load_f32(g_ptr, offs, mask, g_strides[0], g_strides[1], g_strides[2], g_strides[3], G_STRIDED,
+                  c0, c1, c2, c3)
+    part = part_ptr + tl.program_id(0) * 8
+    for k in tl.static_range(NUM):
+        st = strides[k]
+        _bwd_term(g, ys[k], gys[k], w_ptr, part, k, offs, mask, st[0], st[1], st[2], st[3], STRIDED[k],
+                  c0, c1, c2, c3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,25 +240,18 @@ class _Plan:
         self.idx64 = reach + block >= IDX64_LIMIT or n + block >= IDX64_LIMIT
         self.has_strided = bool(tensors)
 
-    def stride_args(self, idx: List[int]) -> List[int]:
-        """The kernels' 32 stride arguments of one chunk (4 per input slot; zeros for flat inputs and unused
-        slots). Plain Python ints: they travel with the launch, nothing is copied to the device."""
-        out = []
-        for slot in range(MAX_INPUTS):
-            i = idx[slot] if slot < len(idx) else None
-            out += self.rows[("y", i)] if i is not None and self.strided[i] else [0, 0, 0, 0]
-        return out
+    def stride_args(self, idx: List[int]) -> tuple:
+        """The strides of one chunk's inputs on the collapsed dims, a 4-tuple per input (zeros for flat ones).
+        Plain Python ints: they travel with the launch, nothing is copied to the device."""
+        return tuple(tuple(self.rows[("y", i)]) if self.strided[i] else (0, 0, 0, 0) for i in idx)
 
-    def g_stride_args(self) -> List[int]:
-        """grad_out's 4 stride arguments (zeros when it is read flat)."""
-        return list(self.rows[("g", 0)]) if self.g_strided else [0, 0, 0, 0]
+    def g_stride_args(self) -> tuple:
+        """grad_out's 4 strides (zeros when it is read flat)."""
+        return tuple(self.rows[("g", 0)]) if self.g_strided else (0, 0, 0, 0)
 
-    def smask(self, idx: List[int]) -> int:
-        m = 0
-        for slot, i in enumerate(idx):
-            if self.strided[i]:
-                m |= 1 << slot
-        return m
+    def strided_flags(self, idx: List[int]) -> tuple:
+        """Per input of the chunk, whether it is read through its strides (a tuple of constexprs)."""
+        return tuple(bool(self.strided[i]) for i in idx)
 
 
 def _on_device(t: Tensor):
@@ -335,10 +268,6 @@ def _copy_to(t: Tensor, ostrides: List[int]) -> Tensor:
 
 def _chunks(k: int) -> List[List[int]]:
     return [list(range(s, min(s + MAX_INPUTS, k))) for s in range(0, k, MAX_INPUTS)]
-
-
-def _pad(ptrs: List[Tensor], fill: Tensor) -> List[Tensor]:
-    return list(ptrs) + [fill] * (MAX_INPUTS - len(ptrs))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,21 +300,20 @@ def _forward(ys: List[Tensor], w: Tensor) -> Tensor:
         acc = out if out.dtype == torch.float32 else torch.empty(n, dtype=torch.float32, device=dev)
     for c, idx in enumerate(chunks):
         first, last = c == 0, c == len(chunks) - 1
-        ptrs = _pad([plan.ys[i] for i in idx], plan.ys[idx[0]])
         read_acc = not first
         write_acc = multi and not last and acc is not out
         _mixed_sum_fwd_kernel[grid](
-            *ptrs,
+            tuple(plan.ys[i] for i in idx),
             w[idx[0]:],
             out,
             acc if acc is not None else out,
-            *plan.stride_args(idx),
+            plan.stride_args(idx),
             n,
             plan.dims[1],
             plan.dims[2],
             plan.dims[3],
             NUM=len(idx),
-            SMASK=plan.smask(idx),
+            STRIDED=plan.strided_flags(idx),
             HAS_STRIDED=plan.has_strided,
             READ_ACC=read_acc,
             WRITE_ACC=write_acc,
@@ -425,22 +353,20 @@ def _backward(grad_out: Tensor, ys: List[Tensor], w: Tensor) -> Tuple[List[Tenso
     nblocks = triton.cdiv(n, block)
     part = torch.empty((len(chunks), nblocks, MAX_INPUTS), dtype=torch.float32, device=dev)
     for c, idx in enumerate(chunks):
-        ptrs = _pad([plan.ys[i] for i in idx], plan.ys[idx[0]])
-        gptrs = _pad([grads[i] for i in idx], grads[idx[0]])
         _mixed_sum_bwd_kernel[(nblocks,)](
             plan.g,
-            *ptrs,
-            *gptrs,
+            tuple(plan.ys[i] for i in idx),
+            tuple(grads[i] for i in idx),
             w[idx[0]:],
             part[c],
-            *plan.stride_args(idx),
-            *plan.g_stride_args(),
+            plan.stride_args(idx),
+            plan.g_stride_args(),
             n,
             plan.dims[1],
             plan.dims[2],
             plan.dims[3],
             NUM=len(idx),
-            SMASK=plan.smask(idx),
+            STRIDED=plan.strided_flags(idx),
             G_STRIDED=plan.g_strided,
             HAS_STRIDED=plan.has_strided,
             IDX64=plan.idx64,
