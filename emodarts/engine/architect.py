@@ -7,7 +7,7 @@ differences: (grad_alpha L_train(w+) - grad_alpha L_train(w-)) / (2 * eps), w+- 
 eps = 0.01 / ||dw'|| (docs/pitfalls.md #4: the published code divides by 2 and multiplies by eps).
 
 What the finite difference differentiates is one function, so the passes see the same randomness and
-the same precision (issue 14):
+the same precision:
 
 - Dropout: the w+ and w- passes replay the random-number state of the pass that gave grad_w L_train(w)
   (the one w' is built from), on the CPU and on every CUDA device of the model, so the three passes draw
