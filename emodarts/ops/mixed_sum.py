@@ -37,6 +37,7 @@ from emodarts.runtime.errors import BackendError
 # --------------------------------------------------------------------------------------------------
 # the reference twin
 
+
 def mixed_sum_reference(ys: Sequence[Tensor], alpha: Tensor, index: Sequence[Tuple[int, int]]) -> Tensor:
     """Weighted sum of one node's candidate outputs.
 
@@ -59,13 +60,9 @@ def mixed_sum_reference(ys: Sequence[Tensor], alpha: Tensor, index: Sequence[Tup
 
 
 # --------------------------------------------------------------------------------------------------
-# the fused implementations
+# the fused implementations: where they are
 
 IMPLS = ("triton", "cpp")
-
-
-# --------------------------------------------------------------------------------------------------
-# locating the implementations
 
 
 def kernels_module():
@@ -84,10 +81,8 @@ def cpp_ops():
 
 
 def _empty_out(ys: Sequence[Tensor]) -> Tensor:
-    lay = layout
-    return torch.empty_strided(
-        ys[0].shape, lay.out_strides(ys), dtype=lay.result_dtype(ys), device=ys[0].device
-    )
+    return torch.empty_strided(ys[0].shape, layout.out_strides(ys), dtype=layout.result_dtype(ys),
+                               device=ys[0].device)
 
 
 def _empty_grads(ys: Sequence[Tensor]) -> List[Tensor]:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from emodarts.ops.compiled.triton import triton_kernels
 from emodarts.runtime.errors import BackendError
 
 # --------------------------------------------------------------------------------------------------
@@ -115,8 +116,6 @@ def _multi_depthwise_cuda(xs: Sequence[Tensor], weights: Sequence[Tensor], dilat
                           stride: int) -> List[Tensor]:
     """The Triton op, inputs and weights in one dtype: the autocast dtype when autocast is on (what
     F.conv2d would compute in), else the inputs'."""
-    from emodarts.ops.multi_depthwise import multi_depthwise_triton
-
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else xs[0].dtype
     with torch.autocast("cuda", enabled=False):
         return multi_depthwise_triton([x.to(dtype) for x in xs], [w.to(dtype) for w in weights], dilations, stride)
@@ -126,9 +125,7 @@ def _multi_depthwise_cuda(xs: Sequence[Tensor], weights: Sequence[Tensor], dilat
 # the Triton op (CUDA)
 
 def kernels_module():
-    """emodarts.kernels.multi_depthwise (Triton)."""
-    from emodarts.ops.mixed_sum import triton_kernels
-
+    """kernels/multi_depthwise.py (Triton)."""
     return triton_kernels("multi_depthwise", "the Triton multi-depthwise op")
 
 
@@ -168,7 +165,8 @@ def _check(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[
         raise ValueError(f"multi_depthwise (Triton): unsupported dtype {x0.dtype} (fp32, bf16, fp16, fp64)")
     if x0.device.type == "cpu" and not km.INTERPRET:
         raise BackendError("the Triton multi-depthwise kernels got CPU tensors but the Triton interpreter is off: "
-                           "set TRITON_INTERPRET=1 before the kernels are imported, or use multi_depthwise_fused on the CPU")
+                           "set TRITON_INTERPRET=1 before the kernels are imported, or use multi_depthwise_fused on "
+                           "the CPU")
     if x0.device.type not in ("cpu", "cuda"):
         raise BackendError(f"the Triton multi-depthwise kernels do not run on {x0.device.type} tensors")
 

@@ -76,11 +76,13 @@ class MixedCnnCell(nn.Module):
         self.active = active_candidates(cfg.cnn_primitives)
         self.pre = cnn_preprocess(plan, affine=False)
         self.edges = nn.ModuleList()
+        width = plan.c // self.partial_channels  # the channels that go through the candidates
         for i in range(cfg.cnn_nodes):
-            for j in range(node_edges(i).stop - node_edges(i).start):
-                self.edges.append(nn.ModuleDict({
-                    name: make_cnn_op(name, plan.c // self.partial_channels, edge_stride(plan.reduction, j), affine=False)
-                    for _, name in self.active}))
+            edges = node_edges(i)
+            for j in range(edges.stop - edges.start):
+                stride = edge_stride(plan.reduction, j)
+                self.edges.append(nn.ModuleDict({name: make_cnn_op(name, width, stride, affine=False)
+                                                 for _, name in self.active}))
         self.dropout = BatchDropout(cfg.dropout)
 
     def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor, backend: Backend, beta: Optional[Tensor] = None,

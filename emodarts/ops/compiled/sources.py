@@ -1,9 +1,7 @@
 """Where the sources of the compiled parts lie, by one rule for the C++, CUDA and Triton loaders: inside the
 package in an installed wheel (setup.py ships csrc/ and kernels/ as emodarts/csrc and emodarts/kernels), else
 beside the package folder in a source checkout or an editable install (csrc/ and kernels/ at the root)."""
-import hashlib
 from pathlib import Path
-from typing import Iterable
 
 from emodarts.runtime.errors import BackendError
 
@@ -21,12 +19,3 @@ def source_dir(name: str) -> Path:
     raise BackendError(f"the sources of emodarts' compiled parts ({name}/) are neither in the installed package "
                        f"({PACKAGE_DIR / name}) nor beside it ({PACKAGE_DIR.parent / name}); reinstall emodarts")
 
-
-def sources_hash(paths: Iterable[str]) -> str:
-    """SHA-256 over the files' names and contents, in sorted order: what a build was made from, unlike file
-    times, which a fresh copy of the tree resets."""
-    digest = hashlib.sha256()
-    for path in sorted(str(p) for p in paths):
-        digest.update(Path(path).name.encode() + b"\0")
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
