@@ -79,3 +79,18 @@ def sync_debug(mode: str):
         yield
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+GPU_MACHINE_MISSING = ("soundfile", "librosa", "cffi")  # what the GPU machine lacks (docs/toolchain.md)
+
+
+def env_without(modules, folder) -> dict:
+    """An environment whose Python processes (children included) cannot import `modules`: a sitecustomize.py
+    in `folder`, first on PYTHONPATH, sets them to None in sys.modules (import raises ImportError and
+    importlib.util.find_spec answers None, as for a package that is not installed)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "sitecustomize.py"), "w") as fh:
+        fh.write("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), os.getcwd()] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env

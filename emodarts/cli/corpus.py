@@ -23,7 +23,7 @@ from emodarts.cli.options import (
 )
 from emodarts.cli.runs import run_folder, start_run
 from emodarts.engine.config import RunConfig
-from emodarts.features import EXTRACTORS, FEATURE_PRESETS
+from emodarts.features import EXTRACTOR_CHOICES, FEATURE_PRESETS
 
 _CORPUS_HELP = ("Corpus: synthetic (built in), iemocap, msp-improv, msp-podcast, or csv (a manifest with "
                 "path,label,speaker[,utt_id,session,split]).")
@@ -62,9 +62,10 @@ def _cv_epochs(resume: Optional[Path], epochs: Optional[int], train_epochs: Opti
 @click.option("--protocol", default=None, help=_PROTOCOL_HELP)
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Extraction processes (librosa); reader threads (torchaudio).")
-@click.option("--backend", "extractor", type=click.Choice(EXTRACTORS), default="librosa", show_default=True,
+@click.option("--backend", "extractor", type=click.Choice(EXTRACTOR_CHOICES), default="auto", show_default=True,
               help="librosa (reference) or torchaudio (batched, on the GPU when present; same features "
-                   "within the tolerance stated in docs/corpora.md).")
+                   "within the tolerance stated in docs/corpora.md); auto: librosa when installed, else "
+                   "torchaudio.")
 @click.option("--device", default="auto", show_default=True,
               help="For --backend torchaudio: auto (cuda when present), cpu, cuda or cuda:N.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,

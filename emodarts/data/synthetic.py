@@ -96,9 +96,8 @@ def ensure_synthetic_corpus(root: Optional[Path] = None, seed: int = 0, n_speake
     Returns the corpus root (it holds manifest.csv, generator.json and audio/<speaker>/<utt>.wav).
     Default root: $EMODARTS_HOME/synthetic, else ~/.cache/emodarts/synthetic.
     """
-    import soundfile as sf
-
     from emodarts.data.manifest import write_manifest
+    from emodarts.data.wav import write_wav
     from emodarts.runtime.files import atomic_write, atomic_write_json
 
     if n_speakers < 1 or utts_per_class < 1:
@@ -128,7 +127,7 @@ def ensure_synthetic_corpus(root: Optional[Path] = None, seed: int = 0, n_speake
         rng = np.random.default_rng(np.random.SeedSequence([seed, si, ei, k]))
         audio = synthesize_utterance(spk, EMOTIONS[ei], rng)
         path = root / rel
-        atomic_write(path, lambda tmp, a=audio: sf.write(str(tmp), a, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
+        atomic_write(path, lambda tmp, a=audio: write_wav(tmp, a, SAMPLE_RATE))
         utts.append(Utterance(utt_id, str(path), EMOTIONS[ei], spk.speaker, spk.session))
     # Remove audio that a previous, larger configuration left behind.
     keep = {str(root / rel) for *_, rel in plan}

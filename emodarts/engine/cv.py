@@ -48,7 +48,7 @@ class ProtocolData:
 
 def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], seed: int,
                        cache_dir: Optional[Path] = None, progress: bool = True, report=None, workers: int = 1,
-                       extractor: str = "librosa", device: Optional[str] = None,
+                       extractor: str = "auto", device: Optional[str] = None,
                        min_duration: Optional[float] = None, features: str = "mfcc") -> ProtocolData:
     """Load the corpus, apply the protocol, extract (or reuse) the features, build the folds and count.
     Unusable files (clips under `min_duration` seconds included) go to `report` (a new SkipReport when

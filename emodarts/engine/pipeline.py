@@ -17,7 +17,7 @@ __all__ = ["CORPUS_SEED", "prepare_data", "class_list", "split_summary"]
 
 
 def corpus_features(corpus: str, root: Optional[Path], protocol: Optional[str], feature_cfg, cache_dir: Optional[Path],
-                    progress: bool, report, workers: int = 1, extractor: str = "librosa",
+                    progress: bool, report, workers: int = 1, extractor: str = "auto",
                     device: Optional[str] = None) -> Tuple[List[Utterance], Dict[str, int], Protocol, object]:
     """Corpus -> the protocol's utterances -> their features (extracted, or reused from the cache): the first
     steps of every command that reads data (prepare_data here, cv.load_protocol_data). Returns the usable

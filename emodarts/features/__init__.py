@@ -5,6 +5,7 @@ One job per module:
 - audio.py: reading audio files and deciding whether they can be used (AudioError kinds);
 - compute.py: the librosa backend (one file at a time; the reference): mfcc, logmel, spectrogram;
 - npy.py: precomputed features (.npy per utterance, named by the manifest's `features` column);
+- extractor_choice.py: which extractor `auto` means here (librosa when installed, else torchaudio);
 - torchaudio_extractor.py: the torchaudio extractor (batched, on the GPU when there is one; needs no librosa);
 - cache.py: cache entries and FeatureSet; shards.py: the chunks of an unfinished extraction;
 - extract.py: build_features, the chunked extraction and its process pool.
@@ -51,8 +52,8 @@ from emodarts.features.config import (
 from emodarts.features.extract import build_features, extract_chunk
 from emodarts.features.npy import FeatureFileError, corpus_rows, load_npy_features
 from emodarts.features.shards import DEFAULT_CHUNK
+from emodarts.features.extractor_choice import EXTRACTOR_CHOICES, EXTRACTORS, resolve_extractor
 from emodarts.features.torchaudio_extractor import (
-                    EXTRACTORS,
                     TORCHAUDIO_TOLERANCE,
                     features_batch_torch,
                     features_torch,
@@ -64,7 +65,7 @@ from emodarts.features.torchaudio_extractor import (
 from emodarts.runtime.errors import DataError
 
 __all__ = [
-    "AudioError", "EXTRACTORS", "DEFAULT_CHUNK", "DataError", "FEATURE_KINDS", "FEATURE_PRESETS", "FEATURE_VERSION",
+    "AudioError", "EXTRACTORS", "EXTRACTOR_CHOICES", "resolve_extractor", "DEFAULT_CHUNK", "DataError", "FEATURE_KINDS", "FEATURE_PRESETS", "FEATURE_VERSION",
     "FeatureConfig", "FeatureFileError", "FeatureSet", "MIN_DURATION_S", "SPECTROGRAM_HOP", "SPECTROGRAM_N_FFT",
     "TORCHAUDIO_TOLERANCE", "build_features", "cache_dir_for", "check_duration", "corpus_rows", "default_cache_dir",
     "extract_chunk", "extract_features", "extract_mfcc", "feature_config", "feature_kind_problem",

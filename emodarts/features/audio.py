@@ -3,7 +3,9 @@
 Every reason a file is left out is an AudioError whose `kind` is the skipped-files category (missing,
 unreadable, empty, truncated, not-finite, too-short) and whose message names the file: the extraction
 records them in the skipped-files report instead of stopping. soundfile and librosa are imported inside
-the functions that need them.
+the functions that need them. Without soundfile (the GPU machine has none), PCM WAV files are read and
+written with the standard library's `wave` module, sample for sample as soundfile does; other formats then
+need soundfile, and say so.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from emodarts.data.wav import pcm_wav_facts, read_pcm_wav, soundfile_installed
 from emodarts.runtime.errors import DataError
 
 
@@ -57,8 +60,6 @@ def read_audio(path) -> Tuple[np.ndarray, int, Dict[str, object]]:
     is averaged to mono; 8/16/24/32-bit PCM and float WAV (and whatever libsndfile reads) are converted to
     float. Raises AudioError naming the file when it is missing, unreadable or not audio, empty,
     truncated, or has NaN/infinite samples."""
-    import soundfile as sf
-
     path = str(path)
     if not os.path.isfile(path):
         raise AudioError(f"audio file not found: {path}", "missing")
@@ -68,18 +69,25 @@ def read_audio(path) -> Tuple[np.ndarray, int, Dict[str, object]]:
     if cut:
         raise AudioError(cut, "truncated")
     try:
-        with sf.SoundFile(path) as fh:
-            facts = {"channels": fh.channels, "subtype": fh.subtype, "format": fh.format}
-            data = fh.read(dtype="float32", always_2d=True)
-            file_sr = fh.samplerate
-    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError for bad files
-        raise AudioError(f"cannot read audio file {path} (not audio, or damaged): {exc}", "unreadable") from exc
+        data, file_sr, facts = _read_soundfile(path) if soundfile_installed() else read_pcm_wav(path)
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError, wave wave.Error/EOFError
+        hint = "" if soundfile_installed() else " (soundfile is not installed: only PCM WAV can be read without it)"
+        raise AudioError(f"cannot read audio file {path} (not audio, or damaged{hint}): {exc}",
+                         "unreadable") from exc
     if data.size == 0 or data.shape[0] == 0:
         raise AudioError(f"audio file is empty (no samples): {path}", "empty")
     y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.all(np.isfinite(y)):
         raise AudioError(f"audio file has NaN or infinite samples: {path}", "not-finite")
     return np.ascontiguousarray(y, dtype=np.float32), int(file_sr), facts
+
+
+def _read_soundfile(path: str) -> Tuple[np.ndarray, int, Dict[str, object]]:
+    import soundfile as sf
+
+    with sf.SoundFile(path) as fh:
+        facts = {"channels": fh.channels, "subtype": fh.subtype, "format": fh.format}
+        return fh.read(dtype="float32", always_2d=True), fh.samplerate, facts
 
 
 def load_audio(path, sr: int) -> np.ndarray:
@@ -107,6 +115,8 @@ def check_duration(path, seconds: float, cfg) -> None:
 def audio_facts(path: str) -> Optional[dict]:
     """{sr, channels, subtype, frames} from the file's header (for the conversion notes), or None."""
     try:
+        if not soundfile_installed():
+            return pcm_wav_facts(path)
         import soundfile as sf
 
         info = sf.info(path)

@@ -32,7 +32,8 @@ from emodarts.features.cache import (
 from emodarts.features.config import FEATURE_VERSION, FeatureConfig, with_rows
 from emodarts.features.npy import FeatureFileError, corpus_rows
 from emodarts.features.shards import load_plan, read_shard, shard_path, write_shard
-from emodarts.features.torchaudio_extractor import EXTRACTORS, features_torch, torch_device
+from emodarts.features.extractor_choice import EXTRACTORS, resolve_extractor
+from emodarts.features.torchaudio_extractor import features_torch, torch_device
 from emodarts.runtime.errors import DataError
 
 Items = Sequence[Tuple[str, str]]  # (utt_id, path) of one chunk
@@ -292,7 +293,7 @@ def _extract_into(work: Path, folder: Path, utts: list, cfg: FeatureConfig, prog
 
 
 # ------------------------------------------------------------------------------------- build_features
-def _check_request(utts: list, extractor: str) -> None:
+def _check_request(utts: list) -> None:
     if not utts:
         raise DataError("no utterances to extract features from")
     ids = [u.utt_id for u in utts]
@@ -300,8 +301,6 @@ def _check_request(utts: list, extractor: str) -> None:
         seen = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise DataError(f"duplicate utterance id {dup!r} in the feature request")
-    if extractor not in EXTRACTORS:
-        raise DataError(f"unknown feature extractor (--backend) {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
 
 
 def _report_result(result: FeatureSet, report) -> None:
@@ -319,12 +318,13 @@ def _report_result(result: FeatureSet, report) -> None:
 
 
 def build_features(utts: Sequence, cfg: FeatureConfig, cache_dir: Path, progress: bool = True, *,
-                   report=None, workers: int = 1, extractor: str = "librosa", device: Optional[str] = None,
+                   report=None, workers: int = 1, extractor: str = "auto", device: Optional[str] = None,
                    chunk_size: Optional[int] = None) -> FeatureSet:
     """Features of `utts` (in their order), computed once and cached under
     cache_dir/<cfg.key()>-<hash of ids and paths>/{features.npy, index.json}.
 
-    Extraction runs chunk by chunk (librosa over `workers` processes, or batched torchaudio on `device`);
+    Extraction runs chunk by chunk (librosa over `workers` processes, or batched torchaudio on `device`;
+    `extractor` auto, librosa or torchaudio, as extractor_choice.resolve_extractor reads it);
     each finished chunk is saved as a shard in cache_dir/.partial-<entry>/, so an interrupted run continues
     where it stopped. The entry is then assembled in a temporary folder and renamed into place (index.json
     is the completion mark), and reused while the ids, the settings and the audio files' size/mtime still
@@ -338,7 +338,8 @@ def build_features(utts: Sequence, cfg: FeatureConfig, cache_dir: Path, progress
     entry's index.json keeps them too, for later runs); a DataError only when no file is usable.
     """
     utts = list(utts)
-    _check_request(utts, extractor)
+    _check_request(utts)
+    extractor = resolve_extractor(extractor, cfg.kind)
     strict = report is None
     if cfg.kind == "npy":  # the arrays' row count, not the preset's, is the features' height
         rows = corpus_rows([source_path(u, cfg) for u in utts])

@@ -13,7 +13,6 @@ from emodarts.features.compute import fix_frames, pool_to
 from emodarts.features.config import SPECTROGRAM_HOP, SPECTROGRAM_N_FFT, FeatureConfig
 from emodarts.runtime.errors import DataError
 
-EXTRACTORS = ("librosa", "torchaudio")
 # Agreement with the librosa reference, measured on CPU (tests/test_corpora_features.py; speech-like
 # synthetic audio, noise and silence; MFCC values up to ~1.1e3 in magnitude):
 # - file already at the preset's rate: largest |difference| 2.4e-4 (float32 FFT rounding); bound 5e-3.
