@@ -147,7 +147,10 @@ def _mixed_sum_bwd_kernel(g_ptr, ys, gys, w_ptr, part_ptr, strides, g_strides, N
     offs, mask, c0, c1, c2, c3 = _offsets(N, D1, D2, D3, HAS_STRIDED, IDX64, BLOCK)
     g = _load_f32(g_ptr, offs, mask, g_strides[0], g_strides[1], g_strides[2], g_strides[3], G_STRIDED,
                   c0, c1, c2, c3)
-    part = part_ptr + tl.program_id(0) * 8
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    part = part_ptr + pid * 8
     for k in tl.static_range(NUM):
         st = strides[k]
         _bwd_term(g, ys[k], gys[k], w_ptr, part, k, offs, mask, st[0], st[1], st[2], st[3], STRIDED[k],

@@ -203,11 +203,10 @@ def _multi_dw_bwd_w_kernel(xs, gs, part_ptr, ps, sxs, sgs, H, W, Ho, Wo, N, NTIL
     """Axis 0: (channel, tile of the flat (B, Ho, Wo) positions of that channel); slot k writes its k*k
     partial sums at part_ptr + ps[k], row channel * NTILES + tile."""
     row = tl.program_id(0)
+    if IDX64:  # every product below (channel, tile, partial-sum row) in 64 bits
+        row = row.to(tl.int64)
     ch = row // NTILES
     t = row % NTILES
-    if IDX64:
-        ch = ch.to(tl.int64)
-        t = t.to(tl.int64)
     offs = t * BLOCK + tl.arange(0, BLOCK)
     slot = tl.program_id(1)
     for s in tl.static_range(NUM):

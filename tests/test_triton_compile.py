@@ -42,3 +42,19 @@ def test_recorder_signature_of_a_launch():
 
     assert arg_type(torch.zeros(1, dtype=torch.bfloat16)) == "*bf16"
     assert arg_type((torch.zeros(1), (3, 2**40))) == ("*fp32", ("i32", "i64"))
+
+
+def test_the_64_bit_check_reads_program_id_uses():
+    """On the 64-bit index path the axis-0 program id may only be widened (arith.extsi) before any product:
+    a 32-bit product of it overflows past 2**31 elements (the compile test applies this to every IDX64 launch)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from triton_launches import narrow_program_id_uses
+
+    wide = ("%pid = tt.get_program_id x : i32 loc(#loc1)\n"
+            "%0 = arith.extsi %pid : i32 to i64 loc(#loc2)\n"
+            "%1 = arith.muli %0, %c8_i64 : i64 loc(#loc3)\n"
+            "%pid_0 = tt.get_program_id y : i32 loc(#loc4)\n"
+            "%2 = arith.cmpi eq, %pid_0, %c0_i32 : i32 loc(#loc5)\n")
+    assert narrow_program_id_uses(wide) == []
+    narrow = wide + "%3 = arith.muli %pid, %c8_i32 : i32 loc(#loc6)\n"
+    assert narrow_program_id_uses(narrow) == ["%3 = arith.muli %pid, %c8_i32 : i32 loc(#loc6)"]

@@ -13,6 +13,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 import sys
 
 import torch
@@ -157,12 +158,28 @@ def _compile(job):
     from triton.compiler import ASTSource, compile
 
     name, (sig, consts, options) = job
+    fn = _KERNELS[name]
     try:
-        compile(ASTSource(_KERNELS[name], dict(sig), dict(consts)), target=GPUTarget("cuda", 90, 32),
-                options=dict(options))
-        return name, None
+        kernel = compile(ASTSource(fn, dict(sig), dict(consts)), target=GPUTarget("cuda", 90, 32),
+                         options=dict(options))
     except Exception as exc:  # reported, with the launch, for the test to show
         return name, f"{name} {dict(sig)} {dict(consts)}: {str(exc)[-600:]}"
+    idx64 = dict(consts).get((fn.arg_names.index("IDX64"),)) if "IDX64" in fn.arg_names else None
+    narrow = narrow_program_id_uses(kernel.asm["ttir"]) if idx64 else []
+    if narrow:
+        return name, f"{name} {dict(consts)}: the 64-bit path computes with the 32-bit program id: {narrow[:3]}"
+    return name, None
+
+
+def narrow_program_id_uses(ttir: str) -> list:
+    """The TTIR lines that use axis 0's program id other than by widening it to 64 bits (arith.extsi): on the
+    64-bit index path (IDX64) every product of it must be computed in 64 bits."""
+    bad = []
+    for pid in re.findall(r"(%[\w.]+) = tt.get_program_id x : i32", ttir):
+        use = re.compile(re.escape(pid) + r"(?![\w.])")
+        bad += [line.strip() for line in ttir.splitlines()
+                if use.search(line) and "tt.get_program_id" not in line and "arith.extsi" not in line]
+    return bad
 
 
 if __name__ == "__main__":
