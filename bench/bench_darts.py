@@ -50,7 +50,7 @@ from bench.common import (  # noqa: E402
     header,
     run_settings,
     timed_round_robin,
-    write_json,
+    ResultsFile,
 )
 from emodarts.ops import darts_rnn  # noqa: E402
 from emodarts.ops import grouped_recurrent as gr  # noqa: E402
@@ -240,6 +240,19 @@ def main(argv=None) -> None:
     ratio_names = [f"{b}/{i}" for b in base for i in impls if i != b and not (b == "compile" and i == "reference")]
     print(f"{'preset':6} {'mode':7} " + " ".join(f"{c:>14}" for c in cols) + "  "
           + " ".join(f"{r:>17}" for r in ratio_names))
+    payload = header(device)
+    payload.update({
+        "benchmark": "darts_rnn", "dtype": "float32", "repeats": repeats, "warmup": warmup,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu_gemm_path": gr.cpu_gemm_path() if device.type == "cpu" else None,
+        "compile": "torch.compile(dynamic=False) of the reference's cell step (one time step: h W0h, s0, the S "
+                   "nodes, the mean); eager Python loop over time steps; compile time excluded",
+        "inputs": f"x_proj = (x W0x)^T strided, h0 = 0, weights uniform(-{INIT}, {INIT}), "
+                  "probs = softmax(alpha)[:, :4] / predecessors of the node, alpha = 0",
+        "speedup_note": "a/b = median time of a / median time of b (> 1: b is faster)",
+    })
+    results = ResultsFile(args.out or f"darts_{device.type}.json", payload)
     rows = []
     for preset in args.presets.split(","):
         w = build(preset, device)
@@ -254,6 +267,7 @@ def main(argv=None) -> None:
                 flop = gemm_gflop(preset) * (3 if mode == "fwd+bwd" else 1)
                 row["fused_gemm_gflops_per_s"] = flop / res["fused"]["median_s"]
             rows.append(row)
+            results.update(rows=rows)
             print(f"{preset:6} {mode:7} " + " ".join(f"{res[i]['median_s'] * 1e3:14.2f}" for i in impls) + " "
                   + " ".join(f"{res[i]['min_s'] * 1e3:14.2f}" for i in impls) + "  "
                   + " ".join(f"{ratios[r]:17.2f}" for r in ratio_names), flush=True)
@@ -265,21 +279,7 @@ def main(argv=None) -> None:
               f"the inputs), {memory['median_s'] * 1e3:.1f} ms", flush=True)
     elif device.type != "cuda":
         print("memory: skipped on the CPU (the large size is a GPU measurement)")
-    payload = header(device)
-    payload.update({
-        "benchmark": "darts_rnn", "dtype": "float32", "repeats": repeats, "warmup": warmup,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "cpu_gemm_path": gr.cpu_gemm_path() if device.type == "cpu" else None,
-        "compile": "torch.compile(dynamic=False) of the reference's cell step (one time step: h W0h, s0, the S "
-                   "nodes, the mean); eager Python loop over time steps; compile time excluded",
-        "inputs": f"x_proj = (x W0x)^T strided, h0 = 0, weights uniform(-{INIT}, {INIT}), "
-                  "probs = softmax(alpha)[:, :4] / predecessors of the node, alpha = 0",
-        "speedup_note": "a/b = median time of a / median time of b (> 1: b is faster)",
-        "rows": rows,
-        "memory": memory,
-    })
-    path = write_json(args.out or f"darts_{device.type}.json", payload)
+    path = results.finish(rows=rows, memory=memory)
     print(f"wrote {path}")
 
 

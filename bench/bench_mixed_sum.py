@@ -1,11 +1,12 @@
 """Microbenchmark of the node-level mixed sum: eager reference vs torch.compile(reference) vs fused.
 
-fused = the C++ twin on the CPU, the Triton kernels on CUDA. For each K (inputs) and tensor size:
-forward and forward+backward (grads of every y and of alpha), median time after warm-up (CUDA events on a
-GPU), the minimum bytes any implementation must move (forward (K+1)*N*b, backward (2K+1)*N*b, so
-forward+backward (3K+2)*N*b) and the effective bandwidth that gives, next to the measured copy bandwidth
-(dst.copy_(src) over the forward's working set, (K+1)*N*b in all). Implementations are timed round-robin,
-in a fresh random order every round (seeded), so that the allocator state one implementation leaves behind
+fused = the C++ twin on the CPU, the Triton kernels on CUDA. For each K (inputs) and tensor size: forward and
+forward+backward (grads of every y and of alpha), median time after warm-up (on a GPU: CUDA events around a
+CUDA graph of 10 calls, so that the host's launch overhead drops out), the minimum bytes any implementation
+must move (forward (K+1)*N*b, backward (2K+1)*N*b, so forward+backward (3K+2)*N*b) and the effective bandwidth
+that gives, next to the measured copy bandwidth (dst.copy_(src) over the forward's working set, (K+1)*N*b in
+all). Implementations are timed round-robin, in a fresh random order every round (seeded), so that the
+allocator state one implementation leaves behind
 (e.g. a heap glibc has just trimmed) does not always land on the same next one. On the CPU each call's
 minor page faults and system time are recorded too (getrusage): on a VM a fault on fresh memory costs about
 as much as the kernel itself (~0.45 ms per MB measured on the 2-core EPYC VM), so a slow median with
@@ -27,7 +28,6 @@ and size); its compile time is excluded (warm-up).
 """
 import argparse
 import datetime
-import json
 import os
 import random
 import shlex
@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:
 from emodarts.ops import mixed_sum  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from common import device_name  # noqa: E402
+from common import ResultsFile, device_name  # noqa: E402
 
 SIZES = {
     "tiny (16,8,20,24)": (16, 8, 20, 24),
@@ -60,6 +60,7 @@ SIZES = {
     "64MB (16,64,128,128)": (16, 64, 128, 128),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GRAPH_CALLS = 10  # calls per timed CUDA graph replay (the time reported is per call)
 
 
 class Timer:
@@ -73,7 +74,8 @@ class Timer:
         self.rng = random.Random(seed)
 
     def _once(self, fn):
-        """(seconds, minor faults, system seconds); faults and system time are None on a GPU."""
+        """(seconds, minor faults, system seconds); faults and system time are None on a GPU. On a GPU `fn` is
+        a runner from _cuda_runner: GRAPH_CALLS calls, timed together with CUDA events."""
         if self.dev.type == "cuda":
             a = torch.cuda.Event(enable_timing=True)
             b = torch.cuda.Event(enable_timing=True)
@@ -81,7 +83,7 @@ class Timer:
             fn()
             b.record()
             b.synchronize()
-            return a.elapsed_time(b) / 1e3, None, None
+            return a.elapsed_time(b) / 1e3 / GRAPH_CALLS, None, None
         r0 = resource.getrusage(resource.RUSAGE_SELF) if resource else None
         t = time.perf_counter()
         fn()
@@ -90,6 +92,32 @@ class Timer:
             return dt, None, None
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         return dt, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime
+
+    @staticmethod
+    def _cuda_runner(fn):
+        """(runner, timer): a CUDA graph of GRAPH_CALLS calls of `fn`, replayed (the GPU's time alone: at the
+        paper's sizes one eager call is mostly the host's launch overhead, which events around it would
+        measure), or, where `fn` cannot be captured, an eager loop of GRAPH_CALLS calls."""
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graph asks
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(GRAPH_CALLS):
+                    fn()
+            graph.replay()
+            torch.cuda.synchronize()
+            return graph.replay, "cuda graph"
+        except Exception as exc:  # e.g. an op that synchronises: time the eager loop instead
+            torch.cuda.synchronize()
+
+            def loop():
+                for _ in range(GRAPH_CALLS):
+                    fn()
+            return loop, f"eager loop ({type(exc).__name__})"
 
     def many(self, fns: dict, reps: int, warmup: int) -> dict:
         """{name: dict(median=s, min=s, minflt=median faults per call, sys=median system s per call) or an
@@ -103,8 +131,11 @@ class Timer:
                 ok[name] = fn
             except Exception as exc:  # e.g. torch.compile unavailable here: record, keep going
                 res[name] = exc
+        timers = {name: "perf_counter" for name in ok}
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
+            for name in list(ok):
+                ok[name], timers[name] = self._cuda_runner(ok[name])
         samples = {name: [] for name in ok}
         names = list(ok)
         for _ in range(reps):
@@ -117,7 +148,7 @@ class Timer:
             sys_s = [x[2] for x in ss if x[2] is not None]
             res[name] = dict(median=statistics.median(ts), min=min(ts),
                              minflt=statistics.median(flt) if flt else None,
-                             sys=statistics.median(sys_s) if sys_s else None)
+                             sys=statistics.median(sys_s) if sys_s else None, timer=timers[name])
         return res
 
     def __call__(self, fn, reps: int, warmup: int) -> float:
@@ -174,7 +205,7 @@ def bench_case(impls, k, shape, dtype, dev, timer, reps, warmup):
             t = r["median"]
             rows.append(dict(impl=name, mode=mode, ms=t * 1e3, min_ms=r["min"] * 1e3, min_bytes=nbytes[mode],
                              gbps=nbytes[mode] / t / 1e9, minflt_per_call=r["minflt"],
-                             sys_ms_per_call=None if r["sys"] is None else r["sys"] * 1e3))
+                             sys_ms_per_call=None if r["sys"] is None else r["sys"] * 1e3, timer=r["timer"]))
     return rows
 
 
@@ -241,6 +272,30 @@ def main(argv=None):
 
     results = []
     copy_bw = {}
+    doc = dict(
+        benchmark="mixed_sum",
+        device=str(dev),
+        device_name=device_name(dev),
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        command=shlex.join([os.path.basename(sys.executable)] + sys.argv),
+        torch=torch.__version__,
+        triton=_triton_version(),
+        threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        heap=heap,
+        fused_info=fused_info,
+        order=f"random per round (seed {args.seed})",
+        load_average=_loadavg(),
+        dtype=args.dtype,
+        fused=fused_kind,
+        reps=reps,
+        timing="median (and min) of reps after warm-up, implementations timed round-robin in a random order"
+        + (f" (CUDA events around a CUDA graph of {GRAPH_CALLS} calls, per call; `timer` per row)" if gpu
+           else " (perf_counter; minflt_per_call and sys_ms_per_call: medians, getrusage)"),
+        bytes_model="fwd (K+1)*N*b, fwd+bwd (3K+2)*N*b (bwd alone (2K+1)*N*b)",
+        copy_gbps_per_tensor=copy_bw,
+    )
+    out = ResultsFile(args.out or f"mixed_sum_{dev.type}.json", doc)
     print(f"device {dev} ({device_name(dev)}), dtype {args.dtype}, threads {torch.get_num_threads()}, "
           f"fused = {fused_kind}{f' ({fused_info})' if fused_info else ''}, reps {reps}, heap {heap}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
@@ -281,35 +336,11 @@ def main(argv=None):
                                         speedup_vs_eager=sp_e if r["impl"] == "fused" else None,
                                         speedup_vs_compile=sp_c if r["impl"] == "fused" else None,
                                         copy_gbps=bw, copy_gbps_tensor=bw_t))
+            out.update(results=results, copy_gbps_per_tensor=copy_bw)
 
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"mixed_sum_{dev.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = dict(
-        benchmark="mixed_sum",
-        device=str(dev),
-        device_name=device_name(dev),
-        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        command=shlex.join([os.path.basename(sys.executable)] + sys.argv),
-        torch=torch.__version__,
-        triton=_triton_version(),
-        threads=torch.get_num_threads(),
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-        heap=heap,
-        fused_info=fused_info,
-        order=f"random per round (seed {args.seed})",
-        load_average=_loadavg(),
-        dtype=args.dtype,
-        fused=fused_kind,
-        reps=reps,
-        timing="median (and min) of reps after warm-up, implementations timed round-robin in a random order"
-        + (" (CUDA events)" if gpu else " (perf_counter; minflt_per_call and sys_ms_per_call: medians, getrusage)"),
-        bytes_model="fwd (K+1)*N*b, fwd+bwd (3K+2)*N*b (bwd alone (2K+1)*N*b)",
-        copy_gbps_per_tensor=copy_bw,
-        results=results,
-    )
-    out.write_text(json.dumps(doc, indent=1))
-    print(f"wrote {out}")
-    return doc
+    path = out.finish(results=results, copy_gbps_per_tensor=copy_bw)
+    print(f"wrote {path}")
+    return out.payload
 
 
 def _cpp_info():

@@ -42,7 +42,7 @@ from bench.common import (  # noqa: E402
     header,
     run_settings,
     timed_round_robin,
-    write_json,
+    ResultsFile,
 )
 from emodarts.model.seq_ops import make_seq_op  # noqa: E402
 from emodarts.model.space import RECURRENT_PRIMITIVES  # noqa: E402
@@ -163,6 +163,16 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     device, repeats, warmup = run_settings(args, 7, gr.ensure_cuda)
     impls = [s for s in args.impls.split(",") if s]
+    payload = header(device)
+    payload.update({
+        "benchmark": "recurrent", "dtype": "float32", "repeats": repeats, "warmup": warmup,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu_gemm_path": gr.cpu_gemm_path() if device.type == "cpu" else None,
+        "compile": "torch.compile(dynamic=False) of the LSTM / RNN cell (one time step); Python loop over steps",
+        "workloads": {k: f"{sum(v)} edges over {len(v)} source(s) x 12 recurrent candidates" for k, v in SCOPES.items()},
+    })
+    results = ResultsFile(args.out or f"recurrent_{device.type}.json", payload)
     rows = []
     print(f"{'preset':6} {'scope':6} {'mode':7} " + " ".join(f"{i + ' ms':>12}" for i in impls)
           + "  " + " ".join(f"{'loop/' + i:>14}" for i in impls if i != "loop"))
@@ -177,20 +187,11 @@ def main(argv=None) -> None:
                           for i in impls if i != "loop" and "loop" in res}
                 rows.append({"preset": preset, **PRESETS[preset], "scope": scope, "modules": n_mod,
                              "calls_grouped": len(groups), "mode": mode, "times": res, "speedup": ratios})
+                results.update(rows=rows)
                 print(f"{preset:6} {scope:6} {mode:7} "
                       + " ".join(f"{res[i]['median_s'] * 1e3:12.2f}" for i in impls) + "  "
                       + " ".join(f"{ratios[k]:14.2f}" for k in ratios), flush=True)
-    payload = header(device)
-    payload.update({
-        "benchmark": "recurrent", "dtype": "float32", "repeats": repeats, "warmup": warmup,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "cpu_gemm_path": gr.cpu_gemm_path() if device.type == "cpu" else None,
-        "compile": "torch.compile(dynamic=False) of the LSTM / RNN cell (one time step); Python loop over steps",
-        "workloads": {k: f"{sum(v)} edges over {len(v)} source(s) x 12 recurrent candidates" for k, v in SCOPES.items()},
-        "rows": rows,
-    })
-    path = write_json(args.out or f"recurrent_{device.type}.json", payload)
+    path = results.finish(rows=rows)
     print(f"wrote {path}")
 
 

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from common import RESULTS, header, median_time, write_json  # noqa: E402
+from common import RESULTS, ResultsFile, header, median_time  # noqa: E402
 
 from emodarts.engine.architect import Architect  # noqa: E402
 from emodarts.engine.config import PRESETS, with_seq_space  # noqa: E402
@@ -114,9 +114,11 @@ def measure(job: dict) -> dict:
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     seconds = median_time(step, device, job["repeats"], warmup=job["warmup"])
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / (job["repeats"] + job["warmup"])
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    out = {**job, "seconds": seconds, "peak_bytes": int(peak), "batch": batch, "frames": n_frames,
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:  # the process's high-water mark: this job's only in a process of its own
+        peak = None if job.get("in_process") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = {**job, "seconds": seconds, "peak_bytes": None if peak is None else int(peak), "batch": batch, "frames": n_frames,
            "n_seq": len(model_cfg.seq_primitives), "page_faults_per_step": faults}
     if job.get("breakdown") and job["mode"] != "compile":
         out.update(part_times(model, x, device, max(1, job["repeats"] // 2), 1))
@@ -126,7 +128,14 @@ def measure(job: dict) -> dict:
 
 
 def run_job(job: dict) -> dict:
-    """Run `measure` in a fresh process (its own peak memory, no compile caches shared)."""
+    """Run `measure` in a fresh process (its own peak memory, no compile caches shared), or with
+    job["in_process"] in this one (no process start, import and kernel load per job: what a short GPU loan can
+    afford; CUDA peak memory is reset per job, a CPU peak is not recorded)."""
+    if job.get("in_process"):
+        try:
+            return measure(job)
+        except Exception as exc:  # recorded in the row, as a failed worker process is
+            return {**job, "error": f"{type(exc).__name__}: {exc}"[:300]}
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
     if proc.returncode != 0:
         return {**job, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -144,6 +153,10 @@ def with_ratios(rows: list) -> list:
     return rows
 
 
+def peak_mb(r: dict) -> str:
+    return "n/a" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f}"
+
+
 def print_table(rows: list, title: str) -> None:
     print(f"\n{title}")
     print(f"{'preset':<7} {'order':<6} {'batch':>5} {'T':>4} {'seq cands':>9} {'K':>2} {'mode':<10} {'step ms':>9} {'peak MB':>9} {'x ref':>6}")
@@ -153,7 +166,7 @@ def print_table(rows: list, title: str) -> None:
             continue
         n_seq = r.get("n_seq") or len(r.get("seq_candidates") or PRESETS[r["preset"]].model.seq_primitives)
         print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['batch']:>5} {r['frames']:>4} {n_seq:>9} "
-              f"{r.get('partial_channels', 1):>2} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} {r['peak_bytes'] / 2**20:>9.0f} {r.get('speedup_vs_reference', float('nan')):>6.2f}")
+              f"{r.get('partial_channels', 1):>2} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} {peak_mb(r):>9} {r.get('speedup_vs_reference', float('nan')):>6.2f}")
 
 
 def print_breakdown(rows: list) -> None:
@@ -209,6 +222,9 @@ def main() -> None:
     p.add_argument("--partial-channels", default="1",
                    help="PC-DARTS K values to measure (comma list, e.g. 1,2,4,8; default 1: plain DARTS)")
     p.add_argument("--tag", default="", help="suffix of the result file names")
+    p.add_argument("--in-process", action="store_true",
+                   help="every configuration in this process instead of one fresh process each (saves a "
+                        "process start and kernel load per configuration; no CPU peak memory)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -220,7 +236,9 @@ def main() -> None:
     repeats, warmup = (3, 1) if args.quick else (7, 2)
     repeats, warmup = args.repeats or repeats, args.warmup or warmup
     base = {"device": args.device, "repeats": repeats, "warmup": warmup, "seq_space": args.seq_space,
-            "heap": args.heap, "breakdown": args.breakdown, "threads": args.threads}
+            "heap": args.heap, "breakdown": args.breakdown, "threads": args.threads, "in_process": args.in_process}
+    tag = args.device.replace(":", "") + ("" if args.seq_space == "emodarts" else f"_{args.seq_space}") + args.tag
+    results = ResultsFile(f"search_{tag}.json", {**header(device), "loadavg": os.getloadavg()})
     rows = []
     orders = [o.strip() == "2" for o in args.orders.split(",")]
     ks = [int(k) for k in args.partial_channels.split(",")]
@@ -230,6 +248,7 @@ def main() -> None:
                 for mode in modes:
                     rows.append(run_job({**base, "preset": preset, "second_order": second_order, "mode": mode,
                                          "partial_channels": k}))
+                    results.update(rows=with_ratios(rows))
     with_ratios(rows)
     print_table(rows, f"search step, {args.seq_space} sequential space, {header(device)['device']}")
 
@@ -250,9 +269,9 @@ def main() -> None:
                     r.setdefault("frames", point.get("frames", tiny_frames))
                     r["n_seq"] = len(point.get("seq_candidates") or PRESETS["tiny"].model.seq_primitives)
                     growth.append(r)
+                    results.update(growth=with_ratios(growth))
         with_ratios(growth)
         print_table(growth, "cost growth (tiny preset, first order)")
-    tag = args.device.replace(":", "") + ("" if args.seq_space == "emodarts" else f"_{args.seq_space}") + args.tag
     if growth:
         png = RESULTS / f"search_growth_{tag}.png"
         try:
@@ -262,8 +281,7 @@ def main() -> None:
             print(f"\nno plot ({exc})")
     if args.breakdown:
         print_breakdown(rows)
-    out = write_json(f"search_{tag}.json", {**header(device), "loadavg": os.getloadavg(), "rows": rows,
-                                             "growth": growth})
+    out = results.finish(rows=rows, growth=growth)
     print(f"results: {out}")
 
 

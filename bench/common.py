@@ -101,7 +101,26 @@ def header(device: torch.device) -> Dict[str, object]:
 
 
 def write_json(name: str, payload: Dict[str, object]) -> Path:
+    """RESULTS/name (or the path `name`), replaced atomically: a reader (run_all's summary) never sees half a file."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
     return path
+
+
+class ResultsFile:
+    """A benchmark's JSON, rewritten after every measured row: a run stopped at its time limit (run_all,
+    gpu_check.sh) still leaves every row it measured, with "complete": false until finish()."""
+
+    def __init__(self, name: str, payload: Dict[str, object]):
+        self.name, self.payload = name, {**payload, "complete": False}
+
+    def update(self, **fields) -> Path:
+        self.payload.update(fields)
+        return write_json(self.name, self.payload)
+
+    def finish(self, **fields) -> Path:
+        return self.update(**fields, complete=True)

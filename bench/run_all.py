@@ -8,18 +8,21 @@ writing the results after every step and a summary table last.
 
 On a fresh GPU machine (no package registry) install with `pip install --no-deps --no-build-isolation -e .`
 (it builds emodarts._C and, with a GPU visible, emodarts._C_cuda; see setup.py), or pass --install; without
-an installed build the first step JIT-compiles the extension (a minute or two, out of the budget).
+an installed build the first step JIT-compiles the extension (a minute or two). The install and the build run
+under limits of their own (600 s, 300 s) and are not charged to the budget: its clock starts after them.
+bench/gpu_check.sh runs this script with --quick as the last phase of a GPU loan.
 
-Steps, in order, each in its own process group with a time limit: build (load or JIT-build the C++ extension,
-the CUDA kernels and Triton; TORCH_CUDA_ARCH_LIST is set from the visible GPU's capability and CUDA_HOME from
-the toolkit found, when unset), the GPU tests (`pytest -m gpu`, the issue-13 files first), the Triton tests
-that run on the GPU when one is there (tests/test_mixed_sum.py -k triton), then the benchmarks (mixed sum,
-recurrent layer, DARTS cell with its peak memory at H=1024, T=B=128, search step in both sequential
-spaces). Each step's limit is its share of the budget plus what earlier steps left unused, never past the
-budget's end; a step that fails or runs out of time is recorded and the next one runs (a loan is never
-wasted on one broken step). After every step bench/results/all_<device>.json and all_<device>.md are
-rewritten (so a run cut short still leaves what it measured) with every step's status, time and log tail,
-the test outcomes and the benchmarks' key figures; the benchmarks write their own JSON beside them
+Steps, in order, each in its own process group (inside run_all's session: a TERM, INT or HUP to run_all kills
+the running step's group before run_all exits, so no step outlives it) with a time limit: build (load or JIT-
+build the C++ extension, the CUDA kernels and Triton; TORCH_CUDA_ARCH_LIST is set from the visible GPU's
+capability and CUDA_HOME from the toolkit found, when unset), the GPU tests (`pytest -m gpu`, the issue-13
+files first), the Triton tests that run on the GPU when one is there (tests/test_mixed_sum.py -k triton), then
+the benchmarks (mixed sum, recurrent layer, DARTS cell with its peak memory at H=1024, T=B=128, search step in
+both sequential spaces). Each step's limit is its share of the budget plus what earlier steps left unused,
+never past the budget's end; a step that fails or runs out of time is recorded and the next one runs (a loan
+is never wasted on one broken step). After every step bench/results/all_<device>.json and all_<device>.md are
+rewritten (so a run cut short still leaves what it measured) with every step's status, time and log tail, the
+test outcomes and the benchmarks' key figures; the benchmarks write their own JSON beside them
 (<name>_<device>.json) and every step's full output goes to all_<device>_logs/<step>.log.
 
 --dry-run (what tests/test_run_all.py runs, on the CPU, in seconds): lists the steps, imports every
@@ -67,7 +70,7 @@ class Step:
     module: Optional[str] = None  # bench: the script's module name (bench/<module>.py), for the dry run
     result: Optional[str] = None  # bench: the JSON it writes (a path)
     summarize: Optional[Callable[[dict], List[str]]] = None
-    min_limit: int = 0  # never start it with less than this (the build may run past its share)
+    min_limit: int = 0  # build steps: their time limit (they are not charged to the budget)
 
 
 @dataclass
@@ -113,12 +116,12 @@ def plan(args, tag: str, results: Path) -> List[Step]:
         "    print(f'CUDA kernels: {how} ({time.time() - t1:.0f} s); triton ok', flush=True)\n"
         "print('build ok', flush=True)\n"
     )
-    steps.append(Step("build", "build", [py, "-c", build_code], {"full": 80, "quick": 40}, min_limit=300))
+    steps.append(Step("build", "build", [py, "-c", build_code], {"full": 0, "quick": 0}, min_limit=300))
     pytest = [py, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider"]
     if gpu:
         files = GPU_TEST_FILES if not quick else GPU_TEST_FILES[:2]
         steps.append(Step("gpu tests", "tests", pytest + ["-m", "gpu"] + files + ([] if quick else ["tests/"]),
-                          {"full": 160, "quick": 55}))
+                          {"full": 200, "quick": 75}))
         if not quick:
             steps.append(Step("triton tests on the GPU", "tests",
                               pytest + ["-m", "not gpu", "-k", "triton", "tests/test_mixed_sum.py"],
@@ -127,7 +130,7 @@ def plan(args, tag: str, results: Path) -> List[Step]:
         steps.append(Step("fused-kernel tests (CPU)", "tests",
                           pytest + ["-x", "tests/test_mixed_sum.py", "tests/test_grouped_recurrent.py",
                                     "tests/test_darts_kernel.py", "tests/test_gpu_readiness.py"],
-                          {"full": 160, "quick": 55}))
+                          {"full": 200, "quick": 75}))
 
     def out(name):
         return str(results / f"{name}_{tag}.json")
@@ -143,7 +146,7 @@ def plan(args, tag: str, results: Path) -> List[Step]:
         darts = (["--presets", "paper", "--impls", "reference,fused", "--modes", "fwd+bwd", "--quick"] if quick else
                  ["--presets", "tiny,paper", "--impls", "reference,compile,fused", "--repeats", "5"])
         search = ["--presets", "tiny" if quick else "tiny,paper", "--modes", "reference,fused", "--no-growth",
-                  "--quick"]
+                  "--quick"] + (["--in-process"] if quick else [])
     else:  # a CPU check of the same steps, small
         mixed = ["--ks", "8", "--sizes", "tiny (16,8,20,24)", "--reps", "5", "--warmup", "1", "--no-compile"]
         recurrent = ["--presets", "tiny", "--scopes", "edge", "--impls", "loop,grouped", "--repeats", "3",
@@ -158,9 +161,9 @@ def plan(args, tag: str, results: Path) -> List[Step]:
                                           out("recurrent")],
              {"full": 40, "quick": 15}, "bench_recurrent", out("recurrent"), summarize_recurrent),
         Step("bench darts", "bench", [py, "bench/bench_darts.py", *devarg, *darts, "--out", out("darts")],
-             {"full": 45, "quick": 25}, "bench_darts", out("darts"), summarize_darts),
+             {"full": 65, "quick": 25}, "bench_darts", out("darts"), summarize_darts),
         Step("bench search", "bench", [py, "bench/bench_search.py", *devarg, *search],
-             {"full": 55, "quick": 30}, "bench_search", str(results / f"search_{torch.device(dev).type}.json"),
+             {"full": 75, "quick": 50}, "bench_search", str(results / f"search_{torch.device(dev).type}.json"),
              summarize_search),
     ]
     if not quick:
@@ -219,8 +222,9 @@ def summarize_search(doc: dict) -> List[str]:
         if "error" in r:
             out.append(f"{r['preset']} {order} {r['mode']}: error: {str(r['error'])[:120]}")
         else:
-            out.append(f"{r['preset']} {order} {r['mode']}: {r['seconds'] * 1e3:.1f} ms/step, peak "
-                       f"{r['peak_bytes'] / 2**20:.0f} MB, x{r.get('speedup_vs_reference', float('nan')):.2f} vs ref")
+            peak = "n/a" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f} MB"
+            out.append(f"{r['preset']} {order} {r['mode']}: {r['seconds'] * 1e3:.1f} ms/step, peak {peak}, "
+                       f"x{r.get('speedup_vs_reference', float('nan')):.2f} vs ref")
     return out
 
 
@@ -256,8 +260,11 @@ def run_process(argv: List[str], limit: float, log_path: Path, env: dict) -> (in
     group at the limit. Returns (return code, timed out)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
+        # its own process group (to kill the step's children at its limit) in run_all's session: whatever ends
+        # run_all's session ends the step too, and a TERM/INT/HUP to run_all kills the step's group first
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, env=env, start_new_session=True)
+                                bufsize=1, env=env, process_group=0)
+        RUNNING.add(proc.pid)
 
         def pump():
             for line in proc.stdout:
@@ -276,8 +283,27 @@ def run_process(argv: List[str], limit: float, log_path: Path, env: dict) -> (in
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        finally:
+            RUNNING.discard(proc.pid)
         reader.join(timeout=10)
     return proc.returncode, timed_out
+
+
+RUNNING = set()  # process groups of the steps running now
+
+
+def stop_steps_and_exit(signum, frame) -> None:
+    """TERM / INT / HUP (e.g. `timeout` ending gpu_check.sh's run_all phase): kill the running step's process
+    group, then exit, so that no step outlives run_all."""
+    for pgid in list(RUNNING):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> dict:
+    """stop_steps_and_exit on TERM, INT and HUP; returns the handlers it replaced."""
+    return {sig: signal.signal(sig, stop_steps_and_exit) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
 
 def read_tail(path: Path, n: int = TAIL) -> str:
@@ -436,7 +462,8 @@ def print_summary(outcomes: List[Outcome], path: Path) -> None:
 
 def build_environment(dev: torch.device, results: Path) -> dict:
     """The children's environment: TORCH_CUDA_ARCH_LIST from the GPU's capability and CUDA_HOME from the toolkit
-    found (when unset), results to `results`, PASSIVE OpenMP workers, the checkout importable."""
+    found (when unset), results to `results`, unbuffered output, PASSIVE OpenMP workers, the checkout
+    importable."""
     env = dict(os.environ)
     if dev.type == "cuda" and torch.cuda.is_available():
         if not env.get("TORCH_CUDA_ARCH_LIST"):
@@ -449,6 +476,7 @@ def build_environment(dev: torch.device, results: Path) -> dict:
             if home:
                 env["CUDA_HOME"] = home
     env["EMODARTS_BENCH_RESULTS"] = str(results)
+    env["PYTHONUNBUFFERED"] = "1"  # a step killed at its limit has printed (and logged) all it measured
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if dev.type == "cuda":
@@ -498,8 +526,20 @@ def main(argv=None) -> int:
     for s in steps:
         print(f"  - {s.name}: share {s.share[mode] * scale:.0f} s" + (f", at least {s.min_limit} s" if s.min_limit
                                                                       else ""), flush=True)
+    replaced = install_signal_handlers() if not args.dry_run else {}
+    try:
+        return run_plan(args, steps, mode, budget, scale, env, results, tag, meta)
+    finally:
+        for sig, handler in replaced.items():
+            signal.signal(sig, handler)
+
+
+def run_plan(args, steps: List[Step], mode: str, budget: float, scale: float, env: dict, results: Path, tag: str,
+             meta: dict) -> int:
+    """Run (or, with --dry-run, validate) the steps in order within the budget, writing the results after each;
+    the exit code: 0 when every step passed."""
     outcomes: List[Outcome] = []
-    start = time.time()
+    run_start = start = time.time()
     planned_end = 0.0  # seconds after start at which the steps so far were planned to end
     for s in steps:
         if args.dry_run:
@@ -509,17 +549,18 @@ def main(argv=None) -> int:
             if s.share[mode] == 0 and not s.min_limit:
                 continue  # not part of this mode
             elapsed = time.time() - start
-            # its share plus what earlier steps left unused, never past the budget's end; the build (and the
-            # install) may overrun: nothing after them works without them
-            limit = min(planned_end - elapsed, budget - elapsed)
-            if s.min_limit:
-                limit = max(limit, s.min_limit)
+            if s.kind == "build":  # the install and the build: their own limits, outside the budget
+                limit = s.min_limit
+            else:  # its share plus what earlier steps left unused, never past the budget's end
+                limit = min(planned_end - elapsed, budget - elapsed)
             if limit < MIN_STEP:
                 outcomes.append(Outcome(s.name, describe(s), "skipped", 0.0, round(limit, 1),
                                         [f"out of time ({budget - elapsed:.0f} s of the {budget:.0f} s budget left)"]))
             else:
                 outcomes.append(run_step(s, limit, results / f"all_{tag}_logs", env))
-        meta["elapsed_s"] = round(time.time() - start, 1)
+            if s.kind == "build":  # the budget's clock starts after the build
+                start, planned_end = time.time(), 0.0
+        meta["elapsed_s"] = round(time.time() - run_start, 1)
         path = write_results(results, tag, meta, outcomes)
     path = write_results(results, tag, meta, outcomes)
     print_summary(outcomes, path)

@@ -4,9 +4,11 @@ limits (a step past its limit is killed with its children, the next steps still 
 never passed), and its results files (rewritten after every step, so a run cut short leaves its results)."""
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -120,10 +122,10 @@ def test_results_after_every_step_and_the_budget_is_kept(run_all, tmp_path, monk
     py = sys.executable
 
     def tiny_plan(args, tag, results):
-        return [run_all.Step("fast", "build", [py, "-c", "print('fast ok')"], {"full": 160, "quick": 60}),
-                run_all.Step("slow", "build", [py, "-c", "import time; print('slow', flush=True); time.sleep(60)"],
+        return [run_all.Step("fast", "tests", [py, "-c", "print('fast ok')"], {"full": 160, "quick": 60}),
+                run_all.Step("slow", "tests", [py, "-c", "import time; print('slow', flush=True); time.sleep(60)"],
                              {"full": 160, "quick": 60}),
-                run_all.Step("last", "build", [py, "-c", "print('last ok')"], {"full": 160, "quick": 60})]
+                run_all.Step("last", "tests", [py, "-c", "print('last ok')"], {"full": 160, "quick": 60})]
 
     writes = []
     real_write = run_all.write_results
@@ -176,3 +178,55 @@ def test_gpu_environment_gets_the_arch_and_the_toolkit(run_all, tmp_path, monkey
     assert env["EMODARTS_BENCH_RESULTS"] == str(tmp_path) and "TRITON_INTERPRET" not in env
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
     assert run_all.build_environment(torch.device("cuda"), tmp_path)["TORCH_CUDA_ARCH_LIST"] == "8.0"
+
+
+def test_the_build_is_not_charged_to_the_budget(run_all, tmp_path, monkeypatch):
+    """A JIT build that takes 250 s of a 180 s quick budget: it runs under its own limit and the steps after it
+    still get their whole shares (the budget's clock starts after the build)."""
+    clock = [1000.0]
+    monkeypatch.setattr(run_all, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    took = {"build": 250.0}
+    limits = {}
+
+    def fake_step(step, limit, logs, env):
+        limits[step.name] = limit
+        clock[0] += took.get(step.name, 1.0)
+        return run_all.Outcome(step.name, "x", "ok", took.get(step.name, 1.0), limit)
+
+    monkeypatch.setattr(run_all, "run_step", fake_step)
+    assert run_all.main(["--device", "cpu", "--quick", "--results-dir", str(tmp_path)]) == 0
+    steps = run_all.plan(types.SimpleNamespace(device="cpu", quick=True, install=False), "x", tmp_path)
+    build = next(s for s in steps if s.kind == "build")
+    assert limits["build"] == build.min_limit and build.share["quick"] == 0
+    first = next(s for s in steps if s.kind != "build")
+    assert limits[first.name] == pytest.approx(first.share["quick"])
+
+
+def test_children_run_unbuffered(run_all, tmp_path):
+    assert run_all.build_environment(torch.device("cpu"), tmp_path)["PYTHONUNBUFFERED"] == "1"
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="reads /proc")
+def test_no_step_outlives_a_terminated_run_all(tmp_path):
+    """`timeout` (gpu_check.sh) sends TERM to run_all, not to the step's own process group: run_all kills the
+    running step's group before it exits, grandchildren included."""
+    pidfile = tmp_path / "grandchild"
+    driver = (
+        "import importlib.util, os, sys\n"
+        f"spec = importlib.util.spec_from_file_location('ra', {str(ROOT / 'bench' / 'run_all.py')!r})\n"
+        "ra = importlib.util.module_from_spec(spec); spec.loader.exec_module(ra)\n"
+        "ra.install_signal_handlers()\n"
+        f"ra.run_process(['bash', '-c', 'sleep 300 & echo $! > {pidfile}; wait'], 120, "
+        f"__import__('pathlib').Path({str(tmp_path / 'log')!r}), dict(os.environ))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT)
+    for _ in range(300):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.1)
+    grandchild = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    stat = Path(f"/proc/{grandchild}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")  # gone, or a zombie awaiting init
