@@ -108,7 +108,24 @@ def extension_modules():
             "emodarts._C_cuda", _sources(os.path.join("csrc", "cuda"), ".cu") + [os.path.join("csrc", "extension.cpp")],
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
         ))
-    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return exts, {"build_ext": recording_build_ext(cpp_extension.BuildExtension.with_options(use_ninja=True))}
+
+
+def recording_build_ext(base):
+    """build_ext that also writes, beside emodarts._C_cuda, the digest of the CUDA sources it compiled
+    (toolchain.sources_digest): the loader compares it with the sources present, where file times would call a
+    fresh copy of the tree newer than its build."""
+
+    class RecordingBuildExt(base):
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            if ext.name == "emodarts._C_cuda":
+                cu = [os.path.join(HERE, s) for s in ext.sources if s.endswith(".cu")]
+                record = toolchain.digest_record(self.get_ext_fullpath(ext.name), ext.name)
+                with open(record, "w") as fh:
+                    fh.write(toolchain.sources_digest(cu, os.path.join(HERE, "csrc")) + "\n")
+
+    return RecordingBuildExt
 
 
 if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import its functions

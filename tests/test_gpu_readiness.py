@@ -20,6 +20,7 @@ from torch import nn
 from emodarts.engine import checkpoint
 from emodarts.ops.compiled import cpp as compiled_cpp
 from emodarts.ops.compiled import cuda as compiled_cuda
+from emodarts.ops.compiled import toolchain
 from emodarts.ops import grouped_recurrent as gr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,29 +181,45 @@ def test_a_cuda_library_without_the_op_is_not_rebuilt_in_process(monkeypatch):
     assert calls == []
 
 
-def test_installed_kernels_are_skipped_when_older_than_their_sources(tmp_path, monkeypatch, capsys):
+def test_installed_kernels_are_used_only_when_built_from_these_sources(tmp_path, monkeypatch, capsys):
+    """The digest setup.py records beside the library decides, not file times: a build older than every
+    source (a fresh copy of the tree) loads when its digest matches; no record or another digest does not."""
     lib = tmp_path / "_C_cuda.so"
     lib.write_bytes(b"")
     old = min(os.path.getmtime(s) for s in compiled_cuda.cuda_sources()) - 100
     os.utime(lib, (old, old))
+    record = tmp_path / "_C_cuda.sources.sha256"
     imported = []
-    monkeypatch.setattr(compiled_cuda, "_installed_tried", False)
     monkeypatch.setattr(compiled_cuda, "installed_cuda_library", lambda: str(lib))
     monkeypatch.setattr(compiled_cuda.importlib, "import_module", lambda name: imported.append(name))
-    assert compiled_cuda.load_installed_cuda() is False
-    assert not imported and "older than" in capsys.readouterr().err
-    # a build newer than every source (and the headers they include) is loaded, after emodarts._C
-    new = max(os.path.getmtime(p) for s in compiled_cuda.cuda_sources()
-              for p in [s] + compiled_cpp.local_includes(s)) + 100
-    os.utime(lib, (new, new))
-    monkeypatch.setattr(compiled_cuda, "_installed_tried", False)
     monkeypatch.setattr(compiled_cuda, "load_extension", lambda: imported.append("emodarts._C"))
+    for text, why in ((None, "records no digest"), ("0" * 64, "sources have changed")):
+        if text is not None:
+            record.write_text(text + "\n")
+        monkeypatch.setattr(compiled_cuda, "_installed_tried", False)
+        assert compiled_cuda.load_installed_cuda() is False
+        assert not imported and why in capsys.readouterr().err
+    digest = toolchain.sources_digest(compiled_cuda.cuda_sources(), compiled_cpp.csrc_dir())
+    record.write_text(digest + "\n")
+    monkeypatch.setattr(compiled_cuda, "_installed_tried", False)
     assert compiled_cuda.load_installed_cuda() is True
     assert imported == ["emodarts._C", "emodarts._C_cuda"]
 
 
+def test_the_sources_digest_follows_contents_and_included_headers(tmp_path):
+    (tmp_path / "cuda").mkdir()
+    src, head = tmp_path / "cuda" / "k.cu", tmp_path / "plan.h"
+    src.write_text('#include "../plan.h"\n__global__ void k() {}\n')
+    head.write_text("#pragma once\n")
+    first = toolchain.sources_digest([str(src)], str(tmp_path))
+    os.utime(src, (1, 1))  # times alone change nothing
+    assert toolchain.sources_digest([str(src)], str(tmp_path)) == first
+    head.write_text("#pragma once\n// changed\n")
+    assert toolchain.sources_digest([str(src)], str(tmp_path)) != first
+
+
 def test_local_includes_find_the_shared_headers():
-    heads = {os.path.basename(h) for s in compiled_cuda.cuda_sources() for h in compiled_cpp.local_includes(s)}
+    heads = {os.path.basename(h) for s in compiled_cuda.cuda_sources() for h in toolchain.local_includes(s)}
     assert {"grouped_rnn_plan.h", "darts_rnn_shape.h", "cuda_common.cuh"} <= heads
 
 
@@ -356,3 +373,44 @@ def test_fused_supernet_forward_backward_builds_no_host_tensors(seq_space, monke
     with HostOpRecorder() as rec:
         step()
     assert not rec.host_ops, rec.host_ops
+
+
+# --------------------------------------------------------------------------------------------------
+# a JIT build killed at a time limit
+
+
+def test_a_stale_torch_build_lock_is_removed_under_our_lock(tmp_path, capsys):
+    (tmp_path / "lock").write_text("")  # what torch's FileBaton leaves when its build is killed
+    with compiled_cpp.build_lock(str(tmp_path)):
+        assert not (tmp_path / "lock").exists()
+    assert "stale build lock" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl locks are POSIX")
+def test_our_build_lock_dies_with_its_holder(tmp_path):
+    """The kernel releases an flock when its holder is killed: the next build never waits on a dead one."""
+    import fcntl
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom emodarts.ops.compiled import cpp\n"
+         f"with cpp.build_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert holder.stdout.readline().strip() == "held"
+    with open(tmp_path / "emodarts-build.flock", "w") as fh:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.kill()
+        holder.wait(timeout=30)
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free at once
+
+
+def test_a_jit_load_after_a_killed_build_does_not_wait(tmp_path):
+    """torch's 'lock' file left in the JIT folder used to make every later load wait forever; now the loader
+    removes it and loads (the cached build: no compile when the suite has built it already)."""
+    code = ("import os\nfrom emodarts.ops.compiled import cpp\n"
+            "open(os.path.join(cpp.build_dir(), 'lock'), 'w').close()\n"
+            "m = cpp._jit_build(None)\nprint('loaded', m.__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-3000:]
+    assert "stale build lock" in proc.stderr

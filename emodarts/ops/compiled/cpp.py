@@ -13,16 +13,16 @@ the CUDA kernels are JIT-compiled on first use on a GPU (emodarts.ops.compiled.c
 first tries the installed `emodarts._C_cuda`). Either way the operators appear under torch.ops.emodarts (e.g.
 torch.ops.emodarts.mixed_sum_fwd).
 """
+import contextlib
 import glob
 import os
-import re
 import sys
 import sysconfig
 import threading
-from typing import List
+from typing import Iterator, List
 
 from emodarts.ops.compiled.sources import source_dir
-from emodarts.ops.compiled.toolchain import openmp_flags
+from emodarts.ops.compiled.toolchain import local_includes, openmp_flags
 from emodarts.runtime.errors import BackendError
 
 JIT_NAME = "emodarts_C"
@@ -79,24 +79,6 @@ def cpp_extension():
     return module
 
 
-def local_includes(source: str) -> List[str]:
-    """The project headers a source includes with #include "..." (resolved beside it), recursively."""
-    seen, todo = [], [source]
-    while todo:
-        path = todo.pop()
-        try:
-            with open(path) as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.M):
-            header = os.path.normpath(os.path.join(os.path.dirname(path), name))
-            if header not in seen and os.path.isfile(header):
-                seen.append(header)
-                todo.append(header)
-    return seen
-
-
 def needs_build(build_directory: str, name: str, sources: List[str]) -> bool:
     """Whether torch's JIT load will compile rather than load a cached build: no library of `name` in
     `build_directory`, or a source (or a header beside one, or one it includes) newer than it. Only a real
@@ -110,6 +92,31 @@ def needs_build(build_directory: str, name: str, sources: List[str]) -> bool:
     inputs = list(sources) + [h for d in folders for h in glob.glob(os.path.join(d, "*.h"))]
     inputs += [h for s in sources for h in local_includes(s)]
     return any(os.path.getmtime(p) > built for p in inputs if os.path.exists(p))
+
+
+@contextlib.contextmanager
+def build_lock(directory: str) -> Iterator[None]:
+    """Held around a JIT build in `directory`: an OS file lock (fcntl.flock), which the kernel releases when its
+    holder dies. torch's own lock there is a plain file ('lock', a FileBaton): a build killed at a time limit
+    leaves it behind and every later build or load waits on it, silently and forever. Under this lock no
+    other emodarts build of the folder runs, so a 'lock' file found there is stale and is removed."""
+    os.makedirs(directory, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock alone
+        yield
+        return
+    with open(os.path.join(directory, "emodarts-build.flock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            baton = os.path.join(directory, "lock")
+            if os.path.exists(baton):
+                print(f"emodarts: removing a stale build lock left by a killed build: {baton}", file=sys.stderr,
+                      flush=True)
+                os.remove(baton)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def announce_build(what: str) -> None:
@@ -156,15 +163,16 @@ def _jit_build(installed_error):
     if needs_build(directory, JIT_NAME, sources):
         announce_build("the C++ extension (about a minute)")
     try:
-        return load(
-            name=JIT_NAME,
-            sources=sources,
-            extra_cflags=["-O3", *openmp_flags()],
-            extra_ldflags=openmp_flags(),
-            build_directory=directory,
-            is_python_module=True,
-            verbose=False,
-        )
+        with build_lock(directory):
+            return load(
+                name=JIT_NAME,
+                sources=sources,
+                extra_cflags=["-O3", *openmp_flags()],
+                extra_ldflags=openmp_flags(),
+                build_directory=directory,
+                is_python_module=True,
+                verbose=False,
+            )
     except Exception as exc:
         msg = str(exc).strip()
         if len(msg) > 4000:
@@ -224,4 +232,4 @@ def load_ops(op_fwd: str, op_bwd: str, source: str, fwd_fake, bwd_fake, backward
 
 
 __all__ = ["load_extension", "cpu_sources", "build_dir", "csrc_dir", "BUILD_HINT", "op_defined", "load_ops",
-           "cpp_extension", "needs_build", "announce_build", "local_includes", "openmp_flags"]
+           "cpp_extension", "needs_build", "announce_build", "build_lock", "local_includes", "openmp_flags"]

@@ -1,5 +1,5 @@
 """Load the CUDA kernels of the extension: the library setup.py installed (`emodarts._C_cuda`) when it is there
-and not older than its sources, else a just-in-time build of csrc/cuda/*.cu.
+and was built from the sources here (the digest it records), else a just-in-time build of csrc/cuda/*.cu.
 
 The CUDA sources only register CUDA kernels (TORCH_LIBRARY_IMPL) for operators that the C++ library
 (emodarts._C, loaded by emodarts/ops/compiled/cpp.py) defines, so the C++ library is loaded first. All of them
@@ -25,10 +25,10 @@ from emodarts.ops.compiled import toolchain
 from emodarts.ops.compiled.cpp import (
     announce_build,
     build_dir,
+    build_lock,
     cpp_extension,
     csrc_dir,
     load_extension,
-    local_includes,
     needs_build,
 )
 from emodarts.runtime.errors import BackendError
@@ -62,17 +62,25 @@ def installed_cuda_library() -> Optional[str]:
     return spec.origin if spec is not None and spec.origin and os.path.isfile(spec.origin) else None
 
 
-def stale_sources(library: str, sources: List[str]) -> List[str]:
-    """The sources, and the project headers they include, that are newer than `library`."""
-    built = os.path.getmtime(library)
-    inputs = list(sources) + [h for s in sources for h in local_includes(s)]
-    return [p for p in inputs if os.path.exists(p) and os.path.getmtime(p) > built]
+def stale_reason(library: str, sources: List[str]) -> Optional[str]:
+    """Why the installed `library` does not match `sources` (and the headers they include), or None when it
+    does: setup.py records the digest of the sources it compiled beside the library (toolchain.sources_digest;
+    contents, not file times, which a fresh copy of the tree resets)."""
+    record = toolchain.digest_record(library, CUDA_MODULE)
+    try:
+        with open(record) as fh:
+            built = fh.read().strip()
+    except OSError:
+        return f"it records no digest of its sources ({os.path.basename(record)})"
+    if built != toolchain.sources_digest(sources, csrc_dir()):
+        return "its sources have changed since it was built"
+    return None
 
 
 def load_installed_cuda() -> bool:
     """Load the CUDA kernels that setup.py built (emodarts._C_cuda), after emodarts._C (which defines the
     operators they implement). False, and the caller JIT-builds them, when they were not built, cannot be
-    loaded (another torch) or are older than their sources (one line on stderr says so). Tried once per
+    loaded (another torch) or were built from other sources (one line on stderr says so). Tried once per
     process."""
     global _installed_tried
     with _lock:
@@ -82,10 +90,10 @@ def load_installed_cuda() -> bool:
         lib = installed_cuda_library()
         if lib is None:
             return False
-        newer = stale_sources(lib, cuda_sources())
-        if newer:
-            print(f"emodarts: the installed CUDA kernels ({lib}) are older than {os.path.relpath(newer[0], csrc_dir())}"
-                  "; using a just-in-time build (reinstall to refresh them)", file=sys.stderr, flush=True)
+        stale = stale_reason(lib, cuda_sources())
+        if stale:
+            print(f"emodarts: the installed CUDA kernels ({lib}) do not match csrc/cuda: {stale}; using a "
+                  "just-in-time build (reinstall to refresh them)", file=sys.stderr, flush=True)
             return False
         load_extension()
         try:
@@ -123,10 +131,11 @@ def build_cuda_extension(build_directory: Optional[str] = None, verbose: bool = 
     if needs_build(bdir, JIT_NAME, sources):
         announce_build("the CUDA kernels (a few minutes)")
     try:
-        cpp.load(
-            name=JIT_NAME, sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
-            build_directory=bdir, is_python_module=False, verbose=verbose,
-        )
+        with build_lock(bdir):
+            cpp.load(
+                name=JIT_NAME, sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
+                build_directory=bdir, is_python_module=False, verbose=verbose,
+            )
     except Exception as exc:
         msg = str(exc).strip()
         if len(msg) > 4000:
@@ -174,4 +183,4 @@ def ensure_cuda(op: str, source: str = "csrc/cuda/*.cu") -> None:
 
 
 __all__ = ["ensure_cuda", "build_cuda_extension", "load_installed_cuda", "installed_cuda_library", "cuda_home",
-           "cuda_sources", "stale_sources", "has_cuda_kernel", "CUDA_MODULE", "JIT_NAME"]
+           "cuda_sources", "stale_reason", "has_cuda_kernel", "CUDA_MODULE", "JIT_NAME"]

@@ -5,10 +5,12 @@ time (importing the package there would import torch-heavy code, or fail in an i
 install and the first-use build find the same CUDA toolkit, target the same GPU by default and pass the
 same OpenMP flags.
 """
+import hashlib
 import os
+import re
 import shutil
 import sys
-from typing import List, Mapping, Optional
+from typing import List, Mapping, Optional, Sequence
 
 # The GPU target when none is visible and TORCH_CUDA_ARCH_LIST is unset: Hopper (H100 / H200).
 DEFAULT_CUDA_ARCH_LIST = "9.0"
@@ -42,4 +44,41 @@ def openmp_flags() -> List[str]:
     return ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 
-__all__ = ["find_cuda_home", "openmp_flags", "DEFAULT_CUDA_ARCH_LIST"]
+def local_includes(source: str) -> List[str]:
+    """The project headers a source includes with #include "..." (resolved beside it), recursively."""
+    seen, todo = [], [source]
+    while todo:
+        path = todo.pop()
+        try:
+            with open(path) as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.M):
+            header = os.path.normpath(os.path.join(os.path.dirname(path), name))
+            if header not in seen and os.path.isfile(header):
+                seen.append(header)
+                todo.append(header)
+    return seen
+
+
+def sources_digest(sources: Sequence[str], root: str) -> str:
+    """sha256 of the sources and the project headers they include: names (relative to `root`, the csrc
+    folder) and contents. An installed build records it (setup.py) and the loader compares it, rather than
+    file times, which a fresh copy of the tree resets (a silent rebuild of current kernels)."""
+    files = set(sources) | {h for s in sources for h in local_includes(s)}
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: os.path.relpath(p, root)):
+        digest.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
+        with open(path, "rb") as fh:
+            digest.update(fh.read() + b"\0")
+    return digest.hexdigest()
+
+
+def digest_record(library: str, module_name: str) -> str:
+    """Where the digest of an installed library's sources is kept: beside it, `<module>.sources.sha256`."""
+    return os.path.join(os.path.dirname(library), module_name.rsplit(".", 1)[-1] + ".sources.sha256")
+
+
+__all__ = ["find_cuda_home", "openmp_flags", "DEFAULT_CUDA_ARCH_LIST", "local_includes", "sources_digest",
+           "digest_record"]
