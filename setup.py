@@ -125,6 +125,16 @@ def recording_build_ext(base):
                 with open(record, "w") as fh:
                     fh.write(toolchain.sources_digest(cu, os.path.join(HERE, "csrc")) + "\n")
 
+        def copy_extensions_to_source(self):
+            """--inplace and editable installs: the record goes into the source tree with the library."""
+            super().copy_extensions_to_source()
+            build_py = self.get_finalized_command("build_py")
+            for ext in self.extensions:
+                inplace_file, regular_file = self._get_inplace_equivalent(build_py, ext)
+                record = toolchain.digest_record(regular_file, ext.name)
+                if os.path.exists(record):
+                    self.copy_file(record, toolchain.digest_record(inplace_file, ext.name), level=self.verbose)
+
     return RecordingBuildExt
 
 
