@@ -157,6 +157,7 @@ if __name__ == "__main__":  # pip's build backend runs this file as __main__; te
             "librosa",
             "soundfile",
             "click",
+            "pyyaml",
             "tqdm",
             "matplotlib",
         ]

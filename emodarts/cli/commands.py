@@ -10,20 +10,20 @@ from typing import Any, Optional, Tuple
 import click
 
 from emodarts.cli import corpus as cli_corpus
+from emodarts.cli.genotype_input import fit_genotype, genotype_shape, read_genotype
 from emodarts.cli.options import (
+    CONFIG_FILE,
+    SET_VALUES,
     THREADS,
     apply_threads,
     aux_option,
     build_config,
     check_backend,
     common_options,
-    fit_genotype,
     friendly_errors,
-    genotype_shape,
     model_options,
     parsed_options,
     precision_options,
-    read_genotype,
     refuse_given,
     resume_changes,
     shape_options,
@@ -243,6 +243,25 @@ def predict(run_dir: Path, audio: Tuple[Path, ...], device: str, as_json: bool) 
     click.echo(_json.dumps(records, indent=2) if as_json else format_predictions(records))
     if any("error" in r for r in records):
         sys.exit(1)
+
+
+@cli.command("config")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="The base (default: the file's preset, else tiny).")
+@CONFIG_FILE
+@SET_VALUES
+@friendly_errors
+def config_command(preset: Optional[str], config_file: Optional[Path], set_values: Tuple[str, ...]) -> None:
+    """Print the configuration that preset < --config FILE < --set resolve to, as YAML: what a run started
+    with the same values records in RUN_DIR/config.json."""
+    import json as _json
+
+    import yaml
+
+    options = {"preset": preset or "tiny", "config_file": config_file, "set_values": set_values,
+               "_explicit": {"preset"} if preset else set()}
+    cfg = build_config("search", options)
+    click.echo(yaml.safe_dump(_json.loads(_json.dumps(cfg.to_dict())), sort_keys=False).rstrip())
 
 
 @cli.command()

@@ -5,6 +5,7 @@ from typing import Any, Optional
 
 import click
 
+from emodarts.cli.genotype_input import fit_genotype, genotype_shape, read_genotype
 from emodarts.cli.options import (
     FEATURES,
     RESUME_MAY_CHANGE,
@@ -12,12 +13,9 @@ from emodarts.cli.options import (
     aux_option,
     build_config,
     common_options,
-    fit_genotype,
     friendly_errors,
-    genotype_shape,
     model_options,
     parsed_options,
-    read_genotype,
     refuse_given,
     resume_changes,
 )
@@ -150,7 +148,8 @@ def cv(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Option
         if genotype_path is None:
             return build_config("run", parsed_options())
         genotype = read_genotype(genotype_path)
-        options = {**parsed_options(), "epochs": train_epochs or epochs}  # no search: all epochs train
+        options = parsed_options()  # no search: all epochs train
+        options.update(epochs=train_epochs or epochs, _explicit=options["_explicit"] | {"epochs"})
         return fit_genotype(build_config("train", genotype_shape(genotype, options)), genotype, genotype_path,
                             seq_candidates)
 

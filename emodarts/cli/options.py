@@ -36,14 +36,13 @@ from emodarts.engine.config import (
     with_changes,
     with_seq_space,
 )
+from emodarts.engine.overrides import check_values, merged, parse_set, read_config_file
 from emodarts.features.config import FEATURE_KINDS
 from emodarts.model.partial_channels import check_partial_channels
 from emodarts.model.space import (
-    CNN_PRIMITIVES,
     DARTS_SEQ_PRIMITIVES,
     SEQ_SPACES,
     SEQ_SUBSETS,
-    seq_primitives_of,
 )
 from emodarts.runtime.errors import EmodartsError
 
@@ -108,12 +107,21 @@ FEATURES = opt("--features", to="features", type=click.Choice(FEATURE_KINDS), de
                     "max-pooled to the preset's shape) or npy (precomputed arrays named by the csv manifest's "
                     "features column). Part of the feature-cache key.")
 
+CONFIG_FILE = opt("--config", "config_file", type=click.Path(path_type=Path), default=None, metavar="FILE",
+                  help="YAML or JSON file with any keys of RUN_DIR/config.json (nested as there; a run's "
+                       "config.json is one). Precedence: preset < FILE < options given < --set.")
+SET_VALUES = opt("--set", "set_values", multiple=True, metavar="KEY=VALUE",
+                 help="Any configuration field by its dotted key, e.g. --set search.alpha_lr=6e-4 --set "
+                      "model.dropout=0.2 (repeatable; wins over everything else).")
+
 THREADS = opt("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op CPU threads (default 1: see README, 'Threads and heap').")
 
 # search, train, run, cv. --preset, --epochs and --batch-size are read by build_config itself (the preset
 # is the base; which phase --epochs counts depends on the command).
 COMMON_OPTIONS: Sequence[Opt] = (
+    CONFIG_FILE,
+    SET_VALUES,
     opt("--corpus", to="corpus", default="synthetic", show_default=True,
         help="Corpus: synthetic (built in), iemocap, msp-improv, msp-podcast or csv (a manifest with "
              "path,label,speaker)."),
@@ -225,8 +233,12 @@ precision_options = options(PRECISION_OPTIONS)
 
 # ------------------------------------------------------------------------------- options -> configuration
 def parsed_options() -> Dict[str, Any]:
-    """The running command's parsed options (click's params mapping), the input of build_config."""
-    return dict(click.get_current_context().params)
+    """The running command's parsed options (click's params mapping), the input of build_config, with
+    "_explicit": the names given on the command line (with a config file, an option left at its default
+    does not override the file)."""
+    ctx = click.get_current_context()
+    explicit = {name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+    return {**ctx.params, "_explicit": explicit}
 
 
 def build_config(command: str, options: Mapping[str, Any]) -> RunConfig:
@@ -235,12 +247,20 @@ def build_config(command: str, options: Mapping[str, Any]) -> RunConfig:
     before the shape options apply, and `command` says what --epochs counts: search epochs for search and
     run (whose final training takes --train-epochs), training epochs for train. Every other value goes to
     its field as the option table says (CONFIG_OPTIONS)."""
+    file_data = read_config_file(options["config_file"]) if options.get("config_file") else {}
+    if file_data and options.get("_explicit") is not None:  # the file wins over options left at their defaults
+        explicit = options["_explicit"]
+        options = {k: (v if k in explicit or k in ("config_file", "set_values") else None) for k, v in options.items()}
+        options["preset"] = options["preset"] or file_data.get("preset") or "tiny"
     for o in CONFIG_OPTIONS:
         value = options.get(o.name)
         if value is not None and o.check is not None and o.check(value):
             raise EmodartsError(o.check(value))
     preset = options["preset"]
-    base = PRESETS[preset]
+    if preset not in PRESETS:
+        raise EmodartsError(f"{options['config_file']}: field 'preset' is {preset!r}; expected one of "
+                            f"{', '.join(sorted(PRESETS))}")
+    base = merged(PRESETS[preset], file_data)
     if options.get("seq_space") == "darts":
         if options.get("seq_candidates"):
             raise EmodartsError("--seq-candidates chooses among the emodarts recurrent candidates; the darts space "
@@ -258,6 +278,13 @@ def build_config(command: str, options: Mapping[str, Any]) -> RunConfig:
         section, _, name = o.to.rpartition(".")
         (changes[section] if section else changes)[name] = value
     cfg = with_changes(base, changes)
+    set_items = options.get("set_values") or ()
+    sources = {str(options.get("config_file")): file_data}
+    for item in set_items:
+        layer = parse_set([item])
+        sources[f"--set {item}"] = layer
+        cfg = merged(cfg, layer)
+    check_values(cfg, sources)
     try:
         check_partial_channels(cfg.model.partial_channels, cfg.model.cnn_channels)
     except ValueError as exc:
@@ -319,36 +346,6 @@ def check_backend(cfg: RunConfig) -> None:
     from emodarts.ops.backend import check_backend as check
 
     check(cfg.backend, cfg.device)
-
-
-def read_genotype(path: Path):
-    """The genotype in `path`; a missing or malformed file is an error naming it."""
-    from emodarts.model.space import load_genotype
-
-    if not Path(path).exists():
-        raise EmodartsError(f"{path}: genotype file not found")
-    return load_genotype(path)
-
-
-def genotype_shape(genotype, options: Mapping[str, Any]) -> Dict[str, Any]:
-    """`options` for training `genotype`: the CNN and sequential node counts and the sequential space it
-    determines fill in what the user did not give (what they gave is checked by fit_genotype)."""
-    return {**options, "cnn_nodes": options.get("cnn_nodes") or len(genotype.normal.nodes),
-            "seq_nodes": options.get("seq_nodes") or len(genotype.seq.nodes),
-            "seq_space": options.get("seq_space") or genotype.seq_space}
-
-
-def fit_genotype(cfg: RunConfig, genotype, path: Path, seq_candidates: Optional[str] = None) -> RunConfig:
-    """`cfg` for training `genotype`: its candidate lists admit every operation of the genotype's space
-    (a derived network needs none, and a preset's narrower list would refuse a genotype searched with
-    more), unless --seq-candidates chose one. A genotype that does not fit is refused, naming the file."""
-    from emodarts.model.space import check_genotype_fits
-
-    model = replace(cfg.model, cnn_primitives=CNN_PRIMITIVES)
-    if not seq_candidates:
-        model = replace(model, seq_primitives=seq_primitives_of(model.seq_space))
-    check_genotype_fits(genotype, model, where=str(path))
-    return replace(cfg, model=model)
 
 
 # ---------------------------------------------------------------------------- run-time setup and errors

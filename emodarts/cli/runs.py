@@ -49,8 +49,9 @@ def start_run(command: str, build: Callable[[], RunConfig], corpus: str, protoco
         refuse()
     cfg = None
     if resume is None:
-        check_corpus_names(corpus, protocol)
-        cfg = build()
+        cfg = build()  # the corpus, protocol and device may come from a config file
+        check_corpus_names(cfg.corpus, cfg.protocol or None)
+        device = cfg.device
     cfg, run_dir, resuming = open_run(command, cfg, out, resume, device, fused, changes, create=False)
     check_backend(cfg)
     return cfg, run_dir, resuming

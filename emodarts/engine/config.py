@@ -131,6 +131,7 @@ def aux_weight_problem(value: float, name: str = "--aux-weight") -> Optional[str
 
 def _from_dict(cls, data: Dict[str, Any]):
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name not in data:
             continue
@@ -138,7 +139,10 @@ def _from_dict(cls, data: Dict[str, Any]):
         if f.name in ("model", "search", "train"):
             value = _from_dict({"model": ModelConfig, "search": SearchConfig, "train": TrainConfig}[f.name], value)
         elif isinstance(value, list):
-            value = tuple(value)
+            value = tuple(float(v) if hints[f.name] == Tuple[float, float] else v for v in value)
+        elif isinstance(value, int) and not isinstance(value, bool) and float in (hints[f.name],
+                                                                                  *typing.get_args(hints[f.name])):
+            value = float(value)  # 1 in a YAML file or --set for a float field: the same run as 1.0
         kwargs[f.name] = value
     return cls(**kwargs)
 
@@ -175,25 +179,27 @@ def _describe(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
-def config_problem(data: Any, cls=RunConfig, prefix: str = "") -> Optional[str]:
-    """The first thing that keeps `data` from being a configuration of `cls` (an unknown field, a field
-    of the wrong type), or None. Missing fields take their defaults (a config.json of an older version)."""
+def config_problem(data: Any, cls=RunConfig, prefix: str = "", partial: bool = False) -> Optional[str]:
+    """The first thing that keeps `data` from being a configuration of `cls` (an unknown field, with the
+    fields its section accepts; a field of the wrong type), or None. Missing fields take their defaults (a
+    config.json of an older version); `partial` (a config file or --set): no field is required."""
     if not isinstance(data, dict):
         return f"field '{prefix.rstrip('.')}' must be an object" if prefix else "expected a JSON object"
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        return f"unknown field '{prefix}{unknown[0]}'"
+        where = f"'{prefix.rstrip('.')}'" if prefix else "the top level"
+        return f"unknown field '{prefix}{unknown[0]}' ({where} accepts: {', '.join(sorted(known))})"
     for name, value in data.items():
         hint = hints[name]
         if is_dataclass(hint):
-            problem = config_problem(value, hint, f"{prefix}{name}.")
+            problem = config_problem(value, hint, f"{prefix}{name}.", partial)
             if problem:
                 return problem
         elif not _type_ok(value, hint):
             return f"field '{prefix}{name}' is {value!r}; expected {_describe(hint)}"
-    if not prefix and "model" not in data:
+    if not prefix and not partial and "model" not in data:
         return "field 'model' is missing"
     return None
 
