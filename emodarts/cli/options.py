@@ -29,6 +29,7 @@ import click
 from click.core import ParameterSource
 
 from emodarts.engine.config import (
+    CLASS_WEIGHTS,
     PRESETS,
     RunConfig,
     alpha_split_problem,
@@ -140,6 +141,9 @@ COMMON_OPTIONS: Sequence[Opt] = (
     opt("--resume", "resume", type=click.Path(path_type=Path), default=None, help=RESUME_HELP),
     opt("--epochs", type=int, default=None, help="Epochs (search epochs for `run`)."),
     opt("--batch-size", type=int, default=None, help="Batch size (search and training)."),
+    opt("--class-weights", type=click.Choice(CLASS_WEIGHTS), default=None,
+        help="Cross-entropy class weights of the search and the final training: none, or balanced (inverse "
+             "class frequency of the labels trained on). Default: none in the search, balanced in training."),
     opt("--device", to="device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
     opt("--fused", to="backend", convert=backend_of, is_flag=True,
         help="Use the fused kernels (Triton on CUDA, C++ on CPU) instead of plain PyTorch."),
@@ -269,8 +273,10 @@ def build_config(command: str, options: Mapping[str, Any]) -> RunConfig:
     epochs, batch_size = options.get("epochs"), options.get("batch_size")
     search_epochs = epochs if command in ("search", "run") else None
     final_epochs = options.get("train_epochs") if command == "run" else (epochs if command == "train" else None)
-    changes: Dict[str, Any] = {"search": {"epochs": search_epochs, "batch_size": batch_size},
-                               "train": {"epochs": final_epochs, "batch_size": batch_size}, "model": {}}
+    weights = options.get("class_weights")
+    changes: Dict[str, Any] = {
+        "search": {"epochs": search_epochs, "batch_size": batch_size, "class_weights": weights},
+        "train": {"epochs": final_epochs, "batch_size": batch_size, "class_weights": weights}, "model": {}}
     for o in CONFIG_OPTIONS:
         value = options.get(o.name)
         if o.convert is not None:

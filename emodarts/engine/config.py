@@ -14,6 +14,9 @@ from emodarts.runtime.errors import EmodartsError
     # edge normalisation (emodarts/model/partial_channels.py); 1: plain DARTS
 
 
+CLASS_WEIGHTS = ("none", "balanced")  # the cross entropy's class weights (engine/losses.py)
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     epochs: int = 50
@@ -31,6 +34,7 @@ class SearchConfig:
     second_order: bool = False
     max_skip_normal: Optional[int] = None  # cap on skip connections per derived CNN normal cell (off: None)
     skip_patience: int = 0  # stop the search after this many epochs over the cap in a row (0: never)
+    class_weights: str = "none"  # cross-entropy class weights: none, or balanced (inverse class frequency)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     drop_path: float = 0.2
     aux_weight: float = 0.0  # weight of the auxiliary head's loss (0: no auxiliary head); the paper preset: 0.4
+    class_weights: str = "balanced"  # cross-entropy class weights: balanced (inverse class frequency) or none
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,9 @@ class RunConfig:
             del d["features"]
         if d["model"]["partial_channels"] == 1:  # likewise plain DARTS (no --partial-channels)
             del d["model"]["partial_channels"]
+        for phase, default in (("search", "none"), ("train", "balanced")):  # likewise the class weights
+            if d[phase]["class_weights"] == default:
+                del d[phase]["class_weights"]
         return d
 
 

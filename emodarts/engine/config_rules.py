@@ -3,6 +3,7 @@ configuration a run starts from, whether its values came from a preset, a config
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from emodarts.engine.config import CLASS_WEIGHTS
 from emodarts.features.config import FEATURE_KINDS
 from emodarts.model.space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
 
@@ -30,6 +31,7 @@ def _optional(rule: Rule) -> Rule:
 
 
 COUNT = _at_least(1)
+SEQ_CANDIDATES = tuple(dict.fromkeys(SEQ_SUBSETS["all"] + DARTS_SEQ_PRIMITIVES))  # of either sequential space
 RULES: Dict[str, Rule] = {
     "fold": _at_least(0),
     "min_duration": _optional(_at_least(0)),
@@ -43,8 +45,8 @@ RULES: Dict[str, Rule] = {
     "model.seq_space": _one_of(SEQ_SPACES),
     "model.cnn_primitives": ((lambda v: len(v) > 0 and set(v) <= set(CNN_PRIMITIVES)),
                              "a non-empty list of " + ", ".join(CNN_PRIMITIVES)),
-    "model.seq_primitives": ((lambda v: len(v) > 0 and set(v) <= set(SEQ_SUBSETS["all"]) | set(DARTS_SEQ_PRIMITIVES)),
-                             "a non-empty list of " + ", ".join(dict.fromkeys(SEQ_SUBSETS["all"] + DARTS_SEQ_PRIMITIVES))),
+    "model.seq_primitives": ((lambda v: len(v) > 0 and set(v) <= set(SEQ_CANDIDATES)),
+                             "a non-empty list of " + ", ".join(SEQ_CANDIDATES)),
     "search.epochs": COUNT, "search.batch_size": COUNT,
     "search.w_lr": _positive(), "search.w_lr_min": _at_least(0), "search.w_momentum": _fraction(),
     "search.w_weight_decay": _at_least(0), "search.grad_clip": _positive(),
@@ -53,6 +55,7 @@ RULES: Dict[str, Rule] = {
     "search.alpha_split": ((lambda v: 0.0 < v < 1.0), "a number strictly between 0 and 1"),
     "search.max_skip_normal": _optional(_at_least(0)),
     "search.skip_patience": _at_least(0),
+    "search.class_weights": _one_of(CLASS_WEIGHTS), "train.class_weights": _one_of(CLASS_WEIGHTS),
     "train.epochs": COUNT, "train.batch_size": COUNT,
     "train.lr": _positive(), "train.lr_min": _at_least(0), "train.momentum": _fraction(),
     "train.weight_decay": _at_least(0), "train.grad_clip": _positive(), "train.drop_path": _fraction(),

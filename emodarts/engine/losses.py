@@ -7,6 +7,15 @@ from torch import Tensor, nn
 from emodarts.runtime.distributed import global_batch, sum_gradients
 
 
+def loss_class_weights(kind: str, y: Tensor, n_classes: int) -> Optional[Tensor]:
+    """The cross entropy's class weights (--class-weights): none, or balanced: inverse class frequency in `y`
+    (the labels the phase trains on), normalised so that a balanced set gets weight 1."""
+    if kind == "none":
+        return None
+    counts = torch.bincount(y, minlength=n_classes).float().clamp_min(1)
+    return counts.sum() / (n_classes * counts)
+
+
 def summed_over_ranks(loss: Tensor) -> float:
     """A loss of this rank's shard of a global batch, summed over the ranks: the global batch's loss."""
     return float(sum_gradients([loss])[0])

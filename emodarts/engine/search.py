@@ -11,7 +11,7 @@ from emodarts.engine.architect import Architect
 from emodarts.engine.checkpoint import rng_state, save_checkpoint, seed_everything
 from emodarts.engine.config import RunConfig
 from emodarts.engine.evaluation import evaluate_split
-from emodarts.engine.losses import sharded_cross_entropy, summed_over_ranks, weight_step
+from emodarts.engine.losses import loss_class_weights, sharded_cross_entropy, summed_over_ranks, weight_step
 from emodarts.engine.resume import resume_from, truncate_logs
 from emodarts.engine.run_data import RunData, batches, epoch_generator, feature_stats
 from emodarts.model.derive import count_op, derive_genotype
@@ -38,6 +38,7 @@ class _Search:
     sched: torch.optim.lr_scheduler.CosineAnnealingLR
     a_opt: torch.optim.Adam
     architect: Architect
+    class_weights: Optional[torch.Tensor] = None  # of the cross entropy (--class-weights), on the device
 
     def optimizers(self) -> Dict[str, torch.optim.Optimizer]:
         """The optimisers under their keys in the search checkpoint."""
@@ -56,8 +57,11 @@ def _build_search(cfg: RunConfig, data: RunData) -> _Search:
     w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, sc.epochs, eta_min=sc.w_lr_min)
     a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
-    architect = Architect(model, w_opt, a_opt, second_order=sc.second_order, loss_fn=sharded_cross_entropy())
-    return _Search(model, w_opt, sched, a_opt, architect)
+    weights = loss_class_weights(sc.class_weights, torch.cat([data.search_w.y, data.search_a.y]),
+                                 len(data.classes))
+    weights = weights.to(cfg.device) if weights is not None else None
+    architect = Architect(model, w_opt, a_opt, second_order=sc.second_order, loss_fn=sharded_cross_entropy(weights))
+    return _Search(model, w_opt, sched, a_opt, architect, weights)
 
 
 def _search_epoch(cfg: RunConfig, search: _Search, data: RunData, epoch: int, progress: bool) -> Tuple[float, float]:
@@ -78,7 +82,7 @@ def _search_epoch(cfg: RunConfig, search: _Search, data: RunData, epoch: int, pr
         yw, ya = yw.to(device), ya.to(device)
         with autocast(device, cfg.amp):
             alpha_loss_sum += summed_over_ranks(search.architect.step(xw, yw, xa, ya))
-            train_loss += weight_step(search.model, search.w_opt, xw, yw, sc.grad_clip)
+            train_loss += weight_step(search.model, search.w_opt, xw, yw, sc.grad_clip, search.class_weights)
     return train_loss / n_steps, alpha_loss_sum / n_steps
 
 

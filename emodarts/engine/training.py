@@ -5,12 +5,11 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from emodarts.engine.checkpoint import rng_state, save_checkpoint, seed_everything
 from emodarts.engine.config import RunConfig
 from emodarts.engine.evaluation import evaluate_split
-from emodarts.engine.losses import weight_step
+from emodarts.engine.losses import loss_class_weights, weight_step
 from emodarts.engine.resume import resume_from, truncate_logs
 from emodarts.engine.run_data import RunData, batches, epoch_generator, feature_stats
 from emodarts.model.network import DerivedNetwork
@@ -20,12 +19,6 @@ from emodarts.runtime.distributed import info as dist_info
 from emodarts.runtime.files import append_jsonl
 from emodarts.runtime.precision import autocast, prepare_input, prepare_model
 from emodarts.runtime.progress import progress_bar, say
-
-
-def class_weights(y: Tensor, n_classes: int) -> Tensor:
-    """Inverse class frequency, normalised so that a balanced set gets weight 1."""
-    counts = torch.bincount(y, minlength=n_classes).float().clamp_min(1)
-    return counts.sum() / (n_classes * counts)
 
 
 def build_final_network(cfg: RunConfig, genotype: Genotype, data: RunData) -> DerivedNetwork:
@@ -47,7 +40,8 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
     net = prepare_model(net, device, cfg.channels_last)
     opt = torch.optim.SGD(net.parameters(), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.epochs, eta_min=tc.lr_min)
-    weights = class_weights(data.train.y, len(data.classes)).to(device)
+    weights = loss_class_weights(tc.class_weights, data.train.y, len(data.classes))
+    weights = weights.to(device) if weights is not None else None
     ckpt_path = run_dir / "train_checkpoint.pt"
     start, best = resume_from(run_dir, ckpt_path, cfg, resume, net, {"opt": opt}, sched, tc.epochs,
                                {"ua": -1.0, "epoch": -1})
