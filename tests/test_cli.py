@@ -1,5 +1,6 @@
 """The command line: a short `emodarts run` on the synthetic corpus, errors, and --fused without kernels."""
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -110,3 +111,22 @@ def test_predict_on_a_directory_says_so(short_run, tmp_path):
     result = CliRunner().invoke(cli, ["predict", str(out), str(tmp_path), str(out)])
     assert result.exit_code == 1
     assert f"{tmp_path} is a directory" in result.output and f"{out} is a directory" in result.output
+
+
+def test_predict_applies_the_runs_min_duration(short_run, tmp_path):
+    """A clip shorter than the run's --min-duration (0.25 s here) is refused as the run's data was; a longer
+    one is predicted."""
+    import numpy as np
+
+    from emodarts.data.wav import write_wav
+
+    out, _, _ = short_run
+    rng = np.random.default_rng(0)
+    short, ok = tmp_path / "short.wav", tmp_path / "ok.wav"
+    write_wav(short, (0.1 * rng.standard_normal(1600)).astype(np.float32), 16000)  # 0.1 s
+    write_wav(ok, (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    result = CliRunner().invoke(cli, ["predict", str(out), str(short), str(ok), "--json"])
+    assert result.exit_code == 1
+    records = {Path(r["file"]).name: r for r in json.loads(result.output)}
+    assert "too short" in records["short.wav"]["error"] and "0.25" in records["short.wav"]["error"]
+    assert "label" in records["ok.wav"]

@@ -110,7 +110,10 @@ def test_cv_search_then_resume(replica, home, tmp_path, librosa_warm):
     before = (out / "fold_0" / "metrics.json").stat().st_mtime_ns
     (out / "fold_2" / "metrics.json").unlink()
     lines_before = (out / "fold_2" / "metrics.jsonl").read_text()
+    stale = out / ".cv_results.json.0a1b2c3d.tmp"  # what a kill during an atomic write leaves
+    stale.write_text("{")
     again = _cv("--resume", str(out), "--folds", "0,1,2")
+    assert not stale.exists()
     assert again.exit_code == 0, again.output
     assert "fold 0 (test Ses01): finished before" in again.output
     assert "fold 2 (test Ses03): finished before" not in again.output

@@ -44,8 +44,10 @@ def load_predictor(run_dir: Path, device: str = "cpu"):
 
 @torch.no_grad()
 def predict_files(run_dir: Path, paths: Sequence[Path], device: str = "cpu") -> List[dict]:
-    """One record per file: {file, label, probs} or {file, error} for audio that cannot be used."""
-    from emodarts.features import extract_features, run_feature_config, with_rows
+    """One record per file: {file, label, probs} or {file, error} for audio that cannot be used, a clip
+    shorter than the run's --min-duration included (the run never trained on such clips)."""
+    from emodarts.features import check_duration, extract_features, run_feature_config, with_rows
+    from emodarts.features.audio import audio_facts
 
     cfg, classes, net = load_predictor(run_dir, device)
     # the run's kind of features (npy: the files given are .npy arrays with the rows the network was trained on)
@@ -56,6 +58,9 @@ def predict_files(run_dir: Path, paths: Sequence[Path], device: str = "cpu") -> 
             out.append({"file": str(path), "error": f"{path} is a directory, not an audio file"})
             continue
         try:
+            facts = audio_facts(str(path)) if feature_cfg.kind != "npy" else None
+            if facts:
+                check_duration(str(path), facts["frames"] / facts["sr"], feature_cfg)
             x = extract_features(str(path), feature_cfg)
         except DataError as exc:
             out.append({"file": str(path), "error": str(exc)})

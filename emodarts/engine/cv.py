@@ -23,6 +23,7 @@ import numpy as np
 
 from emodarts.data import Utterance
 from emodarts.engine.config import RunConfig, with_overrides
+from emodarts.engine.resume import open_for_resume
 from emodarts.engine.run_data import RunData, build_run_data
 from emodarts.runtime.errors import DataError, EmodartsError
 from emodarts.runtime.files import atomic_write_json, atomic_write_text
@@ -156,6 +157,8 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
 
     run_dir = Path(run_dir)
     protocol = protocol or getattr(cfg, "protocol", None) or None
+    if resume:  # the top folder's temporary files of interrupted writes (each fold's go when it resumes)
+        open_for_resume(run_dir)
     state = _load_state(run_dir) if resume else None
     if state is not None:
         if protocol and protocol != state["protocol"]:

@@ -40,7 +40,7 @@ def _warn(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def _open_for_resume(run_dir: Path) -> None:
+def open_for_resume(run_dir: Path) -> None:
     """Remove the temporary files of atomic writes that the interruption left behind (one writer per run
     folder: rank 0, which is here)."""
     if dist_info().is_main:
@@ -54,7 +54,7 @@ def resume_from(run_dir: Path, ckpt_path: Path, cfg: RunConfig, resume: bool, mo
     epoch after the checkpoint's and its best, with model, optimisers (by their key in the checkpoint),
     scheduler (stretched to `epochs`) and random state restored, so the run goes on as if never stopped."""
     if resume:
-        _open_for_resume(run_dir)
+        open_for_resume(run_dir)
     if not (resume and ckpt_path.exists()):
         return 0, best
     state = load_run_checkpoint(ckpt_path, cfg)
