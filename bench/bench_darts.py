@@ -33,7 +33,6 @@ OMP_WAIT_POLICY.
     python bench/bench_darts.py --device cuda                        # + peak memory at H=1024, T=B=128
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -47,7 +46,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402
     add_run_options,
-    header,
+    timing_header,
     run_settings,
     timed_round_robin,
     ResultsFile,
@@ -240,18 +239,13 @@ def main(argv=None) -> None:
     ratio_names = [f"{b}/{i}" for b in base for i in impls if i != b and not (b == "compile" and i == "reference")]
     print(f"{'preset':6} {'mode':7} " + " ".join(f"{c:>14}" for c in cols) + "  "
           + " ".join(f"{r:>17}" for r in ratio_names))
-    payload = header(device)
-    payload.update({
-        "benchmark": "darts_rnn", "dtype": "float32", "repeats": repeats, "warmup": warmup,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "cpu_gemm_path": gr.cpu_gemm_path() if device.type == "cpu" else None,
-        "compile": "torch.compile(dynamic=False) of the reference's cell step (one time step: h W0h, s0, the S "
-                   "nodes, the mean); eager Python loop over time steps; compile time excluded",
-        "inputs": f"x_proj = (x W0x)^T strided, h0 = 0, weights uniform(-{INIT}, {INIT}), "
-                  "probs = softmax(alpha)[:, :4] / predecessors of the node, alpha = 0",
-        "speedup_note": "a/b = median time of a / median time of b (> 1: b is faster)",
-    })
+    payload = timing_header(
+        device, "darts_rnn", repeats, warmup, cpu_gemm_path=gr.cpu_gemm_path() if device.type == "cpu" else None,
+        compile="torch.compile(dynamic=False) of the reference's cell step (one time step: h W0h, s0, the S "
+                "nodes, the mean); eager Python loop over time steps; compile time excluded",
+        inputs=f"x_proj = (x W0x)^T strided, h0 = 0, weights uniform(-{INIT}, {INIT}), "
+               "probs = softmax(alpha)[:, :4] / predecessors of the node, alpha = 0",
+        speedup_note="a/b = median time of a / median time of b (> 1: b is faster)")
     results = ResultsFile(args.out or f"darts_{device.type}.json", payload)
     rows = []
     for preset in args.presets.split(","):

@@ -24,7 +24,6 @@ bench/results/recurrent_<device>.json with the device name, date, command, threa
     python bench/bench_recurrent.py --device cuda
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
@@ -39,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402
     add_run_options,
-    header,
+    timing_header,
     run_settings,
     timed_round_robin,
     ResultsFile,
@@ -163,15 +162,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     device, repeats, warmup = run_settings(args, 7, gr.ensure_cuda)
     impls = [s for s in args.impls.split(",") if s]
-    payload = header(device)
-    payload.update({
-        "benchmark": "recurrent", "dtype": "float32", "repeats": repeats, "warmup": warmup,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "cpu_gemm_path": gr.cpu_gemm_path() if device.type == "cpu" else None,
-        "compile": "torch.compile(dynamic=False) of the LSTM / RNN cell (one time step); Python loop over steps",
-        "workloads": {k: f"{sum(v)} edges over {len(v)} source(s) x 12 recurrent candidates" for k, v in SCOPES.items()},
-    })
+    payload = timing_header(
+        device, "recurrent", repeats, warmup, cpu_gemm_path=gr.cpu_gemm_path() if device.type == "cpu" else None,
+        compile="torch.compile(dynamic=False) of the LSTM / RNN cell (one time step); Python loop over steps",
+        workloads={k: f"{sum(v)} edges over {len(v)} source(s) x 12 recurrent candidates" for k, v in SCOPES.items()})
     results = ResultsFile(args.out or f"recurrent_{device.type}.json", payload)
     rows = []
     print(f"{'preset':6} {'scope':6} {'mode':7} " + " ".join(f"{i + ' ms':>12}" for i in impls)

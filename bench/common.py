@@ -100,6 +100,14 @@ def header(device: torch.device) -> Dict[str, object]:
     }
 
 
+def timing_header(device: torch.device, benchmark: str, repeats: int, warmup: int, **extra) -> Dict[str, object]:
+    """header() plus what a float32 timing benchmark records about its run: repeats, warm-up, load average and
+    the OpenMP wait policy (then `extra`)."""
+    return {**header(device), "benchmark": benchmark, "dtype": "float32", "repeats": repeats, "warmup": warmup,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **extra}
+
+
 def write_json(name: str, payload: Dict[str, object]) -> Path:
     """RESULTS/name (or the path `name`), replaced atomically: a reader (run_all's summary) never sees half a file."""
     RESULTS.mkdir(parents=True, exist_ok=True)

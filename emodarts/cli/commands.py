@@ -48,7 +48,7 @@ def cli() -> None:
 @model_options
 @precision_options
 @friendly_errors
-def search(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
+def search(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
            device: str, fused: bool, progress: bool, threads: Optional[int], amp: Optional[str], channels_last: bool,
            **_: Any) -> None:
     """Search a genotype (bilevel DARTS) and write RUN_DIR/genotype.json."""
@@ -56,7 +56,7 @@ def search(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Op
     from emodarts.engine.search import run_search
 
     cfg, run_dir, resuming = start_run(
-        "search", lambda: build_config("search", parsed_options()), corpus, protocol, out, resume, device, fused,
+        "search", lambda: build_config("search", parsed_options()), out, resume, device, fused,
         threads, resume_changes({"search": epochs}, amp, channels_last),
         refuse=lambda: refuse_given(["train_epochs"], "`search` has no final training (give it to `run` or `cv`)"))
     with run_folder(cfg, run_dir, resuming):
@@ -74,7 +74,7 @@ def search(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Op
 @aux_option
 @precision_options
 @friendly_errors
-def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
+def train(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
           device: str, fused: bool, progress: bool, threads: Optional[int], genotype_path: Optional[Path],
           amp: Optional[str], channels_last: bool, seq_candidates: Optional[str], **_: Any) -> None:
     """Train the network of a genotype from scratch; the epoch is chosen on the dev speakers.
@@ -99,7 +99,7 @@ def train(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Opt
                             seq_candidates)
 
     genotype = None
-    cfg, run_dir, resuming = start_run("train", build, corpus, protocol, out, resume, device, fused, threads,
+    cfg, run_dir, resuming = start_run("train", build, out, resume, device, fused, threads,
                                        resume_changes({"train": epochs}, amp, channels_last), refuse=need_genotype)
     if resuming:
         genotype_path = run_dir / "genotype.json"
@@ -157,7 +157,7 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
 @aux_option
 @precision_options
 @friendly_errors
-def run(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
+def run(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
         train_epochs: Optional[int], device: str, fused: bool, progress: bool, threads: Optional[int],
         amp: Optional[str], channels_last: bool, **_: Any) -> None:
     """Search, then train the found genotype, then evaluate it on the test speakers."""
@@ -167,7 +167,7 @@ def run(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optio
     from emodarts.engine.training import run_train
     from emodarts.model.space import save_genotype
 
-    cfg, run_dir, resuming = start_run("run", lambda: build_config("run", parsed_options()), corpus, protocol, out,
+    cfg, run_dir, resuming = start_run("run", lambda: build_config("run", parsed_options()), out,
                                        resume, device, fused, threads,
                                        resume_changes({"search": epochs, "train": train_epochs}, amp, channels_last))
     t0 = time.time()

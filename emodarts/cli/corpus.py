@@ -126,7 +126,7 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Feature extraction processes when the cache is not there yet.")
 @friendly_errors
-def cv(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
+def cv(protocol: Optional[str], out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
        train_epochs: Optional[int], device: str, fused: bool, progress: bool, threads: Optional[int],
        genotype_path: Optional[Path], folds: Optional[str], workers: int, seq_candidates: Optional[str],
        **_: Any) -> None:
@@ -154,7 +154,7 @@ def cv(corpus: str, protocol: Optional[str], out: Optional[Path], resume: Option
                             seq_candidates)
 
     genotype = None
-    cfg, run_dir, resuming = start_run("cv", build, corpus, protocol, out, resume, device, fused, threads,
+    cfg, run_dir, resuming = start_run("cv", build, out, resume, device, fused, threads,
                                        resume_changes(_cv_epochs(resume, epochs, train_epochs)),
                                        CV_RESUME_MAY_CHANGE, refuse_search_settings)
     with run_folder(cfg, run_dir, resuming):

@@ -285,7 +285,7 @@ def build_config(command: str, options: Mapping[str, Any]) -> RunConfig:
         (changes[section] if section else changes)[name] = value
     cfg = with_changes(base, changes)
     set_items = options.get("set_values") or ()
-    sources = {str(options.get("config_file")): file_data}
+    sources = {str(options["config_file"]): file_data} if file_data else {}
     for item in set_items:
         layer = parse_set([item])
         sources[f"--set {item}"] = layer

@@ -35,13 +35,13 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir, self.kept = run_dir, kept
 
 
-def start_run(command: str, build: Callable[[], RunConfig], corpus: str, protocol: Optional[str], out: Optional[Path],
-              resume: Optional[Path], device: str, fused: bool, threads: Optional[int], changes: dict,
+def start_run(command: str, build: Callable[[], RunConfig], out: Optional[Path], resume: Optional[Path], device: str,
+              fused: bool, threads: Optional[int], changes: dict,
               may_change: Iterable[str] = RESUME_MAY_CHANGE,
               refuse: Optional[Callable[[], None]] = None) -> Tuple[RunConfig, Path, bool]:
     """The start every run command (search, train, run, cv) shares, all before any data is read: threads set,
     options that --resume does not take refused (then `refuse`, the command's own refusals), and for a new run
-    the corpus and protocol names checked and the configuration built (`build`); then the run opened (its
+    the configuration built (`build`) and its corpus and protocol names checked; then the run opened (its
     folder is made by run_folder) and the backend checked. Returns (config, run_dir, resuming)."""
     apply_threads(threads)
     refuse_resume_conflicts(resume, may_change)

@@ -2,6 +2,7 @@
 then the options given, then `--set key=value` pairs. Each layer is checked before it applies: an unknown
 key, a wrong type or an out-of-range value is one EmodartsError that names where it came from, the key and
 what the key accepts."""
+import functools
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
@@ -18,8 +19,9 @@ _FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
 
 
-def _yaml_load(text: str) -> Any:
-    """yaml.safe_load, reading 1e-3 as a number (YAML 1.2, JSON) where YAML 1.1 would read a string."""
+@functools.lru_cache(maxsize=None)
+def _loader():
+    """yaml's SafeLoader reading 1e-3 as a number (YAML 1.2, JSON) where YAML 1.1 would read a string."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -27,7 +29,13 @@ def _yaml_load(text: str) -> Any:
 
     Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-    return yaml.load(text, Loader=Loader)
+    return Loader
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_loader())
 
 
 def read_config_file(path) -> Dict[str, Any]:
