@@ -212,15 +212,19 @@ def test_msp_podcast_label_problems(tmp_path):
 
 def test_csv_bad_rows_are_skipped(tmp_path):
     manifest, recs = make_csv_corpus(tmp_path / "c", n_speakers=4, per_speaker=2)
+    tiny_wav(manifest.parent / "wav" / "F01" / "9.wav", 9)
     with manifest.open("a") as fh:
-        fh.write("wav/F01/0.wav,bored,F01,S1,train\n")  # unknown label (line 10)
+        fh.write("wav/F01/9.wav,bored,F01,S1,train\n")  # a label no class of --labels takes (line 10)
         fh.write("wav/F01/missing.wav,sad,F01,S1,train\n")  # no audio (line 11)
     report = SkipReport()
-    utts = load_protocol("csv", manifest, 0, report)[0]
+    utts = load_protocol("csv", manifest, 0, report, labels=("angry", "happy", "neutral", "sad"))[0]
     assert len(utts) == len(recs)
     kinds = {e["kind"]: e["reason"] for e in report.skipped}
-    assert f"{manifest}:10: unknown label 'bored'" in kinds["unknown-label"]
+    assert "label 'bored' is in no class of --labels angry,happy,neutral,sad" in kinds["label-not-selected"]
     assert f"{manifest}:11: audio file not found" in kinds["no-audio"]
+    # without --labels every label of a manifest is a class
+    utts = load_protocol("csv", manifest, 0, SkipReport())[0]
+    assert len(utts) == len(recs) + 1 and "bored" in {u.label for u in utts}
 
 
 def test_msp_improv_bad_names_and_letters(tmp_path):

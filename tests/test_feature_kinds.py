@@ -143,7 +143,7 @@ def _npy_manifest(root: Path, files: dict, speakers: int = 4) -> Path:
                 np.save(root / "feats" / f"{name}.npy", content)
             elif isinstance(content, bytes):
                 (root / "feats" / f"{name}.npy").write_bytes(content)
-            w.writerow([name, f"audio/{name}.wav", LABELS[i % 4], f"spk{i % speakers}", f"feats/{name}.npy"])
+            w.writerow([name, f"audio/{name}.wav", LABELS[i % 4], f"spk{(i // 4) % speakers}", f"feats/{name}.npy"])
     return manifest
 
 

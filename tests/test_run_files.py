@@ -255,7 +255,7 @@ def _csv_corpus_with_a_short_clip(tmp_path):
     sf = pytest.importorskip("soundfile", reason="writes its clips with soundfile")
     from replicas import make_csv_corpus
 
-    manifest, recs = make_csv_corpus(tmp_path / "corpus", n_speakers=8, per_speaker=2)
+    manifest, recs = make_csv_corpus(tmp_path / "corpus", n_speakers=8, per_speaker=4)  # every class per speaker
     short = tmp_path / "corpus" / recs[0]["rel"]
     sf.write(str(short), np.zeros(800, np.float32), 16000, subtype="PCM_16")  # 0.05 s
     return manifest, short, len(recs)

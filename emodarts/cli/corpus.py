@@ -75,15 +75,19 @@ def _cv_epochs(resume: Optional[Path], epochs: Optional[int], train_epochs: Opti
               help="Shortest usable clip in seconds; shorter ones are skipped as too short (default 0.25). "
                    "Part of the cache key: give later runs the same value.")
 @FEATURES
+@click.option("--labels", default=None, metavar="CLASSES",
+              help="The classes whose counts are printed, as search/run/cv take them (e.g. neutral,happy=happy+"
+                   "excited,sad,angry).")
 @friendly_errors
 def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], workers: int, extractor: str,
              device: str, cache_dir: Optional[Path], seed: int, progress: bool, min_duration: Optional[float],
-             features: Optional[str]) -> None:
+             features: Optional[str], labels: Optional[str]) -> None:
     """Extract (or reuse) the feature cache of a corpus under a protocol; print the fold counts.
 
     Resumable: an interrupted extraction continues where it stopped when the same command runs again.
     Later `search`, `run` and `cv` runs with the same corpus, protocol and preset reuse the cache."""
     from emodarts.data.counts import format_counts, save_counts
+    from emodarts.data.labels import split_labels
     from emodarts.data.report import SkipReport
     from emodarts.engine.cv import load_protocol_data
     from emodarts.features import default_cache_dir
@@ -93,7 +97,8 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
     try:
         data = load_protocol_data(corpus, root, preset, protocol, seed, cache_dir=cache_dir, progress=progress,
                                   report=report, workers=workers, extractor=extractor, device=device,
-                                  min_duration=min_duration, features=features or "mfcc")
+                                  min_duration=min_duration, features=features or "mfcc",
+                                  labels=split_labels(labels) or ())
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished chunks are kept in {cache_dir}; run the same command again to "
                    f"continue", err=True)

@@ -16,7 +16,14 @@ from emodarts.cli.options import (
     check_corpus_names,
     refuse_resume_conflicts,
 )
-from emodarts.engine.config import RunConfig, load_config, with_changes, with_overrides
+from emodarts.engine.config import (
+    CLASSES_KEY,
+    RunConfig,
+    load_config,
+    recorded_classes,
+    with_changes,
+    with_overrides,
+)
 from emodarts.runtime.distributed import info
 from emodarts.runtime.errors import EmodartsError
 from emodarts.runtime.files import atomic_write_json
@@ -89,7 +96,8 @@ def _resumed_config(run_dir: Path, device: str, fused: bool, changes: dict) -> R
     stored = load_config(path)
     cfg = with_changes(stored, changes)
     if cfg != stored and info().is_main:
-        atomic_write_json(path, cfg.to_dict())
+        classes = recorded_classes(run_dir)
+        atomic_write_json(path, {**cfg.to_dict(), **({CLASSES_KEY: classes} if classes is not None else {})})
     return with_overrides(cfg, device=device, backend=backend_of(True) if fused else cfg.backend)
 
 

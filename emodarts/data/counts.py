@@ -5,15 +5,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from emodarts.data import EMOTIONS, Utterance
+from emodarts.data import Utterance
+from emodarts.data.labels import LabelSpec
 from emodarts.data.protocols import Fold, Protocol
 
 
-def class_list(utts: Sequence[Utterance]) -> List[str]:
-    """The classes of a run over `utts`, as label indices: the four emotions in their usual order, then any
-    other label, sorted (the one definition; `prepare_data` and `cv` both use it)."""
-    present = {u.label for u in utts}
-    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
+def class_list(utts: Sequence[Utterance], spec: Optional[LabelSpec] = None) -> List[str]:
+    """The classes of a run over `utts`, label index i being the i-th: those of --labels in its order, else
+    the labels present, sorted (the one definition; `prepare_data` and `cv` both use it; runs recorded
+    before classes were, see engine/legacy.py: legacy_class_order)."""
+    if spec is not None:
+        return list(spec.classes)
+    return sorted({u.label for u in utts})
 
 
 def fold_counts(folds: Sequence[Fold], classes: Sequence[str], utts: Optional[Sequence[Utterance]] = None,

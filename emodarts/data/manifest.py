@@ -15,7 +15,7 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 from emodarts.data import EMOTIONS, Utterance
 from emodarts.runtime.errors import DataError
@@ -45,11 +45,10 @@ def open_csv(path: Path, required: Sequence[str], what: str = "file", optional: 
 
 
 def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, check_files: bool = True,
-                  report=None, label_map: Optional[Dict[str, str]] = None) -> List[Utterance]:
+                  report=None) -> List[Utterance]:
     """Read a manifest; returns utterances with absolute paths, in file order.
 
-    labels: the accepted labels (None: any). label_map: accepted labels, matched case-insensitively, and the
-    label each becomes (overrides `labels`). Problems: a missing file, missing columns, empty fields,
+    labels: the accepted labels (None: any; the csv corpus takes any, data/labels.py). Problems: a missing file, missing columns, empty fields,
     unknown labels, duplicate utt_ids and (with check_files) audio files that do not exist; each message
     names the file and line. See the module doc for strict mode and `report`.
     """
@@ -58,14 +57,7 @@ def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, ch
         raise DataError(f"manifest not found: {csv_path}")
     reader = open_csv(csv_path, REQUIRED, "manifest", "optionally utt_id,session,split,features")
     base = Path(os.path.abspath(csv_path)).parent
-    if label_map is not None:
-        lookup = {k.lower(): v for k, v in label_map.items()}
-        shown = ", ".join(sorted(set(label_map.values())))
-    elif labels is not None:
-        lookup = {k: k for k in labels}
-        shown = ", ".join(labels)
-    else:
-        lookup, shown = None, ""
+    known = set(labels) if labels is not None else None
     seen = {}
     utts: List[Utterance] = []
 
@@ -91,12 +83,9 @@ def read_manifest(csv_path: Path, labels: Optional[Sequence[str]] = EMOTIONS, ch
         path = Path(os.path.normpath(path))
         features = _resolve(base, (row.get(FEATURES) or "").strip())
         label = vals["label"]
-        if lookup is not None:
-            key = label.lower() if label_map is not None else label
-            if key not in lookup:
-                problem(line, "unknown-label", f"unknown label {label!r} (known: {shown})", path, utt_id)
-                continue
-            label = lookup[key]
+        if known is not None and label not in known:
+            problem(line, "unknown-label", f"unknown label {label!r} (known: {', '.join(labels)})", path, utt_id)
+            continue
         if utt_id in seen:
             problem(line, "duplicate", f"duplicate utt_id {utt_id!r} (first on line {seen[utt_id]})", path, utt_id)
             continue

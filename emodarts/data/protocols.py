@@ -20,6 +20,9 @@ in two parts of a fold, except MSP-Podcast's official split, which is taken as p
 | msp-podcast | speakers-8class | the same with all 8 emotion classes                                     |
 | synthetic   | speakers        | 5 speaker folds (fewer when there are fewer speakers); also sessions    |
 | csv         | speakers        | as synthetic; sessions (session column); split (split column)           |
+
+The classes are the protocol's (a csv manifest's: every label in it), sorted; `--labels` (data/labels.py)
+chooses, orders and merges them instead.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from emodarts.data import EMOTIONS, Utterance
+from emodarts.data import Utterance
+from emodarts.data.labels import LabelSpec
 from emodarts.data.splits import Split, _speaker_order
 from emodarts.runtime.errors import DataError
 
@@ -57,26 +61,45 @@ class Protocol:
     description: str
     folds_fn: Folds
     label_map: Optional[Dict[str, str]] = None  # corpus label -> class; None keeps every label
+    label_names: Dict[str, str] = field(default_factory=dict)  # corpus label code -> its name (for --labels)
     keep: Optional[Callable[[Utterance], bool]] = None  # utterance filter
     keep_note: str = ""  # why `keep` leaves an utterance out (for the counts)
     loader_options: Dict[str, object] = field(default_factory=dict)
     disjoint: bool = True  # folds must be speaker independent (checked)
 
-    def select(self, utts: Sequence[Utterance]) -> Tuple[List[Utterance], Dict[str, int]]:
-        """(utterances relabelled to the protocol's classes, counts of what was left out and why)."""
-        kept, excluded = [], Counter()
+    def select(self, utts: Sequence[Utterance], spec: Optional[LabelSpec] = None,
+               report=None) -> Tuple[List[Utterance], Dict[str, int]]:
+        """(utterances relabelled to the protocol's classes, counts of what was left out and why). With
+        `spec` (--labels, data/labels.py) its classes replace the protocol's mapping: an item whose label
+        no class takes goes to `report` as label-not-selected; a label of `spec` that no item has is a
+        DataError (a typo, most likely)."""
+        kept, excluded, seen = [], Counter(), set()
         for u in utts:
             if self.keep is not None and not self.keep(u):
                 excluded[self.keep_note or "filtered"] += 1
                 continue
-            if self.label_map is not None:
-                cls = self.label_map.get(u.label)
+            seen.add(u.label)
+            if spec is not None:
+                cls = spec.class_of(u.label, self.label_names)
+                if cls is None:
+                    if report is not None:
+                        report.skip(u.path, "label-not-selected", f"{u.path}: label {u.label!r} is in no class "
+                                    f"of --labels {spec.text}", u.utt_id)
+                    continue
+            else:
+                cls = u.label if self.label_map is None else self.label_map.get(u.label)
                 if cls is None:
                     excluded[f"label {u.label}"] += 1
                     continue
-                if cls != u.label:
-                    u = replace(u, label=cls)  # every other field (the npy features file too) kept
+            if cls != u.label:
+                u = replace(u, label=cls)  # every other field (the npy features file too) kept
             kept.append(u)
+        if spec is not None:
+            unmatched = spec.unmatched(sorted(seen), self.label_names)
+            if unmatched:
+                shown = ", ".join(sorted({self.label_names.get(x, x) for x in seen}))
+                raise DataError(f"--labels {spec.text}: no utterance of corpus {self.corpus} ({self.name}) has "
+                                f"the label {unmatched[0]!r} (its labels: {shown})")
         return kept, dict(sorted(excluded.items()))
 
     def make_folds(self, utts: Sequence[Utterance], seed: int) -> List[Fold]:
@@ -235,17 +258,16 @@ def _natural(s: str):
 
 
 # ------------------------------------------------------------------------------------ the protocols
-_FOUR = {e: e for e in EMOTIONS}
 IEMOCAP_STANDARD = {"neu": "neutral", "hap": "happy", "exc": "happy", "ang": "angry", "sad": "sad"}
 IEMOCAP_PAPER = {"neu": "neutral", "hap": "happy", "ang": "angry", "sad": "sad"}
 MSP_FOUR = {"A": "angry", "H": "happy", "S": "sad", "N": "neutral"}
 MSP_PODCAST_EIGHT = {**MSP_FOUR, "U": "surprise", "F": "fear", "D": "disgust", "C": "contempt"}
 PODCAST_SPLITS = {"train": "train", "development": "dev", "test1": "test"}
-# labels a csv manifest may use (any case) and the class each becomes
-CSV_LABELS = {"angry": "angry", "anger": "angry", "ang": "angry",
-              "happy": "happy", "happiness": "happy", "hap": "happy",
-              "neutral": "neutral", "neu": "neutral",
-              "sad": "sad", "sadness": "sad"}
+# the names of the corpora's label codes, which --labels may use instead of the codes
+IEMOCAP_NAMES = {"neu": "neutral", "hap": "happy", "exc": "excited", "sad": "sad", "ang": "angry",
+                 "fru": "frustrated", "sur": "surprise", "fea": "fear", "dis": "disgust", "oth": "other",
+                 "xxx": "no-agreement"}
+MSP_NAMES = {**MSP_PODCAST_EIGHT, "O": "other", "X": "no-agreement"}
 
 PAPER_CODE_IEMOCAP_GROUPS = (("Ses01M", "Ses02F"), ("Ses02M", "Ses03F"), ("Ses03M", "Ses04F"),
                              ("Ses04M", "Ses05F"), ("Ses05M", "Ses01F"))
@@ -308,44 +330,44 @@ register_protocol(Protocol(
     "iemocap", "standard",
     "improvised and scripted, excited merged into happy, 4 classes (5,531 utterances on the full corpus); "
     "leave one session out (5 folds)",
-    session_folds, IEMOCAP_STANDARD), default=True)
+    session_folds, IEMOCAP_STANDARD, IEMOCAP_NAMES), default=True)
 register_protocol(Protocol(
     "iemocap", "paper-code",
     "as the published emoDARTS code: improvised only, no excited merge (hap only), 4 classes; 5 folds of 2 "
     "test speakers (Ses01M+Ses02F, Ses02M+Ses03F, Ses03M+Ses04F, Ses04M+Ses05F, Ses05M+Ses01F); all "
     "improvised utterances kept (the code kept about half)",
-    fixed_speaker_folds(PAPER_CODE_IEMOCAP_GROUPS), IEMOCAP_PAPER, keep=_improvised,
+    fixed_speaker_folds(PAPER_CODE_IEMOCAP_GROUPS), IEMOCAP_PAPER, IEMOCAP_NAMES, keep=_improvised,
     keep_note="scripted (improvised only)"))
 register_protocol(Protocol(
     "msp-improv", "sessions",
     "all scenario types, consensus labels when Evalution.txt is present (else the file-name letter), "
     "4 classes; leave one session out (6 folds)",
-    session_folds, MSP_FOUR), default=True)
+    session_folds, MSP_FOUR, MSP_NAMES), default=True)
 register_protocol(Protocol(
     "msp-improv", "paper-code",
     "as the published emoDARTS code: read (R) clips, the file-name target letter, 4 classes; test sessions "
     "1, 2, 3 and 5 (4 folds)",
-    fixed_session_folds(("session1", "session2", "session3", "session5")), MSP_FOUR, keep=_msp_read,
+    fixed_session_folds(("session1", "session2", "session3", "session5")), MSP_FOUR, MSP_NAMES, keep=_msp_read,
     keep_note="not a read (R) clip", loader_options={"labels": "target"}))
 for _suffix, _map, _classes in (("", MSP_FOUR, "4 classes (A, H, N, S)"),
                                 ("-8class", MSP_PODCAST_EIGHT, "8 classes (A, C, D, F, H, N, S, U)")):
     register_protocol(Protocol(
         "msp-podcast", "official" + _suffix,
         f"the official split: Train / Development / Test1 (Test2 and Test3 left out), {_classes}",
-        official_split(PODCAST_SPLITS), _map, keep=lambda u: _has_official_split(u, PODCAST_SPLITS),
+        official_split(PODCAST_SPLITS), _map, MSP_NAMES, keep=lambda u: _has_official_split(u, PODCAST_SPLITS),
         keep_note="split set not Train/Development/Test1", disjoint=False), default=not _suffix)
     register_protocol(Protocol(
         "msp-podcast", "speakers" + _suffix,
         f"5 speaker folds over identified speakers of every split set, {_classes}",
-        speaker_folds(5), _map, keep=_known_speaker, keep_note="speaker unknown"))
+        speaker_folds(5), _map, MSP_NAMES, keep=_known_speaker, keep_note="speaker unknown"))
 for _corpus in ("synthetic", "csv"):
     register_protocol(Protocol(_corpus, "speakers", "5 speaker folds (fewer with fewer speakers)",
-                               speaker_folds(5), _FOUR), default=True)
-    register_protocol(Protocol(_corpus, "sessions", "leave one session out", session_folds, _FOUR))
+                               speaker_folds(5)), default=True)
+    register_protocol(Protocol(_corpus, "sessions", "leave one session out", session_folds))
 register_protocol(Protocol(
     "csv", "split", "the manifest's split column (train / dev / test; also training, development, valid, "
     "validation, val, test1; other values left out)",
-    official_split(), _FOUR, keep=_has_official_split, keep_note="split not train/dev/test", disjoint=False))
+    official_split(), keep=_has_official_split, keep_note="split not train/dev/test", disjoint=False))
 
 
 __all__ = ["Fold", "Protocol", "get_protocol", "known_protocols", "default_protocol", "register_protocol",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from emodarts.data import Utterance
 from emodarts.runtime.errors import DataError
@@ -48,11 +48,14 @@ CORPUS_SEED = 0  # the built-in corpus is one fixed data set; the run seed rules
 
 
 def load_protocol(name: str, root: Optional[Path] = None, seed: int = 0, report=None,
-                  protocol: Optional[str] = None) -> Tuple[List[Utterance], Dict[str, int], object]:
-    """(utterances labelled by `protocol`, what the protocol left out and why, the Protocol).
+                  protocol: Optional[str] = None,
+                  labels: Sequence[str] = ()) -> Tuple[List[Utterance], Dict[str, int], object]:
+    """(utterances labelled by `protocol`, or by `labels` (--labels, data/labels.py), what the protocol left
+    out and why, the Protocol).
 
     Files that cannot be used go to `report` (a SkipReport; a private one when None, summarised on the
     console). Raises DataError when no utterance is left."""
+    from emodarts.data.labels import parse_labels
     from emodarts.data.protocols import get_protocol
     from emodarts.data.report import SkipReport
     from emodarts.runtime.progress import say
@@ -63,7 +66,7 @@ def load_protocol(name: str, root: Optional[Path] = None, seed: int = 0, report=
     if proto is None:
         load_native(name, root, seed)  # raises the unknown-corpus error
     native = load_native(name, root, seed, report, **proto.loader_options)
-    utts, excluded = proto.select(native)
+    utts, excluded = proto.select(native, parse_labels(labels), report)
     if own and report.entries:
         say(f"corpus {name}: " + report.summary())
     if not utts:
@@ -77,10 +80,10 @@ def load_protocol(name: str, root: Optional[Path] = None, seed: int = 0, report=
 
 
 def load_corpus(name: str, root: Optional[Path] = None, seed: int = 0, report=None,
-                protocol: Optional[str] = None) -> List[Utterance]:
+                protocol: Optional[str] = None, labels: Sequence[str] = ()) -> List[Utterance]:
     """Utterances of corpus `name` (see known_corpora()), labelled by `protocol` (default: the corpus's
     default protocol). Raises DataError for an unknown name, an unusable root, or when nothing is left."""
-    return load_protocol(name, root, seed, report, protocol)[0]
+    return load_protocol(name, root, seed, report, protocol, labels)[0]
 
 
 def _synthetic(root: Optional[Path], seed: int) -> List[Utterance]:
@@ -94,8 +97,10 @@ def _synthetic(root: Optional[Path], seed: int) -> List[Utterance]:
 
 
 def _csv(root: Optional[Path], seed: int, report=None) -> List[Utterance]:
+    from dataclasses import replace
+
+    from emodarts.data.labels import canonical_label
     from emodarts.data.manifest import read_manifest
-    from emodarts.data.protocols import CSV_LABELS
 
     if root is None:
         raise DataError("corpus 'csv' needs a root: a manifest .csv file or a folder holding manifest.csv")
@@ -107,7 +112,7 @@ def _csv(root: Optional[Path], seed: int, report=None) -> List[Utterance]:
         raise DataError(f"corpus root not found: {root}")
     else:
         path = root
-    return read_manifest(path, report=report, label_map=CSV_LABELS)
+    return [replace(u, label=canonical_label(u.label)) for u in read_manifest(path, labels=None, report=report)]
 
 
 def _iemocap(root, seed, report=None):

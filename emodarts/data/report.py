@@ -27,6 +27,7 @@ KINDS = {
     "no-label": "audio file without a label line",
     "missing-label-file": "label file missing",
     "unknown-label": "label not in the corpus's label set",
+    "label-not-selected": "label taken by no class of --labels",
     "bad-line": "label line that cannot be parsed",
     "bad-name": "file name that does not follow the corpus's convention",
     "duplicate": "utterance listed twice",

@@ -3,6 +3,7 @@ configuration a run starts from, whether its values came from a preset, a config
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from emodarts.data.labels import LABELS_HELP, labels_problem
 from emodarts.engine.config import CLASS_WEIGHTS
 from emodarts.features.config import FEATURE_KINDS
 from emodarts.model.space import CNN_PRIMITIVES, DARTS_SEQ_PRIMITIVES, SEQ_SPACES, SEQ_SUBSETS
@@ -36,6 +37,7 @@ RULES: Dict[str, Rule] = {
     "fold": _at_least(0),
     "min_duration": _optional(_at_least(0)),
     "features": _one_of(FEATURE_KINDS),
+    "labels": ((lambda v: labels_problem(v) is None), LABELS_HELP),
     "backend": _one_of(("reference", "fused")),
     "amp": _one_of(("none", "bf16")),
     "model.cnn_layers": COUNT, "model.cnn_channels": COUNT, "model.cnn_nodes": COUNT,

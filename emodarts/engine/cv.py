@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from emodarts.data import Utterance
-from emodarts.engine.config import RunConfig, with_overrides
+from emodarts.engine.config import CLASSES_KEY, RunConfig, with_overrides
+from emodarts.engine.pipeline import run_classes
 from emodarts.engine.resume import open_for_resume
 from emodarts.engine.run_data import RunData, build_run_data
 from emodarts.runtime.errors import DataError, EmodartsError
@@ -50,11 +51,13 @@ class ProtocolData:
 def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol: Optional[str], seed: int,
                        cache_dir: Optional[Path] = None, progress: bool = True, report=None, workers: int = 1,
                        extractor: str = "auto", device: Optional[str] = None,
-                       min_duration: Optional[float] = None, features: str = "mfcc") -> ProtocolData:
-    """Load the corpus, apply the protocol, extract (or reuse) the features, build the folds and count.
-    Unusable files (clips under `min_duration` seconds included) go to `report` (a new SkipReport when
-    None); DataError only when nothing is left."""
+                       min_duration: Optional[float] = None, features: str = "mfcc",
+                       labels: Sequence[str] = ()) -> ProtocolData:
+    """Load the corpus, apply the protocol (or `labels`, data/labels.py), extract (or reuse) the features,
+    build the folds and count. Unusable files (clips under `min_duration` seconds included; with `labels`,
+    those of no class) go to `report` (a new SkipReport when None); DataError only when nothing is left."""
     from emodarts.data.counts import class_list, fold_counts
+    from emodarts.data.labels import parse_labels
     from emodarts.data.report import SkipReport
     from emodarts.engine.pipeline import corpus_features
     from emodarts.features import feature_config
@@ -62,9 +65,9 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
     report = report if report is not None else SkipReport()
     usable, excluded, proto, feature_set = corpus_features(corpus, root, protocol,
                                                            feature_config(preset, min_duration, features), cache_dir,
-                                                           progress, report, workers, extractor, device)
+                                                           progress, report, workers, extractor, device, labels)
     report.raise_if_empty(len(usable), f"corpus {corpus!r}")
-    classes = class_list(usable)
+    classes = class_list(usable, parse_labels(labels))
     folds = proto.make_folds(usable, seed)
     counts = fold_counts(folds, classes, usable, excluded, proto, skipped=len(report.skipped))
     return ProtocolData(proto, usable, feature_set, classes, folds, counts, report, excluded)
@@ -73,7 +76,8 @@ def load_protocol_data(corpus: str, root: Optional[Path], preset: str, protocol:
 def prepare_fold_data(cfg: RunConfig, fold, features, classes: Sequence[str], with_search: bool = True) -> RunData:
     """Tensors of one fold: the search halves (from the fold's training speakers), train, dev and test.
     With with_search=False the search halves are left empty (training a given genotype needs none)."""
-    return build_run_data(features, fold.split, classes, cfg.seed, cfg.search.alpha_split, with_search=with_search)
+    return build_run_data(features, fold.split, classes, cfg.seed, cfg.search.alpha_split, with_search=with_search,
+                          where=f" of fold {fold.index} ({fold.name})")
 
 
 def fold_config(cfg: RunConfig, protocol: str, k: int) -> RunConfig:
@@ -171,7 +175,8 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
 
     data = load_protocol_data(cfg.corpus, Path(cfg.root) if cfg.root else None, cfg.preset, protocol, cfg.seed,
                               cache_dir=cache_dir, progress=progress, workers=workers, min_duration=cfg.min_duration,
-                              features=cfg.features)
+                              features=cfg.features, labels=cfg.labels)
+    data.classes = run_classes(data.utts, cfg.labels, run_dir, resume)
     proto = data.protocol
     selected = parse_folds(folds, len(data.folds))
     mode = "genotype" if genotype is not None else "search"
@@ -201,7 +206,7 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
             sp = fold.speakers()
             atomic_write_json(fold_dir / "fold.json", {"fold": k, "name": fold.name, "speakers": sp,
                                                        "counts": data.counts["folds"][k]["counts"]})
-            atomic_write_json(fold_dir / "config.json", fold_cfg.to_dict())
+            atomic_write_json(fold_dir / "config.json", {**fold_cfg.to_dict(), CLASSES_KEY: data.classes})
             run_data = prepare_fold_data(fold_cfg, fold, data.features, data.classes, with_search=genotype is None)
             if genotype is None:
                 fold_genotype = run_search(fold_cfg, run_data, fold_dir, resume=resume, progress=progress)

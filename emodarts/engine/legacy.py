@@ -30,6 +30,13 @@ def upgrade_config_dict(data: Any) -> Any:
     return {**data, "search": search}
 
 
+def legacy_class_order(classes: List[str]) -> List[str]:
+    """The label order of runs made before config.json recorded the classes: angry, happy, neutral, sad
+    (those present), then the other classes sorted. A resumed or evaluated old run keeps it."""
+    four = ("angry", "happy", "neutral", "sad")
+    return [c for c in four if c in classes] + sorted(set(classes) - set(four))
+
+
 def run_config_dicts(cfg: RunConfig) -> List[dict]:
     """cfg.to_dict(), then the forms in which older versions wrote the same run's configuration into its
     checkpoints: `search.weight_fraction` (1 - alpha_split) instead of `search.alpha_split`, no

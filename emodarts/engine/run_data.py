@@ -14,6 +14,7 @@ from torch import Tensor
 
 from emodarts.data import Utterance
 from emodarts.data.splits import Split, search_halves
+from emodarts.runtime.errors import DataError
 
 if TYPE_CHECKING:  # features.py is heavy (audio, MFCC backends); only its type is needed here
     from emodarts.features import FeatureSet
@@ -64,13 +65,28 @@ def empty_split(features: "FeatureSet") -> TensorSplit:
     return TensorSplit(torch.zeros(shape), torch.zeros(0, dtype=torch.int64))
 
 
+def check_parts(split: Split, classes: Sequence[str], where: str = "") -> None:
+    """DataError naming the class and the part when a class has no utterance in train, dev or test: its
+    recall could not be measured, or it could not be learnt."""
+    for name in ("train", "dev", "test"):
+        present = {u.label for u in getattr(split, name)}
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise DataError(f"class {missing[0]!r} has no utterance in the {name} part{where} "
+                            f"({len(getattr(split, name))} utterances, classes {', '.join(sorted(present))}): "
+                            f"leave it out or merge it into another class with --labels, or choose another "
+                            f"--protocol or --seed")
+
+
 def build_run_data(features: "FeatureSet", split: Split, classes: Sequence[str], seed: int, alpha_split: float,
-                   with_search: bool = True) -> RunData:
+                   with_search: bool = True, where: str = "") -> RunData:
     """Tensors of a speaker-independent split: its training speakers' utterances cut into the weight and
     alpha parts of the search by `alpha_split` (data/splits.py: search_halves, seeded by `seed`), then
     train, dev and test. With with_search=False the search parts are left empty (and `alpha_split` is not
-    looked at), which saves the memory of a copy of the training set."""
+    looked at), which saves the memory of a copy of the training set. Every class must be in train, dev and
+    test (check_parts; `where` names the fold in the message)."""
     classes = list(classes)
+    check_parts(split, classes, where)
     if with_search:
         w_part, a_part = search_halves(split.train, seed, alpha_split=alpha_split)
         search_w, search_a = tensor_split(features, w_part, classes), tensor_split(features, a_part, classes)
