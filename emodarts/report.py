@@ -8,7 +8,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from emodarts.engine.config import config_from_dict
+from emodarts.engine.config import config_from_dict, recorded_classes
 from emodarts.model.space import CELL_KINDS, Genotype, load_genotype, seq_inputs
 from emodarts.runtime.errors import EmodartsError
 from emodarts.runtime.files import read_jsonl, torn_line_note
@@ -124,6 +124,18 @@ def plot_curves(metrics: List[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def recall_table(metrics: dict) -> List[str]:
+    """Markdown rows: each class, its test utterances and its recall (classes without any are left out of
+    UA and shown as -)."""
+    cm = np.asarray(metrics["confusion"])
+    classes = metrics.get("classes") or [str(i) for i in range(len(cm))]
+    rows = ["| class | utterances | recall |", "|---|---:|---:|"]
+    for i, name in enumerate(classes):
+        n = int(cm[i].sum())
+        rows.append(f"| {name} | {n} | {cm[i, i] / n:.4f} |" if n else f"| {name} | 0 | - |")
+    return rows
 
 
 def plot_confusion(metrics: dict, path: Path) -> None:
@@ -261,6 +273,16 @@ def _run_config(run_dir: Path):
         raise EmodartsError(f"{path}: not a readable run configuration ({exc})") from None
 
 
+def report_after_run(run_dir: Path) -> str:
+    """The report a finished search or run writes, as one line to show: its path, or why there is none (no
+    matplotlib installed: the run's own files are complete without it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return f"report: not written (matplotlib is not installed; `emodarts report {run_dir}` writes it later)"
+    return f"report: {write_report(run_dir)}"
+
+
 def write_report(run_dir: Path) -> Path:
     """Write every plot the run's files allow and report/README.md; returns the Markdown path."""
     run_dir = Path(run_dir)
@@ -290,10 +312,11 @@ def write_report(run_dir: Path) -> Path:
         sections["Loss and UA"] = ["![curves](curves.png)"]
     if (run_dir / "metrics.json").exists():
         test = json.loads((run_dir / "metrics.json").read_text())
+        test["classes"] = recorded_classes(run_dir) or test.get("classes")  # config.json's, else the metrics'
         plot_confusion(test, out / "confusion.png")
         sections["Test speakers"] = [
             f"UA {test['ua']:.4f}, WA {test['wa']:.4f}, macro-F1 {test['macro_f1']:.4f} over {test['n']} utterances.",
-            "", "![confusion matrix](confusion.png)"]
+            "", "![confusion matrix](confusion.png)", "", *recall_table(test)]
     if (run_dir / "genotype.json").exists():
         genotype = load_genotype(run_dir / "genotype.json")
         lines = [f"Best epoch: {genotype.meta.get('epoch', '?')}.", ""]

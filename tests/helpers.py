@@ -81,7 +81,7 @@ def sync_debug(mode: str):
         torch.cuda.set_sync_debug_mode("default")
 
 
-GPU_MACHINE_MISSING = ("soundfile", "librosa", "cffi")  # what the GPU machine lacks (docs/toolchain.md)
+GPU_MACHINE_MISSING = ("soundfile", "librosa", "cffi", "matplotlib")  # what the GPU machine lacks (docs/toolchain.md)
 
 
 def env_without(modules, folder) -> dict:

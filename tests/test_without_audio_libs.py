@@ -2,6 +2,7 @@
 and written with the standard library (as soundfile does, sample for sample and byte for byte), features come
 from the torchaudio extractor (`auto`), the GPU tests collect, and `emodarts search --fused --corpus
 synthetic` runs. Checked here with those packages made unimportable."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,16 +93,23 @@ def test_gpu_tests_collect_without_soundfile_and_librosa(tmp_path):
 
 def test_fused_search_on_the_synthetic_corpus_without_soundfile_and_librosa(tmp_path):
     """The GPU machine's command, on this CPU: the synthetic corpus written with the standard library, its
-    features from the torchaudio extractor, one fused search epoch."""
+    features from the torchaudio extractor, one fused search epoch and one training epoch; then `predict`
+    computes a clip's features with torchaudio too."""
     env = env_without(GPU_MACHINE_MISSING, tmp_path / "block")
     env["EMODARTS_HOME"] = str(tmp_path / "home")
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", "from emodarts.cli.commands import main; main()", "search",
-                           "--fused", "--corpus", "synthetic", "--preset", "tiny", "--epochs", "1", "--out",
-                           str(run), "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    cli = [sys.executable, "-c", "from emodarts.cli.commands import main; main()"]
+    proc = subprocess.run([*cli, "run", "--fused", "--corpus", "synthetic", "--preset", "tiny", "--epochs", "1",
+                           "--train-epochs", "1", "--out", str(run), "--no-progress"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert (run / "genotype.json").exists()
+    clip = next((tmp_path / "home" / "synthetic").rglob("*.wav"))
+    proc = subprocess.run([*cli, "predict", str(run), str(clip), "--json"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert set(json.loads(proc.stdout)[0]["probs"]) == {"angry", "happy", "neutral", "sad"}
+    assert not (run / "report").exists()  # no matplotlib there either: the run says so and ends well
     indexes = list((tmp_path / "home" / "features").glob("*/index.json"))
     assert len(indexes) == 1 and '"backend": "torchaudio"' in indexes[0].read_text()
     probe = subprocess.run([sys.executable, "-c", "import soundfile"], env=env, capture_output=True, text=True)

@@ -60,7 +60,7 @@ def search(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
         threads, resume_changes({"search": epochs}, amp, channels_last),
         refuse=lambda: refuse_given(["train_epochs"], "`search` has no final training (give it to `run` or `cv`)"))
     with run_folder(cfg, run_dir, resuming):
-        data = prepare_data(cfg, progress, report_dir=run_dir)
+        data = prepare_data(cfg, progress, run_dir=run_dir, resuming=resuming)
         genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
     say(f"genotype: {run_dir / 'genotype.json'}  (best epoch {genotype.meta.get('epoch')})")
     _write_report(run_dir)
@@ -108,7 +108,7 @@ def train(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
     with run_folder(cfg, run_dir, resuming):
         if not resuming and info().is_main:
             save_genotype(genotype, run_dir / "genotype.json")
-        data = prepare_data(cfg, progress, report_dir=run_dir)
+        data = prepare_data(cfg, progress, run_dir=run_dir, resuming=resuming)
         best = run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
     say(f"best dev UA {best['ua']:.4f} at epoch {best['epoch'] + 1}; model: {run_dir / 'model.pt'}")
 
@@ -129,17 +129,17 @@ def evaluate(run_dir: Path, device: str, progress: bool) -> None:
         cfg, run_dir, _ = open_run("evaluate", None, None, run_dir, device, False)
     else:
         cfg = with_device(legacy, device)
-    data = prepare_data(cfg, progress, report_dir=run_dir)
+    data = prepare_data(cfg, progress, run_dir=run_dir, resuming=True)
     _print_metrics(run_evaluate(cfg, data, run_dir), run_dir)
 
 
 def _write_report(run_dir: Path) -> None:
-    from emodarts.report import write_report
+    from emodarts.report import report_after_run
     from emodarts.runtime.distributed import info
 
     if not info().is_main:
         return
-    click.echo(f"report: {write_report(run_dir)}")
+    click.echo(report_after_run(run_dir))
 
 
 def _print_metrics(metrics: dict, run_dir: Path) -> None:
@@ -172,7 +172,7 @@ def run(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
                                        resume_changes({"search": epochs, "train": train_epochs}, amp, channels_last))
     t0 = time.time()
     with run_folder(cfg, run_dir, resuming):
-        data = prepare_data(cfg, progress, report_dir=run_dir)
+        data = prepare_data(cfg, progress, run_dir=run_dir, resuming=resuming)
         genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
         if info().is_main:
             save_genotype(genotype, run_dir / "genotype.json")

@@ -28,6 +28,7 @@ from typing import (
 import click
 from click.core import ParameterSource
 
+from emodarts.data.labels import labels_problem, split_labels
 from emodarts.engine.config import (
     CLASS_WEIGHTS,
     PRESETS,
@@ -39,7 +40,6 @@ from emodarts.engine.config import (
 )
 from emodarts.engine.overrides import check_values, merged, parse_set, read_config_file
 from emodarts.features.config import FEATURE_KINDS
-from emodarts.model.partial_channels import check_partial_channels
 from emodarts.model.space import (
     DARTS_SEQ_PRIMITIVES,
     SEQ_SPACES,
@@ -128,6 +128,9 @@ COMMON_OPTIONS: Sequence[Opt] = (
              "path,label,speaker)."),
     opt("--protocol", to="protocol", default=None,
         help="Named protocol of the corpus (docs/corpora.md); search/train/run use its fold 0."),
+    opt("--labels", to="labels", convert=split_labels, check=lambda v: labels_problem(split_labels(v)), default=None,
+        metavar="CLASSES", help="The classes, in order, and the corpus labels each takes, e.g. neutral,happy=happy+"
+        "excited,sad,angry; others are skipped (default: the protocol's classes; a csv manifest's every label)."),
     opt("--root", to="root", convert=lambda root: str(root) if root else None,
         type=click.Path(path_type=Path), default=None,
         help="Corpus folder (or manifest file for csv). The synthetic corpus defaults to ~/.cache/emodarts."),
@@ -291,10 +294,6 @@ def build_config(command: str, options: Mapping[str, Any]) -> RunConfig:
         sources[f"--set {item}"] = layer
         cfg = merged(cfg, layer)
     check_values(cfg, sources)
-    try:
-        check_partial_channels(cfg.model.partial_channels, cfg.model.cnn_channels)
-    except ValueError as exc:
-        raise EmodartsError(str(exc)) from None
     return cfg
 
 

@@ -3,7 +3,7 @@ import json
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from emodarts.engine.legacy import upgrade_config_dict
 from emodarts.features.config import FEATURE_KINDS
@@ -60,6 +60,7 @@ class RunConfig:
     preset: str = "tiny"
     min_duration: Optional[float] = None  # shortest usable clip in seconds; None: the feature preset's (0.25)
     features: str = "mfcc"  # input features (features.FEATURE_KINDS): mfcc, logmel, spectrogram or npy
+    labels: Tuple[str, ...] = ()  # --labels (data/labels.py): the classes and the labels each takes; (): the protocol's
     seed: int = 0
     device: str = "cpu"
     backend: str = "reference"
@@ -73,12 +74,37 @@ class RunConfig:
         if self.features not in FEATURE_KINDS:  # a Python API caller's typo fails here, not mid-extraction
             raise EmodartsError(f"field 'features' is {self.features!r}; expected one of {', '.join(FEATURE_KINDS)}")
 
+    @classmethod
+    def from_preset(cls, name: str = "tiny") -> "RunConfig":
+        """The preset `name` (tiny: a CPU demo; paper: the published settings)."""
+        if name not in PRESETS:
+            raise EmodartsError(f"unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}")
+        return PRESETS[name]
+
+    @classmethod
+    def from_file(cls, path) -> "RunConfig":
+        """The configuration of a YAML or JSON file (keys nested as config.json; a run's config.json is one)
+        over its preset (tiny when it names none): what `emodarts config --config FILE` prints."""
+        from emodarts.engine.overrides import checked, read_config_file
+
+        data = read_config_file(path)
+        return checked(cls.from_preset(data.get("preset", "tiny")), data, str(path))
+
+    def with_overrides(self, changes: Optional[Dict[str, Any]] = None, **fields: Any) -> "RunConfig":
+        """This configuration with `changes` ({"search.alpha_lr": 6e-4, "model": {"dropout": 0.2}}; dotted or
+        nested keys) and `fields` (top-level: seed=7) in place, checked as --set checks them."""
+        from emodarts.engine.overrides import checked, nested
+
+        return checked(self, nested({**(changes or {}), **fields}), "with_overrides")
+
     def to_dict(self) -> Dict[str, Any]:
         """The configuration as config.json and checkpoints hold it. `features` only when not mfcc: runs of
         versions without the field (their checkpoints compare against this) stay resumable and loadable."""
         d = asdict(self)
         if d["features"] == "mfcc":
             del d["features"]
+        if not d["labels"]:  # likewise the protocol's classes (no --labels)
+            del d["labels"]
         if d["model"]["partial_channels"] == 1:  # likewise plain DARTS (no --partial-channels)
             del d["model"]["partial_channels"]
         for phase, default in (("search", "none"), ("train", "balanced")):  # likewise the class weights
@@ -224,7 +250,7 @@ def load_config(path: Path) -> RunConfig:
         raise EmodartsError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
     except UnicodeDecodeError as exc:
         raise EmodartsError(f"{path}: not a text file ({exc.reason})") from exc
-    data = upgrade_config_dict(data)
+    data = settings_of(upgrade_config_dict(data))
     problem = config_problem(data)
     if problem:
         raise EmodartsError(f"{path}: not a valid emodarts configuration: {problem}")
@@ -241,6 +267,32 @@ def load_config(path: Path) -> RunConfig:
     if problem:
         raise EmodartsError(f"{path}: not a valid emodarts configuration: {problem}")
     return cfg
+
+
+CLASSES_KEY = "classes"  # what a run records in config.json once its data gave its classes: not a setting
+
+
+def settings_of(data: Any) -> Any:
+    """A config.json's settings: the mapping without what the run recorded (its classes)."""
+    return {k: v for k, v in data.items() if k != CLASSES_KEY} if isinstance(data, dict) else data
+
+
+def recorded_classes(run_dir: Path) -> Optional[List[str]]:
+    """The classes RUN_DIR/config.json records (label index i is the i-th), or None: a run of a version
+    that did not record them, or one whose data has not been read yet."""
+    try:
+        value = json.loads((Path(run_dir) / "config.json").read_text()).get(CLASSES_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(c) for c in value] if isinstance(value, list) else None
+
+
+def record_classes(run_dir: Path, classes: List[str]) -> None:
+    """Add the run's classes to RUN_DIR/config.json (predict, report and a resume follow them)."""
+    from emodarts.runtime.files import atomic_write_json
+
+    path = Path(run_dir) / "config.json"
+    atomic_write_json(path, {**json.loads(path.read_text()), CLASSES_KEY: list(classes)})
 
 
 def with_changes(cfg: RunConfig, changes: Dict[str, Any]) -> RunConfig:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
-from emodarts.engine.config import RunConfig, config_from_dict, config_problem
+from emodarts.engine.config import RunConfig, config_from_dict, config_problem, settings_of
 from emodarts.engine.config_rules import flatten, value_problem
 from emodarts.engine.legacy import upgrade_config_dict
 from emodarts.runtime.errors import EmodartsError
@@ -58,7 +58,7 @@ def read_config_file(path) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise EmodartsError(f"{path}: a configuration file holds a mapping of keys (as config.json), not "
                             f"{type(data).__name__}")
-    data = upgrade_config_dict(data)
+    data = settings_of(upgrade_config_dict(data))  # a run's config.json: its recorded classes are no setting
     problem = config_problem(data, partial=True)
     if problem:
         raise EmodartsError(f"{path}: {problem}")
@@ -93,6 +93,25 @@ def parse_set(items: Iterable[str]) -> Dict[str, Any]:
     return out
 
 
+def nested(changes: Dict[str, Any]) -> Dict[str, Any]:
+    """{"search.w_lr": 0.1, "seed": 7} -> {"search": {"w_lr": 0.1}, "seed": 7} (nested keys stay nested)."""
+    out: Dict[str, Any] = {}
+    for key, value in changes.items():
+        out = _deep_merge(out, _nest(key.split("."), value))
+    return out
+
+
+def checked(base: RunConfig, layer: Dict[str, Any], source: str) -> RunConfig:
+    """`base` with `layer` (nested keys) merged in; an unknown key, a wrong type or an out-of-range value is
+    an EmodartsError naming `source` (a file, "--set ...", an API call)."""
+    problem = config_problem(layer, partial=True)
+    if problem:
+        raise EmodartsError(f"{source}: {problem}")
+    cfg = merged(base, layer)
+    check_values(cfg, {source: layer})
+    return cfg
+
+
 def _nest(parts, value) -> Dict[str, Any]:
     for part in reversed(parts):
         value = {part: value}
@@ -114,10 +133,11 @@ def _deep_merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
 
 def check_values(cfg: RunConfig, sources: Dict[str, Dict[str, Any]]) -> None:
     """Raise EmodartsError for the first out-of-range value of `cfg`, naming where it came from (`sources`:
-    a label, e.g. a file name or "--set", -> the layer it gave)."""
+    a label, e.g. a file name or "--set", -> the layer it gave), or for a --partial-channels K that does
+    not divide the channels."""
     problem = value_problem(cfg)
     if problem is None:
-        return
+        return _check_partial_channels(cfg)
     key, message = problem
     origin: Optional[str] = None
     for label, layer in sources.items():
@@ -126,4 +146,14 @@ def check_values(cfg: RunConfig, sources: Dict[str, Dict[str, Any]]) -> None:
     raise EmodartsError(f"{origin}: {message}" if origin else message)
 
 
-__all__ = ["read_config_file", "parse_set", "merged", "check_values"]
+def _check_partial_channels(cfg: RunConfig) -> None:
+    """PC-DARTS's K must divide the CNN channels (model/partial_channels.py)."""
+    from emodarts.model.partial_channels import check_partial_channels
+
+    try:
+        check_partial_channels(cfg.model.partial_channels, cfg.model.cnn_channels)
+    except ValueError as exc:
+        raise EmodartsError(str(exc)) from None
+
+
+__all__ = ["read_config_file", "parse_set", "merged", "nested", "checked", "check_values"]
