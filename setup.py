@@ -160,9 +160,12 @@ if __name__ == "__main__":  # pip's build backend runs this file as __main__; te
             "pyyaml",
             "tqdm",
             "matplotlib",
+            "safetensors",
+            "tensorboard",
         ]
         + (["triton"] if linux_x86 else []),
-        extras_require={"test": ["pytest", "hypothesis", "ninja", "setuptools>=70.1"]},
+        extras_require={"export": ["onnx", "onnxruntime"],  # `emodarts export` to ONNX, and checking it
+                        "test": ["pytest", "hypothesis", "ninja", "setuptools>=70.1", "onnx", "onnxruntime"]},
         entry_points={"console_scripts": ["emodarts=emodarts.cli.commands:main"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,

@@ -222,7 +222,9 @@ def compare(preset: str, device: str, steps: int, second_order: bool, seed: int,
 @friendly_errors
 def report(run_dir: Path) -> None:
     """Plots (alphas per epoch, loss and UA curves, confusion matrix, cell diagrams) and a Markdown summary."""
-    _write_report(run_dir)
+    from emodarts.report import write_report
+
+    click.echo(f"report: {write_report(run_dir)}")
 
 
 @cli.command()
@@ -243,6 +245,33 @@ def predict(run_dir: Path, audio: Tuple[Path, ...], device: str, as_json: bool) 
     click.echo(_json.dumps(records, indent=2) if as_json else format_predictions(records))
     if any("error" in r for r in records):
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx", "all"]), default="all", show_default=True,
+              help="What to write besides model.safetensors and MODEL_CARD.md.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder to write (default RUN_DIR/export; for a cv run, one fold_<k> folder in it per fold).")
+@click.option("--folds", default=None, help="A cv run's folds to export, e.g. 0,2 (default: every trained fold).")
+@friendly_errors
+def export(run_dir: Path, fmt: str, out: Optional[Path], folds: Optional[str]) -> None:
+    """The run's selected final network as TorchScript and ONNX (features in, class probabilities out, the
+    normalisation inside), its weights as safetensors, and MODEL_CARD.md: how to use it without emodarts."""
+    from emodarts.engine.export import FORMATS, export_run, export_targets, onnx_available
+
+    formats = FORMATS if fmt == "all" else (fmt,)
+    if "onnx" in formats and not onnx_available():
+        if fmt == "onnx":
+            raise EmodartsError("--format onnx needs the onnx package: pip install 'emodarts[export]' (or onnx)")
+        formats = ("torchscript",)
+        click.echo("model.onnx: not written (the onnx package is not installed: pip install 'emodarts[export]')")
+    targets = export_targets(run_dir, folds or "")
+    base = out or run_dir / "export"
+    for target in targets:
+        dest = base / target.name if target != run_dir else base
+        files = export_run(target, dest, formats)
+        click.echo(f"{dest}: " + ", ".join(f"{name} ({size / 1e6:.2f} MB)" for name, size in files.items()))
 
 
 @cli.command("config")

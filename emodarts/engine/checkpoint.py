@@ -1,7 +1,8 @@
 """Checkpoints: state dicts, optimisers, schedulers and RNG states, written atomically.
 
 A checkpoint remembers the configuration it was made with; resuming it under another
-configuration is an error, not a silent restart.
+configuration is an error, not a silent restart. Checkpoints and model.pt hold only tensors and plain
+containers, and are read with torch.load(weights_only=True): no code in a run folder runs when it is loaded.
 """
 import random
 import warnings
@@ -18,7 +19,10 @@ from emodarts.runtime.files import atomic_write
 def rng_state() -> Dict[str, Any]:
     """The CPU, numpy and Python generators' states, and every GPU's ('cuda', one state per device) when CUDA
     is initialised in this process (a GPU run's dropout and drop-path masks come from those)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # no numpy array: weights_only
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -30,7 +34,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     restored, which is a warning, not an error (a GPU run may be resumed on the CPU; its random masks then
     differ from those of an uninterrupted run)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)  # a tuple with an array in checkpoints of older versions
     random.setstate(state["python"])
     cuda = state.get("cuda")
     if cuda is None:
@@ -63,16 +71,33 @@ def load_checkpoint(path: Path, config: Dict[str, Any]) -> Dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no checkpoint to resume from")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"{path}: not a readable emodarts checkpoint ({exc})") from exc
+    state = read_state(path)
     if not isinstance(state, dict) or "config" not in state:
         raise CheckpointError(f"{path}: not an emodarts checkpoint (no 'config' entry)")
     diff = _config_diff(state["config"], config)
     if diff:
         raise CheckpointError(f"{path}: written under another configuration; differs in {', '.join(diff)}")
     return state
+
+
+def _numpy_array_globals() -> list:
+    """What unpickling a numpy array needs: checkpoints of older versions held numpy's generator state as one."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def read_state(path: Path) -> Any:
+    """A checkpoint or model.pt, read with weights_only=True (tensors, plain containers and, for files of
+    older versions, numpy arrays; never code). CheckpointError naming the file when it is damaged, foreign,
+    or holds anything else."""
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file, or one that would run code when unpickled
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Unsupported global" in str(exc) or "weights_only" in str(exc):
+            reason = "it holds objects other than tensors and plain containers, which are not loaded"
+        raise CheckpointError(f"{path}: not a readable emodarts checkpoint ({reason})") from exc
 
 
 _RESUMABLE = {"epochs", "device", "backend", "amp", "channels_last"}
