@@ -22,14 +22,16 @@ from emodarts.engine.config import RunConfig, load_config
 from emodarts.engine.predictor import Predictor
 from emodarts.model.space import Genotype
 from emodarts.runtime.errors import EmodartsError
+from emodarts.runtime.progress import run_log
 
 Config = RunConfig
 RunDir = Union[str, Path]
 
 
-def search(config: RunConfig, out: Optional[RunDir] = None, progress: bool = False) -> Path:
+def search(config: RunConfig, out: Optional[RunDir] = None, progress: bool = False, tensorboard: bool = True) -> Path:
     """Search a genotype under `config` in a new run folder (`out`, default runs/search-<time>); returns it.
-    As `emodarts search`: config.json, the search's logs and checkpoints, genotype.json and report/."""
+    As `emodarts search`: config.json, the search's logs, run.log, tensorboard/ and checkpoints, genotype.json
+    and report/."""
     from emodarts.engine.pipeline import prepare_data
     from emodarts.engine.search import run_search
     from emodarts.report import report_after_run
@@ -38,18 +40,19 @@ def search(config: RunConfig, out: Optional[RunDir] = None, progress: bool = Fal
     cfg, run_dir = _new_run("search", config, out)
     with _run_folder(cfg, run_dir):
         data = prepare_data(cfg, progress, run_dir=run_dir)
-        run_search(cfg, data, run_dir, progress=progress)
-    say(report_after_run(run_dir))
+        run_search(cfg, data, run_dir, progress=progress, tensorboard=tensorboard)
+        say(report_after_run(run_dir))
     return run_dir
 
 
 def train(source: Union[RunConfig, RunDir], genotype: Union[Genotype, dict, RunDir, None] = None,
-          out: Optional[RunDir] = None, progress: bool = False) -> Path:
+          out: Optional[RunDir] = None, progress: bool = False, tensorboard: bool = True) -> Path:
     """Train a genotype's network (the epoch chosen on the dev speakers); returns the run folder.
 
     `source` a run folder of `search`: its genotype is trained there, under its configuration (as `emodarts
     run` does after its search). `source` a Config: `genotype` (a Genotype, its dict, or a genotype.json) is
     trained in a new folder (`out`), as `emodarts train --genotype`."""
+    from emodarts.cli.runs import RUN_LOG
     from emodarts.engine.pipeline import prepare_data
     from emodarts.engine.training import run_train
     from emodarts.model.space import check_genotype_fits, genotype_from_dict, load_genotype, save_genotype
@@ -61,8 +64,9 @@ def train(source: Union[RunConfig, RunDir], genotype: Union[Genotype, dict, RunD
                                 "another genotype in a new folder")
         cfg = load_config(run_dir / "config.json")
         found = load_genotype(run_dir / "genotype.json")
-        data = prepare_data(cfg, progress, run_dir=run_dir, resuming=True)
-        run_train(cfg, found, data, run_dir, progress=progress)
+        with run_log(run_dir / RUN_LOG):
+            data = prepare_data(cfg, progress, run_dir=run_dir, resuming=True)
+            run_train(cfg, found, data, run_dir, progress=progress, tensorboard=tensorboard)
         return run_dir
     if genotype is None:
         raise EmodartsError("train(config, genotype): give the genotype to train (a Genotype, its dict or a "
@@ -74,7 +78,7 @@ def train(source: Union[RunConfig, RunDir], genotype: Union[Genotype, dict, RunD
     with _run_folder(cfg, run_dir):
         save_genotype(genotype, run_dir / "genotype.json")
         data = prepare_data(cfg, progress, run_dir=run_dir)
-        run_train(cfg, genotype, data, run_dir, progress=progress)
+        run_train(cfg, genotype, data, run_dir, progress=progress, tensorboard=tensorboard)
     return run_dir
 
 

@@ -92,6 +92,9 @@ def test_a_cv_run_exports_its_folds_and_errors_are_named(tmp_path):
     cv = tmp_path / "cv"
     ok(invoke_cli("cv", "--corpus", "csv", "--root", str(manifest), "--preset", "tiny", "--epochs", "1",
                   "--train-epochs", "1", "--folds", "1", "--no-progress", "--out", str(cv)))
+    whole, fold = (cv / "run.log").read_text(), (cv / "fold_1" / "run.log").read_text()  # one log per fold
+    assert "train epoch 1/1" in fold and "fold 1 (" in fold and "Cross-validation" not in fold
+    assert "train epoch 1/1" in whole and "Cross-validation" in whole
     result = ok(invoke_cli("export", str(cv), "--format", "torchscript"))
     assert (cv / "export" / "fold_1" / "model.torchscript.pt").is_file() and "fold_1" in result.output
     assert "fold 0 of" in one_error_line(invoke_cli("export", str(cv), "--folds", "0"))

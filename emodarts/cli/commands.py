@@ -50,7 +50,7 @@ def cli() -> None:
 @friendly_errors
 def search(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
            device: str, fused: bool, progress: bool, threads: Optional[int], amp: Optional[str], channels_last: bool,
-           **_: Any) -> None:
+           tensorboard: bool, **_: Any) -> None:
     """Search a genotype (bilevel DARTS) and write RUN_DIR/genotype.json."""
     from emodarts.engine.pipeline import prepare_data
     from emodarts.engine.search import run_search
@@ -61,9 +61,9 @@ def search(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
         refuse=lambda: refuse_given(["train_epochs"], "`search` has no final training (give it to `run` or `cv`)"))
     with run_folder(cfg, run_dir, resuming):
         data = prepare_data(cfg, progress, run_dir=run_dir, resuming=resuming)
-        genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
-    say(f"genotype: {run_dir / 'genotype.json'}  (best epoch {genotype.meta.get('epoch')})")
-    _write_report(run_dir)
+        genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress, tensorboard=tensorboard)
+        say(f"genotype: {run_dir / 'genotype.json'}  (best epoch {genotype.meta.get('epoch')})")
+        _write_report(run_dir)
 
 
 @cli.command()
@@ -76,7 +76,8 @@ def search(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
 @friendly_errors
 def train(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
           device: str, fused: bool, progress: bool, threads: Optional[int], genotype_path: Optional[Path],
-          amp: Optional[str], channels_last: bool, seq_candidates: Optional[str], **_: Any) -> None:
+          amp: Optional[str], channels_last: bool, seq_candidates: Optional[str], tensorboard: bool,
+          **_: Any) -> None:
     """Train the network of a genotype from scratch; the epoch is chosen on the dev speakers.
 
     The CNN and sequential node counts and the sequential space come from the genotype (a genotype of
@@ -109,8 +110,8 @@ def train(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
         if not resuming and info().is_main:
             save_genotype(genotype, run_dir / "genotype.json")
         data = prepare_data(cfg, progress, run_dir=run_dir, resuming=resuming)
-        best = run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
-    say(f"best dev UA {best['ua']:.4f} at epoch {best['epoch'] + 1}; model: {run_dir / 'model.pt'}")
+        best = run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress, tensorboard=tensorboard)
+        say(f"best dev UA {best['ua']:.4f} at epoch {best['epoch'] + 1}; model: {run_dir / 'model.pt'}")
 
 
 @cli.command()
@@ -139,15 +140,15 @@ def _write_report(run_dir: Path) -> None:
 
     if not info().is_main:
         return
-    click.echo(report_after_run(run_dir))
+    say(report_after_run(run_dir))
 
 
 def _print_metrics(metrics: dict, run_dir: Path) -> None:
     classes = metrics["classes"]
-    click.echo("confusion (rows: true, columns: predicted): " + ", ".join(classes))
+    say("confusion (rows: true, columns: predicted): " + ", ".join(classes))
     for name, row in zip(classes, metrics["confusion"]):
-        click.echo(f"  {name:>8s} " + " ".join(f"{v:5d}" for v in row))
-    click.echo(f"test UA {metrics['ua']:.4f}  WA {metrics['wa']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+        say(f"  {name:>8s} " + " ".join(f"{v:5d}" for v in row))
+    say(f"test UA {metrics['ua']:.4f}  WA {metrics['wa']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
                f"({metrics['n']} utterances; {run_dir / 'metrics.json'})")
 
 
@@ -159,7 +160,7 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
 @friendly_errors
 def run(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
         train_epochs: Optional[int], device: str, fused: bool, progress: bool, threads: Optional[int],
-        amp: Optional[str], channels_last: bool, **_: Any) -> None:
+        amp: Optional[str], channels_last: bool, tensorboard: bool, **_: Any) -> None:
     """Search, then train the found genotype, then evaluate it on the test speakers."""
     from emodarts.engine.evaluation import run_evaluate
     from emodarts.engine.pipeline import prepare_data
@@ -173,16 +174,14 @@ def run(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
     t0 = time.time()
     with run_folder(cfg, run_dir, resuming):
         data = prepare_data(cfg, progress, run_dir=run_dir, resuming=resuming)
-        genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress)
+        genotype = run_search(cfg, data, run_dir, resume=resuming, progress=progress, tensorboard=tensorboard)
         if info().is_main:
             save_genotype(genotype, run_dir / "genotype.json")
-        run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress)
+        run_train(cfg, genotype, data, run_dir, resume=resuming, progress=progress, tensorboard=tensorboard)
         metrics = run_evaluate(cfg, data, run_dir)
-    if not info().is_main:
-        return
-    _print_metrics(metrics, run_dir)
-    _write_report(run_dir)
-    click.echo(f"UA {metrics['ua']:.4f}  WA {metrics['wa']:.4f}  ({time.time() - t0:.0f} s)")
+        _print_metrics(metrics, run_dir)
+        _write_report(run_dir)
+        say(f"UA {metrics['ua']:.4f}  WA {metrics['wa']:.4f}  ({time.time() - t0:.0f} s)")
 
 
 @cli.command()

@@ -22,6 +22,7 @@ from emodarts.cli.options import (
 from emodarts.cli.runs import run_folder, start_run
 from emodarts.engine.config import RunConfig
 from emodarts.features import EXTRACTOR_CHOICES, FEATURE_PRESETS
+from emodarts.runtime.progress import say
 
 _CORPUS_HELP = ("Corpus: synthetic (built in), iemocap, msp-improv, msp-podcast, or csv (a manifest with "
                 "path,label,speaker[,utt_id,session,split]).")
@@ -134,7 +135,7 @@ def features(corpus: str, root: Optional[Path], preset: str, protocol: Optional[
 def cv(protocol: Optional[str], out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
        train_epochs: Optional[int], device: str, fused: bool, progress: bool, threads: Optional[int],
        genotype_path: Optional[Path], folds: Optional[str], workers: int, seq_candidates: Optional[str],
-       **_: Any) -> None:
+       tensorboard: bool, **_: Any) -> None:
     """Cross-validate over the folds of a protocol: per fold search + train + evaluate (or train +
     evaluate --genotype) in RUN_DIR/fold_<k>/, then UA, WA and macro-F1 per fold with mean and std in
     RUN_DIR/cv_results.json and .md. --epochs: search epochs (with --genotype: training epochs);
@@ -164,6 +165,6 @@ def cv(protocol: Optional[str], out: Optional[Path], resume: Optional[Path], epo
                                        CV_RESUME_MAY_CHANGE, refuse_search_settings)
     with run_folder(cfg, run_dir, resuming):
         results = run_cv(cfg, run_dir, protocol=protocol, genotype=genotype, folds=folds, resume=resuming,
-                         progress=progress, workers=workers)
-    click.echo(format_results(results))
-    click.echo(f"results: {run_dir / 'cv_results.md'} and {run_dir / 'cv_results.json'}")
+                         progress=progress, workers=workers, tensorboard=tensorboard)
+        say(format_results(results))
+        say(f"results: {run_dir / 'cv_results.md'} and {run_dir / 'cv_results.json'}")

@@ -52,7 +52,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_NAME = "config.json"
 # What --resume lets the command line change: run-time choices and epoch counts. Every other setting comes
 # from RUN_DIR/config.json, and giving it again is an error rather than silently dropped.
-RESUME_MAY_CHANGE = ("epochs", "train_epochs", "device", "fused", "amp", "channels_last", "progress", "threads")
+RESUME_MAY_CHANGE = ("epochs", "train_epochs", "device", "fused", "amp", "channels_last", "progress", "threads",
+                     "tensorboard")
 
 
 def option_list(names: Sequence[str]) -> str:
@@ -151,6 +152,8 @@ COMMON_OPTIONS: Sequence[Opt] = (
     opt("--fused", to="backend", convert=backend_of, is_flag=True,
         help="Use the fused kernels (Triton on CUDA, C++ on CPU) instead of plain PyTorch."),
     opt("--progress/--no-progress", default=True, show_default=True, help="Progress bars."),
+    opt("--tensorboard/--no-tensorboard", default=True, show_default=True,
+        help="TensorBoard logs in RUN_DIR/tensorboard (watch with: tensorboard --logdir runs/)."),
     THREADS,
     opt("--min-duration", to="min_duration", type=click.FloatRange(min=0), default=None,
         help="Shortest usable clip in seconds; shorter ones are skipped as too short (default 0.25)."),

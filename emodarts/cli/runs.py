@@ -27,7 +27,9 @@ from emodarts.engine.config import (
 from emodarts.runtime.distributed import info
 from emodarts.runtime.errors import EmodartsError
 from emodarts.runtime.files import atomic_write_json
-from emodarts.runtime.progress import say
+from emodarts.runtime.progress import log_only, run_log, say
+
+RUN_LOG = "run.log"  # every line the run said, with times, and its warnings (runtime/progress.py)
 
 # Files that show a run got further than its configuration: with none of them, a failed new run's folder
 # is removed again (so the same --out can be retried).
@@ -142,16 +144,19 @@ def run_folder(cfg: RunConfig, run_dir: Path, resuming: bool) -> Iterator[Path]:
     before = None if resuming or not run_dir.exists() else {p.name for p in run_dir.iterdir()}
     if not resuming:
         _create_run_dir(cfg, run_dir)
-    say(f"run folder: {run_dir}")
-    try:
-        yield run_dir
-    except KeyboardInterrupt:
-        removed = not resuming and _discard_unstarted(run_dir, before)
-        raise RunInterrupted(run_dir, kept=not removed) from None
-    except Exception:
-        if not resuming:
-            _discard_unstarted(run_dir, before)
-        raise
+    with run_log(run_dir / RUN_LOG):
+        say(f"run folder: {run_dir}" + (" (resumed)" if resuming else ""))
+        try:
+            yield run_dir
+        except KeyboardInterrupt:
+            log_only("interrupted")
+            removed = not resuming and _discard_unstarted(run_dir, before)
+            raise RunInterrupted(run_dir, kept=not removed) from None
+        except Exception as exc:
+            log_only(f"error: {exc}")
+            if not resuming:
+                _discard_unstarted(run_dir, before)
+            raise
 
 
 def with_device(cfg: RunConfig, device: str) -> RunConfig:

@@ -28,7 +28,7 @@ from emodarts.engine.resume import open_for_resume
 from emodarts.engine.run_data import RunData, build_run_data
 from emodarts.runtime.errors import DataError, EmodartsError
 from emodarts.runtime.files import atomic_write_json, atomic_write_text
-from emodarts.runtime.progress import say
+from emodarts.runtime.progress import run_log, say
 
 CV_STATE = "cv.json"
 RESULTS = "cv_results"
@@ -149,7 +149,7 @@ def _load_state(run_dir: Path) -> Optional[dict]:
 
 def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genotype=None,
            folds: Optional[str] = None, resume: bool = False, progress: bool = True,
-           cache_dir: Optional[Path] = None, workers: int = 1) -> dict:
+           cache_dir: Optional[Path] = None, workers: int = 1, tensorboard: bool = True) -> dict:
     """Cross-validate in `run_dir` (see the module doc). `genotype`: a space.Genotype to train on every fold
     instead of searching one. `folds`: '0,2' for a subset. With `resume`, the protocol, the fold list and the
     genotype come from run_dir/cv.json unless given again. Returns the results dict (cv_results.json)."""
@@ -197,25 +197,28 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
         fold_dir.mkdir(parents=True, exist_ok=True)
         fold_cfg = fold_config(cfg, proto.name, k)
         metrics_path = fold_dir / "metrics.json"
-        if resume and metrics_path.is_file():
-            metrics = json.loads(metrics_path.read_text())
-            say(f"fold {k} ({fold.name}): finished before, UA {metrics['ua']:.4f} (skipped)")
-        else:
-            say(f"fold {k} ({fold.name}): {len(fold.split.train)} train / {len(fold.split.dev)} dev / "
-                f"{len(fold.split.test)} test utterances")
-            sp = fold.speakers()
-            atomic_write_json(fold_dir / "fold.json", {"fold": k, "name": fold.name, "speakers": sp,
-                                                       "counts": data.counts["folds"][k]["counts"]})
-            atomic_write_json(fold_dir / "config.json", {**fold_cfg.to_dict(), CLASSES_KEY: data.classes})
-            run_data = prepare_fold_data(fold_cfg, fold, data.features, data.classes, with_search=genotype is None)
-            if genotype is None:
-                fold_genotype = run_search(fold_cfg, run_data, fold_dir, resume=resume, progress=progress)
+        with run_log(fold_dir / "run.log"):  # the fold's own log; the whole run's takes these lines too
+            if resume and metrics_path.is_file():
+                metrics = json.loads(metrics_path.read_text())
+                say(f"fold {k} ({fold.name}): finished before, UA {metrics['ua']:.4f} (skipped)")
             else:
-                fold_genotype = genotype
-            save_genotype(fold_genotype, fold_dir / "genotype.json")
-            run_train(fold_cfg, fold_genotype, run_data, fold_dir, resume=resume, progress=progress)
-            metrics = run_evaluate(fold_cfg, run_data, fold_dir)
-            del run_data
+                say(f"fold {k} ({fold.name}): {len(fold.split.train)} train / {len(fold.split.dev)} dev / "
+                    f"{len(fold.split.test)} test utterances")
+                sp = fold.speakers()
+                atomic_write_json(fold_dir / "fold.json", {"fold": k, "name": fold.name, "speakers": sp,
+                                                           "counts": data.counts["folds"][k]["counts"]})
+                atomic_write_json(fold_dir / "config.json", {**fold_cfg.to_dict(), CLASSES_KEY: data.classes})
+                run_data = prepare_fold_data(fold_cfg, fold, data.features, data.classes, with_search=genotype is None)
+                if genotype is None:
+                    fold_genotype = run_search(fold_cfg, run_data, fold_dir, resume=resume, progress=progress,
+                                               tensorboard=tensorboard)
+                else:
+                    fold_genotype = genotype
+                save_genotype(fold_genotype, fold_dir / "genotype.json")
+                run_train(fold_cfg, fold_genotype, run_data, fold_dir, resume=resume, progress=progress,
+                          tensorboard=tensorboard)
+                metrics = run_evaluate(fold_cfg, run_data, fold_dir)
+                del run_data
         row = {"fold": k, "name": fold.name, "test_speakers": fold.test_speakers, "n_test": int(metrics["n"]),
                "ua": float(metrics["ua"]), "wa": float(metrics["wa"]), "macro_f1": float(metrics["macro_f1"]),
                "confusion": metrics["confusion"], "dir": f"fold_{k}"}

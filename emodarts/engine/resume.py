@@ -2,7 +2,6 @@
 checkpoint, so that a resumed run is the uninterrupted one."""
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -34,10 +33,10 @@ def truncate_jsonl(path: Path, phase: str, before_epoch: int) -> None:
 
 
 def _warn(line: str) -> None:
-    """One line on stderr, without breaking the progress bars."""
-    from tqdm.auto import tqdm
+    """One line on stderr, without breaking the progress bars (and in run.log)."""
+    from emodarts.runtime.progress import warn
 
-    tqdm.write(line, file=sys.stderr)
+    warn(line)
 
 
 def open_for_resume(run_dir: Path) -> None:

@@ -19,6 +19,7 @@ from emodarts.model.space import Genotype, genotype_from_dict, save_genotype
 from emodarts.model.supernet import Supernet
 from emodarts.runtime.distributed import check_replicas, for_data_parallel
 from emodarts.runtime.distributed import info as dist_info
+from emodarts.engine.board import Board
 from emodarts.runtime.files import append_jsonl
 from emodarts.runtime.precision import autocast, prepare_input, prepare_model
 from emodarts.runtime.progress import progress_bar, say
@@ -64,9 +65,10 @@ def _build_search(cfg: RunConfig, data: RunData) -> _Search:
     return _Search(model, w_opt, sched, a_opt, architect, weights)
 
 
-def _search_epoch(cfg: RunConfig, search: _Search, data: RunData, epoch: int, progress: bool) -> Tuple[float, float]:
+def _search_epoch(cfg: RunConfig, search: _Search, data: RunData, epoch: int,
+                  progress: bool) -> Tuple[float, float, int]:
     """One epoch of bilevel steps (an alpha step, then a weight step), cycling the shorter of the two
-    search parts; returns the mean weight-step and alpha-step losses."""
+    search parts; returns the mean weight-step and alpha-step losses and the number of steps."""
     sc, device = cfg.search, cfg.device
     search.model.train()
     gen = epoch_generator(cfg.seed, epoch, 1)
@@ -83,7 +85,7 @@ def _search_epoch(cfg: RunConfig, search: _Search, data: RunData, epoch: int, pr
         with autocast(device, cfg.amp):
             alpha_loss_sum += summed_over_ranks(search.architect.step(xw, yw, xa, ya))
             train_loss += weight_step(search.model, search.w_opt, xw, yw, sc.grad_clip, search.class_weights)
-    return train_loss / n_steps, alpha_loss_sum / n_steps
+    return train_loss / n_steps, alpha_loss_sum / n_steps, n_steps
 
 
 def _count_skip_streak(model: Supernet, cap: Optional[int], best: dict) -> int:
@@ -136,9 +138,10 @@ def _save_search_checkpoint(path: Path, cfg: RunConfig, epoch: int, search: _Sea
 
 
 def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = False, progress: bool = True,
-               stop_after: Optional[int] = None) -> Genotype:
+               stop_after: Optional[int] = None, tensorboard: bool = True) -> Genotype:
     """Bilevel DARTS search. Writes genotypes.jsonl, alphas.jsonl, metrics.jsonl, genotype.json (best by
-    alpha-split loss) and checkpoint.pt (each epoch). Returns the best genotype."""
+    alpha-split loss), checkpoint.pt (each epoch) and, with `tensorboard`, RUN_DIR/tensorboard (board.py).
+    Returns the best genotype."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sc = cfg.search
@@ -148,10 +151,23 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
     start, best = resume_from(run_dir, ckpt_path, cfg, resume, search.model, search.optimizers(), search.sched,
                                sc.epochs, {"alpha_loss": float("inf"), "epoch": -1, "genotype": None})
     truncate_logs(run_dir, SEARCH_LOGS, "search", start)
+    board = Board(run_dir, "search", tensorboard, start)
+    candidates = {"normal": cfg.model.cnn_primitives, "reduce": cfg.model.cnn_primitives,
+                  "seq": cfg.model.seq_primitives}
+    try:
+        return _search_loop(cfg, data, run_dir, search, start, best, progress, stop_after, board, candidates)
+    finally:
+        board.close()
 
+
+def _search_loop(cfg: RunConfig, data: RunData, run_dir: Path, search: _Search, start: int, best: dict,
+                 progress: bool, stop_after: Optional[int], board: Board, candidates: dict) -> Genotype:
+    """The search's epochs from `start` (see run_search)."""
+    sc = cfg.search
+    ckpt_path = run_dir / SEARCH_CHECKPOINT
     for epoch in progress_bar(range(start, sc.epochs), progress, desc="search", initial=start, total=sc.epochs):
         t0 = time.time()
-        train_loss, alpha_step_loss = _search_epoch(cfg, search, data, epoch, progress)
+        train_loss, alpha_step_loss, n_steps = _search_epoch(cfg, search, data, epoch, progress)
         search.sched.step()
         check_replicas(list(search.model.named_parameters()))
         val = evaluate_split(search.model, data.search_a, len(data.classes), cfg.device, cfg.amp, cfg.channels_last)
@@ -160,9 +176,10 @@ def run_search(cfg: RunConfig, data: RunData, run_dir: Path, resume: bool = Fals
         record = {
             "phase": "search", "epoch": epoch, "train_loss": train_loss, "alpha_step_loss": alpha_step_loss,
             "alpha_loss": val["loss"], "alpha_ua": val["ua"], "lr": search.sched.get_last_lr()[0],
-            "seconds": time.time() - t0, "normal_skips": raw_skips,
+            "seconds": time.time() - t0, "step_seconds": (time.time() - t0) / n_steps, "normal_skips": raw_skips,
         }
         _log_search_epoch(run_dir, record, genotype, search.model)
+        board.epoch(record, search.model.alpha_probs(), candidates)
         _keep_if_best(best, val["loss"], epoch, genotype, run_dir)
         _save_search_checkpoint(ckpt_path, cfg, epoch, search, best)
         say(f"search epoch {epoch + 1}/{sc.epochs}: train loss {train_loss:.3f}  "

@@ -16,6 +16,7 @@ from emodarts.model.network import DerivedNetwork
 from emodarts.model.space import Genotype
 from emodarts.runtime.distributed import check_replicas, for_data_parallel
 from emodarts.runtime.distributed import info as dist_info
+from emodarts.engine.board import Board
 from emodarts.runtime.files import append_jsonl
 from emodarts.runtime.precision import autocast, prepare_input, prepare_model
 from emodarts.runtime.progress import progress_bar, say
@@ -29,8 +30,9 @@ def build_final_network(cfg: RunConfig, genotype: Genotype, data: RunData) -> De
 
 
 def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, resume: bool = False,
-              progress: bool = True, stop_after: Optional[int] = None) -> Dict[str, object]:
-    """Train the derived network; keep the epoch with the best dev UA in model.pt. Returns its dev metrics."""
+              progress: bool = True, stop_after: Optional[int] = None, tensorboard: bool = True) -> Dict[str, object]:
+    """Train the derived network; keep the epoch with the best dev UA in model.pt (and, with `tensorboard`,
+    the epochs in RUN_DIR/tensorboard). Returns its dev metrics."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tc, device = cfg.train, cfg.device
@@ -46,6 +48,19 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
     start, best = resume_from(run_dir, ckpt_path, cfg, resume, net, {"opt": opt}, sched, tc.epochs,
                                {"ua": -1.0, "epoch": -1})
     truncate_logs(run_dir, ("metrics.jsonl",), "train", start)
+    board = Board(run_dir, "train", tensorboard, start)
+    try:
+        return _train_loop(cfg, genotype, data, run_dir, net, opt, sched, weights, start, best, progress,
+                           stop_after, board)
+    finally:
+        board.close()
+
+
+def _train_loop(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, net, opt, sched, weights,
+                start: int, best: dict, progress: bool, stop_after: Optional[int], board: Board) -> dict:
+    """The final training's epochs from `start` (see run_train)."""
+    tc, device = cfg.train, cfg.device
+    ckpt_path = run_dir / "train_checkpoint.pt"
 
     epochs = progress_bar(range(start, tc.epochs), progress, desc="train", initial=start, total=tc.epochs)
     for epoch in epochs:
@@ -54,7 +69,8 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
         net.set_drop_path(tc.drop_path * epoch / tc.epochs)
         gen = epoch_generator(cfg.seed, epoch, 2)
         losses = []
-        for x, y in progress_bar(list(batches(data.train, tc.batch_size, gen)), progress, desc=f"epoch {epoch + 1}", leave=False):
+        train_batches = list(batches(data.train, tc.batch_size, gen))
+        for x, y in progress_bar(train_batches, progress, desc=f"epoch {epoch + 1}", leave=False):
             with autocast(device, cfg.amp):
                 losses.append(weight_step(net, opt, prepare_input(x, device, cfg.channels_last), y.to(device),
                                           tc.grad_clip, weights, tc.aux_weight))
@@ -62,10 +78,12 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
         check_replicas(list(net.named_parameters()))
         dev = evaluate_split(net, data.dev, len(data.classes), device, cfg.amp, cfg.channels_last)
         record = {"phase": "train", "epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": dev["loss"],
-                  "dev_ua": dev["ua"], "dev_wa": dev["wa"], "seconds": time.time() - t0}
+                  "dev_ua": dev["ua"], "dev_wa": dev["wa"], "lr": sched.get_last_lr()[0],
+                  "seconds": time.time() - t0, "step_seconds": (time.time() - t0) / max(1, len(train_batches))}
         main = dist_info().is_main
         if main:
             append_jsonl(run_dir / "metrics.jsonl", record)
+        board.epoch(record)
         if dev["ua"] > best["ua"]:
             best = {"ua": dev["ua"], "wa": dev["wa"], "epoch": epoch}
             if main:
