@@ -32,13 +32,14 @@ def search(config: RunConfig, out: Optional[RunDir] = None, progress: bool = Fal
     """Search a genotype under `config` in a new run folder (`out`, default runs/search-<time>); returns it.
     As `emodarts search`: config.json, the search's logs, run.log, tensorboard/ and checkpoints, genotype.json
     and report/."""
+    from emodarts.cli.runs import run_folder
     from emodarts.engine.pipeline import prepare_data
     from emodarts.engine.search import run_search
     from emodarts.report import report_after_run
     from emodarts.runtime.progress import say
 
     cfg, run_dir = _new_run("search", config, out)
-    with _run_folder(cfg, run_dir):
+    with run_folder(cfg, run_dir, resuming=False):
         data = prepare_data(cfg, progress, run_dir=run_dir)
         run_search(cfg, data, run_dir, progress=progress, tensorboard=tensorboard)
         say(report_after_run(run_dir))
@@ -52,7 +53,7 @@ def train(source: Union[RunConfig, RunDir], genotype: Union[Genotype, dict, RunD
     `source` a run folder of `search`: its genotype is trained there, under its configuration (as `emodarts
     run` does after its search). `source` a Config: `genotype` (a Genotype, its dict, or a genotype.json) is
     trained in a new folder (`out`), as `emodarts train --genotype`."""
-    from emodarts.cli.runs import RUN_LOG
+    from emodarts.cli.runs import RUN_LOG, run_folder
     from emodarts.engine.pipeline import prepare_data
     from emodarts.engine.training import run_train
     from emodarts.model.space import check_genotype_fits, genotype_from_dict, load_genotype, save_genotype
@@ -75,7 +76,7 @@ def train(source: Union[RunConfig, RunDir], genotype: Union[Genotype, dict, RunD
         genotype = genotype_from_dict(genotype) if isinstance(genotype, dict) else load_genotype(genotype)
     check_genotype_fits(genotype, source.model)
     cfg, run_dir = _new_run("train", source, out)
-    with _run_folder(cfg, run_dir):
+    with run_folder(cfg, run_dir, resuming=False):
         save_genotype(genotype, run_dir / "genotype.json")
         data = prepare_data(cfg, progress, run_dir=run_dir)
         run_train(cfg, genotype, data, run_dir, progress=progress, tensorboard=tensorboard)
@@ -86,13 +87,10 @@ def evaluate(run: RunDir, device: str = "cpu", progress: bool = False) -> dict:
     """Evaluate the run's trained network on its test speakers, once (writes RUN_DIR/metrics.json): UA, WA,
     macro-F1, per-class recall and the confusion matrix, over the classes its config.json records."""
     from emodarts.cli.runs import with_device
-    from emodarts.engine.evaluation import run_evaluate
-    from emodarts.engine.pipeline import prepare_data
+    from emodarts.engine.evaluation import evaluate_run_folder
     from emodarts.engine.predictor import run_folder_config
 
-    run_dir = Path(run)
-    cfg = with_device(run_folder_config(run_dir), device)
-    return run_evaluate(cfg, prepare_data(cfg, progress, run_dir=run_dir, resuming=True), run_dir)
+    return evaluate_run_folder(Path(run), with_device(run_folder_config(Path(run)), device), progress)
 
 
 def load(run: RunDir, device: str = "cpu") -> Predictor:
@@ -114,12 +112,6 @@ def _new_run(command: str, config: RunConfig, out: Optional[RunDir]):
     cfg, run_dir, _ = open_run(command, config, Path(out) if out else None, None, config.device, False, create=False)
     check_backend(cfg)
     return cfg, run_dir
-
-
-def _run_folder(cfg: RunConfig, run_dir: Path):
-    from emodarts.cli.runs import run_folder
-
-    return run_folder(cfg, run_dir, resuming=False)
 
 
 __all__ = ["Config", "search", "train", "evaluate", "load"]

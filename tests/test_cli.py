@@ -84,7 +84,7 @@ def test_report_writes_valid_pngs(short_run):
 def test_predict_matches_the_evaluation(short_run, monkeypatch):
     out, _, home = short_run
     monkeypatch.setenv("EMODARTS_HOME", str(home))
-    from emodarts.cli.commands import open_run
+    from emodarts.cli.runs import open_run
     from emodarts.cli.predict import predict_files
     from emodarts.data.registry import load_corpus
     from emodarts.data.splits import speaker_split

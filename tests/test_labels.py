@@ -154,13 +154,16 @@ def test_resumed_runs_follow_the_classes_they_recorded(tmp_path):
     """A new run records its classes; resuming finds the same or says the corpus changed; a run of a version
     that recorded none keeps that version's order (the four emotions first)."""
     from emodarts.data import Utterance
-    from emodarts.engine.pipeline import run_classes
+    from emodarts.data.counts import class_list
+    from emodarts.engine.pipeline import settle_classes
 
     utts = [Utterance(str(i), f"/x/{i}.wav", label, "S") for i, label in enumerate(("sad", "fear", "angry"))]
+    classes = class_list(utts)
     (tmp_path / "config.json").write_text(json.dumps({"seed": 0}))
-    assert run_classes(utts, (), tmp_path, resuming=True) == ["angry", "sad", "fear"]  # an older run
-    assert run_classes(utts, (), tmp_path, resuming=False) == ["angry", "fear", "sad"]  # a new one records
+    assert settle_classes(classes, False, tmp_path, resuming=True) == ["angry", "sad", "fear"]  # an older run
+    assert settle_classes(classes, True, tmp_path, resuming=True) == ["angry", "fear", "sad"]  # --labels' order
+    assert settle_classes(classes, False, tmp_path, resuming=False) == ["angry", "fear", "sad"]  # a new one records
     assert json.loads((tmp_path / "config.json").read_text()) == {"seed": 0, "classes": ["angry", "fear", "sad"]}
-    assert run_classes(utts, (), tmp_path, resuming=True) == ["angry", "fear", "sad"]
+    assert settle_classes(classes, False, tmp_path, resuming=True) == ["angry", "fear", "sad"]
     with pytest.raises(DataError, match="records the classes angry, fear, sad; the corpus now gives angry, sad"):
-        run_classes(utts[::2], (), tmp_path, resuming=True)
+        settle_classes(class_list(utts[::2]), False, tmp_path, resuming=True)

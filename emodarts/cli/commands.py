@@ -28,7 +28,7 @@ from emodarts.cli.options import (
     resume_changes,
     shape_options,
 )
-from emodarts.cli.runs import open_run, run_folder, start_run, with_device
+from emodarts.cli.runs import run_folder, start_run, with_device
 from emodarts.engine.config import PRESETS, RunConfig
 from emodarts.model.space import SEQ_SPACES
 from emodarts.runtime.distributed import info
@@ -121,17 +121,11 @@ def train(out: Optional[Path], resume: Optional[Path], epochs: Optional[int],
 @friendly_errors
 def evaluate(run_dir: Path, device: str, progress: bool) -> None:
     """Evaluate RUN_DIR's trained network on the test speakers (once); writes RUN_DIR/metrics.json."""
-    from emodarts.engine.evaluation import run_evaluate
-    from emodarts.engine.legacy import legacy_fold_config
-    from emodarts.engine.pipeline import prepare_data
+    from emodarts.engine.evaluation import evaluate_run_folder
+    from emodarts.engine.predictor import run_folder_config
 
-    legacy = legacy_fold_config(run_dir)  # a fold folder of a `cv` of an older version
-    if legacy is None:
-        cfg, run_dir, _ = open_run("evaluate", None, None, run_dir, device, False)
-    else:
-        cfg = with_device(legacy, device)
-    data = prepare_data(cfg, progress, run_dir=run_dir, resuming=True)
-    _print_metrics(run_evaluate(cfg, data, run_dir), run_dir)
+    cfg = with_device(run_folder_config(run_dir), device)  # a cv fold folder of an older version too
+    _print_metrics(evaluate_run_folder(run_dir, cfg, progress), run_dir)
 
 
 def _write_report(run_dir: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from emodarts.data import Utterance
 from emodarts.engine.config import CLASSES_KEY, RunConfig, with_overrides
-from emodarts.engine.pipeline import run_classes
+from emodarts.engine.pipeline import settle_classes
 from emodarts.engine.resume import open_for_resume
 from emodarts.engine.run_data import RunData, build_run_data
 from emodarts.runtime.errors import DataError, EmodartsError
@@ -176,7 +176,7 @@ def run_cv(cfg: RunConfig, run_dir: Path, protocol: Optional[str] = None, genoty
     data = load_protocol_data(cfg.corpus, Path(cfg.root) if cfg.root else None, cfg.preset, protocol, cfg.seed,
                               cache_dir=cache_dir, progress=progress, workers=workers, min_duration=cfg.min_duration,
                               features=cfg.features, labels=cfg.labels)
-    data.classes = run_classes(data.utts, cfg.labels, run_dir, resume)
+    data.classes = settle_classes(data.classes, bool(cfg.labels), run_dir, resume)
     proto = data.protocol
     selected = parse_folds(folds, len(data.folds))
     mode = "genotype" if genotype is not None else "search"

@@ -50,6 +50,14 @@ def load_final_network(run_dir: Path, cfg: RunConfig, data: RunData) -> DerivedN
     return prepare_model(net, cfg.device, cfg.channels_last)
 
 
+def evaluate_run_folder(run_dir: Path, cfg: RunConfig, progress: bool = True) -> Dict[str, object]:
+    """`emodarts evaluate` and `emodarts.evaluate`: the run folder's data (its recorded classes) and its
+    selected network on the test split, once; writes metrics.json."""
+    from emodarts.engine.pipeline import prepare_data
+
+    return run_evaluate(cfg, prepare_data(cfg, progress, run_dir=run_dir, resuming=True), run_dir)
+
+
 def run_evaluate(cfg: RunConfig, data: RunData, run_dir: Path) -> Dict[str, object]:
     """Evaluate the selected final network on the test split, once; writes metrics.json."""
     run_dir = Path(run_dir)

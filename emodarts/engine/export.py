@@ -66,8 +66,7 @@ def export_run(run_dir: Path, out: Path, formats: Sequence[str] = FORMATS) -> Di
         files = {p.name: p.stat().st_size for p in sorted(work.iterdir())}
         metrics_path = Path(run_dir) / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-        genotype = _genotype(predictor)
-        atomic_write_text(work / "MODEL_CARD.md", model_card(Path(run_dir), predictor.config, genotype,
+        atomic_write_text(work / "MODEL_CARD.md", model_card(Path(run_dir), predictor.config, predictor.genotype,
                                                              predictor.classes, predictor.feature_config, metrics,
                                                              files))
         files["MODEL_CARD.md"] = (work / "MODEL_CARD.md").stat().st_size
@@ -110,14 +109,8 @@ def _safetensors(predictor: Predictor, path: Path) -> None:
 
     state = {k: v.contiguous() for k, v in predictor.network.state_dict().items() if not k.startswith("aux_head.")}
     meta = {"classes": json.dumps(predictor.classes), "config": json.dumps(predictor.config.to_dict()),
-            "genotype": json.dumps(_genotype(predictor).to_dict()), "format": "emodarts-derived-network/1"}
+            "genotype": json.dumps(predictor.genotype.to_dict()), "format": "emodarts-derived-network/1"}
     save_file(state, str(path), metadata=meta)
-
-
-def _genotype(predictor: Predictor):
-    from emodarts.model.space import load_genotype
-
-    return load_genotype(predictor.run_dir / "genotype.json")
 
 
 def export_targets(run_dir: Path, folds: str = "") -> List[Path]:

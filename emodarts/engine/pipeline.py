@@ -43,7 +43,7 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     protocol's utterances; with one, it is fold `cfg.fold` (0 unless the run is a fold of `cv`) of that
     protocol (data/protocols.py). The search data (the training speakers' utterances) is cut into the weight
     and alpha parts by `cfg.search.alpha_split` (data/splits.py: search_halves). The classes are those of
-    `cfg.labels`, else the protocol's (run_classes: recorded in `run_dir`'s config.json by a new run,
+    `cfg.labels`, else the protocol's (settle_classes: recorded in `run_dir`'s config.json by a new run,
     checked against it by a resumed one). Files that cannot be used are left out, summarised on the console
     and listed in skipped_files.csv/json in `report_dir` (default `run_dir`, else the feature cache entry)."""
     from emodarts.data.report import SkipReport
@@ -61,7 +61,9 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
         say(report.summary(where))
     if not utts:
         raise DataError(f"corpus {cfg.corpus!r} has no usable utterances")
-    classes = run_classes(utts, cfg.labels, run_dir, resuming)
+    from emodarts.data.labels import parse_labels
+
+    classes = settle_classes(class_list(utts, parse_labels(cfg.labels)), bool(cfg.labels), run_dir, resuming)
     fold = getattr(cfg, "fold", 0)
     split = _run_split(utts, cfg.seed, proto if protocol else None, fold)
     data = build_run_data(features, split, classes, cfg.seed, cfg.search.alpha_split,
@@ -75,17 +77,15 @@ def prepare_data(cfg: RunConfig, progress: bool = True, cache_dir: Optional[Path
     return data
 
 
-def run_classes(utts: Sequence[Utterance], labels: Sequence[str], run_dir: Optional[Path],
-                resuming: bool) -> List[str]:
-    """The run's classes (data/counts.py: class_list). A new run records them in RUN_DIR/config.json; a
-    resumed (or evaluated) one must find those it recorded (a DataError when the corpus now gives others),
-    and a run of a version that recorded none keeps that version's order (engine/legacy.py)."""
-    from emodarts.data.labels import parse_labels
+def settle_classes(classes: List[str], labelled: bool, run_dir: Optional[Path], resuming: bool) -> List[str]:
+    """The run's classes, given those its data yields (data/counts.py: class_list; `labelled`: chosen by
+    --labels). A new run records them in RUN_DIR/config.json; a resumed (or evaluated) one must find those it
+    recorded (a DataError when the corpus now gives others), and a run of a version that recorded none keeps
+    that version's order (engine/legacy.py)."""
     from emodarts.engine.config import record_classes, recorded_classes
     from emodarts.engine.legacy import legacy_class_order
     from emodarts.runtime.distributed import info
 
-    classes = class_list(utts, parse_labels(labels))
     if run_dir is None:
         return classes
     if not resuming:
@@ -94,7 +94,7 @@ def run_classes(utts: Sequence[Utterance], labels: Sequence[str], run_dir: Optio
         return classes
     recorded = recorded_classes(run_dir)
     if recorded is None:
-        return classes if labels else legacy_class_order(classes)
+        return classes if labelled else legacy_class_order(classes)
     if recorded != classes:
         raise DataError(f"{Path(run_dir) / 'config.json'} records the classes {', '.join(recorded)}; the corpus "
                         f"now gives {', '.join(classes)} (was the corpus changed?)")

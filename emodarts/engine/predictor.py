@@ -43,9 +43,9 @@ class Predictor:
         self.run_dir = Path(run_dir)
         self.config = run_folder_config(self.run_dir)
         state = load_run_checkpoint(self.run_dir / "model.pt", self.config)
-        genotype = genotype_from_dict(state["genotype"], where=str(self.run_dir / "model.pt"))
+        self.genotype = genotype_from_dict(state["genotype"], where=str(self.run_dir / "model.pt"))
         n_features = state["model"]["norm.mean"].shape[0]
-        self.network = DerivedNetwork(self.config.model, genotype, n_features, len(state["classes"]),
+        self.network = DerivedNetwork(self.config.model, self.genotype, n_features, len(state["classes"]),
                                       auxiliary=has_auxiliary_head(state["model"]))  # an auxiliary head is unused
         self.network.load_state_dict(state["model"])
         self.network.to(device).eval()

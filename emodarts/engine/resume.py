@@ -18,6 +18,7 @@ from emodarts.runtime.files import (
     remove_stale_temps,
     torn_line_note,
 )
+from emodarts.runtime.progress import warn
 
 
 def truncate_jsonl(path: Path, phase: str, before_epoch: int) -> None:
@@ -27,16 +28,9 @@ def truncate_jsonl(path: Path, phase: str, before_epoch: int) -> None:
         return
     records, torn = read_jsonl(path, required=("epoch",))
     if torn:
-        _warn(torn_line_note(path))
+        warn(torn_line_note(path))  # on stderr and in run.log
     keep = [r for r in records if r.get("phase", phase) != phase or r["epoch"] < before_epoch]
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
-
-
-def _warn(line: str) -> None:
-    """One line on stderr, without breaking the progress bars (and in run.log)."""
-    from emodarts.runtime.progress import warn
-
-    warn(line)
 
 
 def open_for_resume(run_dir: Path) -> None:

@@ -173,10 +173,11 @@ def _search_loop(cfg: RunConfig, data: RunData, run_dir: Path, search: _Search, 
         val = evaluate_split(search.model, data.search_a, len(data.classes), cfg.device, cfg.amp, cfg.channels_last)
         genotype = derive_genotype(search.model, meta={"epoch": epoch}, max_skip_normal=sc.max_skip_normal)
         raw_skips = _count_skip_streak(search.model, sc.max_skip_normal, best)
+        elapsed = time.time() - t0
         record = {
             "phase": "search", "epoch": epoch, "train_loss": train_loss, "alpha_step_loss": alpha_step_loss,
             "alpha_loss": val["loss"], "alpha_ua": val["ua"], "lr": search.sched.get_last_lr()[0],
-            "seconds": time.time() - t0, "step_seconds": (time.time() - t0) / n_steps, "normal_skips": raw_skips,
+            "seconds": elapsed, "step_seconds": elapsed / n_steps, "normal_skips": raw_skips,
         }
         _log_search_epoch(run_dir, record, genotype, search.model)
         board.epoch(record, search.model.alpha_probs(), candidates)

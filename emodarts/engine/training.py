@@ -77,9 +77,10 @@ def _train_loop(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path
         sched.step()
         check_replicas(list(net.named_parameters()))
         dev = evaluate_split(net, data.dev, len(data.classes), device, cfg.amp, cfg.channels_last)
+        elapsed = time.time() - t0
         record = {"phase": "train", "epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": dev["loss"],
                   "dev_ua": dev["ua"], "dev_wa": dev["wa"], "lr": sched.get_last_lr()[0],
-                  "seconds": time.time() - t0, "step_seconds": (time.time() - t0) / max(1, len(train_batches))}
+                  "seconds": elapsed, "step_seconds": elapsed / max(1, len(train_batches))}
         main = dist_info().is_main
         if main:
             append_jsonl(run_dir / "metrics.jsonl", record)

@@ -5,6 +5,7 @@ tests/test_corpora_features.py); the transforms are built once per (settings, de
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -140,8 +141,4 @@ def features_torch(signals: Sequence[np.ndarray], rates: Sequence[int], cfg: Fea
 def mfcc_torch(signals: Sequence[np.ndarray], rates: Sequence[int], cfg: FeatureConfig,
                device: Optional[str] = None) -> np.ndarray:
     """MFCCs of decoded signals (any rates) with the torchaudio extractor: (n, F, T) float32 numpy."""
-    device = torch_device(device)
-    if not len(signals):
-        return np.zeros((0,) + cfg.shape, dtype=np.float32)
-    out = mfcc_batch_torch(_windows(signals, rates, cfg, device), cfg)
-    return out.float().cpu().numpy().astype(np.float32, copy=False)
+    return features_torch(signals, rates, replace(cfg, kind="mfcc"), device)
