@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 extern "C" {
 // Fortran BLAS (LP64), resolved at load time from libtorch_cpu when it exports them; null otherwise.
@@ -123,6 +124,22 @@ inline std::string cpu_info(bool avx2) {
   s += " threads=single";
 #endif
   return s + " max_threads=" + std::to_string(at::get_num_threads());
+}
+
+// The data of a gradient a backward was asked for, or nullptr for one it was not (output_mask false: the
+// tensor is undefined and the kernel skips its work).
+template <typename T>
+inline T* ptr_or_null(at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// The gradients of a list a backward was asked for, in order (the masked ones left out: a Tensor[] result
+// holds no undefined tensors); Python spreads them back over the inputs (emodarts/ops/grad_need.py).
+inline std::vector<at::Tensor> wanted_only(const std::vector<at::Tensor>& grads, const std::vector<bool>& need) {
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < grads.size(); ++i)
+    if (need[i]) out.push_back(grads[i]);
+  return out;
 }
 
 }  // namespace cpu_common

@@ -5,8 +5,11 @@
 //   emodarts::darts_rnn_forward(Tensor x_proj, Tensor h0, Tensor w0h, Tensor ws, Tensor probs)
 //       -> (Tensor hs, Tensor states, Tensor pre0, Tensor pre)
 //   emodarts::darts_rnn_backward(Tensor grad_hs, Tensor h0, Tensor w0h, Tensor ws, Tensor probs, Tensor hs,
-//                                Tensor states, Tensor pre0, Tensor pre)
+//                                Tensor states, Tensor pre0, Tensor pre,
+//                                bool[5] output_mask)
 //       -> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w0h, Tensor grad_ws, Tensor grad_probs)
+//   output_mask: which of the five gradients to return (undefined, None, for the others); the weight
+//   gradients' GEMMs run only when asked for (an alpha step wants grad_x_proj and grad_probs only).
 //
 // Shapes: x_proj (T, B, 2H) = x W0x (the caller's GEMM), h0 (B, H), w0h (H, 2H), ws (S, H, 2H),
 // probs (E, 4) with E = S (S + 1) / 2, the mixing weights of tanh, relu, sigmoid, identity on every edge
@@ -41,6 +44,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -59,6 +63,7 @@ namespace {
 using at::Tensor;
 using cpu_common::avx2_enabled;
 using cpu_common::gemm_rm;
+using cpu_common::ptr_or_null;
 using cpu_common::use_blas;
 
 #define EMO_INLINE inline __attribute__((always_inline))
@@ -238,9 +243,10 @@ void backward_impl(const Dims& d, const T* gh, const T* h0, const T* w0h, const 
       // dL/ds_j += [dC_j | dZ_j] W_i^T for j = 0 .. i: one GEMM over the stacked rows
       gemm_rm<T>(blas, false, true, nj * B, H, H2, T(1), dpn, H2, ws + i * H * H2, H2, T(1), dst, H);
       // dW_i += S_{i,t}^T [dC | dZ]_{i,t}, accumulated step by step (the GEMM's beta), so [dC | dZ] is kept
-      // for one step only
-      gemm_rm<T>(blas, true, false, H, H2, nj * B, T(1), st, H, dpn, H2, t == T_ - 1 ? T(0) : T(1), gws + i * H * H2,
-                 H2);
+      // for one step only (gws == nullptr: not wanted)
+      if (gws)
+        gemm_rm<T>(blas, true, false, H, H2, nj * B, T(1), st, H, dpn, H2, t == T_ - 1 ? T(0) : T(1),
+                   gws + i * H * H2, H2);
     }
     const T* h = t == 0 ? h0 : hs + (t - 1) * BH;
     T* gxt = gx + t * B * H2;
@@ -248,9 +254,11 @@ void backward_impl(const Dims& d, const T* gh, const T* h0, const T* w0h, const 
     gemm_rm<T>(blas, false, true, B, H, H2, T(1), gxt, H2, w0h, H2, T(1), dh, H);  // dh += dPre0 W0h^T
   }
   std::memcpy(gh0, dh, sizeof(T) * BH);
-  // weight gradients over all steps
-  gemm_rm<T>(blas, true, false, H, H2, B, T(1), h0, H, gx, H2, T(0), gw0h, H2);
-  if (T_ > 1) gemm_rm<T>(blas, true, false, H, H2, (T_ - 1) * B, T(1), hs, H, gx + B * H2, H2, T(1), gw0h, H2);
+  // weight gradients over all steps (gw0h == nullptr: not wanted)
+  if (gw0h) {
+    gemm_rm<T>(blas, true, false, H, H2, B, T(1), h0, H, gx, H2, T(0), gw0h, H2);
+    if (T_ > 1) gemm_rm<T>(blas, true, false, H, H2, (T_ - 1) * B, T(1), hs, H, gx + B * H2, H2, T(1), gw0h, H2);
+  }
   for (int64_t q = 0; q < E * 4; ++q) {
     double s = 0.0;
     for (int64_t b = 0; b < B; ++b) s += part[b * E * 4 + q];
@@ -260,7 +268,8 @@ void backward_impl(const Dims& d, const T* gh, const T* h0, const T* w0h, const 
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward(
     const Tensor& grad_hs_, const Tensor& h0_, const Tensor& w0h_, const Tensor& ws_, const Tensor& probs_,
-    const Tensor& hs_, const Tensor& states_, const Tensor& pre0_, const Tensor& pre_) {
+    const Tensor& hs_, const Tensor& states_, const Tensor& pre0_, const Tensor& pre_,
+    std::array<bool, 5> output_mask) {
   const Dims d = make_dims(hs_, true, h0_, w0h_, ws_, probs_);
   TORCH_CHECK(hs_.device().is_cpu(), "darts_rnn (CPU kernel) got a tensor on ", hs_.device());
   check_saved(d, grad_hs_, hs_, states_, pre0_, pre_);
@@ -270,8 +279,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward(
   auto opts = hs.options();
   Tensor gx = at::empty({d.T, d.B, 2 * d.H}, opts);
   Tensor gh0 = at::empty({d.B, d.H}, opts);
-  Tensor gw0h = at::empty({d.H, 2 * d.H}, opts);
-  Tensor gws = at::empty({d.S, d.H, 2 * d.H}, opts);
+  Tensor gw0h = output_mask[2] ? at::empty({d.H, 2 * d.H}, opts) : Tensor();
+  Tensor gws = output_mask[3] ? at::empty({d.S, d.H, 2 * d.H}, opts) : Tensor();
   Tensor gprobs = at::empty({d.E, 4}, opts);
   Tensor dpre = at::empty({d.E * d.B * 2 * d.H}, opts);  // one step's [dC | dZ], reused at every step
   Tensor dst = at::empty({(d.S + 1) * d.B * d.H}, opts);
@@ -283,11 +292,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward(
                             probs.const_data_ptr<scalar_t>(), hs.const_data_ptr<scalar_t>(),
                             states.const_data_ptr<scalar_t>(), pre0.const_data_ptr<scalar_t>(),
                             pre.const_data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), gh0.data_ptr<scalar_t>(),
-                            gw0h.data_ptr<scalar_t>(), gws.data_ptr<scalar_t>(), gprobs.data_ptr<scalar_t>(),
+                            ptr_or_null<scalar_t>(gw0h), ptr_or_null<scalar_t>(gws), gprobs.data_ptr<scalar_t>(),
                             dpre.data_ptr<scalar_t>(), dst.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
                             part.data_ptr<double>());
   });
-  return {gx, gh0, gw0h, gws, gprobs};
+  // grad_x_proj and grad_h0 are the recursion's own buffers, grad_probs its partial sums: handed back when asked
+  return {output_mask[0] ? gx : Tensor(), output_mask[1] ? gh0 : Tensor(), gw0h, gws,
+          output_mask[4] ? gprobs : Tensor()};
 }
 
 }  // namespace
@@ -301,7 +312,8 @@ TORCH_LIBRARY_FRAGMENT(emodarts, m) {
       "-> (Tensor hs, Tensor states, Tensor pre0, Tensor pre)");
   m.def(
       "darts_rnn_backward(Tensor grad_hs, Tensor h0, Tensor w0h, Tensor ws, Tensor probs, Tensor hs, "
-      "Tensor states, Tensor pre0, Tensor pre) -> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_w0h, "
+      "Tensor states, Tensor pre0, Tensor pre, bool[5] output_mask) -> (Tensor grad_x_proj, Tensor grad_h0, "
+      "Tensor grad_w0h, "
       "Tensor grad_ws, Tensor grad_probs)");
 }
 

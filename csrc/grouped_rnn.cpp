@@ -3,19 +3,23 @@
 // K recurrent "units" (one layer and one direction of an LSTM or tanh-RNN candidate, hidden H) run
 // together over one time loop:
 //
-//   emodarts::grouped_rnn_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor bias, int n_lstm,
-//                                 int[] reverse) -> (Tensor hs, Tensor cs, Tensor gates)
-//   emodarts::grouped_rnn_backward(Tensor grad_hs, Tensor x, Tensor w_ih, Tensor w_hh, Tensor hs,
-//                                  Tensor cs, Tensor gates, int n_lstm, int[] reverse)
-//                                  -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)
+//   emodarts::grouped_rnn_forward(Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor[] b_ih, Tensor[] b_hh,
+//                                 int n_lstm, int[] reverse) -> (Tensor hs, Tensor cs, Tensor gates)
+//   emodarts::grouped_rnn_backward(Tensor grad_hs, Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor hs,
+//                                  Tensor cs, Tensor gates, int n_lstm, int[] reverse, bool[4] output_mask)
+//                                  -> (Tensor grad_x, Tensor[] grad_w_ih, Tensor[] grad_w_hh, Tensor[] grad_bias)
+//   The weights are each unit's own tensors (the modules' parameters, read in place: nothing is concatenated
+//   per call); grad_bias[k] is the gradient of b_ih[k] and of b_hh[k] alike.
+//   output_mask: which of (grad_x, grad_w_ih, grad_w_hh, grad_bias) to compute (as ATen's backwards take it);
+//   grad_x comes back undefined (None) and a list empty when not asked for, and their work is skipped: an
+//   alpha step asks for grad_x only, so the weight GEMMs never run.
 //
 // Layout (time-major inside the op; emodarts/ops/grouped_recurrent.py does the batch_first plumbing):
 //   x      (Kx, T, B, I)   Kx = 1: every unit reads the same input; Kx = K: unit k reads x[k] (the deeper
 //                          layers of multi-layer candidates: per-unit inputs).
 //   units  0 .. n_lstm-1 are LSTM (4 gates, PyTorch order i, f, g, o), n_lstm .. K-1 tanh-RNN (1 gate).
-//          Unit k owns the gate rows [goff_k, goff_k + g_k*H) of the G = (4*n_lstm + K - n_lstm)*H rows of
-//          w_ih (G, I), w_hh (G, H) and bias (G,) = b_ih + b_hh: the units' own PyTorch parameters
-//          concatenated along dim 0 in that order.
+//          Unit k has g_k = 4H or H gate rows: w_ih[k] (g_k, I), w_hh[k] (g_k, H), b_ih[k] and b_hh[k] (g_k,),
+//          its module's own parameters. Its gates take columns [goff_k, goff_k + g_k) of G = sum of g_k.
 //   reverse[k] != 0: unit k runs backwards in time (the reverse direction of a bidirectional layer).
 //   hs     (K, T, B, H)    every unit's h_t, in natural time order (the layer output).
 //   cs     (n_lstm, T, B, H) the LSTM units' cell states (saved for backward).
@@ -51,6 +55,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -75,6 +80,7 @@ using at::Tensor;
 // GEMMs (BLAS or ATen) and the AVX2 switch: csrc/cpu_common.h
 using cpu_common::avx2_enabled;
 using cpu_common::gemm_rm;
+using cpu_common::ptr_or_null;
 using cpu_common::use_blas;
 
 // ---------------------------------------------------------------------------------------------------
@@ -178,18 +184,27 @@ int64_t n_workers(int64_t K) {
 // ---------------------------------------------------------------------------------------------------
 // forward
 
+// Unit k's parameters, read in place from the modules' own tensors (no concatenation per call).
 template <typename T>
-void forward_impl(const Plan& p, const T* x, const T* w_ih, const T* w_hh, const T* bias, T* hs, T* cs, T* gates) {
+struct UnitPtrs {
+  std::vector<const T*> w_ih, w_hh;
+  explicit UnitPtrs(const std::vector<Tensor>& wi, const std::vector<Tensor>& wh) {
+    for (const auto& t : wi) w_ih.push_back(t.const_data_ptr<T>());
+    for (const auto& t : wh) w_hh.push_back(t.const_data_ptr<T>());
+  }
+};
+
+template <typename T>
+void forward_impl(const Plan& p, const T* x, const UnitPtrs<T>& w, const T* bias, T* hs, T* cs, T* gates) {
   const bool blas = use_blas();
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
   for_units(p.K, n_workers(p.K), [&](int64_t k, int64_t) {
     const int64_t go = p.goff[k], gh = p.gh[k];
-    const T* whh = w_hh + go * H;
+    const T* whh = w.w_hh[k];
     const T* b = bias + go;
     T* gk = gates + TB * go;  // this unit's (T, B, gh) block
     // input projection of every step at once: (TB, gh) = x_k (TB, I) W_ih_k^T
-    gemm_rm<T>(blas, false, true, TB, gh, I, T(1), x + (p.Kx == 1 ? 0 : k * TB * I), I, w_ih + go * I, I, T(0), gk,
-               gh);
+    gemm_rm<T>(blas, false, true, TB, gh, I, T(1), x + (p.Kx == 1 ? 0 : k * TB * I), I, w.w_ih[k], I, T(0), gk, gh);
     T* hk = hs + k * T_ * BH;
     T* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
@@ -206,24 +221,29 @@ void forward_impl(const Plan& p, const T* x, const T* w_ih, const T* w_hh, const
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(const Tensor& x_, const Tensor& w_ih_, const Tensor& w_hh_,
-                                                       const Tensor& bias_, int64_t n_lstm,
+std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(const Tensor& x_, at::TensorList w_ih_, at::TensorList w_hh_,
+                                                       at::TensorList b_ih_, at::TensorList b_hh_, int64_t n_lstm,
                                                        at::IntArrayRef reverse) {
   const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
-  check_same(w_ih_, x_, "w_ih");
-  check_same(w_hh_, x_, "w_hh");
-  check_same(bias_, x_, "bias");
-  TORCH_CHECK(bias_.dim() == 1 && bias_.size(0) == p.G, "grouped_rnn: bias must be (", p.G, ",)");
+  check_list(w_ih_, x_, "w_ih");
+  check_list(w_hh_, x_, "w_hh");
+  check_biases(p, b_ih_, b_hh_, x_);
   TORCH_CHECK(x_.device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", x_.device());
-  const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), bias = bias_.contiguous();
+  const Tensor x = x_.contiguous();
+  const std::vector<Tensor> w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
   auto opts = x.options();
   Tensor hs = at::empty({p.K, p.T, p.B, p.H}, opts);
   Tensor cs = at::empty({p.KL, p.T, p.B, p.H}, opts);
   Tensor gates = at::empty({p.T * p.B * p.G}, opts);
+  Tensor bias = at::empty({p.G}, opts);  // b_ih + b_hh of every unit, at its gate offset
+  for (int64_t k = 0; k < p.K; ++k) {
+    Tensor rows = bias.narrow(0, p.goff[k], p.gh[k]);
+    at::add_out(rows, b_ih_[k], b_hh_[k]);
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_rnn_forward", [&] {
-    forward_impl<scalar_t>(p, x.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
-                           w_hh.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
-                           hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>());
+    forward_impl<scalar_t>(p, x.const_data_ptr<scalar_t>(), UnitPtrs<scalar_t>(w_ih, w_hh),
+                           bias.const_data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
+                           gates.data_ptr<scalar_t>());
   });
   return {hs, cs, gates};
 }
@@ -231,23 +251,33 @@ std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(const Tensor& x_, const T
 // ---------------------------------------------------------------------------------------------------
 // backward
 
+// Per-unit gradient outputs; an empty vector: that gradient is not wanted (its GEMMs are skipped).
 template <typename T>
-void backward_impl(const Plan& p, const T* gh_all, const T* x, const T* w_ih, const T* w_hh, const T* hs,
-                   const T* cs, const T* gates, T* dx, T* dw_ih, T* dw_hh, T* db, T* dgates, T* scratch,
-                   int64_t workers) {
+struct UnitGrads {
+  std::vector<T*> dw_ih, dw_hh, db;
+  explicit UnitGrads(std::vector<Tensor>& gi, std::vector<Tensor>& gh, std::vector<Tensor>& gb) {
+    for (auto& t : gi) dw_ih.push_back(t.data_ptr<T>());
+    for (auto& t : gh) dw_hh.push_back(t.data_ptr<T>());
+    for (auto& t : gb) db.push_back(t.data_ptr<T>());
+  }
+};
+
+template <typename T>
+void backward_impl(const Plan& p, const T* gh_all, const T* x, const UnitPtrs<T>& w, const T* hs, const T* cs,
+                   const T* gates, T* dx, const UnitGrads<T>& d, T* dgates, T* scratch, int64_t workers) {
   const bool blas = use_blas();
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
-  for_units(p.K, workers, [&](int64_t k, int64_t w) {
+  for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
     const bool rev = p.rev[k];
-    const T* whh = w_hh + go * H;
+    const T* whh = w.w_hh[k];
     const T* hk = hs + k * T_ * BH;
     const T* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
     const T* ghk = gh_all + k * T_ * BH;
     const T* ak = gates + TB * go;  // saved activations, (T, B, gh)
     T* dgk = dgates + TB * go;      // d gates (pre-activation), (T, B, gh)
-    T* dhr = scratch + w * 2 * BH;  // dL/dh_t through h_{t+1}
-    T* dc = dhr + BH;               // dL/dc carried between steps
+    T* dhr = scratch + wk * 2 * BH;  // dL/dh_t through h_{t+1}
+    T* dc = dhr + BH;                // dL/dc carried between steps
     for (int64_t s = T_ - 1; s >= 0; --s) {
       const int64_t t = rev ? T_ - 1 - s : s;
       const int64_t tp = rev ? t + 1 : t - 1;  // previous step's time (s > 0)
@@ -265,52 +295,67 @@ void backward_impl(const Plan& p, const T* gh_all, const T* x, const T* w_ih, co
     // weight gradients, one GEMM each over all steps (while this unit's d gates are still in cache):
     // dW_hh = sum over steps s >= 1 of dgates_t^T h_{t_prev} (rows (T-1)*B), dW_ih = dgates^T x
     const int64_t rows = (T_ - 1) * B;
-    gemm_rm<T>(blas, true, false, gh, H, rows, T(1), dgk + (rev ? 0 : B * gh), gh, hk + (rev ? BH : 0), H, T(0),
-               dw_hh + go * H, H);
+    if (!d.dw_hh.empty()) {
+      if (rows > 0)
+        gemm_rm<T>(blas, true, false, gh, H, rows, T(1), dgk + (rev ? 0 : B * gh), gh, hk + (rev ? BH : 0), H, T(0),
+                   d.dw_hh[k], H);
+      else
+        std::fill(d.dw_hh[k], d.dw_hh[k] + gh * H, T(0));
+    }
     const T* xk = x + (p.Kx == 1 ? 0 : k * TB * I);
-    gemm_rm<T>(blas, true, false, gh, I, TB, T(1), dgk, gh, xk, I, T(0), dw_ih + go * I, I);
-    if (p.Kx != 1)  // dx of this unit's own input
-      gemm_rm<T>(blas, false, false, TB, I, gh, T(1), dgk, gh, w_ih + go * I, I, T(0), dx + k * TB * I, I);
+    if (!d.dw_ih.empty()) gemm_rm<T>(blas, true, false, gh, I, TB, T(1), dgk, gh, xk, I, T(0), d.dw_ih[k], I);
+    if (dx && p.Kx != 1)  // dx of this unit's own input
+      gemm_rm<T>(blas, false, false, TB, I, gh, T(1), dgk, gh, w.w_ih[k], I, T(0), dx + k * TB * I, I);
+    if (d.db.empty()) return;
     // bias: column sums of the d gates
-    T* dbk = db + go;
+    T* dbk = d.db[k];
     for (int64_t j = 0; j < gh; ++j) dbk[j] = T(0);
     for (int64_t r = 0; r < TB; ++r) {
       const T* row = dgk + r * gh;
       for (int64_t j = 0; j < gh; ++j) dbk[j] += row[j];
     }
   });
-  if (p.Kx == 1) {  // dx of the shared input = sum_k dgates_k W_ih_k, accumulated in unit order (deterministic)
+  if (dx && p.Kx == 1) {  // dx of the shared input = sum_k dgates_k W_ih_k, accumulated in unit order (deterministic)
     for (int64_t k = 0; k < p.K; ++k)
-      gemm_rm<T>(blas, false, false, TB, I, p.gh[k], T(1), dgates + TB * p.goff[k], p.gh[k], w_ih + p.goff[k] * I, I,
+      gemm_rm<T>(blas, false, false, TB, I, p.gh[k], T(1), dgates + TB * p.goff[k], p.gh[k], w.w_ih[k], I,
                  k == 0 ? T(0) : T(1), dx, I);
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward(const Tensor& grad_hs_, const Tensor& x_,
-                                                                const Tensor& w_ih_, const Tensor& w_hh_,
-                                                                const Tensor& hs_, const Tensor& cs_,
-                                                                const Tensor& gates_, int64_t n_lstm,
-                                                                at::IntArrayRef reverse) {
+// one new tensor per unit shaped like `like[k]`, or none when not wanted
+std::vector<Tensor> per_unit_like(const std::vector<Tensor>& like, bool wanted) {
+  std::vector<Tensor> out;
+  if (wanted)
+    for (const auto& t : like) out.push_back(at::empty_like(t));
+  return out;
+}
+
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> grouped_rnn_backward(
+    const Tensor& grad_hs_, const Tensor& x_, at::TensorList w_ih_, at::TensorList w_hh_, const Tensor& hs_,
+    const Tensor& cs_, const Tensor& gates_, int64_t n_lstm, at::IntArrayRef reverse,
+    std::array<bool, 4> output_mask) {
   const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
   TORCH_CHECK(x_.device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", x_.device());
   check_saved(p, x_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
-  const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), w_ih = w_ih_.contiguous(),
-               w_hh = w_hh_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
+  const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(),
+               gates = gates_.contiguous();
+  const std::vector<Tensor> w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
   auto opts = x.options();
-  Tensor dx = at::empty_like(x);
-  Tensor dw_ih = at::empty_like(w_ih);
-  Tensor dw_hh = at::empty_like(w_hh);
-  Tensor db = at::empty({p.G}, opts);
+  Tensor dx;  // undefined (None) unless asked for
+  if (output_mask[0]) dx = at::empty_like(x);
+  std::vector<Tensor> dw_ih = per_unit_like(w_ih, output_mask[1]), dw_hh = per_unit_like(w_hh, output_mask[2]), db;
+  if (output_mask[3])
+    for (int64_t k = 0; k < p.K; ++k) db.push_back(at::empty({p.gh[k]}, opts));
+  if (!(output_mask[0] || output_mask[1] || output_mask[2] || output_mask[3])) return {dx, dw_ih, dw_hh, db};
   Tensor dgates = at::empty({p.T * p.B * p.G}, opts);
   const int64_t workers = n_workers(p.K);
   Tensor scratch = at::empty({workers, 2, p.B, p.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_rnn_backward", [&] {
     backward_impl<scalar_t>(p, gh.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                            w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
-                            hs.const_data_ptr<scalar_t>(), cs.const_data_ptr<scalar_t>(),
-                            gates.const_data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), dw_ih.data_ptr<scalar_t>(),
-                            dw_hh.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), dgates.data_ptr<scalar_t>(),
-                            scratch.data_ptr<scalar_t>(), workers);
+                            UnitPtrs<scalar_t>(w_ih, w_hh), hs.const_data_ptr<scalar_t>(),
+                            cs.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
+                            ptr_or_null<scalar_t>(dx), UnitGrads<scalar_t>(dw_ih, dw_hh, db),
+                            dgates.data_ptr<scalar_t>(), scratch.data_ptr<scalar_t>(), workers);
   });
   return {dx, dw_ih, dw_hh, db};
 }
@@ -325,12 +370,12 @@ std::string grouped_rnn_cpu_gemm() { return use_blas() ? "blas" : "aten"; }
 // FRAGMENT: the namespace is shared with the mixed-sum ops (csrc/mixed_sum.cpp) and the CUDA kernels.
 TORCH_LIBRARY_FRAGMENT(emodarts, m) {
   m.def(
-      "grouped_rnn_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor bias, int n_lstm, int[] reverse) "
-      "-> (Tensor hs, Tensor cs, Tensor gates)");
+      "grouped_rnn_forward(Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor[] b_ih, Tensor[] b_hh, int n_lstm, "
+      "int[] reverse) -> (Tensor hs, Tensor cs, Tensor gates)");
   m.def(
-      "grouped_rnn_backward(Tensor grad_hs, Tensor x, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor cs, "
-      "Tensor gates, int n_lstm, int[] reverse) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, "
-      "Tensor grad_bias)");
+      "grouped_rnn_backward(Tensor grad_hs, Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor hs, Tensor cs, "
+      "Tensor gates, int n_lstm, int[] reverse, bool[4] output_mask) -> (Tensor grad_x, Tensor[] grad_w_ih, "
+      "Tensor[] grad_w_hh, Tensor[] grad_bias)");
   m.def("grouped_rnn_cpu_gemm() -> str", &emodarts::grouped_rnn_cpu::grouped_rnn_cpu_gemm);
 }
 

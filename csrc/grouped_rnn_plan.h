@@ -9,25 +9,25 @@ struct Plan {
   std::vector<bool> rev;
 };
 
-inline Plan make_plan(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, int64_t n_lstm, at::IntArrayRef reverse) {
+// x (Kx, T, B, I); w_ih[k] (g_k, I) and w_hh[k] (g_k, H): unit k's own parameters, g_k = 4H (LSTM) or H
+inline Plan make_plan(const Tensor& x, at::TensorList w_ih, at::TensorList w_hh, int64_t n_lstm,
+                      at::IntArrayRef reverse) {
   TORCH_CHECK(x.dim() == 4, "grouped_rnn: x must be (Kx, T, B, I), got ", x.sizes());
-  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "grouped_rnn: w_ih and w_hh must be 2-D");
   Plan p;
   p.K = static_cast<int64_t>(reverse.size());
+  TORCH_CHECK(p.K >= 1, "grouped_rnn: needs at least one unit");
+  TORCH_CHECK(static_cast<int64_t>(w_ih.size()) == p.K && static_cast<int64_t>(w_hh.size()) == p.K,
+              "grouped_rnn: ", p.K, " units but ", w_ih.size(), " w_ih and ", w_hh.size(), " w_hh");
+  TORCH_CHECK(w_hh[0].dim() == 2, "grouped_rnn: w_hh[0] must be 2-D, got ", w_hh[0].sizes());
   p.KL = n_lstm;
   p.Kx = x.size(0);
   p.T = x.size(1);
   p.B = x.size(2);
   p.I = x.size(3);
-  p.H = w_hh.size(1);
-  TORCH_CHECK(p.K >= 1, "grouped_rnn: needs at least one unit");
+  p.H = w_hh[0].size(1);
   TORCH_CHECK(0 <= p.KL && p.KL <= p.K, "grouped_rnn: n_lstm = ", p.KL, " outside [0, ", p.K, "]");
   TORCH_CHECK(p.Kx == 1 || p.Kx == p.K, "grouped_rnn: x holds ", p.Kx, " inputs for ", p.K, " units");
   TORCH_CHECK(p.T >= 1 && p.B >= 1 && p.I >= 1 && p.H >= 1, "grouped_rnn: empty sizes are not supported");
-  p.G = (4 * p.KL + (p.K - p.KL)) * p.H;
-  TORCH_CHECK(w_hh.size(0) == p.G, "grouped_rnn: w_hh has ", w_hh.size(0), " rows, expected ", p.G);
-  TORCH_CHECK(w_ih.size(0) == p.G && w_ih.size(1) == p.I, "grouped_rnn: w_ih must be (", p.G, ", ", p.I,
-              "), got ", w_ih.sizes());
   p.goff.resize(p.K);
   p.gh.resize(p.K);
   p.rev.resize(p.K);
@@ -37,7 +37,12 @@ inline Plan make_plan(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, i
     p.goff[k] = off;
     off += p.gh[k];
     p.rev[k] = reverse[k] != 0;
+    TORCH_CHECK(w_ih[k].dim() == 2 && w_ih[k].size(0) == p.gh[k] && w_ih[k].size(1) == p.I, "grouped_rnn: w_ih[", k,
+                "] must be (", p.gh[k], ", ", p.I, "), got ", w_ih[k].sizes());
+    TORCH_CHECK(w_hh[k].dim() == 2 && w_hh[k].size(0) == p.gh[k] && w_hh[k].size(1) == p.H, "grouped_rnn: w_hh[", k,
+                "] must be (", p.gh[k], ", ", p.H, "), got ", w_hh[k].sizes());
   }
+  p.G = off;
   return p;
 }
 
@@ -47,15 +52,40 @@ inline void check_same(const Tensor& a, const Tensor& ref, const char* name) {
   TORCH_CHECK(a.device() == ref.device(), "grouped_rnn: ", name, " is on ", a.device(), ", x on ", ref.device());
 }
 
+// every tensor of a list on x's device and of x's dtype
+inline void check_list(at::TensorList ts, const Tensor& ref, const char* name) {
+  for (const auto& t : ts) check_same(t, ref, name);
+}
+
+// unit k's bias b_ih[k] + b_hh[k] (g_k,) each: the lists hold one tensor per unit
+inline void check_biases(const Plan& p, at::TensorList b_ih, at::TensorList b_hh, const Tensor& x) {
+  TORCH_CHECK(static_cast<int64_t>(b_ih.size()) == p.K && static_cast<int64_t>(b_hh.size()) == p.K,
+              "grouped_rnn: one b_ih and one b_hh per unit");
+  for (int64_t k = 0; k < p.K; ++k)
+    TORCH_CHECK(b_ih[k].dim() == 1 && b_ih[k].size(0) == p.gh[k] && b_hh[k].dim() == 1 && b_hh[k].size(0) == p.gh[k],
+                "grouped_rnn: b_ih[", k, "] and b_hh[", k, "] must be (", p.gh[k], ",)");
+  check_list(b_ih, x, "b_ih");
+  check_list(b_hh, x, "b_hh");
+}
+
 // backward: the output gradient, the weights and the state forward saved must match x and the plan
-inline void check_saved(const Plan& p, const Tensor& x_, const Tensor& grad_hs_, const Tensor& w_ih_,
-                        const Tensor& w_hh_, const Tensor& hs_, const Tensor& cs_, const Tensor& gates_) {
-  for (const auto& pr : {std::make_pair(&grad_hs_, "grad_hs"), std::make_pair(&w_ih_, "w_ih"),
-                         std::make_pair(&w_hh_, "w_hh"), std::make_pair(&hs_, "hs"), std::make_pair(&cs_, "cs"),
+inline void check_saved(const Plan& p, const Tensor& x_, const Tensor& grad_hs_, at::TensorList w_ih_,
+                        at::TensorList w_hh_, const Tensor& hs_, const Tensor& cs_, const Tensor& gates_) {
+  check_list(w_ih_, x_, "w_ih");
+  check_list(w_hh_, x_, "w_hh");
+  for (const auto& pr : {std::make_pair(&grad_hs_, "grad_hs"), std::make_pair(&hs_, "hs"), std::make_pair(&cs_, "cs"),
                          std::make_pair(&gates_, "gates")})
     check_same(*pr.first, x_, pr.second);
   TORCH_CHECK(grad_hs_.sizes() == hs_.sizes() && hs_.sizes() == at::IntArrayRef({p.K, p.T, p.B, p.H}),
               "grouped_rnn_backward: grad_hs and hs must be (K, T, B, H)");
   TORCH_CHECK(cs_.sizes() == at::IntArrayRef({p.KL, p.T, p.B, p.H}), "grouped_rnn_backward: bad cs shape");
   TORCH_CHECK(gates_.dim() == 1 && gates_.size(0) == p.T * p.B * p.G, "grouped_rnn_backward: bad gates shape");
+}
+
+// contiguous copies (no-ops for parameters) of a list
+inline std::vector<Tensor> contiguous_all(at::TensorList ts) {
+  std::vector<Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.contiguous());
+  return out;
 }

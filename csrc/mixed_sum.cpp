@@ -3,7 +3,11 @@
 //   emodarts::mixed_sum_fwd(Tensor[] ys, Tensor alpha, int[] index) -> Tensor
 //       out = sum_i p[index[i]] * ys[i] with p = softmax(alpha, -1) flattened (index[i] = e_i * M + m_i),
 //       fp32 accumulation, one read of each y, one write of out.
-//   emodarts::mixed_sum_bwd(Tensor grad_out, Tensor[] ys, Tensor alpha, int[] index) -> (Tensor[], Tensor)
+//   emodarts::mixed_sum_bwd(Tensor grad_out, Tensor[] ys, Tensor alpha, int[] index, bool[2] output_mask)
+//       -> (Tensor[], Tensor)
+//       output_mask: (the inputs' gradients, alpha's) wanted; grad_ys is empty and grad_alpha undefined (None)
+//       when not, and their work is skipped (a weight step reads no y, an alpha step into a part with no
+//       alpha upstream writes no grad_y).
 //       grad_ys[i] = p[index[i]] * grad_out and grad_alpha, in one pass: each block of grad_out is read once,
 //       then every y block is read once and every grad_y block written once, accumulating the dot products
 //       d_i = <grad_out, ys[i]>; the epilogue on (E, M) scatters them (repeated entries add up) and applies
@@ -31,6 +35,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -304,6 +309,8 @@ struct BwdCtx {
   int64_t k;
   int64_t n;
   bool g_direct;
+  bool dots;   // the alpha gradient is wanted: read every y
+  bool grads;  // the inputs' gradients are wanted: write every grad_y
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -400,7 +407,8 @@ Tensor mixed_sum_fwd(TensorList ys, const Tensor& alpha, at::IntArrayRef index) 
 }
 
 std::tuple<std::vector<Tensor>, Tensor> mixed_sum_bwd(const Tensor& grad_out, TensorList ys, const Tensor& alpha,
-                                                      at::IntArrayRef index) {
+                                                      at::IntArrayRef index, std::array<bool, 2> output_mask) {
+  const bool need_ys = output_mask[0], need_alpha = output_mask[1];
   check_inputs(ys, alpha, index, "emodarts::mixed_sum_bwd");
   TORCH_CHECK(grad_out.sizes() == ys[0].sizes(), "emodarts::mixed_sum_bwd: grad_out has shape ",
               grad_out.sizes(), ", the inputs ", ys[0].sizes());
@@ -411,24 +419,28 @@ std::tuple<std::vector<Tensor>, Tensor> mixed_sum_bwd(const Tensor& grad_out, Te
                        : grad_out.to(at::kFloat);
   const auto ostrides = out_strides(ys);
   const int64_t k = static_cast<int64_t>(ys.size());
-  std::vector<Tensor> grads;
-  grads.reserve(k);
-  for (const auto& y : ys) grads.push_back(at::empty_strided(y.sizes(), ostrides, y.options()));
+  std::vector<Tensor> grads;  // empty when the inputs' gradients are not wanted
+  if (need_ys) {
+    grads.reserve(k);
+    for (const auto& y : ys) grads.push_back(at::empty_strided(y.sizes(), ostrides, y.options()));
+  }
   const int64_t n = g.numel();
   const std::vector<double> p = softmax_rows(alpha);
   const std::vector<float> w = gather_weights(p, index);
   std::vector<double> d(p.size(), 0.0);  // D[e * M + m]: summed dot products
-  if (n == 0) return {grads, alpha_grad(alpha, p, d)};
+  if (n == 0 || !(need_ys || need_alpha)) return {grads, need_alpha ? alpha_grad(alpha, p, d) : Tensor()};
   const Plan plan(ys, ostrides, &g);
   const std::vector<Group> groups = make_groups(plan);
-  std::vector<void*> gdata(k);
-  for (int64_t i = 0; i < k; ++i) gdata[i] = grads[i].data_ptr();
+  std::vector<void*> gdata(k, nullptr);
+  for (int64_t i = 0; i < k && need_ys; ++i) gdata[i] = grads[i].data_ptr();
   const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> partial(static_cast<size_t>(nblocks * k));
-  const BwdCtx ctx{&plan, &groups, w.data(), gdata, partial.data(), k, n, plan.g.flat && plan.g.dtype == at::kFloat};
+  std::vector<double> partial(need_alpha ? static_cast<size_t>(nblocks * k) : 0);
+  const BwdCtx ctx{&plan,      &groups, w.data(), gdata, partial.data(), k, n, plan.g.flat && plan.g.dtype == at::kFloat,
+                   need_alpha, need_ys};
   int64_t bytes_per_elem = g.element_size();
-  for (const auto& y : ys) bytes_per_elem += 2 * y.element_size();  // y read, grad_y written
+  for (const auto& y : ys) bytes_per_elem += (int64_t(need_alpha) + int64_t(need_ys)) * y.element_size();
   at::parallel_for(0, nblocks, grain_blocks(bytes_per_elem), [&](int64_t b0, int64_t b1) { bwd_range(ctx, b0, b1); });
+  if (!need_alpha) return {grads, Tensor()};
 
   for (int64_t i = 0; i < k; ++i) {
     double s = 0.0;
@@ -448,7 +460,8 @@ std::string mixed_sum_cpu_info() { return cpu_common::cpu_info(use_avx2()); }
 // FRAGMENT: other sources (grouped recurrent, CUDA kernels) add their operators to the same namespace.
 TORCH_LIBRARY_FRAGMENT(emodarts, m) {
   m.def("mixed_sum_fwd(Tensor[] ys, Tensor alpha, int[] index) -> Tensor");
-  m.def("mixed_sum_bwd(Tensor grad_out, Tensor[] ys, Tensor alpha, int[] index) -> (Tensor[], Tensor)");
+  m.def("mixed_sum_bwd(Tensor grad_out, Tensor[] ys, Tensor alpha, int[] index, bool[2] output_mask) "
+        "-> (Tensor[], Tensor)");
   m.def("mixed_sum_cpu_info() -> str", &emodarts::mixed_sum_cpu::mixed_sum_cpu_info);
 }
 

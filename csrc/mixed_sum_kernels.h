@@ -211,9 +211,10 @@ inline void store_block(T* out, const float* acc, int64_t n) {
   for (; j < n; ++j) out[j] = from_f<T>(acc[j]);
 }
 
-// gys[g][j] = w[g] * g[j] and dots[g] = <g, ys[g]> over the block, G streams at once. The fp32 lanes are
-// flushed into double every kFlush elements (short fp32 chains: accurate dots).
-template <typename T, int G>
+// gys[g][j] = w[g] * g[j] (GRADS) and dots[g] = <g, ys[g]> (DOTS) over the block, G streams at once. The
+// fp32 lanes are flushed into double every kFlush elements (short fp32 chains: accurate dots). A backward
+// that wants no alpha gradient reads no y; one that wants no input gradient writes none.
+template <typename T, int G, bool DOTS, bool GRADS>
 inline void bwd_group(const float* gsrc, const T* const* ys, T* const* gys, const float* w, int64_t n,
                       double* dots) {
   const T* p[G];
@@ -234,8 +235,8 @@ inline void bwd_group(const float* gsrc, const T* const* ys, T* const* gys, cons
     for (; j < stop; j += W) {
       const vf gv = loadv(gsrc + j);
       for (int g = 0; g < G; ++g) {
-        acc[g] += gv * loadv(p[g] + j);
-        storev(q[g] + j, wv[g] * gv);
+        if constexpr (DOTS) acc[g] += gv * loadv(p[g] + j);
+        if constexpr (GRADS) storev(q[g] + j, wv[g] * gv);
       }
     }
     for (int g = 0; g < G; ++g) {
@@ -247,14 +248,16 @@ inline void bwd_group(const float* gsrc, const T* const* ys, T* const* gys, cons
   for (; j < n; ++j) {
     const float gv = gsrc[j];
     for (int g = 0; g < G; ++g) {
-      tail[g] += gv * to_f(p[g][j]);
-      q[g][j] = from_f<T>(w[g] * gv);
+      if constexpr (DOTS) tail[g] += gv * to_f(p[g][j]);
+      if constexpr (GRADS) q[g][j] = from_f<T>(w[g] * gv);
     }
   }
-  for (int g = 0; g < G; ++g) dots[g] = sum[g] + static_cast<double>(tail[g]);
+  if constexpr (DOTS)
+    for (int g = 0; g < G; ++g) dots[g] = sum[g] + static_cast<double>(tail[g]);
 }
 
 // A strided input: its block was gathered into `yb` (float); grad_y is still written in its own dtype.
+// (Called only when the alpha gradient is wanted; gy == nullptr: no input gradient.)
 template <typename T>
 inline double bwd_single_gathered(const float* gsrc, const float* yb, T* gy, float w, int64_t n) {
   vf acc = splat(0.f);
@@ -266,7 +269,7 @@ inline double bwd_single_gathered(const float* gsrc, const float* yb, T* gy, flo
     for (; j < stop; j += W) {
       const vf gv = loadv(gsrc + j);
       acc += gv * loadv(yb + j);
-      storev(gy + j, wv * gv);
+      if (gy) storev(gy + j, wv * gv);
     }
     sum += hsum(acc);
     acc = splat(0.f);
@@ -274,7 +277,7 @@ inline double bwd_single_gathered(const float* gsrc, const float* yb, T* gy, flo
   float tail = 0.f;
   for (; j < n; ++j) {
     tail += gsrc[j] * yb[j];
-    gy[j] = from_f<T>(w * gsrc[j]);
+    if (gy) gy[j] = from_f<T>(w * gsrc[j]);
   }
   return sum + tail;
 }
@@ -316,8 +319,17 @@ void fwd_range(const FwdCtx& c, int64_t b0, int64_t b1) {
   }
 }
 
-// Backward over blocks [b0, b1): per block, grad_out is read once, every y read once, every grad_y
-// written once; partial[b * k + i] = <grad_out, y_i> over block b.
+// A strided input's gradient alone: gy = w * g over the block.
+template <typename T>
+inline void grad_single(const float* gsrc, T* gy, float w, int64_t n) {
+  const vf wv = splat(w);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) storev(gy + j, wv * loadv(gsrc + j));
+  for (; j < n; ++j) gy[j] = from_f<T>(w * gsrc[j]);
+}
+
+// Backward over blocks [b0, b1): per block, grad_out is read once, every y read once (c.dots), every grad_y
+// written once (c.grads); partial[b * k + i] = <grad_out, y_i> over block b.
 void bwd_range(const BwdCtx& c, int64_t b0, int64_t b1) {
   alignas(64) float gb[kBlock];
   alignas(64) float tmp[kBlock];
@@ -350,17 +362,23 @@ void bwd_range(const BwdCtx& c, int64_t b0, int64_t b1) {
           T* gptrs[kGroup];
           for (int g = 0; g < gr.count; ++g) {
             ptrs[g] = static_cast<const T*>(plan.ys[gr.first + g].data) + start;
-            gptrs[g] = static_cast<T*>(c.gdata[gr.first + g]) + start;
+            gptrs[g] = c.grads ? static_cast<T*>(c.gdata[gr.first + g]) + start : nullptr;
           }
           dispatch_group(gr.count, [&](auto gc) {
             constexpr int G = decltype(gc)::value;
-            bwd_group<T, G>(gsrc, ptrs, gptrs, c.w + gr.first, len, part + gr.first);
+            if (c.dots && c.grads) bwd_group<T, G, true, true>(gsrc, ptrs, gptrs, c.w + gr.first, len, part + gr.first);
+            else if (c.dots) bwd_group<T, G, true, false>(gsrc, ptrs, gptrs, c.w + gr.first, len, part + gr.first);
+            else bwd_group<T, G, false, true>(gsrc, ptrs, gptrs, c.w + gr.first, len, part + gr.first);
           });
         } else {
           const Src& src = plan.ys[gr.first];
-          gather(static_cast<const T*>(src.data), src.strides, plan, start, len, tmp);
-          T* gy = static_cast<T*>(c.gdata[gr.first]) + start;
-          part[gr.first] = bwd_single_gathered(gsrc, tmp, gy, c.w[gr.first], len);
+          T* gy = c.grads ? static_cast<T*>(c.gdata[gr.first]) + start : nullptr;
+          if (c.dots) {
+            gather(static_cast<const T*>(src.data), src.strides, plan, start, len, tmp);
+            part[gr.first] = bwd_single_gathered(gsrc, tmp, gy, c.w[gr.first], len);
+          } else {
+            grad_single(gsrc, gy, c.w[gr.first], len);
+          }
         }
       });
     }

@@ -2,7 +2,11 @@
 // one state of a DARTS CNN cell (3x3, 5x5, dilated 3x3 and 5x5; one stride), in one call.
 //
 //   multi_dw_fwd(xs, ws, dilations, stride) -> outs
-//   multi_dw_bwd(grads, xs, ws, dilations, stride) -> (grad_xs, grad_ws)
+//   multi_dw_bwd(grads, xs, ws, dilations, stride, need_x, need_w) -> (grad_xs, grad_ws)
+//
+// need_x[j] / need_w[i]: whether the backward wants input j's / weight i's gradient; one it does not want is
+// neither computed nor returned (each result list holds the wanted gradients only, in order): an alpha step
+// wants no weight's.
 //
 // xs: one input (B, C, H, W) read by every candidate (the shared ReLU of a state), or one input per
 // candidate (the second halves of the separable convolutions). ws[i]: (C, 1, k, k), k odd, padding
@@ -191,13 +195,17 @@ std::vector<Tensor> fwd_typed(at::TensorList xs, at::TensorList ws, const Geomet
 
 template <typename T>
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList grads, at::TensorList xs,
-                                                               at::TensorList ws, const Geometry& g) {
-  std::vector<Tensor> gxs, gws, gw64;
+                                                               at::TensorList ws, const Geometry& g,
+                                                               const std::vector<bool>& need_x,
+                                                               const std::vector<bool>& need_w) {
+  std::vector<Tensor> gxs(xs.size()), gws(g.n), gw64(g.n);
   // when every candidate takes the blocked kernels, the first one of an input plane writes its gradient
   // (stride 1) or the phases are written once (stride 2): no zero fill
   const bool all_fast = std::all_of(g.fast.begin(), g.fast.end(), [](bool f) { return f; });
-  for (size_t j = 0; j < xs.size(); ++j) gxs.push_back(all_fast ? at::empty_like(xs[j]) : at::zeros_like(xs[j]));
-  for (int64_t i = 0; i < g.n; ++i) gw64.push_back(at::zeros(ws[i].sizes(), ws[i].options().dtype(at::kDouble)));
+  for (size_t j = 0; j < xs.size(); ++j)
+    if (need_x[j]) gxs[j] = all_fast ? at::empty_like(xs[j]) : at::zeros_like(xs[j]);
+  for (int64_t i = 0; i < g.n; ++i)
+    if (need_w[i]) gw64[i] = at::zeros(ws[i].sizes(), ws[i].options().dtype(at::kDouble));
   std::vector<Tensor> go;
   for (int64_t i = 0; i < g.n; ++i) go.push_back(grads[i].contiguous());
   const Kernels<T> kern = kernels<T>();
@@ -217,27 +225,31 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList gr
           const T* gop = go[i].template data_ptr<T>() + (b * g.C + c) * out_plane;
           const T* x = xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
           const T* w = ws[i].template data_ptr<T>() + c * kk;
-          T* gx = gxs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
-          double* gw = gw64[i].template data_ptr<double>() + c * kk;
+          T* gx = need_x[j] ? gxs[j].template data_ptr<T>() + (b * g.C + c) * in_plane : nullptr;
+          double* gw = need_w[i] ? gw64[i].template data_ptr<double>() + c * kk : nullptr;
+          if (!gx && !gw) continue;
           if (!g.fast[i]) {
             kern.bwd(gop, x, g.H, g.W, w, g.k[i], g.d[i], g.stride, g.p[i], g.Ho, g.Wo, gx, gw);
             continue;
           }
           const bool first = loaded != j;
           if (first) {
-            if (phased && loaded >= 0) kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
+            if (phased && loaded >= 0 && need_x[loaded])
+              kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
             kern.load_x(*sc, x);
-            if (phased) kern.gx4_zero(*sc);
+            if (phased && gx) kern.gx4_zero(*sc);
             loaded = j;
           }
           kern.load_go(*sc, gop);
           kern.fast_bwd(*sc, w, g.k[i], g.d[i], gx, gw, all_fast && first);
         }
-        if (phased && loaded >= 0) kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
+        if (phased && loaded >= 0 && need_x[loaded])
+          kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
       }
   });
-  for (int64_t i = 0; i < g.n; ++i) gws.push_back(gw64[i].to(ws[i].scalar_type()));
-  return {gxs, gws};
+  for (int64_t i = 0; i < g.n; ++i)
+    if (need_w[i]) gws[i] = gw64[i].to(ws[i].scalar_type());
+  return {cpu_common::wanted_only(gxs, need_x), cpu_common::wanted_only(gws, need_w)};
 }
 
 std::vector<Tensor> multi_dw_fwd(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, int64_t stride) {
@@ -247,8 +259,12 @@ std::vector<Tensor> multi_dw_fwd(at::TensorList xs, at::TensorList ws, at::IntAr
 
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> multi_dw_bwd(at::TensorList grads, at::TensorList xs,
                                                                   at::TensorList ws, at::IntArrayRef dilations,
-                                                                  int64_t stride) {
+                                                                  int64_t stride, const c10::List<bool>& need_x_,
+                                                                  const c10::List<bool>& need_w_) {
   const Geometry g = check(xs, ws, dilations, stride);
+  TORCH_CHECK(need_x_.size() == xs.size() && static_cast<int64_t>(need_w_.size()) == g.n,
+              "multi_dw_bwd: need_x and need_w must have one flag per input and per weight");
+  const std::vector<bool> need_x = need_x_.vec(), need_w = need_w_.vec();
   TORCH_CHECK(static_cast<int64_t>(grads.size()) == g.n, "multi_dw_bwd: ", grads.size(), " gradients for ", g.n,
               " candidates");
   for (int64_t i = 0; i < g.n; ++i) {
@@ -257,7 +273,8 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> multi_dw_bwd(at::TensorList
                     grads[i].scalar_type() == xs[0].scalar_type(),
                 "multi_dw_bwd: gradient ", i, " must be (", g.B, ", ", g.C, ", ", g.Ho, ", ", g.Wo, ") of the inputs' dtype");
   }
-  return xs[0].scalar_type() == at::kFloat ? bwd_typed<float>(grads, xs, ws, g) : bwd_typed<double>(grads, xs, ws, g);
+  return xs[0].scalar_type() == at::kFloat ? bwd_typed<float>(grads, xs, ws, g, need_x, need_w)
+                                            : bwd_typed<double>(grads, xs, ws, g, need_x, need_w);
 }
 
 }  // namespace
@@ -266,7 +283,8 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> multi_dw_bwd(at::TensorList
 
 TORCH_LIBRARY_FRAGMENT(emodarts, m) {
   m.def("multi_dw_fwd(Tensor[] xs, Tensor[] ws, int[] dilations, int stride) -> Tensor[]");
-  m.def("multi_dw_bwd(Tensor[] grads, Tensor[] xs, Tensor[] ws, int[] dilations, int stride) -> (Tensor[], Tensor[])");
+  m.def("multi_dw_bwd(Tensor[] grads, Tensor[] xs, Tensor[] ws, int[] dilations, int stride, bool[] need_x, "
+        "bool[] need_w) -> (Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(emodarts, CPU, m) {

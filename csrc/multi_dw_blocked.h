@@ -358,14 +358,14 @@ void fast_fwd(const MdwScratch<T>& sc, const T* w, int64_t k, int64_t d, T* out)
 
 // the backward of one candidate on the input (fast_load_x) and output gradient (fast_load_go) in the scratch:
 // stride 1, gx += (or, `store`, =) its input gradient; stride 2, the scratch's input-gradient phases += it;
-// gw += its weight gradient
+// gw += its weight gradient. gx == nullptr: no input gradient is wanted, gw == nullptr: no weight gradient.
 template <typename T>
 void fast_bwd(MdwScratch<T>& sc, const T* w, int64_t k, int64_t d, T* gx, double* gw, bool store) {
   switch (EMODARTS_MDW_CASE_ID(k, d, sc.s)) {
-#define EMODARTS_MDW_BWD(K, D, S)                             \
-  case EMODARTS_MDW_CASE_ID(K, D, S):                         \
-    blocked::Conv<T, K, D, S>::input_grad(sc, w, gx, store); \
-    blocked::Conv<T, K, D, S>::weight_grad(sc, gw);          \
+#define EMODARTS_MDW_BWD(K, D, S)                                         \
+  case EMODARTS_MDW_CASE_ID(K, D, S):                                     \
+    if (gx) blocked::Conv<T, K, D, S>::input_grad(sc, w, gx, store);     \
+    if (gw) blocked::Conv<T, K, D, S>::weight_grad(sc, gw);              \
     break;
     EMODARTS_MDW_CASES(EMODARTS_MDW_BWD)
 #undef EMODARTS_MDW_BWD

@@ -39,7 +39,8 @@ void plane_fwd(const T* __restrict__ x, int64_t H, int64_t W, const T* __restric
   }
 }
 
-// gx (H x W) += the input gradient of one plane; gw (k x k, double) += its weight gradient
+// gx (H x W) += the input gradient of one plane; gw (k x k, double) += its weight gradient (either may be
+// nullptr: that gradient is not wanted)
 template <typename T>
 void plane_bwd(const T* __restrict__ go, const T* __restrict__ x, int64_t H, int64_t W, const T* __restrict__ w,
                int64_t k, int64_t d, int64_t s, int64_t p, int64_t Ho, int64_t Wo, T* __restrict__ gx,
@@ -50,23 +51,29 @@ void plane_bwd(const T* __restrict__ go, const T* __restrict__ x, int64_t H, int
       const int64_t ih = oh * s - p + kh * d;
       if (ih < 0 || ih >= H) continue;
       const T* __restrict__ xrow = x + ih * W;
-      T* __restrict__ gxrow = gx + ih * W;
+      T* __restrict__ gxrow = gx ? gx + ih * W : nullptr;
       for (int64_t kw = 0; kw < k; ++kw) {
         const int64_t off = kw * d - p;
         const T wv = w[kh * k + kw];
         int64_t lo, hi;
         col_range(off, s, W, Wo, lo, hi);
         T acc[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+        if (gx) {  // the scatter of the input gradient
+          if (s == 1) {
+            T* __restrict__ gr = gxrow + off;
+            for (int64_t ow = lo; ow < hi; ++ow) gr[ow] += wv * grow[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) gxrow[ow * s + off] += wv * grow[ow];
+          }
+        }
+        if (!gw) continue;
         if (s == 1) {
           const T* __restrict__ xr = xrow + off;
-          T* __restrict__ gr = gxrow + off;
-          for (int64_t ow = lo; ow < hi; ++ow) gr[ow] += wv * grow[ow];
           int64_t ow = lo;
           for (; ow + 8 <= hi; ow += 8)
             for (int l = 0; l < 8; ++l) acc[l] += grow[ow + l] * xr[ow + l];
           for (; ow < hi; ++ow) acc[0] += grow[ow] * xr[ow];
-        } else {  // two plain loops (a scatter, then a strided dot product) that the compiler can vectorise
-          for (int64_t ow = lo; ow < hi; ++ow) gxrow[ow * s + off] += wv * grow[ow];
+        } else {  // plain loops (the scatter above, a strided dot product here) that the compiler can vectorise
           const T* __restrict__ xr = xrow + off;
           int64_t ow = lo;
           for (; ow + 8 <= hi; ow += 8)

@@ -87,13 +87,13 @@ void small_backward(const T* wt, const T* g, const T* x, T* gx, double* acc, int
     const int64_t p1 = std::min(P, p0 + step);
 #ifdef EMODARTS_CPU_HAVE_AVX2
     if (avx2) {
-      avx2::rows_gemm<T>(wt, C, O, g, P, gx, P, p0, p1);
-      avx2::wgrad_accumulate<T>(g, O, P, x, C, P, acc, p0, p1);
+      if (gx) avx2::rows_gemm<T>(wt, C, O, g, P, gx, P, p0, p1);
+      if (acc) avx2::wgrad_accumulate<T>(g, O, P, x, C, P, acc, p0, p1);
       continue;
     }
 #endif
-    baseline::rows_gemm<T>(wt, C, O, g, P, gx, P, p0, p1);
-    baseline::wgrad_accumulate<T>(g, O, P, x, C, P, acc, p0, p1);
+    if (gx) baseline::rows_gemm<T>(wt, C, O, g, P, gx, P, p0, p1);
+    if (acc) baseline::wgrad_accumulate<T>(g, O, P, x, C, P, acc, p0, p1);
   }
 }
 
@@ -169,22 +169,28 @@ std::vector<Tensor> pointwise_fwd(const std::vector<Tensor>& xs, const std::vect
   return ys;
 }
 
+// need_x[i] / need_w[i]: whether input i's / weight i's gradient is wanted; one that is not is neither
+// computed nor returned (each result list holds the wanted gradients only, in order).
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> pointwise_bwd(const std::vector<Tensor>& grads,
                                                                    const std::vector<Tensor>& xs,
-                                                                   const std::vector<Tensor>& ws) {
+                                                                   const std::vector<Tensor>& ws,
+                                                                   const c10::List<bool>& need_x_,
+                                                                   const c10::List<bool>& need_w_) {
+  const std::vector<bool> need_x = need_x_.vec(), need_w = need_w_.vec();
   const char* op = "emodarts::pointwise_bwd";
   const at::ScalarType st = call_dtype(xs, op);
   TORCH_CHECK(ws.size() == xs.size() && grads.size() == xs.size(), op, ": one weight and one gradient per input");
+  TORCH_CHECK(need_x.size() == xs.size() && need_w.size() == xs.size(), op, ": one need_x and need_w flag per input");
   std::vector<Dims> dims;
-  std::vector<Tensor> gxs, gws, parts, wts;
+  std::vector<Tensor> gxs(xs.size()), gws(xs.size()), parts(xs.size()), wts;
   for (size_t i = 0; i < xs.size(); ++i) {
     dims.push_back(check(xs[i], ws[i], op, i, st));
     const Dims& d = dims.back();
     TORCH_CHECK(grads[i].is_contiguous() && grads[i].scalar_type() == st && grads[i].dim() == 4 &&
                     grads[i].size(0) == d.B && grads[i].size(1) == d.O && grads[i].size(2) * grads[i].size(3) == d.P,
                 op, ": gradient ", i, " must be a contiguous (B, O, H, W) tensor of the inputs' dtype");
-    gxs.push_back(at::empty_like(xs[i]));
-    parts.push_back(at::zeros({d.B, d.O, d.C}, xs[i].options().dtype(at::kDouble)));
+    if (need_x[i]) gxs[i] = at::empty_like(xs[i]);
+    if (need_w[i]) parts[i] = at::zeros({d.B, d.O, d.C}, xs[i].options().dtype(at::kDouble));
     wts.push_back(ws[i].reshape({d.O, d.C}).t().contiguous());
   }
   int64_t grain = 1;
@@ -199,20 +205,23 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> pointwise_bwd(const std::ve
         const Dims& d = dims[i];
         const scalar_t* g = grads[i].data_ptr<scalar_t>() + b * d.O * d.P;
         const scalar_t* x = xs[i].data_ptr<scalar_t>() + b * d.C * d.P;
-        scalar_t* gx = gxs[i].data_ptr<scalar_t>() + b * d.C * d.P;
-        double* acc = parts[i].data_ptr<double>() + b * d.O * d.C;
+        scalar_t* gx = need_x[i] ? gxs[i].data_ptr<scalar_t>() + b * d.C * d.P : nullptr;
+        double* acc = need_w[i] ? parts[i].data_ptr<double>() + b * d.O * d.C : nullptr;
         if (small(d.O, d.C)) {
           small_backward<scalar_t>(wts[i].data_ptr<scalar_t>(), g, x, gx, acc, d.O, d.C, d.P, avx2);
           continue;
         }
-        gemm_rm<scalar_t>(blas, true, false, d.C, d.P, d.O, scalar_t(1), ws[i].data_ptr<scalar_t>(), d.C, g, d.P,
-                          scalar_t(0), gx, d.P);
+        if (gx)
+          gemm_rm<scalar_t>(blas, true, false, d.C, d.P, d.O, scalar_t(1), ws[i].data_ptr<scalar_t>(), d.C, g, d.P,
+                            scalar_t(0), gx, d.P);
+        if (!acc) continue;
         prod.resize(d.O * d.C);
         gemm_rm<scalar_t>(blas, false, true, d.O, d.C, d.P, scalar_t(1), g, d.P, x, d.P, scalar_t(0), prod.data(), d.C);
         for (int64_t k = 0; k < d.O * d.C; ++k) acc[k] = static_cast<double>(prod[k]);
       }
     });
     for (size_t i = 0; i < xs.size(); ++i) {
+      if (!need_w[i]) continue;
       const Dims& d = dims[i];
       Tensor gw = at::empty(ws[i].sizes(), ws[i].options());
       scalar_t* out = gw.data_ptr<scalar_t>();
@@ -223,10 +232,10 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> pointwise_bwd(const std::ve
         for (int64_t b = 0; b < d.B; ++b) s += part[b * n + k];
         out[k] = static_cast<scalar_t>(s);
       }
-      gws.push_back(gw);
+      gws[i] = gw;
     }
   });
-  return {gxs, gws};
+  return {cpu_common::wanted_only(gxs, need_x), cpu_common::wanted_only(gws, need_w)};
 }
 
 }  // namespace pointwise_cpu
@@ -234,7 +243,7 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> pointwise_bwd(const std::ve
 
 TORCH_LIBRARY_FRAGMENT(emodarts, m) {
   m.def("pointwise_fwd(Tensor[] xs, Tensor[] ws) -> Tensor[]");
-  m.def("pointwise_bwd(Tensor[] grads, Tensor[] xs, Tensor[] ws) -> (Tensor[], Tensor[])");
+  m.def("pointwise_bwd(Tensor[] grads, Tensor[] xs, Tensor[] ws, bool[] need_x, bool[] need_w) -> (Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(emodarts, CPU, m) {

@@ -264,7 +264,7 @@ def backward_allocations(inputs) -> int:
 
     saved = torch.ops.emodarts.darts_rnn_forward(*inputs)
     g = torch.randn_like(saved[0])
-    args = (g,) + tuple(t.contiguous() for t in inputs[1:]) + tuple(saved)
+    args = (g,) + tuple(t.contiguous() for t in inputs[1:]) + tuple(saved) + ([True] * 5,)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         torch.ops.emodarts.darts_rnn_backward(*args)
     events = prof.events()
@@ -306,8 +306,9 @@ def test_opcheck(ops):
     torch.library.opcheck(torch.ops.emodarts.darts_rnn_forward.default, args)
     with torch.no_grad():
         saved = torch.ops.emodarts.darts_rnn_forward(x, h0, w0h, ws, p)
-    torch.library.opcheck(torch.ops.emodarts.darts_rnn_backward.default,
-                          (torch.randn_like(saved[0]), h0, w0h, ws, p.contiguous()) + tuple(saved))
+    for mask in ([True] * 5, [True, True, False, False, True]):  # a weight step's, an alpha step's
+        torch.library.opcheck(torch.ops.emodarts.darts_rnn_backward.default,
+                              (torch.randn_like(saved[0]), h0, w0h, ws, p.contiguous()) + tuple(saved) + (mask,))
 
 
 def test_rejects_bad_inputs(ops):
@@ -368,7 +369,7 @@ def test_cuda_saved_state_matches_cpu(ops):
     for a, b in zip(gpu, cpu):
         assert a.shape == b.shape and rel_err(a.cpu(), b) <= 1e-12
     g = torch.randn_like(gpu[0])
-    args = (g,) + tuple(t.cuda().contiguous() for t in inputs[1:]) + tuple(gpu)
+    args = (g,) + tuple(t.cuda().contiguous() for t in inputs[1:]) + tuple(gpu) + ([True] * 5,)
     one = torch.ops.emodarts.darts_rnn_backward(*args)
     two = torch.ops.emodarts.darts_rnn_backward(*args)
     for a, b in zip(one, two):
@@ -384,7 +385,7 @@ def test_cuda_backward_memory(ops):
     E, f = n_darts_edges(S), 4
     inputs = [t.cuda() for t in make_inputs(T, B, H, S, dtype=torch.float32)]
     saved = torch.ops.emodarts.darts_rnn_forward(*inputs)
-    args = (torch.randn_like(saved[0]),) + tuple(t.contiguous() for t in inputs[1:]) + tuple(saved)
+    args = (torch.randn_like(saved[0]),) + tuple(t.contiguous() for t in inputs[1:]) + tuple(saved) + ([True] * 5,)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()

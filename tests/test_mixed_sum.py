@@ -184,10 +184,10 @@ alpha = torch.randn(2, 8)
 index = [i % 16 for i in range(len(ys))]
 ops = mixed_sum.cpp_ops()
 out = ops.mixed_sum_fwd(ys, alpha, index)
-grads, dots = ops.mixed_sum_bwd(g, ys, alpha, index)
+grads, dots = ops.mixed_sum_bwd(g, ys, alpha, index, [True, True])
 h16 = [torch.randn(2, 1003).half() for _ in range(3)]
 out16 = ops.mixed_sum_fwd(h16, alpha, [1, 2, 9])
-g16, d16 = ops.mixed_sum_bwd(torch.randn(2, 1003).half(), h16, alpha, [1, 2, 9])
+g16, d16 = ops.mixed_sum_bwd(torch.randn(2, 1003).half(), h16, alpha, [1, 2, 9], [True, True])
 torch.save(dict(out=out, grads=grads, dots=dots, out16=out16, g16=g16, d16=d16), sys.argv[1])
 """
 
@@ -246,7 +246,7 @@ def test_cpp_uses_several_threads(cpp):
         before = _thread_cpu_ticks()
         for _ in range(20):
             cpp.mixed_sum_fwd(ys, alpha, flat)
-            cpp.mixed_sum_bwd(g, ys, alpha, flat)
+            cpp.mixed_sum_bwd(g, ys, alpha, flat, [True, True])
         after = _thread_cpu_ticks()
     finally:
         torch.set_num_threads(threads)
@@ -310,7 +310,7 @@ def test_cpp_and_python_layout_rules_agree(cpp, make):
     want = lay.out_strides(ys)
     out = cpp.mixed_sum_fwd(ys, alpha, index)
     assert list(out.stride()) == want and out.dtype == lay.result_dtype(ys)
-    grads, _ = cpp.mixed_sum_bwd(torch.randn(ys[0].shape), ys, alpha, index)
+    grads, _ = cpp.mixed_sum_bwd(torch.randn(ys[0].shape), ys, alpha, index, [True, True])
     assert [list(g.stride()) for g in grads] == [want] * len(ys)
     assert [g.dtype for g in grads] == [y.dtype for y in ys]
     fake_out = mixed_sum._empty_out(ys)
@@ -801,7 +801,8 @@ def test_opcheck(cpp, impl_name, request):
         a = alpha.detach()
         flat = [e * M + m for e, m in index]
         torch.library.opcheck(torch.ops.emodarts.mixed_sum_fwd.default, (plain, a, flat))
-        torch.library.opcheck(torch.ops.emodarts.mixed_sum_bwd.default, (torch.randn(2, 3, 5), plain, a, flat))
+        for mask in ([True, True], [True, False], [False, True]):
+            torch.library.opcheck(torch.ops.emodarts.mixed_sum_bwd.default, (torch.randn(2, 3, 5), plain, a, flat, mask))
 
 
 @pytest.mark.parametrize("impl_name", ["cpp", "triton"])

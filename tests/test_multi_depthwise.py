@@ -193,7 +193,9 @@ def test_opcheck():
     ws = [w.float() for w in ws]
     torch.library.opcheck(torch.ops.emodarts.multi_dw_fwd.default, (xs, ws, dil, 2))
     grads = [torch.randn(2, 3, 3, 3) for _ in ws]
-    torch.library.opcheck(torch.ops.emodarts.multi_dw_bwd.default, (grads, xs, ws, dil, 2))
+    n = len(ws)
+    for need_x, need_w in (([True], [True] * n), ([True], [False] * n), ([False], [True] + [False] * (n - 1))):
+        torch.library.opcheck(torch.ops.emodarts.multi_dw_bwd.default, (grads, xs, ws, dil, 2, need_x, need_w))
 
 
 def test_bad_arguments_are_clear():

@@ -35,6 +35,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <tuple>
 
@@ -271,7 +272,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> darts_rnn_forward_cuda(const Tensor& 
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
     const Tensor& grad_hs_, const Tensor& h0_, const Tensor& w0h_, const Tensor& ws_, const Tensor& probs_,
-    const Tensor& hs_, const Tensor& states_, const Tensor& pre0_, const Tensor& pre_) {
+    const Tensor& hs_, const Tensor& states_, const Tensor& pre0_, const Tensor& pre_,
+    std::array<bool, 5> output_mask) {
   TORCH_CHECK(hs_.is_cuda(), "darts_rnn (CUDA kernel) got a tensor on ", hs_.device());
   const c10::cuda::CUDAGuard guard(hs_.device());
   const Dims d = make_dims(hs_, true, h0_, w0h_, ws_, probs_);
@@ -288,7 +290,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
   Tensor dst = at::empty({S + 1, B, H}, opts);
   Tensor dst2d = dst.view({(S + 1) * B, H});
   Tensor states2d = states.view({T_ * (S + 1) * B, H});
-  Tensor gws = at::empty({S, H, 2 * H}, opts);
+  Tensor gws = output_mask[3] ? at::empty({S, H, 2 * H}, opts) : Tensor();  // undefined: not wanted
   // probs gradient: a fixed grid over one step's B*H elements (deterministic), double partial sums
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(256, (BH + kThreads * 8 - 1) / (kThreads * 8)));
   Tensor partial = at::zeros({E, chunks, 4}, opts.dtype(at::kDouble));
@@ -315,12 +317,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
       Tensor dsn = dst2d.narrow(0, 0, nj * B);
       dsn.addmm_(dpn, ws[i].t());
       // dW_i += S_{i,t}^T [dC | dZ]_{i,t}: accumulated in place, step by step (no per-step (T, H, 2H) stack)
-      const Tensor src = states2d.narrow(0, t * (S + 1) * B, nj * B);
-      Tensor gwi = gws[i];
-      if (t == T_ - 1) {
-        at::mm_out(gwi, src.t(), dpn);
-      } else {
-        gwi.addmm_(src.t(), dpn);
+      if (gws.defined()) {
+        const Tensor src = states2d.narrow(0, t * (S + 1) * B, nj * B);
+        Tensor gwi = gws[i];
+        if (t == T_ - 1) {
+          at::mm_out(gwi, src.t(), dpn);
+        } else {
+          gwi.addmm_(src.t(), dpn);
+        }
       }
     }
     AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "darts_rnn_backward_cuda_probs", [&] {
@@ -340,12 +344,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> darts_rnn_backward_cuda(
     dh.addmm_(gxt, w0h.t());  // dL/dh_{t-1} += [dc0 | dz0] W0h^T
   }
   // dW0h over all steps: two GEMMs (h0, then hs[0 .. T-2]) on the stacked (T * B, ...) operands
-  Tensor gw0h = at::empty({H, 2 * H}, opts);
-  at::mm_out(gw0h, h0.t(), gx[0]);
-  if (T_ > 1) gw0h.addmm_(hs.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}).t(),
-                          gx.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 2 * H}));
-  Tensor gprobs = partial.sum(1).to(hs.scalar_type());
-  return {gx, dh, gw0h, gws, gprobs};
+  Tensor gw0h;
+  if (output_mask[2]) {
+    gw0h = at::empty({H, 2 * H}, opts);
+    at::mm_out(gw0h, h0.t(), gx[0]);
+    if (T_ > 1) gw0h.addmm_(hs.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}).t(),
+                            gx.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, 2 * H}));
+  }
+  Tensor gprobs = output_mask[4] ? partial.sum(1).to(hs.scalar_type()) : Tensor();
+  return {output_mask[0] ? gx : Tensor(), output_mask[1] ? dh : Tensor(), gw0h, gws, gprobs};
 }
 
 }  // namespace

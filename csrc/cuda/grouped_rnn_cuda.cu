@@ -26,6 +26,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -200,19 +201,21 @@ RevBits rev_bits(const Plan& p) {
 // ---------------------------------------------------------------------------------------------------
 // forward
 
-std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(const Tensor& x_, const Tensor& w_ih_,
-                                                            const Tensor& w_hh_, const Tensor& bias_, int64_t n_lstm,
+std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(const Tensor& x_, at::TensorList w_ih_,
+                                                            at::TensorList w_hh_, at::TensorList b_ih_,
+                                                            at::TensorList b_hh_, int64_t n_lstm,
                                                             at::IntArrayRef reverse) {
   TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());  // allocations, GEMMs, launches on x's GPU, not the current one
   const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
-  check_same(w_ih_, x_, "w_ih");
-  check_same(w_hh_, x_, "w_hh");
-  check_same(bias_, x_, "bias");
-  TORCH_CHECK(bias_.dim() == 1 && bias_.size(0) == p.G, "grouped_rnn: bias must be (", p.G, ",)");
+  check_list(w_ih_, x_, "w_ih");
+  check_list(w_hh_, x_, "w_hh");
+  check_biases(p, b_ih_, b_hh_, x_);
   TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
               "grouped_rnn (CUDA): float32 or float64 only, got ", x_.scalar_type());
-  const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), bias = bias_.contiguous();
+  // the batched GEMMs read every unit's weights as one strided stack: one device-side concatenation per call
+  const Tensor x = x_.contiguous(), w_ih = at::cat(w_ih_), w_hh = at::cat(w_hh_),
+               bias = at::cat(b_ih_) + at::cat(b_hh_);
   const int64_t T_ = p.T, B = p.B, H = p.H, G = p.G, I = p.I, TB = T_ * B;
   auto opts = x.options();
   Tensor hs = at::empty({p.K, T_, B, H}, opts);
@@ -259,17 +262,24 @@ std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(const Tensor& x_, co
 // ---------------------------------------------------------------------------------------------------
 // backward
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward_cuda(const Tensor& grad_hs_, const Tensor& x_,
-                                                                     const Tensor& w_ih_, const Tensor& w_hh_,
-                                                                     const Tensor& hs_, const Tensor& cs_,
-                                                                     const Tensor& gates_, int64_t n_lstm,
-                                                                     at::IntArrayRef reverse) {
+// (G, n) -> one (g_k, n) view per unit; an undefined tensor (not wanted) -> an empty list
+std::vector<Tensor> per_unit(const Tensor& t, const Plan& p) {
+  std::vector<Tensor> out;
+  if (t.defined())
+    for (int64_t k = 0; k < p.K; ++k) out.push_back(t.narrow(0, p.goff[k], p.gh[k]));
+  return out;
+}
+
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> grouped_rnn_backward_cuda(
+    const Tensor& grad_hs_, const Tensor& x_, at::TensorList w_ih_, at::TensorList w_hh_, const Tensor& hs_,
+    const Tensor& cs_, const Tensor& gates_, int64_t n_lstm, at::IntArrayRef reverse,
+    std::array<bool, 4> output_mask) {
   TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
   const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
   check_saved(p, x_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
-  const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), w_ih = w_ih_.contiguous(),
-               w_hh = w_hh_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
+  const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), w_ih = at::cat(w_ih_), w_hh = at::cat(w_hh_),
+               hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
   const int64_t T_ = p.T, B = p.B, H = p.H, G = p.G, I = p.I, TB = T_ * B;
   auto opts = x.options();
   Tensor dgates = at::empty({TB * G}, opts);
@@ -299,12 +309,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward_cuda(const Tenso
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  // weight gradients over all steps
-  Tensor db = dgates2d.sum(0);
-  Tensor dw_hh = at::empty_like(w_hh);
-  if (T_ == 1) {
-    dw_hh.zero_();
-  } else {
+  // weight gradients over all steps, each only when asked for (output_mask; undefined = None otherwise)
+  Tensor dx, dw_ih, dw_hh, db;
+  if (output_mask[3]) db = dgates2d.sum(0);
+  if (output_mask[2]) {
+    dw_hh = at::empty_like(w_hh);
+    if (T_ == 1) dw_hh.zero_();
+  }
+  if (output_mask[2] && T_ > 1) {
     const int64_t rows = (T_ - 1) * B;
     for (const Run& r : runs(p, true)) {  // per kind and direction: sum_t dgates_t^T h_{t_prev}
       const int64_t g_ = p.gh[r.k0], go = p.goff[r.k0];
@@ -314,25 +326,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grouped_rnn_backward_cuda(const Tenso
       at::bmm_out(out, a, hb);
     }
   }
-  Tensor dw_ih = at::empty_like(w_ih);
-  Tensor dx = at::empty_like(x);
+  if (output_mask[1]) dw_ih = at::empty_like(w_ih);
+  if (output_mask[0]) dx = at::empty_like(x);
   if (p.Kx == 1) {
-    at::mm_out(dw_ih, dgates2d.t(), x.view({TB, I}));
-    Tensor dx2d = dx.view({TB, I});
-    at::mm_out(dx2d, dgates2d, w_ih);
+    if (dw_ih.defined()) at::mm_out(dw_ih, dgates2d.t(), x.view({TB, I}));
+    if (dx.defined()) {
+      Tensor dx2d = dx.view({TB, I});
+      at::mm_out(dx2d, dgates2d, w_ih);
+    }
   } else {
     for (const Run& r : kind_runs) {
       const int64_t g_ = p.gh[r.k0], go = p.goff[r.k0];
       Tensor dgt = strided(dgates, r.n, g_, TB, g_, 1, G, go);  // (n, gh, TB)
-      Tensor xr = x.narrow(0, r.k0, r.n).view({r.n, TB, I});
-      Tensor dwr = dw_ih.narrow(0, go, r.n * g_).view({r.n, g_, I});
-      at::bmm_out(dwr, dgt, xr);
-      Tensor wr = w_ih.narrow(0, go, r.n * g_).view({r.n, g_, I});
-      Tensor dxr = dx.narrow(0, r.k0, r.n).view({r.n, TB, I});
-      at::bmm_out(dxr, dgt.transpose(1, 2), wr);
+      if (dw_ih.defined()) {
+        Tensor xr = x.narrow(0, r.k0, r.n).view({r.n, TB, I});
+        Tensor dwr = dw_ih.narrow(0, go, r.n * g_).view({r.n, g_, I});
+        at::bmm_out(dwr, dgt, xr);
+      }
+      if (dx.defined()) {
+        Tensor wr = w_ih.narrow(0, go, r.n * g_).view({r.n, g_, I});
+        Tensor dxr = dx.narrow(0, r.k0, r.n).view({r.n, TB, I});
+        at::bmm_out(dxr, dgt.transpose(1, 2), wr);
+      }
     }
   }
-  return {dx, dw_ih, dw_hh, db};
+  return {dx, per_unit(dw_ih, p), per_unit(dw_hh, p), per_unit(db, p)};
 }
 
 }  // namespace

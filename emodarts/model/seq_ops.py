@@ -6,6 +6,7 @@ depends on the other utterances of its batch.
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _RECURRENT = re.compile(r"^(lstm|rnn)(_att)?_(\d)$")
@@ -44,10 +45,15 @@ class AttentiveRecurrentOp(nn.Module):
         return self.attend(self.rnn(x)[0])
 
     def attend(self, h: Tensor) -> Tensor:
-        """The attention part, on the bidirectional states h (B, T, 2H) (lets a grouped call run self.rnn)."""
+        """The attention part, on the bidirectional states h (B, T, 2H) (lets a grouped call run self.rnn).
+
+        W [h_t ; c] = W_h h_t + W_c c with W = [W_h | W_c]: the context c is the same at every step, so its
+        product is taken once per utterance, and no (B, T, 4H) copy of [h ; c] is made."""
         weights = torch.softmax(self.score(torch.tanh(self.score_hidden(h))), dim=1)  # (B, T, 1)
-        context = (weights * h).sum(dim=1, keepdim=True).expand_as(h)
-        return self.out(torch.cat([h, context], dim=-1))
+        context = (weights * h).sum(dim=1, keepdim=True)  # (B, 1, 2H)
+        width = h.shape[-1]
+        w = self.out.weight
+        return F.linear(h, w[:, :width], self.out.bias) + F.linear(context, w[:, width:])
 
 
 class SeqIdentity(nn.Module):

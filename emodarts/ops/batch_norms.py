@@ -24,6 +24,8 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
+from emodarts.ops.grad_need import wanted
+
 # --------------------------------------------------------------------------------------------------
 # the reference twin
 
@@ -72,9 +74,12 @@ class _MultiBatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: Tensor):
         saved = ctx.saved_tensors
-        ys, invstds = list(saved[: ctx.n]), list(saved[ctx.n:])
-        gs = [torch.zeros_like(y) if g is None else g.contiguous() for g, y in zip(grads, ys)]
-        return (None, None, *ops().multi_bn_bwd(gs, ys, invstds))
+        need = wanted(ctx)  # one flag per input: only the wanted inputs' normalisations go to the kernel
+        idx = [i for i in range(ctx.n) if need[i]]
+        ys, invstds = [saved[i] for i in idx], [saved[ctx.n + i] for i in idx]
+        gs = [torch.zeros_like(saved[i]) if grads[i] is None else grads[i].contiguous() for i in idx]
+        gxs = iter(ops().multi_bn_bwd(gs, ys, invstds) if idx else [])
+        return (None, None, *[next(gxs) if n else None for n in need])
 
 
 def _runs_in_op(x: Tensor, group: Sequence[nn.Module]) -> bool:

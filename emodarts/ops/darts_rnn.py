@@ -39,6 +39,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from emodarts.ops.grad_need import wanted
+
 # --------------------------------------------------------------------------------------------------
 # the reference twin
 
@@ -116,10 +118,11 @@ def _fwd_fake(x_proj, h0, w0h, ws, probs):
             x_proj.new_empty((t, e, b, 2 * h)))
 
 
-def _bwd_fake(grad_hs, h0, w0h, ws, probs, hs, states, pre0, pre):
+def _bwd_fake(grad_hs, h0, w0h, ws, probs, hs, states, pre0, pre, output_mask):
     t, b, h = hs.shape
-    return (hs.new_empty((t, b, 2 * h)), hs.new_empty((b, h)), hs.new_empty((h, 2 * h)),
-            hs.new_empty(tuple(ws.shape)), hs.new_empty(tuple(probs.shape)))
+    grads = (hs.new_empty((t, b, 2 * h)), hs.new_empty((b, h)), hs.new_empty((h, 2 * h)),
+             hs.new_empty(tuple(ws.shape)), hs.new_empty(tuple(probs.shape)))
+    return tuple(g if m else None for g, m in zip(grads, output_mask))
 
 
 def _setup_context(ctx, inputs, output):
@@ -131,14 +134,13 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_hs, grad_states, grad_pre0, grad_pre):
-    need = ctx.needs_input_grad
-    if grad_hs is None or not any(need[:5]):
+    need = wanted(ctx)  # x_proj, h0, w0h, ws, probs: an alpha step wants no w0h or ws gradient
+    if grad_hs is None or not any(need):
         return None, None, None, None, None
     h0, w0h, ws, probs, hs, states, pre0, pre = ctx.saved_tensors
     with torch.autocast(hs.device.type, enabled=False):
-        grads = torch.ops.emodarts.darts_rnn_backward(grad_hs.contiguous(), h0, w0h, ws, probs, hs, states, pre0,
-                                                      pre)
-    return tuple(g if n else None for g, n in zip(grads, need))
+        return tuple(torch.ops.emodarts.darts_rnn_backward(grad_hs.contiguous(), h0, w0h, ws, probs, hs, states,
+                                                           pre0, pre, need))
 
 
 def _check(x_proj: Tensor, h0: Tensor, w0h: Tensor, ws: Tensor, probs: Tensor) -> None:

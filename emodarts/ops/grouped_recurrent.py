@@ -23,9 +23,12 @@ groups with per-unit inputs (the unit's own previous layer; both directions of i
 modules), one group per layer and input width. Inside a group LSTM units come first, then tanh-RNN units,
 forward directions before reverse ones.
 
+The op takes each unit's own parameter tensors (lists; nothing is concatenated per call).
+
 Autograd: `emodarts::grouped_rnn_backward` (registered here with torch.library.register_autograd) runs
-backward through time and returns the gradients of x, of the concatenated weights and of the bias; the
-concatenation (torch.cat of the modules' parameters, in Python) hands each module its own slice. A fake
+backward through time and returns the gradients of x and of every unit's weights and bias, each only when
+this backward needs it (emodarts/ops/grad_need.py: an alpha step computes no weight gradient); b_ih and
+b_hh get equal gradients in separate tensors. A fake
 (meta) kernel is registered for torch.compile / opcheck. Double backward is not supported.
 
 Supported: nn.LSTM and nn.RNN(nonlinearity="tanh"), any num_layers, bidirectional, bias or not,
@@ -43,6 +46,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from emodarts.ops.grad_need import wanted
 
 # --------------------------------------------------------------------------------------------------
 # the reference twin
@@ -85,48 +90,62 @@ def cpu_gemm_path() -> str:
     return ops().grouped_rnn_cpu_gemm()
 
 
-def _fwd_fake(x, w_ih, w_hh, bias, n_lstm, reverse):
-    k, t, b, h = len(reverse), x.shape[1], x.shape[2], w_hh.shape[1]
-    return (x.new_empty((k, t, b, h)), x.new_empty((n_lstm, t, b, h)), x.new_empty((t * b * w_hh.shape[0],)))
+def _fwd_fake(x, w_ih, w_hh, b_ih, b_hh, n_lstm, reverse):
+    k, t, b, h = len(reverse), x.shape[1], x.shape[2], w_hh[0].shape[1]
+    g = sum(w.shape[0] for w in w_hh)
+    return (x.new_empty((k, t, b, h)), x.new_empty((n_lstm, t, b, h)), x.new_empty((t * b * g,)))
 
 
-def _bwd_fake(grad_hs, x, w_ih, w_hh, hs, cs, gates, n_lstm, reverse):
-    return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
-            w_hh.new_empty((w_hh.shape[0],)))
+def _bwd_fake(grad_hs, x, w_ih, w_hh, hs, cs, gates, n_lstm, reverse, output_mask):
+    need_x, need_wi, need_wh, need_b = output_mask
+    return (x.new_empty(x.shape) if need_x else None,
+            [w.new_empty(w.shape) for w in w_ih] if need_wi else [],
+            [w.new_empty(w.shape) for w in w_hh] if need_wh else [],
+            [w.new_empty((w.shape[0],)) for w in w_hh] if need_b else [])
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, bias, n_lstm, reverse = inputs
+    x, w_ih, w_hh, b_ih, b_hh, n_lstm, reverse = inputs
     hs, cs, gates = output
-    ctx.save_for_backward(x, w_ih, w_hh, hs, cs, gates)
-    ctx.n_lstm, ctx.reverse = int(n_lstm), list(reverse)
+    ctx.save_for_backward(x, hs, cs, gates, *w_ih, *w_hh)
+    ctx.n_lstm, ctx.reverse, ctx.k = int(n_lstm), list(reverse), len(w_ih)
     ctx.mark_non_differentiable(cs, gates)  # saved state, not results
     ctx.set_materialize_grads(False)
 
 
+def _per_unit(grads: List[Tensor], need: List[bool]) -> List[Optional[Tensor]]:
+    """A kernel's per-unit gradients (an empty list: none computed) -> the wanted ones, None elsewhere."""
+    return [g if n else None for g, n in zip(grads, need)] if grads else [None] * len(need)
+
+
 def _backward(ctx, grad_hs, grad_cs, grad_gates):
-    x, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    if grad_hs is None or not any(need[:4]):
-        return None, None, None, None, None, None
+    x, hs, cs, gates, *weights = ctx.saved_tensors
+    k = ctx.k
+    w_ih, w_hh = weights[:k], weights[k:]
+    need = wanted(ctx)  # x, then w_ih, w_hh, b_ih, b_hh per unit: an alpha step wants x's only
+    n_x, n_wi, n_wh, n_bi, n_bh = need[0], need[1:1 + k], need[1 + k:1 + 2 * k], need[1 + 2 * k:1 + 3 * k], need[1 + 3 * k:]
+    if grad_hs is None or not any(need):
+        return None, [None] * k, [None] * k, [None] * k, [None] * k, None, None
+    mask = [n_x, any(n_wi), any(n_wh), any(n_bi) or any(n_bh)]
     gx, gwi, gwh, gb = torch.ops.emodarts.grouped_rnn_backward(
-        grad_hs.contiguous(), x, w_ih, w_hh, hs, cs, gates, ctx.n_lstm, ctx.reverse
-    )
-    return (gx if need[0] else None, gwi if need[1] else None, gwh if need[2] else None,
-            gb if need[3] else None, None, None)
+        grad_hs.contiguous(), x, w_ih, w_hh, hs, cs, gates, ctx.n_lstm, ctx.reverse, mask)
+    # b_ih and b_hh get the same gradient, as two tensors: an optimiser or clip_grad_norm_ scales grads in place
+    return (gx, _per_unit(gwi, n_wi), _per_unit(gwh, n_wh), _per_unit(gb, n_bi),
+            _per_unit([g.clone() for g in gb], n_bh), None, None)
 
 
-def grouped_rnn_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor, n_lstm: int,
-                      reverse: Sequence[int]) -> Tensor:
+def grouped_rnn_layer(x: Tensor, w_ih: Sequence[Tensor], w_hh: Sequence[Tensor], b_ih: Sequence[Tensor],
+                      b_hh: Sequence[Tensor], n_lstm: int, reverse: Sequence[int]) -> Tensor:
     """One group, time-major: x (Kx, T, B, I) -> hs (K, T, B, H) (see csrc/grouped_rnn.cpp for the layout).
 
-    Units 0..n_lstm-1 are LSTM, the rest tanh-RNN; w_ih (G, I), w_hh (G, H), bias (G,) are their
-    parameters concatenated along dim 0; reverse[k] != 0 runs unit k backwards in time."""
+    Units 0..n_lstm-1 are LSTM, the rest tanh-RNN; w_ih[k] (g_k, I), w_hh[k] (g_k, H), b_ih[k] and b_hh[k]
+    (g_k,) are unit k's own parameters (g_k = 4H or H), read in place; reverse[k] != 0 runs unit k backwards
+    in time."""
     o = ops()
     if x.device.type == "cuda":
         ensure_cuda()
-    hs, _, _ = o.grouped_rnn_forward(x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias.contiguous(),
-                                     int(n_lstm), [int(r) for r in reverse])
+    hs, _, _ = o.grouped_rnn_forward(x.contiguous(), list(w_ih), list(w_hh), list(b_ih), list(b_hh), int(n_lstm),
+                                     [int(r) for r in reverse])
     return hs
 
 
@@ -175,15 +194,11 @@ def _units(mods: Sequence[nn.Module]) -> List[_Unit]:
 def _run_group(x: Tensor, units: List[_Unit]) -> Dict[Tuple[int, int, bool], Tensor]:
     """Run one group (units already sorted LSTM first, forward first); returns (module, layer, rev) -> (T, B, H)."""
     n_lstm = sum(u.lstm for u in units)
-    w_ih = torch.cat([u.w_ih for u in units])
-    w_hh = torch.cat([u.w_hh for u in units])
-    if all(u.b_ih is not None for u in units):
-        bias = torch.cat([u.b_ih for u in units]) + torch.cat([u.b_hh for u in units])
-    else:  # some modules without bias: zeros in their rows
-        bias = torch.cat([
-            u.b_ih + u.b_hh if u.b_ih is not None else u.w_hh.new_zeros(u.w_hh.shape[0]) for u in units
-        ])
-    hs = grouped_rnn_layer(x, w_ih, w_hh, bias, n_lstm, [int(u.reverse) for u in units])
+    zeros = [u.w_hh.new_zeros(u.w_hh.shape[0]) if u.b_ih is None else None for u in units]  # modules without bias
+    hs = grouped_rnn_layer(x, [u.w_ih for u in units], [u.w_hh for u in units],
+                           [u.b_ih if z is None else z for u, z in zip(units, zeros)],
+                           [u.b_hh if z is None else z for u, z in zip(units, zeros)],
+                           n_lstm, [int(u.reverse) for u in units])
     return {(u.module, u.layer, u.reverse): h for u, h in zip(units, hs.unbind(0))}
 
 

@@ -25,13 +25,14 @@ EMODARTS_FUSED_CUSTOM_OP=1 to use the op in eager mode too). Double backward is 
 """
 import functools
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from emodarts.ops import layout
 from emodarts.ops.compiled.triton import triton_kernels
+from emodarts.ops.grad_need import wanted
 from emodarts.runtime.errors import BackendError
 
 # --------------------------------------------------------------------------------------------------
@@ -77,7 +78,8 @@ def cpp_ops():
 
     return load_ops("emodarts::mixed_sum_fwd", "emodarts::mixed_sum_bwd", "csrc/mixed_sum.cpp",
                     lambda ys, alpha, index: _empty_out(ys),
-                    lambda grad_out, ys, alpha, index: (_empty_grads(ys), torch.empty_like(alpha)))
+                    lambda grad_out, ys, alpha, index, mask: (_empty_grads(ys) if mask[0] else [],
+                                                              torch.empty_like(alpha) if mask[1] else None))
 
 
 def _empty_out(ys: Sequence[Tensor]) -> Tensor:
@@ -132,16 +134,22 @@ def _forward(ys: List[Tensor], alpha: Tensor, edges: List[int], cands: List[int]
 
 
 def _backward(
-    grad: Tensor, ys: List[Tensor], alpha: Tensor, edges: List[int], cands: List[int], impl: str
-) -> Tuple[List[Tensor], Tensor]:
-    if impl == "cpp":  # the whole backward, epilogue included, in the C++ op
-        grads, grad_alpha = cpp_ops().mixed_sum_bwd(grad, ys, alpha, _flat(edges, cands, alpha))
-        return list(grads), grad_alpha
+    grad: Tensor, ys: List[Tensor], alpha: Tensor, edges: List[int], cands: List[int], impl: str,
+    need_ys: bool = True, need_alpha: bool = True,
+) -> Tuple[List[Optional[Tensor]], Optional[Tensor]]:
+    """The inputs' gradients (None each when not need_ys) and alpha's (None when not need_alpha)."""
+    if impl == "cpp":  # the whole backward, epilogue included, in the C++ op; it skips what is not wanted
+        grads, grad_alpha = cpp_ops().mixed_sum_bwd(grad, ys, alpha, _flat(edges, cands, alpha), [need_ys, need_alpha])
+        return (list(grads) if need_ys else [None] * len(ys)), grad_alpha
     if impl != "triton":
         raise ValueError(f"mixed_sum: unknown implementation {impl!r} (one of {IMPLS})")
     dev = ys[0].device
     p, w, idx = _weights(alpha, edges, cands, dev)
     grads, dots = kernels_module().backward(grad, ys, w)
+    if not need_ys:
+        grads = [None] * len(ys)
+    if not need_alpha:
+        return grads, None
     # epilogue on (E, M): D[e, m] = sum of d_i over entries with (e_i, m_i) = (e, m); softmax Jacobian
     d = torch.zeros(p.numel(), dtype=torch.float32, device=dev).index_add_(0, idx, dots).view_as(p)
     grad_alpha = p * (d - (p * d).sum(dim=-1, keepdim=True))
@@ -204,8 +212,11 @@ class _MixedSumFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         alpha, *ys = ctx.saved_tensors
-        grads, grad_alpha = _backward(grad, ys, alpha, ctx.edges, ctx.cands, ctx.impl)
-        return (grad_alpha if ctx.needs_input_grad[0] else None, None, None, None, *grads)
+        need = wanted(ctx)  # alpha, then the inputs: a weight step wants no alpha gradient
+        if not any(need):
+            return (None,) * (4 + len(ys))
+        grads, grad_alpha = _backward(grad, ys, alpha, ctx.edges, ctx.cands, ctx.impl, any(need[1:]), need[0])
+        return (grad_alpha, None, None, None, *[g if n else None for g, n in zip(grads, need[1:])])
 
 
 # --------------------------------------------------------------------------------------------------

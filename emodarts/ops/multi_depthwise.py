@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from emodarts.ops.compiled.triton import triton_kernels
+from emodarts.ops.grad_need import only_wanted, spread, wanted
 from emodarts.runtime.errors import BackendError
 
 # --------------------------------------------------------------------------------------------------
@@ -68,8 +69,9 @@ def ops():
 
     return load_ops("emodarts::multi_dw_fwd", "emodarts::multi_dw_bwd", "csrc/multi_depthwise.cpp",
                     lambda xs, ws, dilations, stride: _empty_outs(xs, ws, stride),
-                    lambda grads, xs, ws, dilations, stride: ([torch.empty_like(x) for x in xs],
-                                                              [torch.empty_like(w) for w in ws]))
+                    lambda grads, xs, ws, dilations, stride, need_x, need_w: (
+                        only_wanted([torch.empty_like(x) for x in xs], need_x),
+                        only_wanted([torch.empty_like(w) for w in ws], need_w)))
 
 
 def _empty_outs(xs, ws, stride):
@@ -92,8 +94,11 @@ class _MultiDepthwise(torch.autograd.Function):
         if any(g is None for g in grads):
             grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, _empty_outs(xs, ws, ctx.stride))]
         grads = [g.contiguous() for g in grads]
-        gxs, gws = ops().multi_dw_bwd(grads, xs, ws, ctx.dilations, ctx.stride)
-        return (None, None, None, *gxs, *gws)
+        need = wanted(ctx)  # xs then ws: an alpha step wants no weight's gradient
+        if not any(need):
+            return (None, None, None) + (None,) * len(tensors)
+        gxs, gws = ops().multi_dw_bwd(grads, xs, ws, ctx.dilations, ctx.stride, need[: ctx.n_x], need[ctx.n_x:])
+        return (None, None, None, *spread(gxs, need[: ctx.n_x]), *spread(gws, need[ctx.n_x:]))
 
 
 def multi_depthwise_fused(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
@@ -187,8 +192,8 @@ class _MultiDepthwiseTriton(torch.autograd.Function):
         km = kernels_module()
         saved = ctx.saved_tensors
         xs, ws = list(saved[: ctx.n_x]), list(saved[ctx.n_x:])
-        need_x = any(ctx.needs_input_grad[3: 3 + ctx.n_x])
-        need_w = any(ctx.needs_input_grad[3 + ctx.n_x:])
+        need = wanted(ctx)  # xs then ws
+        need_x, need_w = any(need[: ctx.n_x]), any(need[ctx.n_x:])
         b, c, h, w = xs[0].shape
         s = ctx.stride
         with _on_device(xs[0]):
@@ -199,6 +204,8 @@ class _MultiDepthwiseTriton(torch.autograd.Function):
                                      ctx.n_x == 1) if need_x else [None] * ctx.n_x)
             gws = km.backward_weight(grads, xs, ctx.ks, ctx.dilations, s, [w.dtype for w in ws]) if need_w \
                 else [None] * len(ws)
+            gxs = [g if n else None for g, n in zip(gxs, need[: ctx.n_x])]
+            gws = [g if n else None for g, n in zip(gws, need[ctx.n_x:])]
         return (None, None, None, *gxs, *gws)
 
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from emodarts.ops.grad_need import only_wanted, spread, wanted
+
 # --------------------------------------------------------------------------------------------------
 # the reference twin
 
@@ -37,7 +39,9 @@ def ops():
 
     return load_ops("emodarts::pointwise_fwd", "emodarts::pointwise_bwd", "csrc/pointwise.cpp",
                     lambda xs, ws: [x.new_empty(x.shape[0], w.shape[0], x.shape[2], x.shape[3]) for x, w in zip(xs, ws)],
-                    lambda grads, xs, ws: ([torch.empty_like(x) for x in xs], [torch.empty_like(w) for w in ws]))
+                    lambda grads, xs, ws, need_x, need_w: (
+                        only_wanted([torch.empty_like(x) for x in xs], need_x),
+                        only_wanted([torch.empty_like(w) for w in ws], need_w)))
 
 
 class _Pointwise(torch.autograd.Function):
@@ -54,8 +58,11 @@ class _Pointwise(torch.autograd.Function):
         xs, ws = list(saved[: ctx.n]), list(saved[ctx.n:])
         gs = [torch.zeros(x.shape[0], w.shape[0], *x.shape[2:], dtype=x.dtype) if g is None else g.contiguous()
               for g, x, w in zip(grads, xs, ws)]
-        gxs, gws = ops().pointwise_bwd(gs, xs, ws)
-        return (None, *gxs, *gws)
+        need = wanted(ctx)  # xs then ws: an alpha step wants no weight's gradient
+        if not any(need):
+            return (None,) * (1 + len(saved))
+        gxs, gws = ops().pointwise_bwd(gs, xs, ws, need[: ctx.n], need[ctx.n:])
+        return (None, *spread(gxs, need[: ctx.n]), *spread(gws, need[ctx.n:]))
 
 
 def einsum_pointwise(x: Tensor, w: Tensor) -> Tensor:
