@@ -34,6 +34,7 @@ from common import RESULTS, ResultsFile, header, median_time  # noqa: E402
 from emodarts.engine.architect import Architect  # noqa: E402
 from emodarts.engine.config import PRESETS, with_seq_space  # noqa: E402
 from emodarts.engine.losses import weight_step  # noqa: E402
+from emodarts.engine.optim import weight_sgd  # noqa: E402
 from emodarts.features import FEATURE_PRESETS  # noqa: E402
 from emodarts.model.space import SEQ_SUBSETS  # noqa: E402
 from emodarts.model.supernet import Supernet  # noqa: E402
@@ -99,7 +100,7 @@ def measure(job: dict) -> dict:
     if job["mode"] == "compile":
         model.compile(dynamic=False)  # dynamic shapes fail in Inductor here ("Cannot convert expression to float")
     sc = cfg.search
-    w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
+    w_opt = weight_sgd(model.weights(), sc.w_lr, sc.w_momentum, sc.w_weight_decay)  # as `emodarts search`
     a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=sc.alpha_betas)
     architect = Architect(model, w_opt, a_opt, second_order=job["second_order"])
     x = torch.randn(batch, 1, n_features, n_frames, device=device)

@@ -31,6 +31,7 @@ def worker(job: dict) -> dict:
     from emodarts.engine.architect import Architect
     from emodarts.engine.config import PRESETS
     from emodarts.engine.losses import weight_step
+    from emodarts.engine.optim import weight_sgd
     from emodarts.features import FEATURE_PRESETS
     from emodarts.model.supernet import Supernet
 
@@ -40,7 +41,7 @@ def worker(job: dict) -> dict:
     torch.manual_seed(0)
     model = Supernet(cfg.model, n_features, 4, backend=job["backend"])
     sc = cfg.search
-    w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
+    w_opt = weight_sgd(model.weights(), sc.w_lr, sc.w_momentum, sc.w_weight_decay)  # as `emodarts search`
     a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=sc.alpha_betas)
     architect = Architect(model, w_opt, a_opt, second_order=False)
     x = torch.randn(sc.batch_size, 1, n_features, n_frames)

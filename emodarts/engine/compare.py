@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from emodarts.engine.architect import Architect
 from emodarts.engine.checkpoint import seed_everything
 from emodarts.engine.config import RunConfig
+from emodarts.engine.optim import clipped_step, weight_sgd
 from emodarts.engine.run_data import TensorSplit
 from emodarts.model.derive import derive_genotype
 from emodarts.model.supernet import Supernet
@@ -62,7 +63,7 @@ def run_trace(cfg: RunConfig, backend: str, init_state: dict, data: List[TensorS
     model = Supernet(cfg.model, n_features, n_classes, backend=backend)
     model.load_state_dict(init_state)
     model.to(device=device, dtype=dtype)
-    w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
+    w_opt = weight_sgd(model.weights(), sc.w_lr, sc.w_momentum, sc.w_weight_decay)
     a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
     architect = Architect(model, w_opt, a_opt, second_order=sc.second_order)
     trace = Trace([], [], {n: [] for n, _ in model.named_weights()}, {n: [] for n in model.arch_names}, {}, {})
@@ -81,8 +82,7 @@ def run_trace(cfg: RunConfig, backend: str, init_state: dict, data: List[TensorS
         for (name, _), g, w in zip(model.named_weights(), grads, weights):
             trace.weight_grad[name].append(torch.zeros_like(w).cpu() if g is None else g.detach().cpu())
             w.grad = g
-        nn.utils.clip_grad_norm_(weights, sc.grad_clip)
-        w_opt.step()
+        clipped_step(w_opt, weights, sc.grad_clip)
         trace.loss.append(loss.detach().cpu())
         trace.logits.append(logits.detach().cpu())
     trace.alpha = {n: getattr(model, n).detach().cpu().clone() for n in trace.alpha_grad}

@@ -4,6 +4,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from emodarts.engine.optim import clipped_step
 from emodarts.runtime.distributed import global_batch, sum_gradients
 
 
@@ -57,6 +58,5 @@ def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y
     grads = sum_gradients(torch.autograd.grad(loss, params, allow_unused=True))
     for p, g in zip(params, grads):
         p.grad = g
-    nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
+    clipped_step(optimizer, params, clip)
     return summed_over_ranks(loss.detach())

@@ -12,6 +12,7 @@ from emodarts.engine.checkpoint import rng_state, save_checkpoint, seed_everythi
 from emodarts.engine.config import RunConfig
 from emodarts.engine.evaluation import evaluate_split
 from emodarts.engine.losses import loss_class_weights, sharded_cross_entropy, summed_over_ranks, weight_step
+from emodarts.engine.optim import weight_sgd
 from emodarts.engine.resume import resume_from, truncate_logs
 from emodarts.engine.run_data import RunData, batches, epoch_generator, feature_stats
 from emodarts.model.derive import count_op, derive_genotype
@@ -55,7 +56,7 @@ def _build_search(cfg: RunConfig, data: RunData) -> _Search:
     mean, std = feature_stats(torch.cat([data.search_w.x, data.search_a.x]))
     model.norm.set_stats(mean, std)
     prepare_model(model, cfg.device, cfg.channels_last)
-    w_opt = torch.optim.SGD(model.weights(), sc.w_lr, momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
+    w_opt = weight_sgd(model.weights(), sc.w_lr, sc.w_momentum, sc.w_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, sc.epochs, eta_min=sc.w_lr_min)
     a_opt = torch.optim.Adam(model.arch_parameters(), sc.alpha_lr, betas=tuple(sc.alpha_betas), weight_decay=sc.alpha_weight_decay)
     weights = loss_class_weights(sc.class_weights, torch.cat([data.search_w.y, data.search_a.y]),

@@ -10,6 +10,7 @@ from emodarts.engine.checkpoint import rng_state, save_checkpoint, seed_everythi
 from emodarts.engine.config import RunConfig
 from emodarts.engine.evaluation import evaluate_split
 from emodarts.engine.losses import loss_class_weights, weight_step
+from emodarts.engine.optim import weight_sgd
 from emodarts.engine.resume import resume_from, truncate_logs
 from emodarts.engine.run_data import RunData, batches, epoch_generator, feature_stats
 from emodarts.model.network import DerivedNetwork
@@ -40,7 +41,7 @@ def run_train(cfg: RunConfig, genotype: Genotype, data: RunData, run_dir: Path, 
     net = build_final_network(cfg, genotype, data)
     for_data_parallel(net)
     net = prepare_model(net, device, cfg.channels_last)
-    opt = torch.optim.SGD(net.parameters(), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    opt = weight_sgd(net.parameters(), tc.lr, tc.momentum, tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.epochs, eta_min=tc.lr_min)
     weights = loss_class_weights(tc.class_weights, data.train.y, len(data.classes))
     weights = weights.to(device) if weights is not None else None
