@@ -11,6 +11,7 @@ runs in its own process so that its peak memory (max RSS on the CPU, max allocat
     python bench/bench_search.py --device cuda
     python bench/bench_search.py --presets tiny,paper --no-growth --breakdown --threads 2 [--heap steady]
     python bench/bench_search.py --presets paper --no-growth --orders 1 --modes reference,fused --partial-channels 1,2,4,8
+    python bench/bench_search.py --presets tiny,paper --no-growth --orders 1 --modes reference,fused --amp none,bf16 --threads 2
 
 CPU configurations run on --threads intra-op threads (default 1) with OpenMP's default wait policy; page
 faults per step are recorded (see --heap).
@@ -38,6 +39,7 @@ from emodarts.engine.optim import weight_sgd  # noqa: E402
 from emodarts.features import FEATURE_PRESETS  # noqa: E402
 from emodarts.model.space import SEQ_SUBSETS  # noqa: E402
 from emodarts.model.supernet import Supernet  # noqa: E402
+from emodarts.runtime.precision import AMP_MODES, autocast, cpu_has_bf16_units  # noqa: E402
 
 MODES = ("reference", "compile", "fused")
 
@@ -106,9 +108,12 @@ def measure(job: dict) -> dict:
     x = torch.randn(batch, 1, n_features, n_frames, device=device)
     y = torch.randint(0, 4, (batch,), device=device)
 
+    amp = job.get("amp", "none")
+
     def step():
-        architect.step(x, y, x, y)
-        weight_step(model, w_opt, x, y, sc.grad_clip)
+        with autocast(str(device), amp):  # as `emodarts search --amp`
+            architect.step(x, y, x, y)
+            weight_step(model, w_opt, x, y, sc.grad_clip)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -120,7 +125,8 @@ def measure(job: dict) -> dict:
     else:  # the process's high-water mark: this job's only in a process of its own
         peak = None if job.get("in_process") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out = {**job, "seconds": seconds, "peak_bytes": None if peak is None else int(peak), "batch": batch, "frames": n_frames,
-           "n_seq": len(model_cfg.seq_primitives), "page_faults_per_step": faults}
+           "n_seq": len(model_cfg.seq_primitives), "page_faults_per_step": faults,
+           "bf16_units": cpu_has_bf16_units() if device.type == "cpu" else None}
     if job.get("breakdown") and job["mode"] != "compile":
         out.update(part_times(model, x, device, max(1, job["repeats"] // 2), 1))
     if device.type == "cuda":
@@ -146,11 +152,15 @@ def run_job(job: dict) -> dict:
 def with_ratios(rows: list) -> list:
     """Add speed-up over the reference of the same configuration."""
     key = lambda r: (r["preset"], r["second_order"], r.get("growth"), r.get("batch"), r.get("frames"),  # noqa: E731
-                     tuple(r.get("seq_candidates") or ()), r.get("partial_channels", 1))
+                     tuple(r.get("seq_candidates") or ()), r.get("partial_channels", 1), r.get("amp", "none"))
     ref = {key(r): r["seconds"] for r in rows if r["mode"] == "reference" and "seconds" in r}
+    fp32 = {key(r)[:-1] + (r["mode"],): r["seconds"] for r in rows if r.get("amp", "none") == "none" and "seconds" in r}
     for r in rows:
         if "seconds" in r and key(r) in ref:
             r["speedup_vs_reference"] = ref[key(r)] / r["seconds"]
+        same_mode_fp32 = fp32.get(key(r)[:-1] + (r["mode"],))
+        if "seconds" in r and r.get("amp", "none") != "none" and same_mode_fp32:
+            r["speedup_vs_fp32"] = same_mode_fp32 / r["seconds"]  # the same mode's float32 step, this run
     return rows
 
 
@@ -160,14 +170,16 @@ def peak_mb(r: dict) -> str:
 
 def print_table(rows: list, title: str) -> None:
     print(f"\n{title}")
-    print(f"{'preset':<7} {'order':<6} {'batch':>5} {'T':>4} {'seq cands':>9} {'K':>2} {'mode':<10} {'step ms':>9} {'peak MB':>9} {'x ref':>6}")
+    print(f"{'preset':<7} {'order':<6} {'batch':>5} {'T':>4} {'seq cands':>9} {'K':>2} {'amp':<5} {'mode':<10} {'step ms':>9} "
+          f"{'peak MB':>9} {'x ref':>6} {'x fp32':>6}")
     for r in rows:
         if "error" in r:
             print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['mode']:<10} error: {r['error']}")
             continue
         n_seq = r.get("n_seq") or len(r.get("seq_candidates") or PRESETS[r["preset"]].model.seq_primitives)
         print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r['batch']:>5} {r['frames']:>4} {n_seq:>9} "
-              f"{r.get('partial_channels', 1):>2} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} {peak_mb(r):>9} {r.get('speedup_vs_reference', float('nan')):>6.2f}")
+              f"{r.get('partial_channels', 1):>2} {r.get('amp', 'none'):<5} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} "
+              f"{peak_mb(r):>9} {r.get('speedup_vs_reference', float('nan')):>6.2f} {r.get('speedup_vs_fp32', float('nan')):>6.2f}")
 
 
 def print_breakdown(rows: list) -> None:
@@ -220,6 +232,9 @@ def main() -> None:
                    help="also time forward+backward of the CNN part and of the sequential part")
     p.add_argument("--orders", default="1,2", help="1: first order, 2: second order (comma list)")
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads of every configuration")
+    p.add_argument("--amp", default="none",
+                   help="comma list of precisions (none, bf16), as `emodarts search --amp`; with both, each bf16 "
+                        "row also gets its speed-up over the same mode's float32 step")
     p.add_argument("--partial-channels", default="1",
                    help="PC-DARTS K values to measure (comma list, e.g. 1,2,4,8; default 1: plain DARTS)")
     p.add_argument("--tag", default="", help="suffix of the result file names")
@@ -243,13 +258,17 @@ def main() -> None:
     rows = []
     orders = [o.strip() == "2" for o in args.orders.split(",")]
     ks = [int(k) for k in args.partial_channels.split(",")]
+    amps = args.amp.split(",")
+    if any(a not in AMP_MODES for a in amps):
+        p.error(f"--amp: each of {', '.join(AMP_MODES)}")
     for preset in presets:
         for second_order in orders:
             for k in ks:
-                for mode in modes:
-                    rows.append(run_job({**base, "preset": preset, "second_order": second_order, "mode": mode,
-                                         "partial_channels": k}))
-                    results.update(rows=with_ratios(rows))
+                for amp in amps:
+                    for mode in modes:
+                        rows.append(run_job({**base, "preset": preset, "second_order": second_order, "mode": mode,
+                                             "partial_channels": k, "amp": amp}))
+                        results.update(rows=with_ratios(rows))
     with_ratios(rows)
     print_table(rows, f"search step, {args.seq_space} sequential space, {header(device)['device']}")
 
