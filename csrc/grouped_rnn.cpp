@@ -11,12 +11,13 @@
 //   The weights are each unit's own tensors (the modules' parameters, read in place: nothing is concatenated
 //   per call); grad_bias[k] is the gradient of b_ih[k] and of b_hh[k] alike.
 //   output_mask: which of (grad_x, grad_w_ih, grad_w_hh, grad_bias) to compute (as ATen's backwards take it);
-//   grad_x comes back undefined (None) and a list empty when not asked for, and their work is skipped: an
-//   alpha step asks for grad_x only, so the weight GEMMs never run.
+//   A list comes back empty when not asked for, and its work is skipped: an alpha step asks for grad_x only,
+//   so the weight GEMMs never run. grad_x holds one gradient per input (Kx).
 //
 // Layout (time-major inside the op; emodarts/ops/grouped_recurrent.py does the batch_first plumbing):
-//   x      (Kx, T, B, I)   Kx = 1: every unit reads the same input; Kx = K: unit k reads x[k] (the deeper
-//                          layers of multi-layer candidates: per-unit inputs).
+//   x      Kx tensors (T, B, I)   Kx = 1: every unit reads the same input; Kx = K: unit k reads x[k] (the
+//                          deeper layers of multi-layer candidates: per-unit inputs, read in place, so a
+//                          bidirectional layer's two directions read one tensor without a copy).
 //   units  0 .. n_lstm-1 are LSTM (4 gates, PyTorch order i, f, g, o), n_lstm .. K-1 tanh-RNN (1 gate).
 //          Unit k has g_k = 4H or H gate rows: w_ih[k] (g_k, I), w_hh[k] (g_k, H), b_ih[k] and b_hh[k] (g_k,),
 //          its module's own parameters. Its gates take columns [goff_k, goff_k + g_k) of G = sum of g_k.
@@ -80,7 +81,6 @@ using at::Tensor;
 // GEMMs (BLAS or ATen) and the AVX2 switch: csrc/cpu_common.h
 using cpu_common::avx2_enabled;
 using cpu_common::gemm_rm;
-using cpu_common::ptr_or_null;
 using cpu_common::use_blas;
 
 // ---------------------------------------------------------------------------------------------------
@@ -187,15 +187,17 @@ int64_t n_workers(int64_t K) {
 // Unit k's parameters, read in place from the modules' own tensors (no concatenation per call).
 template <typename T>
 struct UnitPtrs {
-  std::vector<const T*> w_ih, w_hh;
-  explicit UnitPtrs(const std::vector<Tensor>& wi, const std::vector<Tensor>& wh) {
+  std::vector<const T*> x, w_ih, w_hh;  // x: Kx inputs (x[0] shared when Kx = 1)
+  UnitPtrs(const std::vector<Tensor>& xs, const std::vector<Tensor>& wi, const std::vector<Tensor>& wh) {
+    for (const auto& t : xs) x.push_back(t.const_data_ptr<T>());
     for (const auto& t : wi) w_ih.push_back(t.const_data_ptr<T>());
     for (const auto& t : wh) w_hh.push_back(t.const_data_ptr<T>());
   }
+  const T* input(const Plan& p, int64_t k) const { return x[p.Kx == 1 ? 0 : k]; }
 };
 
 template <typename T>
-void forward_impl(const Plan& p, const T* x, const UnitPtrs<T>& w, const T* bias, T* hs, T* cs, T* gates) {
+void forward_impl(const Plan& p, const UnitPtrs<T>& w, const T* bias, T* hs, T* cs, T* gates) {
   const bool blas = use_blas();
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
   for_units(p.K, n_workers(p.K), [&](int64_t k, int64_t) {
@@ -204,7 +206,7 @@ void forward_impl(const Plan& p, const T* x, const UnitPtrs<T>& w, const T* bias
     const T* b = bias + go;
     T* gk = gates + TB * go;  // this unit's (T, B, gh) block
     // input projection of every step at once: (TB, gh) = x_k (TB, I) W_ih_k^T
-    gemm_rm<T>(blas, false, true, TB, gh, I, T(1), x + (p.Kx == 1 ? 0 : k * TB * I), I, w.w_ih[k], I, T(0), gk, gh);
+    gemm_rm<T>(blas, false, true, TB, gh, I, T(1), w.input(p, k), I, w.w_ih[k], I, T(0), gk, gh);
     T* hk = hs + k * T_ * BH;
     T* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
     for (int64_t s = 0; s < T_; ++s) {
@@ -221,17 +223,18 @@ void forward_impl(const Plan& p, const T* x, const UnitPtrs<T>& w, const T* bias
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(const Tensor& x_, at::TensorList w_ih_, at::TensorList w_hh_,
+std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(at::TensorList xs_, at::TensorList w_ih_, at::TensorList w_hh_,
                                                        at::TensorList b_ih_, at::TensorList b_hh_, int64_t n_lstm,
                                                        at::IntArrayRef reverse) {
-  const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
+  const Plan p = make_plan(xs_, w_ih_, w_hh_, n_lstm, reverse);
+  const Tensor& x_ = xs_[0];
+  check_list(xs_, x_, "x");
   check_list(w_ih_, x_, "w_ih");
   check_list(w_hh_, x_, "w_hh");
   check_biases(p, b_ih_, b_hh_, x_);
   TORCH_CHECK(x_.device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", x_.device());
-  const Tensor x = x_.contiguous();
-  const std::vector<Tensor> w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
-  auto opts = x.options();
+  const std::vector<Tensor> xs = contiguous_all(xs_), w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
+  auto opts = x_.options();
   Tensor hs = at::empty({p.K, p.T, p.B, p.H}, opts);
   Tensor cs = at::empty({p.KL, p.T, p.B, p.H}, opts);
   Tensor gates = at::empty({p.T * p.B * p.G}, opts);
@@ -240,9 +243,8 @@ std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(const Tensor& x_, at::Ten
     Tensor rows = bias.narrow(0, p.goff[k], p.gh[k]);
     at::add_out(rows, b_ih_[k], b_hh_[k]);
   }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_rnn_forward", [&] {
-    forward_impl<scalar_t>(p, x.const_data_ptr<scalar_t>(), UnitPtrs<scalar_t>(w_ih, w_hh),
-                           bias.const_data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES(x_.scalar_type(), "grouped_rnn_forward", [&] {
+    forward_impl<scalar_t>(p, UnitPtrs<scalar_t>(xs, w_ih, w_hh), bias.const_data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
                            gates.data_ptr<scalar_t>());
   });
   return {hs, cs, gates};
@@ -263,8 +265,8 @@ struct UnitGrads {
 };
 
 template <typename T>
-void backward_impl(const Plan& p, const T* gh_all, const T* x, const UnitPtrs<T>& w, const T* hs, const T* cs,
-                   const T* gates, T* dx, const UnitGrads<T>& d, T* dgates, T* scratch, int64_t workers) {
+void backward_impl(const Plan& p, const T* gh_all, const UnitPtrs<T>& w, const T* hs, const T* cs, const T* gates,
+                   const std::vector<T*>& dx, const UnitGrads<T>& d, T* dgates, T* scratch, int64_t workers) {
   const bool blas = use_blas();
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
   for_units(p.K, workers, [&](int64_t k, int64_t wk) {
@@ -302,10 +304,10 @@ void backward_impl(const Plan& p, const T* gh_all, const T* x, const UnitPtrs<T>
       else
         std::fill(d.dw_hh[k], d.dw_hh[k] + gh * H, T(0));
     }
-    const T* xk = x + (p.Kx == 1 ? 0 : k * TB * I);
-    if (!d.dw_ih.empty()) gemm_rm<T>(blas, true, false, gh, I, TB, T(1), dgk, gh, xk, I, T(0), d.dw_ih[k], I);
-    if (dx && p.Kx != 1)  // dx of this unit's own input
-      gemm_rm<T>(blas, false, false, TB, I, gh, T(1), dgk, gh, w.w_ih[k], I, T(0), dx + k * TB * I, I);
+    if (!d.dw_ih.empty())
+      gemm_rm<T>(blas, true, false, gh, I, TB, T(1), dgk, gh, w.input(p, k), I, T(0), d.dw_ih[k], I);
+    if (!dx.empty() && p.Kx != 1)  // dx of this unit's own input
+      gemm_rm<T>(blas, false, false, TB, I, gh, T(1), dgk, gh, w.w_ih[k], I, T(0), dx[k], I);
     if (d.db.empty()) return;
     // bias: column sums of the d gates
     T* dbk = d.db[k];
@@ -315,10 +317,10 @@ void backward_impl(const Plan& p, const T* gh_all, const T* x, const UnitPtrs<T>
       for (int64_t j = 0; j < gh; ++j) dbk[j] += row[j];
     }
   });
-  if (dx && p.Kx == 1) {  // dx of the shared input = sum_k dgates_k W_ih_k, accumulated in unit order (deterministic)
+  if (!dx.empty() && p.Kx == 1) {  // dx of the shared input = sum_k dgates_k W_ih_k, in unit order (deterministic)
     for (int64_t k = 0; k < p.K; ++k)
       gemm_rm<T>(blas, false, false, TB, I, p.gh[k], T(1), dgates + TB * p.goff[k], p.gh[k], w.w_ih[k], I,
-                 k == 0 ? T(0) : T(1), dx, I);
+                 k == 0 ? T(0) : T(1), dx[0], I);
   }
 }
 
@@ -330,31 +332,30 @@ std::vector<Tensor> per_unit_like(const std::vector<Tensor>& like, bool wanted) 
   return out;
 }
 
-std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> grouped_rnn_backward(
-    const Tensor& grad_hs_, const Tensor& x_, at::TensorList w_ih_, at::TensorList w_hh_, const Tensor& hs_,
+std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> grouped_rnn_backward(
+    const Tensor& grad_hs_, at::TensorList xs_, at::TensorList w_ih_, at::TensorList w_hh_, const Tensor& hs_,
     const Tensor& cs_, const Tensor& gates_, int64_t n_lstm, at::IntArrayRef reverse,
     std::array<bool, 4> output_mask) {
-  const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
-  TORCH_CHECK(x_.device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", x_.device());
-  check_saved(p, x_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
-  const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(),
-               gates = gates_.contiguous();
-  const std::vector<Tensor> w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
-  auto opts = x.options();
-  Tensor dx;  // undefined (None) unless asked for
-  if (output_mask[0]) dx = at::empty_like(x);
-  std::vector<Tensor> dw_ih = per_unit_like(w_ih, output_mask[1]), dw_hh = per_unit_like(w_hh, output_mask[2]), db;
+  const Plan p = make_plan(xs_, w_ih_, w_hh_, n_lstm, reverse);
+  TORCH_CHECK(xs_[0].device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", xs_[0].device());
+  check_saved(p, xs_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
+  const Tensor gh = grad_hs_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
+  const std::vector<Tensor> xs = contiguous_all(xs_), w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
+  auto opts = xs[0].options();
+  std::vector<Tensor> dx = per_unit_like(xs, output_mask[0]), dw_ih = per_unit_like(w_ih, output_mask[1]),
+                      dw_hh = per_unit_like(w_hh, output_mask[2]), db;
   if (output_mask[3])
     for (int64_t k = 0; k < p.K; ++k) db.push_back(at::empty({p.gh[k]}, opts));
   if (!(output_mask[0] || output_mask[1] || output_mask[2] || output_mask[3])) return {dx, dw_ih, dw_hh, db};
   Tensor dgates = at::empty({p.T * p.B * p.G}, opts);
   const int64_t workers = n_workers(p.K);
   Tensor scratch = at::empty({workers, 2, p.B, p.H}, opts);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grouped_rnn_backward", [&] {
-    backward_impl<scalar_t>(p, gh.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                            UnitPtrs<scalar_t>(w_ih, w_hh), hs.const_data_ptr<scalar_t>(),
-                            cs.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
-                            ptr_or_null<scalar_t>(dx), UnitGrads<scalar_t>(dw_ih, dw_hh, db),
+  AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "grouped_rnn_backward", [&] {
+    std::vector<scalar_t*> dxp;
+    for (auto& t : dx) dxp.push_back(t.data_ptr<scalar_t>());
+    backward_impl<scalar_t>(p, gh.const_data_ptr<scalar_t>(), UnitPtrs<scalar_t>(xs, w_ih, w_hh),
+                            hs.const_data_ptr<scalar_t>(), cs.const_data_ptr<scalar_t>(),
+                            gates.const_data_ptr<scalar_t>(), dxp, UnitGrads<scalar_t>(dw_ih, dw_hh, db),
                             dgates.data_ptr<scalar_t>(), scratch.data_ptr<scalar_t>(), workers);
   });
   return {dx, dw_ih, dw_hh, db};
@@ -370,11 +371,11 @@ std::string grouped_rnn_cpu_gemm() { return use_blas() ? "blas" : "aten"; }
 // FRAGMENT: the namespace is shared with the mixed-sum ops (csrc/mixed_sum.cpp) and the CUDA kernels.
 TORCH_LIBRARY_FRAGMENT(emodarts, m) {
   m.def(
-      "grouped_rnn_forward(Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor[] b_ih, Tensor[] b_hh, int n_lstm, "
+      "grouped_rnn_forward(Tensor[] x, Tensor[] w_ih, Tensor[] w_hh, Tensor[] b_ih, Tensor[] b_hh, int n_lstm, "
       "int[] reverse) -> (Tensor hs, Tensor cs, Tensor gates)");
   m.def(
-      "grouped_rnn_backward(Tensor grad_hs, Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor hs, Tensor cs, "
-      "Tensor gates, int n_lstm, int[] reverse, bool[4] output_mask) -> (Tensor grad_x, Tensor[] grad_w_ih, "
+      "grouped_rnn_backward(Tensor grad_hs, Tensor[] x, Tensor[] w_ih, Tensor[] w_hh, Tensor hs, Tensor cs, "
+      "Tensor gates, int n_lstm, int[] reverse, bool[4] output_mask) -> (Tensor[] grad_x, Tensor[] grad_w_ih, "
       "Tensor[] grad_w_hh, Tensor[] grad_bias)");
   m.def("grouped_rnn_cpu_gemm() -> str", &emodarts::grouped_rnn_cpu::grouped_rnn_cpu_gemm);
 }

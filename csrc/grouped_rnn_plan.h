@@ -9,10 +9,15 @@ struct Plan {
   std::vector<bool> rev;
 };
 
-// x (Kx, T, B, I); w_ih[k] (g_k, I) and w_hh[k] (g_k, H): unit k's own parameters, g_k = 4H (LSTM) or H
-inline Plan make_plan(const Tensor& x, at::TensorList w_ih, at::TensorList w_hh, int64_t n_lstm,
+// x: Kx inputs (T, B, I), one read by every unit (Kx = 1) or one per unit (Kx = K); w_ih[k] (g_k, I) and
+// w_hh[k] (g_k, H): unit k's own parameters, g_k = 4H (LSTM) or H
+inline Plan make_plan(at::TensorList xs, at::TensorList w_ih, at::TensorList w_hh, int64_t n_lstm,
                       at::IntArrayRef reverse) {
-  TORCH_CHECK(x.dim() == 4, "grouped_rnn: x must be (Kx, T, B, I), got ", x.sizes());
+  TORCH_CHECK(!xs.empty(), "grouped_rnn: no input");
+  const Tensor& x = xs[0];
+  TORCH_CHECK(x.dim() == 3, "grouped_rnn: each x must be (T, B, I), got ", x.sizes());
+  for (const auto& xk : xs)
+    TORCH_CHECK(xk.sizes() == x.sizes(), "grouped_rnn: the inputs differ in shape: ", xk.sizes(), " and ", x.sizes());
   Plan p;
   p.K = static_cast<int64_t>(reverse.size());
   TORCH_CHECK(p.K >= 1, "grouped_rnn: needs at least one unit");
@@ -20,10 +25,10 @@ inline Plan make_plan(const Tensor& x, at::TensorList w_ih, at::TensorList w_hh,
               "grouped_rnn: ", p.K, " units but ", w_ih.size(), " w_ih and ", w_hh.size(), " w_hh");
   TORCH_CHECK(w_hh[0].dim() == 2, "grouped_rnn: w_hh[0] must be 2-D, got ", w_hh[0].sizes());
   p.KL = n_lstm;
-  p.Kx = x.size(0);
-  p.T = x.size(1);
-  p.B = x.size(2);
-  p.I = x.size(3);
+  p.Kx = static_cast<int64_t>(xs.size());
+  p.T = x.size(0);
+  p.B = x.size(1);
+  p.I = x.size(2);
   p.H = w_hh[0].size(1);
   TORCH_CHECK(0 <= p.KL && p.KL <= p.K, "grouped_rnn: n_lstm = ", p.KL, " outside [0, ", p.K, "]");
   TORCH_CHECK(p.Kx == 1 || p.Kx == p.K, "grouped_rnn: x holds ", p.Kx, " inputs for ", p.K, " units");
@@ -69,8 +74,10 @@ inline void check_biases(const Plan& p, at::TensorList b_ih, at::TensorList b_hh
 }
 
 // backward: the output gradient, the weights and the state forward saved must match x and the plan
-inline void check_saved(const Plan& p, const Tensor& x_, const Tensor& grad_hs_, at::TensorList w_ih_,
+inline void check_saved(const Plan& p, at::TensorList xs, const Tensor& grad_hs_, at::TensorList w_ih_,
                         at::TensorList w_hh_, const Tensor& hs_, const Tensor& cs_, const Tensor& gates_) {
+  const Tensor& x_ = xs[0];
+  check_list(xs, x_, "x");
   check_list(w_ih_, x_, "w_ih");
   check_list(w_hh_, x_, "w_hh");
   for (const auto& pr : {std::make_pair(&grad_hs_, "grad_hs"), std::make_pair(&hs_, "hs"), std::make_pair(&cs_, "cs"),

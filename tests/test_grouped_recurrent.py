@@ -196,7 +196,8 @@ def test_unused_outputs_and_no_grad(ops):
 
 
 def _layer_inputs(kx, n_lstm=2, n_rnn=1, t=3, b=2, h=3, i=4, seed=0, device="cpu"):
-    """x and the per-unit lists w_ih, w_hh, b_ih, b_hh of one group (float64, requiring grad)."""
+    """The inputs (kx tensors (T, B, I)) and the per-unit lists w_ih, w_hh, b_ih, b_hh of one group (float64,
+    requiring grad)."""
     gen = torch.Generator().manual_seed(seed)
     k = n_lstm + n_rnn
     rows = [4 * h] * n_lstm + [h] * n_rnn
@@ -204,23 +205,37 @@ def _layer_inputs(kx, n_lstm=2, n_rnn=1, t=3, b=2, h=3, i=4, seed=0, device="cpu
     def r(*shape):
         return (0.5 * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(device).requires_grad_(True)
 
-    return (r(kx, t, b, i), [r(g, i) for g in rows], [r(g, h) for g in rows], [r(g) for g in rows],
+    return ([r(t, b, i) for _ in range(kx)], [r(g, i) for g in rows], [r(g, h) for g in rows], [r(g) for g in rows],
             [r(g) for g in rows], n_lstm, [u % 2 for u in range(k)])
 
 
-def _layer_fn(k, n_lstm, rev):
-    """grouped_rnn_layer of flat arguments (x, then the four lists of k tensors), for gradcheck."""
-    def fn(x, *flat):
-        return gr.grouped_rnn_layer(x, *[list(flat[j * k:(j + 1) * k]) for j in range(4)], n_lstm, rev)
+def _layer_fn(kx, k, n_lstm, rev):
+    """grouped_rnn_layer of flat arguments (the kx inputs, then the four lists of k tensors), for gradcheck."""
+    def fn(*flat):
+        xs, rest = list(flat[:kx]), flat[kx:]
+        return gr.grouped_rnn_layer(xs, *[list(rest[j * k:(j + 1) * k]) for j in range(4)], n_lstm, rev)
 
     return fn
 
 
 @pytest.mark.parametrize("per_unit", [False, True], ids=["shared_input", "per_unit_input"])
 def test_gradcheck_layer(ops, per_unit):
-    x, w_ih, w_hh, b_ih, b_hh, n_lstm, rev = _layer_inputs(3 if per_unit else 1)
-    assert torch.autograd.gradcheck(_layer_fn(len(rev), n_lstm, rev), (x, *w_ih, *w_hh, *b_ih, *b_hh),
+    xs, w_ih, w_hh, b_ih, b_hh, n_lstm, rev = _layer_inputs(3 if per_unit else 1)
+    assert torch.autograd.gradcheck(_layer_fn(len(xs), len(rev), n_lstm, rev), (*xs, *w_ih, *w_hh, *b_ih, *b_hh),
                                     eps=1e-6, atol=1e-8)
+
+
+def test_one_input_read_by_two_units(ops):
+    """A bidirectional layer's two directions read one tensor: passed twice, read in place, and its gradient is
+    the sum of both units' (gradcheck)."""
+    xs, w_ih, w_hh, b_ih, b_hh, n_lstm, rev = _layer_inputs(2)
+    shared, other = xs
+    k = len(rev)
+
+    def fn(x0, x1, *rest):
+        return gr.grouped_rnn_layer([x0, x0, x1], *[list(rest[j * k:(j + 1) * k]) for j in range(4)], n_lstm, rev)
+
+    assert torch.autograd.gradcheck(fn, (shared, other, *w_ih, *w_hh, *b_ih, *b_hh), eps=1e-6, atol=1e-8)
 
 
 class _Group(nn.Module):
@@ -247,18 +262,18 @@ def test_gradcheck_modules(ops):
 
 
 def test_opcheck(ops):
-    x, w_ih, w_hh, b_ih, b_hh, n_lstm, rev = _layer_inputs(1)
-    torch.library.opcheck(torch.ops.emodarts.grouped_rnn_forward.default, (x, w_ih, w_hh, b_ih, b_hh, n_lstm, rev))
-    xs, w_ih2, w_hh2, b_ih2, b_hh2, _, _ = _layer_inputs(3, seed=1)
+    xs, w_ih, w_hh, b_ih, b_hh, n_lstm, rev = _layer_inputs(1)
+    torch.library.opcheck(torch.ops.emodarts.grouped_rnn_forward.default, (xs, w_ih, w_hh, b_ih, b_hh, n_lstm, rev))
+    xs3, w_ih2, w_hh2, b_ih2, b_hh2, _, _ = _layer_inputs(3, seed=1)
     torch.library.opcheck(torch.ops.emodarts.grouped_rnn_forward.default,
-                          (xs, w_ih2, w_hh2, b_ih2, b_hh2, n_lstm, rev))
+                          (xs3, w_ih2, w_hh2, b_ih2, b_hh2, n_lstm, rev))
     with torch.no_grad():
-        hs, cs, gates = torch.ops.emodarts.grouped_rnn_forward(x, w_ih, w_hh, b_ih, b_hh, n_lstm, rev)
+        hs, cs, gates = torch.ops.emodarts.grouped_rnn_forward(xs, w_ih, w_hh, b_ih, b_hh, n_lstm, rev)
     detached = [[w.detach() for w in ws] for ws in (w_ih, w_hh)]
     for mask in ([True] * 4, [True, False, False, False]):  # a weight step's and an alpha step's
         torch.library.opcheck(
             torch.ops.emodarts.grouped_rnn_backward.default,
-            (torch.randn_like(hs), x.detach(), *detached, hs, cs, gates, n_lstm, rev, mask),
+            (torch.randn_like(hs), [x.detach() for x in xs], *detached, hs, cs, gates, n_lstm, rev, mask),
         )
 
 
@@ -323,8 +338,8 @@ def test_cuda_matches_torch(ops, dtype, monkeypatch):
 def test_cuda_per_unit_gradcheck(ops):
     gr.ensure_cuda()
     for kx in (1, 3):
-        x, w_ih, w_hh, b_ih, b_hh, n_lstm, rev = _layer_inputs(kx, device="cuda")
-        assert torch.autograd.gradcheck(_layer_fn(len(rev), n_lstm, rev), (x, *w_ih, *w_hh, *b_ih, *b_hh),
+        xs, w_ih, w_hh, b_ih, b_hh, n_lstm, rev = _layer_inputs(kx, device="cuda")
+        assert torch.autograd.gradcheck(_layer_fn(kx, len(rev), n_lstm, rev), (*xs, *w_ih, *w_hh, *b_ih, *b_hh),
                                         eps=1e-6, atol=1e-8)
 
 

@@ -201,20 +201,23 @@ RevBits rev_bits(const Plan& p) {
 // ---------------------------------------------------------------------------------------------------
 // forward
 
-std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(const Tensor& x_, at::TensorList w_ih_,
+std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(at::TensorList xs_, at::TensorList w_ih_,
                                                             at::TensorList w_hh_, at::TensorList b_ih_,
                                                             at::TensorList b_hh_, int64_t n_lstm,
                                                             at::IntArrayRef reverse) {
+  const Plan p = make_plan(xs_, w_ih_, w_hh_, n_lstm, reverse);
+  const Tensor& x_ = xs_[0];
   TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());  // allocations, GEMMs, launches on x's GPU, not the current one
-  const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
+  check_list(xs_, x_, "x");
   check_list(w_ih_, x_, "w_ih");
   check_list(w_hh_, x_, "w_hh");
   check_biases(p, b_ih_, b_hh_, x_);
   TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
               "grouped_rnn (CUDA): float32 or float64 only, got ", x_.scalar_type());
   // the batched GEMMs read every unit's weights as one strided stack: one device-side concatenation per call
-  const Tensor x = x_.contiguous(), w_ih = at::cat(w_ih_), w_hh = at::cat(w_hh_),
+  // the batched GEMMs read the inputs as one (Kx, T, B, I) stack
+  const Tensor x = at::stack(xs_), w_ih = at::cat(w_ih_), w_hh = at::cat(w_hh_),
                bias = at::cat(b_ih_) + at::cat(b_hh_);
   const int64_t T_ = p.T, B = p.B, H = p.H, G = p.G, I = p.I, TB = T_ * B;
   auto opts = x.options();
@@ -270,15 +273,15 @@ std::vector<Tensor> per_unit(const Tensor& t, const Plan& p) {
   return out;
 }
 
-std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> grouped_rnn_backward_cuda(
-    const Tensor& grad_hs_, const Tensor& x_, at::TensorList w_ih_, at::TensorList w_hh_, const Tensor& hs_,
+std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> grouped_rnn_backward_cuda(
+    const Tensor& grad_hs_, at::TensorList xs_, at::TensorList w_ih_, at::TensorList w_hh_, const Tensor& hs_,
     const Tensor& cs_, const Tensor& gates_, int64_t n_lstm, at::IntArrayRef reverse,
     std::array<bool, 4> output_mask) {
-  TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
-  const c10::cuda::CUDAGuard guard(x_.device());
-  const Plan p = make_plan(x_, w_ih_, w_hh_, n_lstm, reverse);
-  check_saved(p, x_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
-  const Tensor gh = grad_hs_.contiguous(), x = x_.contiguous(), w_ih = at::cat(w_ih_), w_hh = at::cat(w_hh_),
+  const Plan p = make_plan(xs_, w_ih_, w_hh_, n_lstm, reverse);
+  TORCH_CHECK(xs_[0].is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", xs_[0].device());
+  const c10::cuda::CUDAGuard guard(xs_[0].device());
+  check_saved(p, xs_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
+  const Tensor gh = grad_hs_.contiguous(), x = at::stack(xs_), w_ih = at::cat(w_ih_), w_hh = at::cat(w_hh_),
                hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
   const int64_t T_ = p.T, B = p.B, H = p.H, G = p.G, I = p.I, TB = T_ * B;
   auto opts = x.options();
@@ -350,7 +353,9 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>
       }
     }
   }
-  return {dx, per_unit(dw_ih, p), per_unit(dw_hh, p), per_unit(db, p)};
+  std::vector<Tensor> dxs;  // one per input, views of the (Kx, T, B, I) result
+  if (dx.defined()) dxs = dx.unbind(0);
+  return {dxs, per_unit(dw_ih, p), per_unit(dw_hh, p), per_unit(db, p)};
 }
 
 }  // namespace

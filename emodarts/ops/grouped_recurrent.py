@@ -90,25 +90,26 @@ def cpu_gemm_path() -> str:
     return ops().grouped_rnn_cpu_gemm()
 
 
-def _fwd_fake(x, w_ih, w_hh, b_ih, b_hh, n_lstm, reverse):
-    k, t, b, h = len(reverse), x.shape[1], x.shape[2], w_hh[0].shape[1]
+def _fwd_fake(xs, w_ih, w_hh, b_ih, b_hh, n_lstm, reverse):
+    x = xs[0]
+    k, t, b, h = len(reverse), x.shape[0], x.shape[1], w_hh[0].shape[1]
     g = sum(w.shape[0] for w in w_hh)
     return (x.new_empty((k, t, b, h)), x.new_empty((n_lstm, t, b, h)), x.new_empty((t * b * g,)))
 
 
-def _bwd_fake(grad_hs, x, w_ih, w_hh, hs, cs, gates, n_lstm, reverse, output_mask):
+def _bwd_fake(grad_hs, xs, w_ih, w_hh, hs, cs, gates, n_lstm, reverse, output_mask):
     need_x, need_wi, need_wh, need_b = output_mask
-    return (x.new_empty(x.shape) if need_x else None,
+    return ([x.new_empty(x.shape) for x in xs] if need_x else [],
             [w.new_empty(w.shape) for w in w_ih] if need_wi else [],
             [w.new_empty(w.shape) for w in w_hh] if need_wh else [],
             [w.new_empty((w.shape[0],)) for w in w_hh] if need_b else [])
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, b_ih, b_hh, n_lstm, reverse = inputs
+    xs, w_ih, w_hh, b_ih, b_hh, n_lstm, reverse = inputs
     hs, cs, gates = output
-    ctx.save_for_backward(x, hs, cs, gates, *w_ih, *w_hh)
-    ctx.n_lstm, ctx.reverse, ctx.k = int(n_lstm), list(reverse), len(w_ih)
+    ctx.save_for_backward(hs, cs, gates, *xs, *w_ih, *w_hh)
+    ctx.n_lstm, ctx.reverse, ctx.k, ctx.kx = int(n_lstm), list(reverse), len(w_ih), len(xs)
     ctx.mark_non_differentiable(cs, gates)  # saved state, not results
     ctx.set_materialize_grads(False)
 
@@ -119,32 +120,34 @@ def _per_unit(grads: List[Tensor], need: List[bool]) -> List[Optional[Tensor]]:
 
 
 def _backward(ctx, grad_hs, grad_cs, grad_gates):
-    x, hs, cs, gates, *weights = ctx.saved_tensors
-    k = ctx.k
-    w_ih, w_hh = weights[:k], weights[k:]
-    need = wanted(ctx)  # x, then w_ih, w_hh, b_ih, b_hh per unit: an alpha step wants x's only
-    n_x, n_wi, n_wh, n_bi, n_bh = need[0], need[1:1 + k], need[1 + k:1 + 2 * k], need[1 + 2 * k:1 + 3 * k], need[1 + 3 * k:]
+    hs, cs, gates, *tensors = ctx.saved_tensors
+    k, kx = ctx.k, ctx.kx
+    xs, w_ih, w_hh = tensors[:kx], tensors[kx:kx + k], tensors[kx + k:]
+    need = wanted(ctx)  # the inputs, then w_ih, w_hh, b_ih, b_hh per unit: an alpha step wants the inputs' only
+    n_x, n_wi, n_wh, n_bi, n_bh = (need[:kx], need[kx:kx + k], need[kx + k:kx + 2 * k], need[kx + 2 * k:kx + 3 * k],
+                                   need[kx + 3 * k:])
     if grad_hs is None or not any(need):
-        return None, [None] * k, [None] * k, [None] * k, [None] * k, None, None
-    mask = [n_x, any(n_wi), any(n_wh), any(n_bi) or any(n_bh)]
+        return [None] * kx, [None] * k, [None] * k, [None] * k, [None] * k, None, None
+    mask = [any(n_x), any(n_wi), any(n_wh), any(n_bi) or any(n_bh)]
     gx, gwi, gwh, gb = torch.ops.emodarts.grouped_rnn_backward(
-        grad_hs.contiguous(), x, w_ih, w_hh, hs, cs, gates, ctx.n_lstm, ctx.reverse, mask)
+        grad_hs.contiguous(), xs, w_ih, w_hh, hs, cs, gates, ctx.n_lstm, ctx.reverse, mask)
     # b_ih and b_hh get the same gradient, as two tensors: an optimiser or clip_grad_norm_ scales grads in place
-    return (gx, _per_unit(gwi, n_wi), _per_unit(gwh, n_wh), _per_unit(gb, n_bi),
+    return (_per_unit(gx, n_x), _per_unit(gwi, n_wi), _per_unit(gwh, n_wh), _per_unit(gb, n_bi),
             _per_unit([g.clone() for g in gb], n_bh), None, None)
 
 
-def grouped_rnn_layer(x: Tensor, w_ih: Sequence[Tensor], w_hh: Sequence[Tensor], b_ih: Sequence[Tensor],
+def grouped_rnn_layer(xs: Sequence[Tensor], w_ih: Sequence[Tensor], w_hh: Sequence[Tensor], b_ih: Sequence[Tensor],
                       b_hh: Sequence[Tensor], n_lstm: int, reverse: Sequence[int]) -> Tensor:
-    """One group, time-major: x (Kx, T, B, I) -> hs (K, T, B, H) (see csrc/grouped_rnn.cpp for the layout).
+    """One group, time-major: inputs xs (T, B, I), one shared by every unit or one per unit (the same tensor may
+    appear twice, read in place) -> hs (K, T, B, H) (see csrc/grouped_rnn.cpp for the layout).
 
     Units 0..n_lstm-1 are LSTM, the rest tanh-RNN; w_ih[k] (g_k, I), w_hh[k] (g_k, H), b_ih[k] and b_hh[k]
     (g_k,) are unit k's own parameters (g_k = 4H or H), read in place; reverse[k] != 0 runs unit k backwards
     in time."""
     o = ops()
-    if x.device.type == "cuda":
+    if xs[0].device.type == "cuda":
         ensure_cuda()
-    hs, _, _ = o.grouped_rnn_forward(x.contiguous(), list(w_ih), list(w_hh), list(b_ih), list(b_hh), int(n_lstm),
+    hs, _, _ = o.grouped_rnn_forward([x.contiguous() for x in xs], list(w_ih), list(w_hh), list(b_ih), list(b_hh), int(n_lstm),
                                      [int(r) for r in reverse])
     return hs
 
@@ -191,11 +194,11 @@ def _units(mods: Sequence[nn.Module]) -> List[_Unit]:
     return units
 
 
-def _run_group(x: Tensor, units: List[_Unit]) -> Dict[Tuple[int, int, bool], Tensor]:
+def _run_group(xs: List[Tensor], units: List[_Unit]) -> Dict[Tuple[int, int, bool], Tensor]:
     """Run one group (units already sorted LSTM first, forward first); returns (module, layer, rev) -> (T, B, H)."""
     n_lstm = sum(u.lstm for u in units)
     zeros = [u.w_hh.new_zeros(u.w_hh.shape[0]) if u.b_ih is None else None for u in units]  # modules without bias
-    hs = grouped_rnn_layer(x, [u.w_ih for u in units], [u.w_hh for u in units],
+    hs = grouped_rnn_layer(xs, [u.w_ih for u in units], [u.w_hh for u in units],
                            [u.b_ih if z is None else z for u, z in zip(units, zeros)],
                            [u.b_hh if z is None else z for u, z in zip(units, zeros)],
                            n_lstm, [int(u.reverse) for u in units])
@@ -209,7 +212,7 @@ def _sorted(units: List[_Unit]) -> List[_Unit]:
 def _grouped_same_hidden(x_tm: Tensor, mods: Sequence[nn.Module]) -> List[Tensor]:
     """Time-major x (T, B, I), modules of one hidden size -> time-major outputs (T, B, D)."""
     units = _units(mods)
-    out: Dict[Tuple[int, int, bool], Tensor] = _run_group(x_tm.unsqueeze(0), _sorted([u for u in units if u.layer == 0]))
+    out: Dict[Tuple[int, int, bool], Tensor] = _run_group([x_tm], _sorted([u for u in units if u.layer == 0]))
 
     def layer_output(i: int, layer: int) -> Tensor:
         if mods[i].bidirectional:
@@ -228,8 +231,7 @@ def _grouped_same_hidden(x_tm: Tensor, mods: Sequence[nn.Module]) -> List[Tensor
             inputs[i] = h
         for width in sorted({inputs[u.module].shape[-1] for u in deeper}):
             group = _sorted([u for u in deeper if inputs[u.module].shape[-1] == width])
-            xg = torch.stack([inputs[u.module] for u in group])
-            out.update(_run_group(xg, group))
+            out.update(_run_group([inputs[u.module] for u in group], group))
     return [layer_output(i, m.num_layers - 1) for i, m in enumerate(mods)]
 
 
