@@ -194,12 +194,18 @@ WEIGHT_MASKS = {  # kernel -> which output-mask entries are weight gradients
 }
 
 
-def test_alpha_step_computes_no_weight_gradient():
+def _kernel_calls_of_a_step(into) -> KernelCalls:
+    """The kernels a tiny supernet's backward into `into(model)` calls (an alpha or a weight step's)."""
     model = _supernet()
     x, y = torch.randn(3, 1, 16, 20), torch.tensor([0, 1, 3])
     loss = nn.functional.cross_entropy(model(x), y)
     with KernelCalls() as spy:
-        torch.autograd.grad(loss, model.arch_parameters())
+        torch.autograd.grad(loss, into(model))
+    return spy
+
+
+def test_alpha_step_computes_no_weight_gradient():
+    spy = _kernel_calls_of_a_step(lambda m: m.arch_parameters())
     called = [k for k in WEIGHT_MASKS if k in spy.calls]
     assert "grouped_rnn_backward" in called and "multi_dw_bwd" in called and "pointwise_bwd" in called
     for kernel in called:
@@ -208,10 +214,6 @@ def test_alpha_step_computes_no_weight_gradient():
 
 
 def test_weight_step_computes_no_alpha_gradient():
-    model = _supernet()
-    x, y = torch.randn(3, 1, 16, 20), torch.tensor([0, 1, 3])
-    loss = nn.functional.cross_entropy(model(x), y)
-    with KernelCalls() as spy:
-        torch.autograd.grad(loss, model.weights())
+    spy = _kernel_calls_of_a_step(lambda m: m.weights())
     assert spy.calls["mixed_sum_bwd"]
     assert not any(args[-1][1] for args in spy.calls["mixed_sum_bwd"]), "a weight step asked for an alpha gradient"
