@@ -7,10 +7,22 @@ The fused ops ask the engine, per tensor input, whether the node that input feed
 answer to their kernels as an output mask (as ATen's own backwards take `output_mask`), so a gradient
 nobody asked for is never computed.
 """
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+
+def _runs(node) -> bool:
+    """Whether the engine will run `node` (an input's grad_fn or AccumulateGrad) in the current backward."""
+    if node is None:  # the input does not require a gradient
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except RuntimeError:
+        # a leaf that torch.autograd.grad captures (the engine refuses to answer for it: it is wanted), or no
+        # backward running (a backward traced ahead of time): wanted
+        return True
 
 
 def wanted(ctx) -> List[bool]:
@@ -20,16 +32,14 @@ def wanted(ctx) -> List[bool]:
     False when the input does not require a gradient, or when the engine will not run the node the input
     feeds in the current backward. Outside the engine (a backward traced ahead of time, as
     torch.compile does) every input that requires a gradient is wanted."""
-    flags = []
-    for node, _ in ctx.next_functions:
-        if node is None:
-            flags.append(False)
-            continue
-        try:
-            flags.append(bool(torch._C._will_engine_execute_node(node)))
-        except RuntimeError:  # not called by the autograd engine: no graph task to ask
-            flags.append(True)
-    return flags
+    return [_runs(node) for node, _ in ctx.next_functions]
+
+
+def wanted_any(ctx, spans: Sequence[Tuple[int, int]]) -> List[bool]:
+    """For each [start, stop) span of tensor inputs (a kind: the inputs, the weights, ...), whether any of
+    them is wanted; asks the engine only until one is (a weight step's first weight answers for all)."""
+    nodes = [node for node, _ in ctx.next_functions]
+    return [any(_runs(node) for node in nodes[a:b]) for a, b in spans]
 
 
 def spread(grads: Sequence[Tensor], need: Sequence[bool]) -> List[Optional[Tensor]]:

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emodarts.ops.grad_need import wanted
+from emodarts.ops.grad_need import wanted_any
 
 # --------------------------------------------------------------------------------------------------
 # the reference twin
@@ -114,26 +114,25 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _per_unit(grads: List[Tensor], need: List[bool]) -> List[Optional[Tensor]]:
-    """A kernel's per-unit gradients (an empty list: none computed) -> the wanted ones, None elsewhere."""
-    return [g if n else None for g, n in zip(grads, need)] if grads else [None] * len(need)
+def _per_unit(grads: List[Tensor], n: int) -> List[Optional[Tensor]]:
+    """A kernel's n per-unit gradients, or n Nones when it computed none (an empty list)."""
+    return list(grads) if grads else [None] * n
 
 
 def _backward(ctx, grad_hs, grad_cs, grad_gates):
     hs, cs, gates, *tensors = ctx.saved_tensors
     k, kx = ctx.k, ctx.kx
     xs, w_ih, w_hh = tensors[:kx], tensors[kx:kx + k], tensors[kx + k:]
-    need = wanted(ctx)  # the inputs, then w_ih, w_hh, b_ih, b_hh per unit: an alpha step wants the inputs' only
-    n_x, n_wi, n_wh, n_bi, n_bh = (need[:kx], need[kx:kx + k], need[kx + k:kx + 2 * k], need[kx + 2 * k:kx + 3 * k],
-                                   need[kx + 3 * k:])
-    if grad_hs is None or not any(need):
+    # one flag per kind (the inputs, w_ih, w_hh, the biases: an alpha step wants the inputs' only); a kind the
+    # kernel computes is handed back whole (the engine drops what it does not run: no per-unit questions)
+    mask = wanted_any(ctx, [(0, kx), (kx, kx + k), (kx + k, kx + 2 * k), (kx + 2 * k, kx + 4 * k)])
+    if grad_hs is None or not any(mask):
         return [None] * kx, [None] * k, [None] * k, [None] * k, [None] * k, None, None
-    mask = [any(n_x), any(n_wi), any(n_wh), any(n_bi) or any(n_bh)]
     gx, gwi, gwh, gb = torch.ops.emodarts.grouped_rnn_backward(
         grad_hs.contiguous(), xs, w_ih, w_hh, hs, cs, gates, ctx.n_lstm, ctx.reverse, mask)
     # b_ih and b_hh get the same gradient, as two tensors: an optimiser or clip_grad_norm_ scales grads in place
-    return (_per_unit(gx, n_x), _per_unit(gwi, n_wi), _per_unit(gwh, n_wh), _per_unit(gb, n_bi),
-            _per_unit([g.clone() for g in gb], n_bh), None, None)
+    return (_per_unit(gx, kx), _per_unit(gwi, k), _per_unit(gwh, k), _per_unit(gb, k),
+            _per_unit([g.clone() for g in gb], k), None, None)
 
 
 def grouped_rnn_layer(xs: Sequence[Tensor], w_ih: Sequence[Tensor], w_hh: Sequence[Tensor], b_ih: Sequence[Tensor],
