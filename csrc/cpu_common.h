@@ -41,6 +41,15 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 #define EMODARTS_BEGIN_AVX2_FMA _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma\")")
 #define EMODARTS_END_AVX2_FMA _Pragma("GCC pop_options")
 #endif
+// ... and for AVX-512 (F, with the AVX2/FMA it implies): the third copy, run only when avx512_enabled() says so
+#if defined(__clang__)
+#define EMODARTS_BEGIN_AVX512 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx512f,avx2,fma\"))), apply_to = function)")
+#define EMODARTS_END_AVX512 _Pragma("clang attribute pop")
+#else
+#define EMODARTS_BEGIN_AVX512 _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx2,fma\")")
+#define EMODARTS_END_AVX512 _Pragma("GCC pop_options")
+#endif
 #endif
 
 namespace emodarts {
@@ -106,6 +115,22 @@ inline bool avx2_enabled() {
     if (e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// The AVX-512 copy of the grouped layer's epilogues: on a CPU with AVX-512F where the AVX2 copy runs, unless
+// EMODARTS_GROUPED_NO_AVX512=1.
+inline bool avx512_enabled() {
+#ifdef EMODARTS_CPU_HAVE_AVX2
+  static const bool ok = [] {
+    const char* e = std::getenv("EMODARTS_GROUPED_NO_AVX512");
+    if (e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0) return false;
+    __builtin_cpu_init();
+    return avx2_enabled() && __builtin_cpu_supports("avx512f");
   }();
   return ok;
 #else

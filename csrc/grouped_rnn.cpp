@@ -48,8 +48,8 @@
 // EMODARTS_GROUPED_GEMM=aten, the same GEMMs go through ATen (at::mm_out / addmm_ on strided views of the
 // same buffers). (Measured and dropped: a register-blocked
 // GEMM fused with the epilogue, and MKL's packed GEMM for W_hh; neither beat plain sgemm + epilogue.)
-// The epilogue is vectorised: float32 runs 8 lanes (GCC/Clang vector extensions, csrc/grouped_rnn_kernels.h
-// compiled for the baseline and for AVX2+FMA, picked at run time) with Cephes-style exp/tanh (max rel.
+// The epilogue is vectorised: float32 runs 8 lanes, or 16 on a CPU with AVX-512 (GCC/Clang vector extensions,
+// csrc/grouped_rnn_kernels.h compiled for the baseline, for AVX2+FMA and for AVX-512F, picked at run time) with Cephes-style exp/tanh (max rel.
 // error ~2e-7); float64 calls std::exp/std::tanh per element (the tests' precision path).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -96,9 +96,17 @@ EMODARTS_BEGIN_AVX2_FMA
 #include "grouped_rnn_kernels.h"
 #undef EMODARTS_GRNN_NS
 EMODARTS_END_AVX2_FMA
+
+EMODARTS_BEGIN_AVX512
+#define EMODARTS_GRNN_NS avx512
+#define EMODARTS_GRNN_VEC v16f
+#include "grouped_rnn_kernels.h"
+#undef EMODARTS_GRNN_NS
+EMODARTS_END_AVX512
 #endif
 
-// float32 kernels of one instruction set, picked once at run time (EMODARTS_GROUPED_NO_AVX2=1: baseline)
+// float32 kernels of one instruction set, picked once at run time: AVX-512 (16 lanes) where the CPU has it,
+// else AVX2 (8 lanes), else the baseline (EMODARTS_GROUPED_NO_AVX512=1 / EMODARTS_GROUPED_NO_AVX2=1 step down)
 struct Epi {
   decltype(&baseline::lstm_fwd) lstm_fwd;
   decltype(&baseline::rnn_fwd) rnn_fwd;
@@ -114,6 +122,7 @@ struct Epi {
 const Epi& float_epi() {
   static const Epi epi = [] {
 #ifdef EMODARTS_CPU_HAVE_AVX2
+    if (cpu_common::avx512_enabled()) return EMODARTS_GRNN_EPI(avx512);
     if (avx2_enabled()) return EMODARTS_GRNN_EPI(avx2);
 #endif
     return EMODARTS_GRNN_EPI(baseline);

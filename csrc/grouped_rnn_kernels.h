@@ -1,9 +1,10 @@
 // Kernels of the grouped recurrent layer on the CPU (csrc/grouped_rnn.cpp), written once and compiled once
-// per instruction set: csrc/grouped_rnn.cpp includes this file twice (no include guard, on purpose), into
-// namespace `baseline` and, on x86-64, into namespace `avx2` under `#pragma GCC target("avx2,fma")`. The
-// vectors are GCC/Clang vector extensions of 8 floats: the compiler emits the instructions of the target it
-// is compiling for (two SSE halves in the baseline copy, one AVX2 register and FMAs in the avx2 copy).
-// Before including, define EMODARTS_GRNN_NS (the namespace to fill) and EMO_INLINE.
+// per instruction set: csrc/grouped_rnn.cpp includes this file three times (no include guard, on purpose),
+// into namespace `baseline` and, on x86-64, into namespace `avx2` under `#pragma GCC target("avx2,fma")` and
+// `avx512` under an AVX-512 target. The vectors are GCC/Clang vector extensions of 8 floats (16 in the
+// avx512 copy, EMODARTS_GRNN_VEC = v16f): the compiler emits the instructions of the target it is compiling
+// for (two SSE halves in the baseline copy, one AVX2 register and FMAs in the avx2 copy, one zmm register in
+// the avx512 copy). Before including, define EMODARTS_GRNN_NS (the namespace to fill) and EMO_INLINE.
 
 namespace EMODARTS_GRNN_NS {
 
@@ -213,20 +214,25 @@ EMO_INLINE void rnn_bwd_rows(int64_t B, int64_t H, const T* h, const T* gh, cons
 }
 
 // ---------------------------------------------------------------------------------------------------
-// float32 entry points (what the Epi table of csrc/grouped_rnn.cpp points at)
+// float32 entry points (what the Epi table of csrc/grouped_rnn.cpp points at), on vectors of
+// EMODARTS_GRNN_VEC (v8f unless the including copy says otherwise: v16f in the AVX-512 copy)
 
+#ifndef EMODARTS_GRNN_VEC
+#define EMODARTS_GRNN_VEC v8f
+#endif
 void lstm_fwd(int64_t B, int64_t H, float* g, int64_t ldg, const float* bias, const float* cp, float* c, float* h) {
-  lstm_fwd_rows<v8f, float>(B, H, g, ldg, bias, cp, c, h);
+  lstm_fwd_rows<EMODARTS_GRNN_VEC, float>(B, H, g, ldg, bias, cp, c, h);
 }
 void rnn_fwd(int64_t B, int64_t H, const float* g, int64_t ldg, const float* bias, float* h) {
-  rnn_fwd_rows<v8f, float>(B, H, g, ldg, bias, h);
+  rnn_fwd_rows<EMODARTS_GRNN_VEC, float>(B, H, g, ldg, bias, h);
 }
 void lstm_bwd(int64_t B, int64_t H, const float* a, int64_t ldg, const float* c, const float* cp, const float* gh,
               const float* dhr, float* dc, float* dg, bool first) {
-  lstm_bwd_rows<v8f, float>(B, H, a, ldg, c, cp, gh, dhr, dc, dg, first);
+  lstm_bwd_rows<EMODARTS_GRNN_VEC, float>(B, H, a, ldg, c, cp, gh, dhr, dc, dg, first);
 }
 void rnn_bwd(int64_t B, int64_t H, const float* h, const float* gh, const float* dhr, float* dg, int64_t ldg) {
-  rnn_bwd_rows<v8f, float>(B, H, h, gh, dhr, dg, ldg);
+  rnn_bwd_rows<EMODARTS_GRNN_VEC, float>(B, H, h, gh, dhr, dg, ldg);
 }
+#undef EMODARTS_GRNN_VEC
 }  // namespace EMODARTS_GRNN_NS
 
