@@ -108,13 +108,18 @@ void gemm_rm(bool blas, bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T al
 }
 
 // whether the AVX2+FMA copies of the float32 epilogues run (read once per process)
+// Whether the environment variable `name` switches something off (set, non-empty, not "0").
+inline bool switched_off(const char* name) {
+  const char* e = std::getenv(name);
+  return e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0;
+}
+
 inline bool avx2_enabled() {
 #ifdef EMODARTS_CPU_HAVE_AVX2
   static const bool ok = [] {
-    const char* e = std::getenv("EMODARTS_GROUPED_NO_AVX2");
-    if (e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0) return false;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return !switched_off("EMODARTS_GROUPED_NO_AVX2") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
   }();
   return ok;
 #else
@@ -126,12 +131,8 @@ inline bool avx2_enabled() {
 // EMODARTS_GROUPED_NO_AVX512=1.
 inline bool avx512_enabled() {
 #ifdef EMODARTS_CPU_HAVE_AVX2
-  static const bool ok = [] {
-    const char* e = std::getenv("EMODARTS_GROUPED_NO_AVX512");
-    if (e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0) return false;
-    __builtin_cpu_init();
-    return avx2_enabled() && __builtin_cpu_supports("avx512f");
-  }();
+  static const bool ok = avx2_enabled() && !switched_off("EMODARTS_GROUPED_NO_AVX512") &&
+                         __builtin_cpu_supports("avx512f");
   return ok;
 #else
   return false;

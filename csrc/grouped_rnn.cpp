@@ -3,16 +3,18 @@
 // K recurrent "units" (one layer and one direction of an LSTM or tanh-RNN candidate, hidden H) run
 // together over one time loop:
 //
-//   emodarts::grouped_rnn_forward(Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor[] b_ih, Tensor[] b_hh,
+//   emodarts::grouped_rnn_forward(Tensor[] x, Tensor[] w_ih, Tensor[] w_hh, Tensor[] b_ih, Tensor[] b_hh,
 //                                 int n_lstm, int[] reverse) -> (Tensor hs, Tensor cs, Tensor gates)
-//   emodarts::grouped_rnn_backward(Tensor grad_hs, Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor hs,
+//   emodarts::grouped_rnn_backward(Tensor grad_hs, Tensor[] x, Tensor[] w_ih, Tensor[] w_hh, Tensor hs,
 //                                  Tensor cs, Tensor gates, int n_lstm, int[] reverse, bool[4] output_mask)
-//                                  -> (Tensor grad_x, Tensor[] grad_w_ih, Tensor[] grad_w_hh, Tensor[] grad_bias)
-//   The weights are each unit's own tensors (the modules' parameters, read in place: nothing is concatenated
-//   per call); grad_bias[k] is the gradient of b_ih[k] and of b_hh[k] alike.
+//                                  -> (Tensor[] grad_x, Tensor[] grad_w_ih, Tensor[] grad_w_hh,
+//                                      Tensor[] grad_bias)
+//   The inputs and weights are the callers' own tensors (the modules' parameters, read in place: nothing is
+//   concatenated or stacked per call); grad_x holds one gradient per input, grad_bias[k] is the gradient of
+//   b_ih[k] and of b_hh[k] alike.
 //   output_mask: which of (grad_x, grad_w_ih, grad_w_hh, grad_bias) to compute (as ATen's backwards take it);
-//   A list comes back empty when not asked for, and its work is skipped: an alpha step asks for grad_x only,
-//   so the weight GEMMs never run. grad_x holds one gradient per input (Kx).
+//   a list comes back empty when not asked for, and its work is skipped: an alpha step asks for grad_x only,
+//   so the weight GEMMs never run.
 //
 // Layout (time-major inside the op; emodarts/ops/grouped_recurrent.py does the batch_first plumbing):
 //   x      Kx tensors (T, B, I)   Kx = 1: every unit reads the same input; Kx = K: unit k reads x[k] (the
@@ -48,9 +50,10 @@
 // EMODARTS_GROUPED_GEMM=aten, the same GEMMs go through ATen (at::mm_out / addmm_ on strided views of the
 // same buffers). (Measured and dropped: a register-blocked
 // GEMM fused with the epilogue, and MKL's packed GEMM for W_hh; neither beat plain sgemm + epilogue.)
-// The epilogue is vectorised: float32 runs 8 lanes, or 16 on a CPU with AVX-512 (GCC/Clang vector extensions,
-// csrc/grouped_rnn_kernels.h compiled for the baseline, for AVX2+FMA and for AVX-512F, picked at run time) with Cephes-style exp/tanh (max rel.
-// error ~2e-7); float64 calls std::exp/std::tanh per element (the tests' precision path).
+// The epilogue is vectorised: float32 runs 8 lanes, or 16 on a CPU with AVX-512 (GCC/Clang vector
+// extensions, csrc/grouped_rnn_kernels.h compiled for the baseline, for AVX2+FMA and for AVX-512F, picked at
+// run time) with Cephes-style exp/tanh (max rel. error ~2e-7); float64 calls std::exp/std::tanh per element
+// (the tests' precision path).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -253,8 +256,8 @@ std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(at::TensorList xs_, at::T
     at::add_out(rows, b_ih_[k], b_hh_[k]);
   }
   AT_DISPATCH_FLOATING_TYPES(x_.scalar_type(), "grouped_rnn_forward", [&] {
-    forward_impl<scalar_t>(p, UnitPtrs<scalar_t>(xs, w_ih, w_hh), bias.const_data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
-                           gates.data_ptr<scalar_t>());
+    forward_impl<scalar_t>(p, UnitPtrs<scalar_t>(xs, w_ih, w_hh), bias.const_data_ptr<scalar_t>(),
+                           hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>());
   });
   return {hs, cs, gates};
 }

@@ -435,8 +435,8 @@ std::tuple<std::vector<Tensor>, Tensor> mixed_sum_bwd(const Tensor& grad_out, Te
   for (int64_t i = 0; i < k && need_ys; ++i) gdata[i] = grads[i].data_ptr();
   const int64_t nblocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(need_alpha ? static_cast<size_t>(nblocks * k) : 0);
-  const BwdCtx ctx{&plan,      &groups, w.data(), gdata, partial.data(), k, n, plan.g.flat && plan.g.dtype == at::kFloat,
-                   need_alpha, need_ys};
+  const BwdCtx ctx{&plan, &groups, w.data(), gdata, need_alpha ? partial.data() : nullptr, k, n,
+                   plan.g.flat && plan.g.dtype == at::kFloat, need_alpha, need_ys};
   int64_t bytes_per_elem = g.element_size();
   for (const auto& y : ys) bytes_per_elem += (int64_t(need_alpha) + int64_t(need_ys)) * y.element_size();
   at::parallel_for(0, nblocks, grain_blocks(bytes_per_elem), [&](int64_t b0, int64_t b1) { bwd_range(ctx, b0, b1); });

@@ -353,7 +353,7 @@ void bwd_range(const BwdCtx& c, int64_t b0, int64_t b1) {
         }
       });
     }
-    double* part = c.partial + b * c.k;
+    double* part = c.dots ? c.partial + b * c.k : nullptr;  // the block's dot products, when wanted
     for (const Group& gr : *c.groups) {
       dispatch_dtype(gr.dtype, [&](auto tag) {
         using T = decltype(tag);
@@ -364,11 +364,12 @@ void bwd_range(const BwdCtx& c, int64_t b0, int64_t b1) {
             ptrs[g] = static_cast<const T*>(plan.ys[gr.first + g].data) + start;
             gptrs[g] = c.grads ? static_cast<T*>(c.gdata[gr.first + g]) + start : nullptr;
           }
+          double* dots = part ? part + gr.first : nullptr;
           dispatch_group(gr.count, [&](auto gc) {
             constexpr int G = decltype(gc)::value;
-            if (c.dots && c.grads) bwd_group<T, G, true, true>(gsrc, ptrs, gptrs, c.w + gr.first, len, part + gr.first);
-            else if (c.dots) bwd_group<T, G, true, false>(gsrc, ptrs, gptrs, c.w + gr.first, len, part + gr.first);
-            else bwd_group<T, G, false, true>(gsrc, ptrs, gptrs, c.w + gr.first, len, part + gr.first);
+            if (c.dots && c.grads) bwd_group<T, G, true, true>(gsrc, ptrs, gptrs, c.w + gr.first, len, dots);
+            else if (c.dots) bwd_group<T, G, true, false>(gsrc, ptrs, gptrs, c.w + gr.first, len, dots);
+            else bwd_group<T, G, false, true>(gsrc, ptrs, gptrs, c.w + gr.first, len, dots);
           });
         } else {
           const Src& src = plan.ys[gr.first];

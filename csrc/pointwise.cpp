@@ -243,7 +243,8 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> pointwise_bwd(const std::ve
 
 TORCH_LIBRARY_FRAGMENT(emodarts, m) {
   m.def("pointwise_fwd(Tensor[] xs, Tensor[] ws) -> Tensor[]");
-  m.def("pointwise_bwd(Tensor[] grads, Tensor[] xs, Tensor[] ws, bool[] need_x, bool[] need_w) -> (Tensor[], Tensor[])");
+  m.def("pointwise_bwd(Tensor[] grads, Tensor[] xs, Tensor[] ws, bool[] need_x, bool[] need_w) "
+        "-> (Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(emodarts, CPU, m) {

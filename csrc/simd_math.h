@@ -1,6 +1,6 @@
 // Vector math of the CPU epilogues (csrc/grouped_rnn_kernels.h, csrc/darts_rnn_kernels.h): 8-lane (and, for
-// the AVX-512 copy of the grouped layer, 16-lane) float vectors (GCC/Clang vector extensions; the compiler emits the instructions of the target the including
-// namespace is compiled for) and 1-lane double, with Cephes-style exp / sigmoid / tanh for float (max. rel.
+// the AVX-512 copy of the grouped layer, 16-lane) float vectors (GCC/Clang vector extensions; the compiler
+// emits the instructions of the target the including namespace is compiled for) and 1-lane double, with Cephes-style exp / sigmoid / tanh for float (max. rel.
 // error ~2e-7) and std::exp / std::tanh for double.
 // No include guard, on purpose: it is included *inside* each kernel namespace (baseline, avx2) of each
 // kernel header, so that every copy is compiled for its own instruction set. The including file provides

@@ -4,7 +4,10 @@
 // Built with the other CUDA kernels into emodarts._C_cuda by setup.py, or JIT-compiled with them by
 // emodarts/ops/compiled/cuda.py (ensure_cuda), as a library that only registers CUDA kernels. It
 // includes no ATen/cuda/CUDAContext.h (no cuBLAS headers needed): GEMMs go through ATen (at::mm_out,
-// at::bmm_out on strided views: cuBLAS reads the strides, no copies), the stream comes from c10.
+// at::bmm_out on strided views: cuBLAS reads the strides), the stream comes from c10. The op takes each
+// unit's weights and inputs as lists (csrc/grouped_rnn.cpp); the batched GEMMs read them as one strided stack,
+// so each call concatenates the weights and stacks the inputs on the device first (per-unit gradients come
+// back as views of the stacked results).
 //
 // Forward: one GEMM for all input projections (shared x; per-unit x: one strided batched GEMM per cell
 // kind), then per time step one batched GEMM per cell kind for the recurrent products of all units
@@ -273,7 +276,9 @@ std::vector<Tensor> per_unit(const Tensor& t, const Plan& p) {
   return out;
 }
 
-std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> grouped_rnn_backward_cuda(
+using TensorLists = std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>;
+
+TensorLists grouped_rnn_backward_cuda(
     const Tensor& grad_hs_, at::TensorList xs_, at::TensorList w_ih_, at::TensorList w_hh_, const Tensor& hs_,
     const Tensor& cs_, const Tensor& gates_, int64_t n_lstm, at::IntArrayRef reverse,
     std::array<bool, 4> output_mask) {

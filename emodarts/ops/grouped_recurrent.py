@@ -23,13 +23,13 @@ groups with per-unit inputs (the unit's own previous layer; both directions of i
 modules), one group per layer and input width. Inside a group LSTM units come first, then tanh-RNN units,
 forward directions before reverse ones.
 
-The op takes each unit's own parameter tensors (lists; nothing is concatenated per call).
+The op takes each unit's own parameter and input tensors (lists; nothing is concatenated or stacked per call).
 
 Autograd: `emodarts::grouped_rnn_backward` (registered here with torch.library.register_autograd) runs
 backward through time and returns the gradients of x and of every unit's weights and bias, each only when
 this backward needs it (emodarts/ops/grad_need.py: an alpha step computes no weight gradient); b_ih and
-b_hh get equal gradients in separate tensors. A fake
-(meta) kernel is registered for torch.compile / opcheck. Double backward is not supported.
+b_hh get equal gradients in separate tensors. A fake (meta) kernel is registered for torch.compile /
+opcheck. Double backward is not supported.
 
 Supported: nn.LSTM and nn.RNN(nonlinearity="tanh"), any num_layers, bidirectional, bias or not,
 batch_first or not, float32 and float64 (CPU and CUDA), modules of different hidden sizes (one call per
@@ -146,8 +146,8 @@ def grouped_rnn_layer(xs: Sequence[Tensor], w_ih: Sequence[Tensor], w_hh: Sequen
     o = ops()
     if xs[0].device.type == "cuda":
         ensure_cuda()
-    hs, _, _ = o.grouped_rnn_forward([x.contiguous() for x in xs], list(w_ih), list(w_hh), list(b_ih), list(b_hh), int(n_lstm),
-                                     [int(r) for r in reverse])
+    hs, _, _ = o.grouped_rnn_forward([x.contiguous() for x in xs], list(w_ih), list(w_hh), list(b_ih), list(b_hh),
+                                     int(n_lstm), [int(r) for r in reverse])
     return hs
 
 

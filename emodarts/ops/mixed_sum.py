@@ -216,7 +216,7 @@ class _MixedSumFunction(torch.autograd.Function):
         if not any(need):
             return (None,) * (4 + len(ys))
         grads, grad_alpha = _backward(grad, ys, alpha, ctx.edges, ctx.cands, ctx.impl, any(need[1:]), need[0])
-        return (grad_alpha, None, None, None, *[g if n else None for g, n in zip(grads, need[1:])])
+        return (grad_alpha, None, None, None, *grads)  # the engine drops an input gradient it does not run
 
 
 # --------------------------------------------------------------------------------------------------

@@ -90,13 +90,13 @@ class _MultiDepthwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: Tensor):
         tensors = ctx.saved_tensors
+        need = wanted(ctx)  # xs then ws: an alpha step wants no weight's gradient
+        if not any(need):
+            return (None, None, None) + (None,) * len(tensors)
         xs, ws = list(tensors[: ctx.n_x]), list(tensors[ctx.n_x:])
         if any(g is None for g in grads):
             grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, _empty_outs(xs, ws, ctx.stride))]
         grads = [g.contiguous() for g in grads]
-        need = wanted(ctx)  # xs then ws: an alpha step wants no weight's gradient
-        if not any(need):
-            return (None, None, None) + (None,) * len(tensors)
         gxs, gws = ops().multi_dw_bwd(grads, xs, ws, ctx.dilations, ctx.stride, need[: ctx.n_x], need[ctx.n_x:])
         return (None, None, None, *spread(gxs, need[: ctx.n_x]), *spread(gws, need[ctx.n_x:]))
 
@@ -204,8 +204,6 @@ class _MultiDepthwiseTriton(torch.autograd.Function):
                                      ctx.n_x == 1) if need_x else [None] * ctx.n_x)
             gws = km.backward_weight(grads, xs, ctx.ks, ctx.dilations, s, [w.dtype for w in ws]) if need_w \
                 else [None] * len(ws)
-            gxs = [g if n else None for g, n in zip(gxs, need[: ctx.n_x])]
-            gws = [g if n else None for g, n in zip(gws, need[ctx.n_x:])]
         return (None, None, None, *gxs, *gws)
 
 
