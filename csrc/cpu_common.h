@@ -27,6 +27,11 @@ void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
+// MKL's bfloat16 GEMM (bf16 A and B, float32 C; the products exact, the sums in float32): AMX or AVX512-BF16
+// where the CPU has them
+void gemm_bf16bf16f32_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                       const uint16_t* a, const int* lda, const uint16_t* b, const int* ldb, const float* beta,
+                       float* c, const int* ldc) __attribute__((weak));
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -105,6 +110,46 @@ void gemm_rm(bool blas, bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T al
   } else {
     c.addmm_(a, b, beta, alpha);
   }
+}
+
+// bfloat16 <-> float32 (round to nearest even, as c10::BFloat16; written as plain loops the compiler vectorises)
+inline void to_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, src + i, 4);
+    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+    dst[i].x = nan ? uint16_t(0x7fc0) : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+inline void to_float(const c10::BFloat16* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = uint32_t(src[i].x) << 16;
+    std::memcpy(dst + i, &u, 4);
+  }
+}
+
+// Whether bf16 GEMMs run on MKL's gemm_bf16bf16f32 (else on float32 copies of the operands).
+inline bool bf16_blas() { return use_blas() && gemm_bf16bf16f32_ != nullptr; }
+
+// C (M x N, float32, ldc) = op(A) op(B) + beta * C with bfloat16 A and B, row-major as gemm_rm: the products of
+// bf16 numbers are exact in float32, so either path computes the same sums up to their order.
+inline void gemm_rm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, const c10::BFloat16* A, int64_t lda,
+                         const c10::BFloat16* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (Kd > 0 && bf16_blas() && fits_int(M) && fits_int(N) && fits_int(Kd) && fits_int(lda) && fits_int(ldb) &&
+      fits_int(ldc)) {
+    const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(Kd), la = static_cast<int>(ldb),
+              lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+    const float one = 1.0f;
+    // column-major view, as gemm_rm: C^T = op(B)^T op(A)^T
+    gemm_bf16bf16f32_(&cb, &ca, &m, &n, &k, &one, &B->x, &la, &A->x, &lb, &beta, C, &lc);
+    return;
+  }
+  const at::Tensor a = view_rm(A, ta ? Kd : M, ta ? M : Kd, lda, false).to(at::kFloat);
+  const at::Tensor b = view_rm(B, tb ? N : Kd, tb ? Kd : N, ldb, false).to(at::kFloat);
+  gemm_rm<float>(use_blas(), ta, tb, M, N, Kd, 1.0f, a.const_data_ptr<float>(), a.size(1), b.const_data_ptr<float>(),
+                 b.size(1), beta, C, ldc);
 }
 
 // whether the AVX2+FMA copies of the float32 epilogues run (read once per process)

@@ -29,6 +29,8 @@
 //   gates  (T*B*G,)        workspace saved for backward: unit k's block (T, B, g_k*H) starts at T*B*goff_k
 //                          and holds its activated gates (LSTM) or pre-activations (RNN, unused).
 // h_0 = c_0 = 0, as nn.LSTM / nn.RNN called without hx.
+// dtypes: x, weights and state all float32 or all float64; or bfloat16 x (and hs, grad_hs, grad_x) with float32
+// weights, biases, cs and gates: the bf16 products of csrc/grouped_rnn_bf16.h (--amp bf16).
 //
 // Algorithm (the contract of docs/architecture.md: "Grouped recurrent layer"). Forward: the input projections of every
 // time step as one GEMM, then the time loop: per step the recurrent GEMM gates_t += h_{t-1} W_hh^T and one
@@ -235,33 +237,6 @@ void forward_impl(const Plan& p, const UnitPtrs<T>& w, const T* bias, T* hs, T* 
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(at::TensorList xs_, at::TensorList w_ih_, at::TensorList w_hh_,
-                                                       at::TensorList b_ih_, at::TensorList b_hh_, int64_t n_lstm,
-                                                       at::IntArrayRef reverse) {
-  const Plan p = make_plan(xs_, w_ih_, w_hh_, n_lstm, reverse);
-  const Tensor& x_ = xs_[0];
-  check_list(xs_, x_, "x");
-  check_list(w_ih_, x_, "w_ih");
-  check_list(w_hh_, x_, "w_hh");
-  check_biases(p, b_ih_, b_hh_, x_);
-  TORCH_CHECK(x_.device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", x_.device());
-  const std::vector<Tensor> xs = contiguous_all(xs_), w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
-  auto opts = x_.options();
-  Tensor hs = at::empty({p.K, p.T, p.B, p.H}, opts);
-  Tensor cs = at::empty({p.KL, p.T, p.B, p.H}, opts);
-  Tensor gates = at::empty({p.T * p.B * p.G}, opts);
-  Tensor bias = at::empty({p.G}, opts);  // b_ih + b_hh of every unit, at its gate offset
-  for (int64_t k = 0; k < p.K; ++k) {
-    Tensor rows = bias.narrow(0, p.goff[k], p.gh[k]);
-    at::add_out(rows, b_ih_[k], b_hh_[k]);
-  }
-  AT_DISPATCH_FLOATING_TYPES(x_.scalar_type(), "grouped_rnn_forward", [&] {
-    forward_impl<scalar_t>(p, UnitPtrs<scalar_t>(xs, w_ih, w_hh), bias.const_data_ptr<scalar_t>(),
-                           hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>());
-  });
-  return {hs, cs, gates};
-}
-
 // ---------------------------------------------------------------------------------------------------
 // backward
 
@@ -275,6 +250,16 @@ struct UnitGrads {
     for (auto& t : gb) db.push_back(t.data_ptr<T>());
   }
 };
+
+// a bias gradient: the column sums of a unit's (rows, cols) d gates, in row order
+template <typename T>
+void column_sums(const T* dg, int64_t rows, int64_t cols, T* out) {
+  std::fill(out, out + cols, T(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = dg + r * cols;
+    for (int64_t j = 0; j < cols; ++j) out[j] += row[j];
+  }
+}
 
 template <typename T>
 void backward_impl(const Plan& p, const T* gh_all, const UnitPtrs<T>& w, const T* hs, const T* cs, const T* gates,
@@ -320,14 +305,7 @@ void backward_impl(const Plan& p, const T* gh_all, const UnitPtrs<T>& w, const T
       gemm_rm<T>(blas, true, false, gh, I, TB, T(1), dgk, gh, w.input(p, k), I, T(0), d.dw_ih[k], I);
     if (!dx.empty() && p.Kx != 1)  // dx of this unit's own input
       gemm_rm<T>(blas, false, false, TB, I, gh, T(1), dgk, gh, w.w_ih[k], I, T(0), dx[k], I);
-    if (d.db.empty()) return;
-    // bias: column sums of the d gates
-    T* dbk = d.db[k];
-    for (int64_t j = 0; j < gh; ++j) dbk[j] = T(0);
-    for (int64_t r = 0; r < TB; ++r) {
-      const T* row = dgk + r * gh;
-      for (int64_t j = 0; j < gh; ++j) dbk[j] += row[j];
-    }
+    if (!d.db.empty()) column_sums(dgk, TB, gh, d.db[k]);
   });
   if (!dx.empty() && p.Kx == 1) {  // dx of the shared input = sum_k dgates_k W_ih_k, in unit order (deterministic)
     for (int64_t k = 0; k < p.K; ++k)
@@ -335,6 +313,44 @@ void backward_impl(const Plan& p, const T* gh_all, const UnitPtrs<T>& w, const T
                  k == 0 ? T(0) : T(1), dx[0], I);
   }
 }
+
+#include "grouped_rnn_bf16.h"
+
+// ---------------------------------------------------------------------------------------------------
+// the ops' entry points
+
+std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(at::TensorList xs_, at::TensorList w_ih_, at::TensorList w_hh_,
+                                                       at::TensorList b_ih_, at::TensorList b_hh_, int64_t n_lstm,
+                                                       at::IntArrayRef reverse) {
+  const Plan p = make_plan(xs_, w_ih_, w_hh_, n_lstm, reverse);
+  const Tensor& x_ = xs_[0];
+  check_list(xs_, x_, "x", false);
+  check_list(w_ih_, x_, "w_ih", true);
+  check_list(w_hh_, x_, "w_hh", true);
+  check_biases(p, b_ih_, b_hh_, x_);
+  TORCH_CHECK(x_.device().is_cpu(), "grouped_rnn (CPU kernel) got a tensor on ", x_.device());
+  const std::vector<Tensor> xs = contiguous_all(xs_), w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
+  const auto opts = w_hh[0].options();  // the weights' dtype: x's, or float32 for bf16 inputs
+  Tensor hs = at::empty({p.K, p.T, p.B, p.H}, x_.options());
+  Tensor cs = at::empty({p.KL, p.T, p.B, p.H}, opts);
+  Tensor gates = at::empty({p.T * p.B * p.G}, opts);
+  Tensor bias = at::empty({p.G}, opts);  // b_ih + b_hh of every unit, at its gate offset
+  for (int64_t k = 0; k < p.K; ++k) {
+    Tensor rows = bias.narrow(0, p.goff[k], p.gh[k]);
+    at::add_out(rows, b_ih_[k], b_hh_[k]);
+  }
+  if (x_.scalar_type() == at::kBFloat16) {
+    forward_bf16(p, Bf16Ptrs(xs, w_ih, w_hh), bias.const_data_ptr<float>(), hs.data_ptr<BF16>(),
+                 cs.data_ptr<float>(), gates.data_ptr<float>());
+    return {hs, cs, gates};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x_.scalar_type(), "grouped_rnn_forward", [&] {
+    forward_impl<scalar_t>(p, UnitPtrs<scalar_t>(xs, w_ih, w_hh), bias.const_data_ptr<scalar_t>(),
+                           hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>());
+  });
+  return {hs, cs, gates};
+}
+
 
 // one new tensor per unit shaped like `like[k]`, or none when not wanted
 std::vector<Tensor> per_unit_like(const std::vector<Tensor>& like, bool wanted) {
@@ -353,13 +369,22 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::v
   check_saved(p, xs_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
   const Tensor gh = grad_hs_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();
   const std::vector<Tensor> xs = contiguous_all(xs_), w_ih = contiguous_all(w_ih_), w_hh = contiguous_all(w_hh_);
-  auto opts = xs[0].options();
+  const auto opts = w_hh[0].options();  // the weights' dtype: x's, or float32 for bf16 inputs
   std::vector<Tensor> dx = per_unit_like(xs, output_mask[0]), dw_ih = per_unit_like(w_ih, output_mask[1]),
                       dw_hh = per_unit_like(w_hh, output_mask[2]), db;
   if (output_mask[3])
     for (int64_t k = 0; k < p.K; ++k) db.push_back(at::empty({p.gh[k]}, opts));
   if (!(output_mask[0] || output_mask[1] || output_mask[2] || output_mask[3])) return {dx, dw_ih, dw_hh, db};
   Tensor dgates = at::empty({p.T * p.B * p.G}, opts);
+  if (xs[0].scalar_type() == at::kBFloat16) {
+    Tensor dgates16 = at::empty({p.T * p.B * p.G}, xs[0].options());
+    std::vector<BF16*> dxp;
+    for (auto& t : dx) dxp.push_back(t.data_ptr<BF16>());
+    backward_bf16(p, gh.const_data_ptr<BF16>(), Bf16Ptrs(xs, w_ih, w_hh), hs.const_data_ptr<BF16>(),
+                  cs.const_data_ptr<float>(), gates.const_data_ptr<float>(), dxp, UnitGrads<float>(dw_ih, dw_hh, db),
+                  dgates.data_ptr<float>(), dgates16.data_ptr<BF16>());
+    return {dx, dw_ih, dw_hh, db};
+  }
   const int64_t workers = n_workers(p.K);
   Tensor scratch = at::empty({workers, 2, p.B, p.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "grouped_rnn_backward", [&] {
@@ -373,8 +398,12 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::v
   return {dx, dw_ih, dw_hh, db};
 }
 
-// Which GEMM path the CPU kernel takes ("blas" or "aten"), for tests and benchmarks.
-std::string grouped_rnn_cpu_gemm() { return use_blas() ? "blas" : "aten"; }
+// Which GEMM path the CPU kernel takes ("blas" or "aten"; bf16 inputs: "blas-bf16" on MKL's bf16 GEMM or
+// "float32-copies"), for tests and benchmarks.
+std::string grouped_rnn_cpu_gemm(bool bf16) {
+  if (bf16) return cpu_common::bf16_blas() ? "blas-bf16" : "float32-copies";
+  return use_blas() ? "blas" : "aten";
+}
 
 }  // namespace
 }  // namespace grouped_rnn_cpu
@@ -389,7 +418,7 @@ TORCH_LIBRARY_FRAGMENT(emodarts, m) {
       "grouped_rnn_backward(Tensor grad_hs, Tensor[] x, Tensor[] w_ih, Tensor[] w_hh, Tensor hs, Tensor cs, "
       "Tensor gates, int n_lstm, int[] reverse, bool[4] output_mask) -> (Tensor[] grad_x, Tensor[] grad_w_ih, "
       "Tensor[] grad_w_hh, Tensor[] grad_bias)");
-  m.def("grouped_rnn_cpu_gemm() -> str", &emodarts::grouped_rnn_cpu::grouped_rnn_cpu_gemm);
+  m.def("grouped_rnn_cpu_gemm(bool bf16=False) -> str", &emodarts::grouped_rnn_cpu::grouped_rnn_cpu_gemm);
 }
 
 TORCH_LIBRARY_IMPL(emodarts, CPU, m) {

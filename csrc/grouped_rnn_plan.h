@@ -51,15 +51,21 @@ inline Plan make_plan(at::TensorList xs, at::TensorList w_ih, at::TensorList w_h
   return p;
 }
 
-inline void check_same(const Tensor& a, const Tensor& ref, const char* name) {
-  TORCH_CHECK(a.scalar_type() == ref.scalar_type(), "grouped_rnn: ", name, " has dtype ", a.scalar_type(),
-              ", x has ", ref.scalar_type());
+// The dtype of the weights, biases, cell states and gate workspace for inputs of x's dtype: x's own, or float32
+// for bfloat16 inputs (the CPU kernel's bf16 products: bf16 operands, float32 weights, state and sums).
+inline at::ScalarType param_dtype(const Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 ? at::kFloat : x.scalar_type();
+}
+
+inline void check_same(const Tensor& a, const Tensor& ref, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK(a.scalar_type() == dtype, "grouped_rnn: ", name, " has dtype ", a.scalar_type(), ", expected ", dtype,
+              " for x of dtype ", ref.scalar_type());
   TORCH_CHECK(a.device() == ref.device(), "grouped_rnn: ", name, " is on ", a.device(), ", x on ", ref.device());
 }
 
-// every tensor of a list on x's device and of x's dtype
-inline void check_list(at::TensorList ts, const Tensor& ref, const char* name) {
-  for (const auto& t : ts) check_same(t, ref, name);
+// every tensor of a list on x's device and of x's dtype (inputs) or of param_dtype(x) (parameters)
+inline void check_list(at::TensorList ts, const Tensor& ref, const char* name, bool param) {
+  for (const auto& t : ts) check_same(t, ref, name, param ? param_dtype(ref) : ref.scalar_type());
 }
 
 // unit k's bias b_ih[k] + b_hh[k] (g_k,) each: the lists hold one tensor per unit
@@ -69,20 +75,21 @@ inline void check_biases(const Plan& p, at::TensorList b_ih, at::TensorList b_hh
   for (int64_t k = 0; k < p.K; ++k)
     TORCH_CHECK(b_ih[k].dim() == 1 && b_ih[k].size(0) == p.gh[k] && b_hh[k].dim() == 1 && b_hh[k].size(0) == p.gh[k],
                 "grouped_rnn: b_ih[", k, "] and b_hh[", k, "] must be (", p.gh[k], ",)");
-  check_list(b_ih, x, "b_ih");
-  check_list(b_hh, x, "b_hh");
+  check_list(b_ih, x, "b_ih", true);
+  check_list(b_hh, x, "b_hh", true);
 }
 
 // backward: the output gradient, the weights and the state forward saved must match x and the plan
 inline void check_saved(const Plan& p, at::TensorList xs, const Tensor& grad_hs_, at::TensorList w_ih_,
                         at::TensorList w_hh_, const Tensor& hs_, const Tensor& cs_, const Tensor& gates_) {
   const Tensor& x_ = xs[0];
-  check_list(xs, x_, "x");
-  check_list(w_ih_, x_, "w_ih");
-  check_list(w_hh_, x_, "w_hh");
-  for (const auto& pr : {std::make_pair(&grad_hs_, "grad_hs"), std::make_pair(&hs_, "hs"), std::make_pair(&cs_, "cs"),
-                         std::make_pair(&gates_, "gates")})
-    check_same(*pr.first, x_, pr.second);
+  check_list(xs, x_, "x", false);
+  check_list(w_ih_, x_, "w_ih", true);
+  check_list(w_hh_, x_, "w_hh", true);
+  check_same(grad_hs_, x_, "grad_hs", x_.scalar_type());
+  check_same(hs_, x_, "hs", x_.scalar_type());
+  check_same(cs_, x_, "cs", param_dtype(x_));
+  check_same(gates_, x_, "gates", param_dtype(x_));
   TORCH_CHECK(grad_hs_.sizes() == hs_.sizes() && hs_.sizes() == at::IntArrayRef({p.K, p.T, p.B, p.H}),
               "grouped_rnn_backward: grad_hs and hs must be (K, T, B, H)");
   TORCH_CHECK(cs_.sizes() == at::IntArrayRef({p.KL, p.T, p.B, p.H}), "grouped_rnn_backward: bad cs shape");

@@ -63,12 +63,13 @@ def check_subsets(outputs: Sequence[Tensor], kinds: Dict[str, List[Tensor]], op:
 # the ops
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16_products"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_grouped_recurrent(batch):
+def test_grouped_recurrent(batch, dtype):
     torch.manual_seed(0)
     mods = [nn.LSTM(5, 4, batch_first=True), nn.RNN(5, 4, batch_first=True), nn.LSTM(5, 4, batch_first=True,
                                                                                      bidirectional=True)]
-    x = torch.randn(batch, 7, 5, requires_grad=True)
+    x = torch.randn(batch, 7, 5, dtype=dtype, requires_grad=True)  # bf16: float32 weights (csrc/grouped_rnn_bf16.h)
     outs = gr.grouped_recurrent_fused(x, mods)
     kinds = {"x": [x],
              "w_ih": [m.weight_ih_l0 for m in mods] + [mods[2].weight_ih_l0_reverse],

@@ -212,12 +212,12 @@ std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward_cuda(at::TensorList xs_, 
   const Tensor& x_ = xs_[0];
   TORCH_CHECK(x_.is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());  // allocations, GEMMs, launches on x's GPU, not the current one
-  check_list(xs_, x_, "x");
-  check_list(w_ih_, x_, "w_ih");
-  check_list(w_hh_, x_, "w_hh");
-  check_biases(p, b_ih_, b_hh_, x_);
   TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
               "grouped_rnn (CUDA): float32 or float64 only, got ", x_.scalar_type());
+  check_list(xs_, x_, "x", false);
+  check_list(w_ih_, x_, "w_ih", true);
+  check_list(w_hh_, x_, "w_hh", true);
+  check_biases(p, b_ih_, b_hh_, x_);
   // the batched GEMMs read every unit's weights as one strided stack: one device-side concatenation per call
   // the batched GEMMs read the inputs as one (Kx, T, B, I) stack
   const Tensor x = at::stack(xs_), w_ih = at::cat(w_ih_), w_hh = at::cat(w_hh_),
@@ -285,6 +285,8 @@ TensorLists grouped_rnn_backward_cuda(
   const Plan p = make_plan(xs_, w_ih_, w_hh_, n_lstm, reverse);
   TORCH_CHECK(xs_[0].is_cuda(), "grouped_rnn (CUDA kernel) got a tensor on ", xs_[0].device());
   const c10::cuda::CUDAGuard guard(xs_[0].device());
+  TORCH_CHECK(xs_[0].scalar_type() == at::kFloat || xs_[0].scalar_type() == at::kDouble,
+              "grouped_rnn (CUDA): float32 or float64 only, got ", xs_[0].scalar_type());
   check_saved(p, xs_, grad_hs_, w_ih_, w_hh_, hs_, cs_, gates_);
   const Tensor gh = grad_hs_.contiguous(), x = at::stack(xs_), w_ih = at::cat(w_ih_), w_hh = at::cat(w_hh_),
                hs = hs_.contiguous(), cs = cs_.contiguous(), gates = gates_.contiguous();

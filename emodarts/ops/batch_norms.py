@@ -17,13 +17,15 @@ one group with different eps) goes module by module.
 
 CPU float32/float64 run the C++ ops of csrc/multi_bn.cpp (every input in one call, forward and backward;
 the backward needs only the outputs and 1/std, so the inputs are not kept); other devices and dtypes run
-ATen's native_batch_norm once per group. Double backward is not supported.
+ATen's native_batch_norm once per group; under CPU autocast, bf16 and fp16 inputs are normalised in float32
+by the C++ ops (emodarts/ops/cpu_amp.py). Double backward is not supported.
 """
 from typing import List, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from emodarts.ops.cpu_amp import result_dtype
 from emodarts.ops.grad_need import wanted
 
 # --------------------------------------------------------------------------------------------------
@@ -111,6 +113,9 @@ def batch_norms_fused(xs: Sequence[Tensor], groups: Sequence[Sequence[nn.Module]
     outs: List[List[Tensor]] = [[] for _ in xs]
     in_op: dict = {}  # (eps, dtype) -> indices normalised together by the C++ op
     for i, (x, group) in enumerate(zip(xs, groups)):
+        if x.device.type == "cpu" and result_dtype(x.dtype) == torch.float32 != x.dtype and plain_training(group):
+            x = x.float()  # under CPU autocast: in float32, as the other fused CNN ops (emodarts/ops/cpu_amp.py)
+            xs = [*xs[:i], x, *xs[i + 1:]]
         if not plain_training(group):
             outs[i] = [bn(x) for bn in group]
         elif _runs_in_op(x, group):

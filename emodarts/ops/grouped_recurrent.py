@@ -31,11 +31,11 @@ this backward needs it (emodarts/ops/grad_need.py: an alpha step computes no wei
 b_hh get equal gradients in separate tensors. A fake (meta) kernel is registered for torch.compile /
 opcheck. Double backward is not supported.
 
-Supported: nn.LSTM and nn.RNN(nonlinearity="tanh"), any num_layers, bidirectional, bias or not,
-batch_first or not, float32 and float64 (CPU and CUDA), modules of different hidden sizes (one call per
-hidden size), inter-layer dropout (applied here with F.dropout in training mode, like PyTorch's own
-non-cuDNN path). Not supported: proj_size, relu RNNs, GRUs, initial states (h0 = c0 = 0 as in module(x)),
-packed sequences.
+Supported: nn.LSTM and nn.RNN(nonlinearity="tanh"), any num_layers, bidirectional, bias or not, batch_first or
+not, float32 and float64 (CPU and CUDA), bfloat16 inputs on the CPU (bf16 products, float32 weights), modules
+of different hidden sizes (one call per hidden size), inter-layer dropout (applied here with F.dropout in
+training mode, like PyTorch's own non-cuDNN path). Not supported: proj_size, relu RNNs, GRUs, initial states
+(h0 = c0 = 0 as in module(x)), packed sequences.
 
 Outputs of unidirectional modules are views (B, T, H) of a time-major buffer (strides (H, B*H, 1)); they
 are not copied into contiguous memory (the mixed sum reads strided inputs in place).
@@ -85,16 +85,17 @@ def ensure_cuda() -> None:
     compiled_cuda.ensure_cuda(OP_FWD, "csrc/cuda/grouped_rnn_cuda.cu")
 
 
-def cpu_gemm_path() -> str:
-    """'blas' (the CPU kernel calls the BLAS linked into PyTorch) or 'aten' (ATen GEMMs)."""
-    return ops().grouped_rnn_cpu_gemm()
+def cpu_gemm_path(bf16: bool = False) -> str:
+    """'blas' (the CPU kernel calls the BLAS linked into PyTorch) or 'aten' (ATen GEMMs); for bf16 inputs
+    'blas-bf16' (MKL's bf16 GEMM) or 'float32-copies' (float32 GEMMs on copies of the bf16 operands)."""
+    return ops().grouped_rnn_cpu_gemm(bf16)
 
 
 def _fwd_fake(xs, w_ih, w_hh, b_ih, b_hh, n_lstm, reverse):
-    x = xs[0]
-    k, t, b, h = len(reverse), x.shape[0], x.shape[1], w_hh[0].shape[1]
+    x, w = xs[0], w_hh[0]  # hs in x's dtype; cs and gates in the weights' (float32 for bf16 inputs)
+    k, t, b, h = len(reverse), x.shape[0], x.shape[1], w.shape[1]
     g = sum(w.shape[0] for w in w_hh)
-    return (x.new_empty((k, t, b, h)), x.new_empty((n_lstm, t, b, h)), x.new_empty((t * b * g,)))
+    return (x.new_empty((k, t, b, h)), w.new_empty((n_lstm, t, b, h)), w.new_empty((t * b * g,)))
 
 
 def _bwd_fake(grad_hs, xs, w_ih, w_hh, hs, cs, gates, n_lstm, reverse, output_mask):
@@ -235,9 +236,14 @@ def _grouped_same_hidden(x_tm: Tensor, mods: Sequence[nn.Module]) -> List[Tensor
 
 
 def grouped_recurrent_fused(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
-    """grouped_recurrent_kernel at the dtype the kernels run in: float32/float64 as they are; under bf16/fp16
-    autocast a float32 copy of x, with outputs handed back in x's dtype (the mixed sum expects one dtype per
-    node)."""
+    """grouped_recurrent_kernel at the dtype the kernels run in: float32/float64 as they are; on the CPU, bf16
+    inputs or bf16 autocast run the bf16 products (bf16 x and outputs, as nn.LSTM under autocast hands back;
+    float32 weights, state and sums: csrc/grouped_rnn_bf16.h); other low precisions a float32 copy of x, with
+    outputs handed back in x's dtype (the mixed sum expects one dtype per node)."""
+    if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or (
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)):
+        with torch.autocast("cpu", enabled=False):
+            return grouped_recurrent_kernel(x.to(torch.bfloat16), rnns)
     if x.dtype in SUPPORTED_DTYPES:
         return grouped_recurrent_kernel(x, rnns)
     with torch.autocast(x.device.type, enabled=False):
@@ -245,7 +251,8 @@ def grouped_recurrent_fused(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor
 
 
 def grouped_recurrent_kernel(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tensor]:
-    """The fused twin of grouped_recurrent_reference: [rnn(x)[0] for rnn in rnns], float32 or float64.
+    """The fused twin of grouped_recurrent_reference: [rnn(x)[0] for rnn in rnns], float32 or float64 (and
+    bfloat16 x on the CPU: bf16 products, float32 weights).
 
     x: (B, T, I) for batch_first modules, (T, B, I) otherwise (all modules must agree). Every module is an
     nn.LSTM or tanh nn.RNN with input_size I. Returns each module's output sequence, (B, T, D) or (T, B, D)
@@ -256,8 +263,8 @@ def grouped_recurrent_kernel(x: Tensor, rnns: Sequence[nn.Module]) -> List[Tenso
         return []
     if x.dim() != 3:
         raise ValueError(f"grouped_recurrent: x must be 3-D (batch, time, features), got shape {tuple(x.shape)}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"grouped_recurrent: unsupported dtype {x.dtype} (float32 or float64)")
+    if x.dtype not in SUPPORTED_DTYPES and not (x.dtype == torch.bfloat16 and x.device.type == "cpu"):
+        raise ValueError(f"grouped_recurrent: unsupported dtype {x.dtype} (float32 or float64; bfloat16 on the CPU)")
     batch_first = rnns[0].batch_first
     for i, m in enumerate(rnns):
         _check_module(i, m, x)

@@ -10,12 +10,12 @@ of a CNN cell in one call (C++ on the CPU: csrc/multi_depthwise.cpp; Triton on C
 kernels/multi_depthwise.py ), the `--fused` twin of
 emodarts.ops.multi_depthwise_reference.
 
-The op reads the state's (shared) input once per channel for all candidates, or takes one input per
-candidate (the second halves of the separable convolutions). float32/float64 run as they are; bf16/fp16 run
-in float32 and come back in their dtype; non-contiguous inputs are made contiguous once. On CUDA the Triton
-kernels run in the inputs' dtype (the autocast dtype under autocast, as cuDNN would) with float32
-accumulation; EMODARTS_DW_CUDNN=1 runs the reference's cuDNN calls instead (to tell a kernel fault from
-anything else on a GPU).
+The op reads the state's (shared) input once per channel for all candidates, or takes one input per candidate
+(the second halves of the separable convolutions). float32/float64 run as they are; bf16/fp16 run in float32
+and come back in their dtype, or in float32 under CPU autocast (emodarts/ops/cpu_amp.py); non-contiguous
+inputs are made contiguous once. On CUDA the Triton kernels run in the inputs' dtype (the autocast dtype under
+autocast, as cuDNN would) with float32 accumulation; EMODARTS_DW_CUDNN=1 runs the reference's cuDNN calls
+instead (to tell a kernel fault from anything else on a GPU).
 
 Multi-depthwise convolution in Triton (kernels/multi_depthwise.py): the CUDA twin of
 emodarts.ops.multi_depthwise_reference, with its signature and semantics.
@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from emodarts.ops.cpu_amp import result_dtype
 from emodarts.ops.compiled.triton import triton_kernels
 from emodarts.ops.grad_need import only_wanted, spread, wanted
 from emodarts.runtime.errors import BackendError
@@ -114,7 +115,8 @@ def multi_depthwise_fused(xs: Sequence[Tensor], weights: Sequence[Tensor], dilat
         xs_c = [x.to(work).contiguous() for x in xs]
         ws_c = [w.to(work).contiguous() for w in weights]
         outs = _MultiDepthwise.apply(len(xs_c), [int(d) for d in dilations], int(stride), *xs_c, *ws_c)
-    return [o.to(dtype) for o in outs]
+    out = result_dtype(dtype)  # float32 under autocast (emodarts/ops/cpu_amp.py)
+    return [o.to(out) for o in outs]
 
 
 def _multi_depthwise_cuda(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],

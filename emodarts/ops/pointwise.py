@@ -7,9 +7,10 @@ ATen convolution.
 Several bias-free 1x1 convolutions in one call (the pointwise halves of a CNN search state's candidates,
 the factorized reduce, the cell preprocessing): the `--fused` twin of pointwise_convs_reference.
 
-CPU float32/float64 run the C++ ops of csrc/pointwise.cpp: each (input, batch item) is one small GEMM on
-the tensors' own memory, where ATen's convolution or einsum would copy and permute. Elsewhere each one is a
-batched GEMM over (B, C, H*W) (torch.einsum), which cuBLAS runs well. Double backward is not supported.
+CPU tensors run the C++ ops of csrc/pointwise.cpp (float32/float64; bf16 and fp16 in float32): each (input,
+batch item) is one small GEMM on the tensors' own memory, where ATen's convolution or einsum would copy and
+permute. Elsewhere each one is a batched GEMM over (B, C, H*W) (torch.einsum), which cuBLAS runs well. Double
+backward is not supported.
 """
 from typing import List, Sequence
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from emodarts.ops.cpu_amp import result_dtype, work_dtype
 from emodarts.ops.grad_need import only_wanted, spread, wanted
 
 # --------------------------------------------------------------------------------------------------
@@ -29,9 +31,6 @@ def pointwise_convs_reference(xs: Sequence[Tensor], weights: Sequence[Tensor]) -
 
 # --------------------------------------------------------------------------------------------------
 # the fused op
-
-_CPU_DTYPES = (torch.float32, torch.float64)
-
 
 def ops():
     """torch.ops.emodarts with the pointwise ops loaded (JIT-building the extension if needed)."""
@@ -73,8 +72,12 @@ def einsum_pointwise(x: Tensor, w: Tensor) -> Tensor:
 
 
 def pointwise_convs_fused(xs: Sequence[Tensor], weights: Sequence[Tensor]) -> List[Tensor]:
-    """Same contract as pointwise_convs_reference."""
-    if xs and all(x.device.type == "cpu" and x.dtype == xs[0].dtype for x in xs) and xs[0].dtype in _CPU_DTYPES \
-            and all(w.dtype == xs[0].dtype for w in weights) and not torch.is_autocast_enabled("cpu"):
-        return list(_Pointwise.apply(len(xs), *[x.contiguous() for x in xs], *[w.contiguous() for w in weights]))
-    return [einsum_pointwise(x, w) for x, w in zip(xs, weights)]
+    """Same contract as pointwise_convs_reference; on the CPU in float32 under autocast (emodarts/ops/cpu_amp.py)."""
+    work = work_dtype([*xs, *weights]) if xs and all(t.device.type == "cpu" for t in (*xs, *weights)) else None
+    if work is None or len({x.dtype for x in xs}) > 1:
+        return [einsum_pointwise(x, w) for x, w in zip(xs, weights)]
+    out = result_dtype(xs[0].dtype)
+    with torch.autocast("cpu", enabled=False):
+        ys = _Pointwise.apply(len(xs), *[x.to(work).contiguous() for x in xs],
+                              *[w.to(work).contiguous() for w in weights])
+    return [y.to(out) for y in ys]
