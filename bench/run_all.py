@@ -147,12 +147,15 @@ def plan(args, tag: str, results: Path) -> List[Step]:
                  ["--presets", "tiny,paper", "--impls", "reference,compile,fused", "--repeats", "5"])
         search = ["--presets", "tiny" if quick else "tiny,paper", "--modes", "reference,fused", "--no-growth",
                   "--quick"] + (["--in-process"] if quick else [])
+        rate = (["--scope", "edge", "--repeats", "3", "--warmup", "1", "--no-reference"] if quick else
+                ["--scope", "source", "--dtypes", "float32,bfloat16", "--repeats", "5", "--warmup", "2"])
     else:  # a CPU check of the same steps, small
         mixed = ["--ks", "8", "--sizes", "tiny (16,8,20,24)", "--reps", "5", "--warmup", "1", "--no-compile"]
         recurrent = ["--presets", "tiny", "--scopes", "edge", "--impls", "loop,grouped", "--repeats", "3",
                      "--warmup", "1"]
         darts = ["--presets", "tiny", "--impls", "reference,fused", "--quick"]
         search = ["--presets", "tiny", "--modes", "reference,fused", "--no-growth", "--quick"]
+        rate = ["--scope", "edge", "--repeats", "3", "--warmup", "1", "--no-reference"]
     devarg = ["--device", torch.device(dev).type]
     steps += [
         Step("bench mixed sum", "bench", [py, "bench/bench_mixed_sum.py", *devarg, *mixed, "--out", out("mixed_sum")],
@@ -160,10 +163,13 @@ def plan(args, tag: str, results: Path) -> List[Step]:
         Step("bench recurrent", "bench", [py, "bench/bench_recurrent.py", *devarg, *recurrent, "--out",
                                           out("recurrent")],
              {"full": 40, "quick": 15}, "bench_recurrent", out("recurrent"), summarize_recurrent),
+        Step("bench recurrent rate", "bench", [py, "bench/bench_recurrent_rate.py", *devarg, *rate, "--out",
+                                               out("recurrent_rate")],
+             {"full": 15, "quick": 10}, "bench_recurrent_rate", out("recurrent_rate"), summarize_recurrent_rate),
         Step("bench darts", "bench", [py, "bench/bench_darts.py", *devarg, *darts, "--out", out("darts")],
              {"full": 65, "quick": 25}, "bench_darts", out("darts"), summarize_darts),
         Step("bench search", "bench", [py, "bench/bench_search.py", *devarg, *search],
-             {"full": 75, "quick": 50}, "bench_search", str(results / f"search_{torch.device(dev).type}.json"),
+             {"full": 60, "quick": 40}, "bench_search", str(results / f"search_{torch.device(dev).type}.json"),
              summarize_search),
     ]
     if not quick:
@@ -212,6 +218,16 @@ def summarize_darts(doc: dict) -> List[str]:
         out.append(f"memory H={m['H']} S={m['S']} T={m['T']} B={m['B']}: fused fwd+bwd peak "
                    f"{m['peak_bytes'] / 2**30:.2f} GiB ({m['peak_above_inputs_bytes'] / 2**30:.2f} GiB above the "
                    f"inputs), {m['median_s'] * 1e3:.0f} ms")
+    return out
+
+
+def summarize_recurrent_rate(doc: dict) -> List[str]:
+    out = []
+    for run in doc.get("runs", []):
+        figures = ", ".join(f"{r['pass']} {r['gflops']:.0f} GFLOP/s ({100 * r['share_of_gemm']:.0f}%)"
+                            for r in run.get("rows", []))
+        out.append(f"{doc.get('scope')} {run.get('dtype')}: {figures} of a plain product's "
+                   f"{run.get('gemm_gflops', 0):.0f} GFLOP/s")
     return out
 
 

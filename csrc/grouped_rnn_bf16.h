@@ -73,15 +73,18 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
   const int64_t workers = n_workers(p.K), wmax = max_unit_weights(p);
   const bool own_dx = !dx.empty() && p.Kx != 1;
-  std::vector<BF16> wbuf(workers * wmax);
+  std::vector<BF16> wbuf(workers * wmax);  // each worker's bf16 copy of its unit's W_hh
+  // every unit's W_ih in bf16 at its gate rows (G, I), converted in the unit's task: the input gradients' GEMMs
+  std::vector<BF16> wih16(dx.empty() ? 0 : p.G * I);
   std::vector<float> fbuf(workers * 4 * BH);                 // dhr, dc, dL/dh_t and h_t in float32
   std::vector<float> dxbuf(own_dx ? workers * TB * I : 0);  // a unit's own input gradient before rounding
   for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
     const bool rev = p.rev[k];
-    BF16* wi = wbuf.data() + wk * wmax;
-    BF16* wh = wi + gh * I;
+    BF16* wh = wbuf.data() + wk * wmax;
     to_bf16(w.w_hh[k], wh, gh * H);
+    BF16* wi = dx.empty() ? nullptr : wih16.data() + go * I;
+    if (wi != nullptr) to_bf16(w.w_ih[k], wi, gh * I);
     const BF16* hk = hs + k * T_ * BH;
     const float* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
     const BF16* ghk = gh_all + k * T_ * BH;
@@ -120,7 +123,6 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
     if (!d.dw_ih.empty()) gemm_rm_bf16(true, false, gh, I, TB, dgk16, gh, w.input(p, k), I, 0.0f, d.dw_ih[k], I);
     if (own_dx) {
       float* dx32 = dxbuf.data() + wk * TB * I;
-      to_bf16(w.w_ih[k], wi, gh * I);
       gemm_rm_bf16(false, false, TB, I, gh, dgk16, gh, wi, I, 0.0f, dx32, I);
       to_bf16(dx32, dx[k], TB * I);
     }
@@ -128,12 +130,9 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
   });
   if (!dx.empty() && p.Kx == 1) {  // the shared input's gradient, summed in float32 in unit order, rounded once
     std::vector<float> dx32(TB * I);
-    for (int64_t k = 0; k < p.K; ++k) {
-      BF16* wi = wbuf.data();
-      to_bf16(w.w_ih[k], wi, p.gh[k] * I);
-      gemm_rm_bf16(false, false, TB, I, p.gh[k], dgates16 + TB * p.goff[k], p.gh[k], wi, I, k == 0 ? 0.0f : 1.0f,
-                   dx32.data(), I);
-    }
+    for (int64_t k = 0; k < p.K; ++k)
+      gemm_rm_bf16(false, false, TB, I, p.gh[k], dgates16 + TB * p.goff[k], p.gh[k], wih16.data() + p.goff[k] * I, I,
+                   k == 0 ? 0.0f : 1.0f, dx32.data(), I);
     to_bf16(dx32.data(), dx[0], TB * I);
   }
 }
