@@ -22,7 +22,7 @@ code runs under the interpreter of triton 3.6 (the GPU machine) and 3.8.
 """
 import contextlib
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -133,17 +133,19 @@ def _mixed_sum_fwd_kernel(ys, w_ptr, out_ptr, acc_ptr, strides, N, D1, D2, D3, N
 
 @triton.jit
 def _bwd_term(g, y_ptr, gy_ptr, w_ptr, part_ptr, K: tl.constexpr, offs, mask, t0, t1, t2, t3,
-              STRIDED: tl.constexpr, c0, c1, c2, c3):
-    y = _load_f32(y_ptr, offs, mask, t0, t1, t2, t3, STRIDED, c0, c1, c2, c3)
-    w = tl.load(w_ptr + K)
-    tl.store(gy_ptr + offs, (w * g).to(gy_ptr.dtype.element_ty), mask=mask)
-    tl.store(part_ptr + K, tl.sum(g * y, axis=0))
+              STRIDED: tl.constexpr, c0, c1, c2, c3, GRADS: tl.constexpr, DOTS: tl.constexpr):
+    if GRADS:  # the input's gradient w_k * g (a weight step's; an alpha step's where no alpha lies upstream)
+        w = tl.load(w_ptr + K)
+        tl.store(gy_ptr + offs, (w * g).to(gy_ptr.dtype.element_ty), mask=mask)
+    if DOTS:  # <g, y_k> for alpha's gradient: only then is y read
+        y = _load_f32(y_ptr, offs, mask, t0, t1, t2, t3, STRIDED, c0, c1, c2, c3)
+        tl.store(part_ptr + K, tl.sum(g * y, axis=0))
 
 
 @triton.jit(do_not_specialize=["strides", "g_strides"])
 def _mixed_sum_bwd_kernel(g_ptr, ys, gys, w_ptr, part_ptr, strides, g_strides, N, D1, D2, D3, NUM: tl.constexpr,
                           STRIDED: tl.constexpr, G_STRIDED: tl.constexpr, HAS_STRIDED: tl.constexpr,
-                          IDX64: tl.constexpr, BLOCK: tl.constexpr):
+                          IDX64: tl.constexpr, BLOCK: tl.constexpr, GRADS: tl.constexpr, DOTS: tl.constexpr):
     offs, mask, c0, c1, c2, c3 = _offsets(N, D1, D2, D3, HAS_STRIDED, IDX64, BLOCK)
     g = _load_f32(g_ptr, offs, mask, g_strides[0], g_strides[1], g_strides[2], g_strides[3], G_STRIDED,
                   c0, c1, c2, c3)
@@ -154,7 +156,7 @@ def _mixed_sum_bwd_kernel(g_ptr, ys, gys, w_ptr, part_ptr, strides, g_strides, N
     for k in tl.static_range(NUM):
         st = strides[k]
         _bwd_term(g, ys[k], gys[k], w_ptr, part, k, offs, mask, st[0], st[1], st[2], st[3], STRIDED[k],
-                  c0, c1, c2, c3)
+                  c0, c1, c2, c3, GRADS, DOTS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,39 +329,44 @@ def _forward(ys: List[Tensor], w: Tensor) -> Tensor:
     return out
 
 
-def backward(grad_out: Tensor, ys: Sequence[Tensor], w: Tensor) -> Tuple[List[Tensor], Tensor]:
+def backward(grad_out: Tensor, ys: Sequence[Tensor], w: Tensor, need_grads: bool = True,
+             need_dots: bool = True) -> Tuple[Optional[List[Tensor]], Optional[Tensor]]:
     """grad_ys[i] = w[i] * grad_out (in ys[i]'s dtype, the output layout) and dots[i] = <grad_out, ys[i]>
-    (fp32), reading grad_out once per chunk of MAX_INPUTS inputs."""
+    (fp32), reading grad_out once per chunk of MAX_INPUTS inputs. Only what is needed is computed: without
+    need_grads no input gradient is written (None comes back), without need_dots no input is read (None)."""
     _check(ys, w)
     ys = list(ys)
     if grad_out.shape != ys[0].shape or grad_out.device != ys[0].device:
         raise ValueError("mixed_sum backward: grad_out does not match the inputs")
     with _on_device(ys[0]):
-        return _backward(grad_out, ys, w)
+        return _backward(grad_out, ys, w, need_grads, need_dots)
 
 
-def _backward(grad_out: Tensor, ys: List[Tensor], w: Tensor) -> Tuple[List[Tensor], Tensor]:
+def _backward(grad_out: Tensor, ys: List[Tensor], w: Tensor, need_grads: bool,
+              need_dots: bool) -> Tuple[Optional[List[Tensor]], Optional[Tensor]]:
     dev = ys[0].device
     sizes = list(ys[0].shape)
     if grad_out.dtype not in SUPPORTED:
         grad_out = grad_out.float()
     ostrides = out_strides(ys)
-    grads = [torch.empty_strided(sizes, ostrides, dtype=y.dtype, device=dev) for y in ys]
+    grads = [torch.empty_strided(sizes, ostrides, dtype=y.dtype, device=dev) for y in ys] if need_grads else None
     n = grad_out.numel()
     k = len(ys)
-    if n == 0:
-        return grads, torch.zeros(k, dtype=torch.float32, device=dev)
+    if n == 0 or not (need_grads or need_dots):
+        return grads, torch.zeros(k, dtype=torch.float32, device=dev) if need_dots else None
     w = w.to(device=dev, dtype=torch.float32).contiguous()
     plan = _Plan(ys, ostrides, grad_out)
     chunks = _chunks(k)
     block, warps = _launch_config(n)
     nblocks = triton.cdiv(n, block)
-    part = torch.empty((len(chunks), nblocks, MAX_INPUTS), dtype=torch.float32, device=dev)
+    # without dots the partial sums are never written: one placeholder pointer stands in for them
+    part = torch.empty((len(chunks), nblocks, MAX_INPUTS) if need_dots else (len(chunks), 1, MAX_INPUTS),
+                       dtype=torch.float32, device=dev)
     for c, idx in enumerate(chunks):
         _mixed_sum_bwd_kernel[(nblocks,)](
             plan.g,
             tuple(plan.ys[i] for i in idx),
-            tuple(grads[i] for i in idx),
+            tuple((grads if need_grads else plan.ys)[i] for i in idx),  # not written without need_grads
             w[idx[0]:],
             part[c],
             plan.stride_args(idx),
@@ -374,9 +381,11 @@ def _backward(grad_out: Tensor, ys: List[Tensor], w: Tensor) -> Tuple[List[Tenso
             HAS_STRIDED=plan.has_strided,
             IDX64=plan.idx64,
             BLOCK=block,
+            GRADS=need_grads,
+            DOTS=need_dots,
             num_warps=warps,
         )
-    dots = part.sum(dim=1).reshape(-1)[:k]
+    dots = part.sum(dim=1).reshape(-1)[:k] if need_dots else None
     return grads, dots
 
 

@@ -101,6 +101,38 @@ def test_mixed_sum():
                   lambda args: dict(zip(("ys", "alpha"), args[-1])))
 
 
+def test_mixed_sum_triton(monkeypatch):
+    """The Triton backward (kernels/mixed_sum.py) is asked for the inputs' gradients and the dot products
+    only when wanted, and skips the other: gradients bit for bit the full backward's."""
+    from test_mixed_sum import TRITON_DEVICE
+
+    if TRITON_DEVICE is None:
+        pytest.skip("Triton needs a CUDA GPU or TRITON_INTERPRET=1")
+    km = mixed_sum.kernels_module()
+    asked, real = [], km.backward
+
+    def spy(grad, ys, w, need_grads=True, need_dots=True):
+        asked.append((need_grads, need_dots))
+        grads, dots = real(grad, ys, w, need_grads, need_dots)
+        assert (grads is None) != need_grads and (dots is None) != need_dots  # nothing unasked computed
+        return grads, dots
+
+    monkeypatch.setattr(km, "backward", spy)
+    torch.manual_seed(2)
+    alpha = torch.randn(3, 4, device=TRITON_DEVICE, requires_grad=True)
+    ys = [torch.randn(2, 5, 7, device=TRITON_DEVICE, requires_grad=True) for _ in range(5)]
+    out = mixed_sum.mixed_sum_triton(ys, alpha, [(0, 1), (1, 2), (2, 3), (0, 0), (1, 1)])
+    g = torch.randn_like(out)
+    full = torch.autograd.grad(out, ys + [alpha], g, retain_graph=True)
+    for into, want in ((ys, (True, False)), ([alpha], (False, True)), (ys + [alpha], (True, True))):
+        asked.clear()
+        got = torch.autograd.grad(out, into, g, retain_graph=True)
+        assert asked == [want]
+        idx = [next(i for i, t in enumerate(ys + [alpha]) if t is u) for u in into]
+        for a, i in zip(got, idx):
+            assert torch.equal(a, full[i])
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared_input", "per_candidate_input"])
 def test_multi_depthwise(stride, shared):

@@ -145,7 +145,7 @@ def _backward(
         raise ValueError(f"mixed_sum: unknown implementation {impl!r} (one of {IMPLS})")
     dev = ys[0].device
     p, w, idx = _weights(alpha, edges, cands, dev)
-    grads, dots = kernels_module().backward(grad, ys, w)
+    grads, dots = kernels_module().backward(grad, ys, w, need_ys, need_alpha)  # skips what is not wanted
     if not need_ys:
         grads = [None] * len(ys)
     if not need_alpha:
