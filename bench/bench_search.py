@@ -35,7 +35,7 @@ from common import RESULTS, ResultsFile, header, median_time  # noqa: E402
 from emodarts.engine.architect import Architect  # noqa: E402
 from emodarts.engine.config import PRESETS, with_seq_space  # noqa: E402
 from emodarts.engine.losses import weight_step  # noqa: E402
-from emodarts.engine.optim import weight_sgd  # noqa: E402
+from emodarts.engine.optim import clipped_step, weight_sgd  # noqa: E402
 from emodarts.features import FEATURE_PRESETS  # noqa: E402
 from emodarts.model.space import SEQ_SUBSETS  # noqa: E402
 from emodarts.model.supernet import Supernet  # noqa: E402
@@ -65,6 +65,17 @@ def part_times(model, x: torch.Tensor, device: torch.device, repeats: int, warmu
 
     return {"cnn_fwd_bwd_s": median_time(lambda: back(cnn()), device, repeats, warmup),
             "seq_fwd_bwd_s": median_time(lambda: back(seq()), device, repeats, warmup)}
+
+
+def step_times(architect, model, w_opt, x, y, clip: float, device: torch.device, repeats: int) -> dict:
+    """The step's two halves apart (the alpha step: forward, backward into the alphas, Adam; the weight step:
+    forward, backward into the weights, the update) and the update alone (norm, clipping, fused SGD on the
+    gradients already there): what lies outside the passes."""
+    params = [p for g in w_opt.param_groups for p in g["params"]]
+    alpha = median_time(lambda: architect.step(x, y, x, y), device, repeats, 1)
+    weight = median_time(lambda: weight_step(model, w_opt, x, y, clip), device, repeats, 1)
+    update = median_time(lambda: clipped_step(w_opt, params, clip), device, repeats, 1)
+    return {"alpha_step_s": alpha, "weight_step_s": weight, "update_s": update}
 
 
 def cuda_launches(step) -> int:
@@ -128,7 +139,10 @@ def measure(job: dict) -> dict:
            "n_seq": len(model_cfg.seq_primitives), "page_faults_per_step": faults,
            "bf16_units": cpu_has_bf16_units() if device.type == "cpu" else None}
     if job.get("breakdown") and job["mode"] != "compile":
-        out.update(part_times(model, x, device, max(1, job["repeats"] // 2), 1))
+        reps = max(1, job["repeats"] // 2)
+        with autocast(str(device), amp):
+            out.update(part_times(model, x, device, reps, 1))
+            out.update(step_times(architect, model, w_opt, x, y, sc.grad_clip, device, reps))
     if device.type == "cuda":
         out["kernel_launches_per_step"] = cuda_launches(step)
     return out
@@ -185,13 +199,18 @@ def print_table(rows: list, title: str) -> None:
 def print_breakdown(rows: list) -> None:
     print("\nwhere a step goes: forward+backward of each part alone (a step runs the model forward and backward")
     print("twice in first order: the alpha step, whose backward skips the weight gradients, and the weight step)")
-    print(f"{'preset':<7} {'order':<6} {'K':>2} {'mode':<10} {'step ms':>9} {'CNN f+b ms':>11} {'seq f+b ms':>11} {'CNN share':>10}")
+    print("and the two halves of the step apart: the alpha step, the weight step and, in it, the update)")
+    print(f"{'preset':<7} {'order':<6} {'K':>2} {'amp':<5} {'mode':<10} {'step ms':>9} {'CNN f+b ms':>11} "
+          f"{'seq f+b ms':>11} {'CNN share':>10} {'alpha ms':>9} {'weight ms':>10} {'update ms':>10} {'a/w':>5}")
     for r in rows:
         if "cnn_fwd_bwd_s" not in r:
             continue
         cnn, seq = r["cnn_fwd_bwd_s"], r["seq_fwd_bwd_s"]
-        print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r.get('partial_channels', 1):>2} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} "
-              f"{1e3 * cnn:>11.1f} {1e3 * seq:>11.1f} {100 * cnn / (cnn + seq):>9.0f}%")
+        a, w, u = (r.get(k, float("nan")) for k in ("alpha_step_s", "weight_step_s", "update_s"))
+        print(f"{r['preset']:<7} {'2nd' if r['second_order'] else '1st':<6} {r.get('partial_channels', 1):>2} "
+              f"{r.get('amp', 'none'):<5} {r['mode']:<10} {1e3 * r['seconds']:>9.1f} {1e3 * cnn:>11.1f} "
+              f"{1e3 * seq:>11.1f} {100 * cnn / (cnn + seq):>9.0f}% {1e3 * a:>9.1f} {1e3 * w:>10.1f} {1e3 * u:>10.1f} "
+              f"{a / w:>5.2f}")
 
 
 def plot_growth(rows: list, path: Path) -> None:
