@@ -351,7 +351,6 @@ std::tuple<Tensor, Tensor, Tensor> grouped_rnn_forward(at::TensorList xs_, at::T
   return {hs, cs, gates};
 }
 
-
 // one new tensor per unit shaped like `like[k]`, or none when not wanted
 std::vector<Tensor> per_unit_like(const std::vector<Tensor>& like, bool wanted) {
   std::vector<Tensor> out;
