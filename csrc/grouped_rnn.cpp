@@ -67,6 +67,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -223,12 +224,20 @@ void forward_impl(const Plan& p, const UnitPtrs<T>& w, const T* bias, T* hs, T* 
     gemm_rm<T>(blas, false, true, TB, gh, I, T(1), w.input(p, k), I, w.w_ih[k], I, T(0), gk, gh);
     T* hk = hs + k * T_ * BH;
     T* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
+    // float32 W_hh packed once for the T-1 recurrent products, where that pays (cpu_common.h)
+    std::unique_ptr<cpu_common::PackedRhsT> packed;
+    if constexpr (std::is_same_v<T, float>)
+      if (T_ > 2 && cpu_common::packed_gemm_pays(gh, H))
+        packed = std::make_unique<cpu_common::PackedRhsT>(B, gh, H, whh, H);
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = p.rev[k] ? T_ - 1 - s : s;
       const int64_t tp = p.rev[k] ? t + 1 : t - 1;
       T* gt = gk + t * B * gh;
-      if (s > 0)  // gates_t += h_{t-1} W_hh^T
+      if (s > 0 && packed) {  // gates_t += h_{t-1} W_hh^T
+        if constexpr (std::is_same_v<T, float>) packed->accumulate(hk + tp * BH, H, gt, gh);
+      } else if (s > 0) {
         gemm_rm<T>(blas, false, true, B, gh, H, T(1), hk + tp * BH, H, whh, H, T(1), gt, gh);
+      }
       if (k < p.KL)
         lstm_fwd(B, H, gt, gh, b, s > 0 ? ck + tp * BH : nullptr, ck + t * BH, hk + t * BH);
       else

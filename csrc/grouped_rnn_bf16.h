@@ -38,11 +38,11 @@ struct Bf16Ptrs {
 void forward_bf16(const Plan& p, const Bf16Ptrs& w, const float* bias, BF16* hs, float* cs, float* gates) {
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
   const int64_t workers = n_workers(p.K), wmax = max_unit_weights(p);
-  std::vector<BF16> wbuf(workers * wmax);  // each worker's bf16 copy of its unit's weights
-  std::vector<float> hbuf(workers * BH);   // each worker's float32 h_t, rounded into hs
+  const auto wbuf = cpu_common::scratch_of<BF16>(workers * wmax);  // each worker's bf16 copy of its unit's weights
+  const auto hbuf = cpu_common::scratch_of<float>(workers * BH);   // each worker's float32 h_t, rounded into hs
   for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
-    BF16* wi = wbuf.data() + wk * wmax;
+    BF16* wi = wbuf.get() + wk * wmax;
     BF16* wh = wi + gh * I;
     to_bf16(w.w_ih[k], wi, gh * I);
     to_bf16(w.w_hh[k], wh, gh * H);
@@ -51,7 +51,7 @@ void forward_bf16(const Plan& p, const Bf16Ptrs& w, const float* bias, BF16* hs,
     gemm_rm_bf16(false, true, TB, gh, I, w.input(p, k), I, wi, I, 0.0f, gk, gh);
     BF16* hk = hs + k * T_ * BH;
     float* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
-    float* h32 = hbuf.data() + wk * BH;
+    float* h32 = hbuf.get() + wk * BH;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = p.rev[k] ? T_ - 1 - s : s;
       const int64_t tp = p.rev[k] ? t + 1 : t - 1;
@@ -73,17 +73,17 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
   const int64_t workers = n_workers(p.K), wmax = max_unit_weights(p);
   const bool own_dx = !dx.empty() && p.Kx != 1;
-  std::vector<BF16> wbuf(workers * wmax);  // each worker's bf16 copy of its unit's W_hh
+  const auto wbuf = cpu_common::scratch_of<BF16>(workers * wmax);  // each worker's bf16 copy of its unit's W_hh
   // every unit's W_ih in bf16 at its gate rows (G, I), converted in the unit's task: the input gradients' GEMMs
-  std::vector<BF16> wih16(dx.empty() ? 0 : p.G * I);
-  std::vector<float> fbuf(workers * 4 * BH);                 // dhr, dc, dL/dh_t and h_t in float32
-  std::vector<float> dxbuf(own_dx ? workers * TB * I : 0);  // a unit's own input gradient before rounding
+  const auto wih16 = cpu_common::scratch_of<BF16>(dx.empty() ? 0 : p.G * I);
+  const auto fbuf = cpu_common::scratch_of<float>(workers * 4 * BH);  // dhr, dc, dL/dh_t and h_t in float32
+  const auto dxbuf = cpu_common::scratch_of<float>(own_dx ? workers * TB * I : 0);  // own input gradients, unrounded
   for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
     const bool rev = p.rev[k];
-    BF16* wh = wbuf.data() + wk * wmax;
+    BF16* wh = wbuf.get() + wk * wmax;
     to_bf16(w.w_hh[k], wh, gh * H);
-    BF16* wi = dx.empty() ? nullptr : wih16.data() + go * I;
+    BF16* wi = dx.empty() ? nullptr : wih16.get() + go * I;
     if (wi != nullptr) to_bf16(w.w_ih[k], wi, gh * I);
     const BF16* hk = hs + k * T_ * BH;
     const float* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
@@ -91,7 +91,7 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
     const float* ak = gates + TB * go;
     float* dgk = dgates + TB * go;
     BF16* dgk16 = dgates16 + TB * go;
-    float* dhr = fbuf.data() + wk * 4 * BH;
+    float* dhr = fbuf.get() + wk * 4 * BH;
     float* dc = dhr + BH;
     float* g32 = dc + BH;
     float* h32 = g32 + BH;
@@ -122,17 +122,17 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
     }
     if (!d.dw_ih.empty()) gemm_rm_bf16(true, false, gh, I, TB, dgk16, gh, w.input(p, k), I, 0.0f, d.dw_ih[k], I);
     if (own_dx) {
-      float* dx32 = dxbuf.data() + wk * TB * I;
+      float* dx32 = dxbuf.get() + wk * TB * I;
       gemm_rm_bf16(false, false, TB, I, gh, dgk16, gh, wi, I, 0.0f, dx32, I);
       to_bf16(dx32, dx[k], TB * I);
     }
     if (!d.db.empty()) column_sums(dgk, TB, gh, d.db[k]);
   });
   if (!dx.empty() && p.Kx == 1) {  // the shared input's gradient, summed in float32 in unit order, rounded once
-    std::vector<float> dx32(TB * I);
+    const auto dx32 = cpu_common::scratch_of<float>(TB * I);
     for (int64_t k = 0; k < p.K; ++k)
-      gemm_rm_bf16(false, false, TB, I, p.gh[k], dgates16 + TB * p.goff[k], p.gh[k], wih16.data() + p.goff[k] * I, I,
-                   k == 0 ? 0.0f : 1.0f, dx32.data(), I);
-    to_bf16(dx32.data(), dx[0], TB * I);
+      gemm_rm_bf16(false, false, TB, I, p.gh[k], dgates16 + TB * p.goff[k], p.gh[k], wih16.get() + p.goff[k] * I, I,
+                   k == 0 ? 0.0f : 1.0f, dx32.get(), I);
+    to_bf16(dx32.get(), dx[0], TB * I);
   }
 }

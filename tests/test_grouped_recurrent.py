@@ -319,6 +319,21 @@ def test_avx2_epilogue_without_avx512(ops):
     _parity_in_fresh_process(EMODARTS_GROUPED_NO_AVX512="1")
 
 
+@pytest.mark.parametrize("no_pack", ["0", "1"], ids=["packed_where_it_pays", "plain_sgemm"])
+def test_lstm_h128_recurrent_product(ops, no_pack):
+    """LSTMs of the paper preset's hidden size: on Intel CPUs with AVX-512 the float32 forward packs W_hh once per
+    call for its recurrent products (csrc/cpu_common.h, packed_gemm_pays), EMODARTS_GROUPED_NO_PACK=1 takes the
+    plain sgemm; elsewhere both runs take the plain one. Each in a fresh process (the switch is read once)."""
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "import torch; torch.manual_seed(0); torch.set_num_threads(1)\n"
+        "from test_grouped_recurrent import TOL, compare, make\n"
+        "compare([make('lstm1bi', 128, 24, torch.float32), make('lstm2', 128, 24, torch.float32),"
+        " make('rnn1', 128, 24, torch.float32)], torch.randn(3, 5, 24), TOL[torch.float32])\n"
+    )
+    run_in_fresh_process(code, OMP_NUM_THREADS="1", EMODARTS_GROUPED_NO_PACK=no_pack)
+
+
 # --------------------------------------------------------------------------------------------------
 # CUDA: compile check (CPU machines with nvcc) and parity on a GPU
 
