@@ -51,7 +51,9 @@
 // much as a whole tiny-preset step. When those symbols are absent (another BLAS build), or with
 // EMODARTS_GROUPED_GEMM=aten, the same GEMMs go through ATen (at::mm_out / addmm_ on strided views of the
 // same buffers). (Measured and dropped: a register-blocked
-// GEMM fused with the epilogue, and MKL's packed GEMM for W_hh; neither beat plain sgemm + epilogue.)
+// GEMM fused with the epilogue. MKL's packed GEMM for W_hh was slower on an AMD EPYC, but 1.5x the plain sgemm
+// per LSTM step at H = 128 on an Intel Xeon with AVX-512: the float32 forward packs W_hh where
+// cpu_common::packed_gemm_pays says so.)
 // The epilogue is vectorised: float32 runs 8 lanes, or 16 on a CPU with AVX-512 (GCC/Clang vector
 // extensions, csrc/grouped_rnn_kernels.h compiled for the baseline, for AVX2+FMA and for AVX-512F, picked at
 // run time) with Cephes-style exp/tanh (max rel. error ~2e-7); float64 calls std::exp/std::tanh per element
