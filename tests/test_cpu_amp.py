@@ -29,7 +29,10 @@ def test_work_and_result_dtypes():
     assert work_dtype([torch.empty(1, dtype=torch.int64)]) is None
     assert result_dtype(torch.bfloat16) == torch.bfloat16
     with torch.autocast("cpu", torch.bfloat16):
-        assert result_dtype(torch.bfloat16) == torch.float32
+        assert result_dtype(torch.bfloat16) == torch.float32 and result_dtype(torch.float64) == torch.float64
+        x64 = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+        assert pointwise.pointwise_convs_fused([x64], [torch.randn(4, 3, 1, 1, dtype=torch.float64)])[0].dtype \
+            == torch.float64
 
 
 def _grads(fn, inputs, out_grads):

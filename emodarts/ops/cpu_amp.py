@@ -26,5 +26,6 @@ def work_dtype(ts: Sequence[Tensor]) -> Optional[torch.dtype]:
 
 
 def result_dtype(input_dtype: torch.dtype) -> torch.dtype:
-    """float32 under CPU autocast (the float32 list, module docstring), else the input's dtype."""
-    return torch.float32 if torch.is_autocast_enabled("cpu") else input_dtype
+    """float32 under CPU autocast (the float32 list, module docstring), else the input's dtype; float64 stays
+    float64, as autocast leaves it."""
+    return torch.float32 if torch.is_autocast_enabled("cpu") and input_dtype != torch.float64 else input_dtype
