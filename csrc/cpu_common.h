@@ -127,31 +127,24 @@ std::unique_ptr<T[]> scratch_of(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
-// bfloat16 <-> float32 (round to nearest even, as c10::BFloat16; written as plain loops the compiler vectorises)
+// bfloat16 <-> float32, c10's conversions (round to nearest even) as loops the compiler vectorises
 inline void to_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, src + i, 4);
-    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-    dst[i].x = nan ? uint16_t(0x7fc0) : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = c10::BFloat16(src[i]);
 }
 inline void to_float(const c10::BFloat16* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = uint32_t(src[i].x) << 16;
-    std::memcpy(dst + i, &u, 4);
-  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
-// Whether bf16 GEMMs run on MKL's gemm_bf16bf16f32 (else on float32 copies of the operands).
+// Whether bf16 GEMMs run on MKL's gemm_bf16bf16f32 (else on float32 copies of the operands); like use_blas, read
+// once per call of an op and handed to gemm_rm_bf16.
 inline bool bf16_blas() { return use_blas() && gemm_bf16bf16f32_ != nullptr; }
 
-// C (M x N, float32, ldc) = op(A) op(B) + beta * C with bfloat16 A and B, row-major as gemm_rm: the products of
-// bf16 numbers are exact in float32, so either path computes the same sums up to their order.
-inline void gemm_rm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, const c10::BFloat16* A, int64_t lda,
-                         const c10::BFloat16* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+// C (M x N, float32, ldc) = op(A) op(B) + beta * C with bfloat16 A and B, row-major as gemm_rm; blas: bf16_blas().
+// The products of bf16 numbers are exact in float32, so either path computes the same sums up to their order.
+inline void gemm_rm_bf16(bool blas, bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, const c10::BFloat16* A,
+                         int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  if (Kd > 0 && bf16_blas() && fits_int(M) && fits_int(N) && fits_int(Kd) && fits_int(lda) && fits_int(ldb) &&
+  if (Kd > 0 && blas && fits_int(M) && fits_int(N) && fits_int(Kd) && fits_int(lda) && fits_int(ldb) &&
       fits_int(ldc)) {
     const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
     const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(Kd), la = static_cast<int>(ldb),
@@ -163,7 +156,7 @@ inline void gemm_rm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, con
   }
   const at::Tensor a = view_rm(A, ta ? Kd : M, ta ? M : Kd, lda, false).to(at::kFloat);
   const at::Tensor b = view_rm(B, tb ? N : Kd, tb ? Kd : N, ldb, false).to(at::kFloat);
-  gemm_rm<float>(use_blas(), ta, tb, M, N, Kd, 1.0f, a.const_data_ptr<float>(), a.size(1), b.const_data_ptr<float>(),
+  gemm_rm<float>(blas, ta, tb, M, N, Kd, 1.0f, a.const_data_ptr<float>(), a.size(1), b.const_data_ptr<float>(),
                  b.size(1), beta, C, ldc);
 }
 
@@ -222,14 +215,14 @@ class PackedRhsT {
 // Whether the recurrent product packs W_hh once per call: measured (this Xeon with AVX-512 and AMX, one thread)
 // 18 against 25-28 us per (16 x 128) x (128 x 512) product, the paper preset's LSTM step, but slower for
 // smaller weights (0.6-1.0x at 128 x 128 and below), on the backward's (16 x 512) x (512 x 128), and on an AMD
-// EPYC in an earlier measurement: so on Intel CPUs with AVX-512, for weights of at least 512 x 128, within the
-// BLAS path, unless EMODARTS_GROUPED_NO_PACK=1.
+// EPYC in an earlier measurement: so on Intel CPUs with AVX-512, for weights of at least 512 x 128, unless
+// EMODARTS_GROUPED_NO_PACK=1. The caller asks only on its BLAS path (use_blas()).
 inline bool packed_gemm_pays(int64_t rows, int64_t cols) {
 #ifdef EMODARTS_CPU_HAVE_AVX2
   static const bool ok = cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
                          cblas_sgemm_compute != nullptr && __builtin_cpu_is("intel") &&
                          __builtin_cpu_supports("avx512f") && !switched_off("EMODARTS_GROUPED_NO_PACK");
-  return ok && use_blas() && rows >= 512 && cols >= 128 && fits_int(rows * cols);
+  return ok && rows >= 512 && cols >= 128 && fits_int(rows * cols);
 #else
   (void)rows;
   (void)cols;

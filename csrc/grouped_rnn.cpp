@@ -229,7 +229,7 @@ void forward_impl(const Plan& p, const UnitPtrs<T>& w, const T* bias, T* hs, T* 
     // float32 W_hh packed once for the T-1 recurrent products, where that pays (cpu_common.h)
     std::unique_ptr<cpu_common::PackedRhsT> packed;
     if constexpr (std::is_same_v<T, float>)
-      if (T_ > 2 && cpu_common::packed_gemm_pays(gh, H))
+      if (blas && T_ > 2 && cpu_common::packed_gemm_pays(gh, H))
         packed = std::make_unique<cpu_common::PackedRhsT>(B, gh, H, whh, H);
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = p.rev[k] ? T_ - 1 - s : s;

@@ -16,11 +16,9 @@ using cpu_common::gemm_rm_bf16;
 using cpu_common::to_bf16;
 using cpu_common::to_float;
 
-// the largest bf16 copy of one unit's weights, W_ih then W_hh
-inline int64_t max_unit_weights(const Plan& p) {
-  int64_t m = 0;
-  for (int64_t k = 0; k < p.K; ++k) m = std::max(m, p.gh[k] * (p.I + p.H));
-  return m;
+// the most gate rows of a unit, times `cols`: the size of a worker's bf16 copy of one unit's weights
+inline int64_t max_unit_rows(const Plan& p, int64_t cols) {
+  return *std::max_element(p.gh.begin(), p.gh.end()) * cols;
 }
 
 // Pointers of one call: inputs (bf16, Kx of them) and weights (float32), read in place.
@@ -37,8 +35,9 @@ struct Bf16Ptrs {
 
 void forward_bf16(const Plan& p, const Bf16Ptrs& w, const float* bias, BF16* hs, float* cs, float* gates) {
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
-  const int64_t workers = n_workers(p.K), wmax = max_unit_weights(p);
-  const auto wbuf = cpu_common::scratch_of<BF16>(workers * wmax);  // each worker's bf16 copy of its unit's weights
+  const bool blas = cpu_common::bf16_blas();
+  const int64_t workers = n_workers(p.K), wmax = max_unit_rows(p, p.I + p.H);
+  const auto wbuf = cpu_common::scratch_of<BF16>(workers * wmax);  // each worker's bf16 W_ih, then W_hh
   const auto hbuf = cpu_common::scratch_of<float>(workers * BH);   // each worker's float32 h_t, rounded into hs
   for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
@@ -48,7 +47,7 @@ void forward_bf16(const Plan& p, const Bf16Ptrs& w, const float* bias, BF16* hs,
     to_bf16(w.w_hh[k], wh, gh * H);
     const float* b = bias + go;
     float* gk = gates + TB * go;
-    gemm_rm_bf16(false, true, TB, gh, I, w.input(p, k), I, wi, I, 0.0f, gk, gh);
+    gemm_rm_bf16(blas, false, true, TB, gh, I, w.input(p, k), I, wi, I, 0.0f, gk, gh);
     BF16* hk = hs + k * T_ * BH;
     float* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
     float* h32 = hbuf.get() + wk * BH;
@@ -56,7 +55,7 @@ void forward_bf16(const Plan& p, const Bf16Ptrs& w, const float* bias, BF16* hs,
       const int64_t t = p.rev[k] ? T_ - 1 - s : s;
       const int64_t tp = p.rev[k] ? t + 1 : t - 1;
       float* gt = gk + t * B * gh;
-      if (s > 0) gemm_rm_bf16(false, true, B, gh, H, hk + tp * BH, H, wh, H, 1.0f, gt, gh);
+      if (s > 0) gemm_rm_bf16(blas, false, true, B, gh, H, hk + tp * BH, H, wh, H, 1.0f, gt, gh);
       if (k < p.KL)
         lstm_fwd(B, H, gt, gh, b, s > 0 ? ck + tp * BH : nullptr, ck + t * BH, h32);
       else
@@ -71,7 +70,8 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
                    const float* gates, const std::vector<BF16*>& dx, const UnitGrads<float>& d, float* dgates,
                    BF16* dgates16) {
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
-  const int64_t workers = n_workers(p.K), wmax = max_unit_weights(p);
+  const bool blas = cpu_common::bf16_blas();
+  const int64_t workers = n_workers(p.K), wmax = max_unit_rows(p, p.H);
   const bool own_dx = !dx.empty() && p.Kx != 1;
   const auto wbuf = cpu_common::scratch_of<BF16>(workers * wmax);  // each worker's bf16 copy of its unit's W_hh
   // every unit's W_ih in bf16 at its gate rows (G, I), converted in the unit's task: the input gradients' GEMMs
@@ -100,7 +100,7 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
       const int64_t tp = rev ? t + 1 : t - 1;
       const int64_t tn = rev ? t - 1 : t + 1;
       const bool last = s == T_ - 1;
-      if (!last) gemm_rm_bf16(false, false, B, H, gh, dgk16 + tn * B * gh, gh, wh, H, 0.0f, dhr, H);
+      if (!last) gemm_rm_bf16(blas, false, false, B, H, gh, dgk16 + tn * B * gh, gh, wh, H, 0.0f, dhr, H);
       to_float(ghk + t * BH, g32, BH);
       float* dg = dgk + t * B * gh;
       if (k < p.KL) {
@@ -115,15 +115,15 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
     const int64_t rows = (T_ - 1) * B;
     if (!d.dw_hh.empty()) {
       if (rows > 0)
-        gemm_rm_bf16(true, false, gh, H, rows, dgk16 + (rev ? 0 : B * gh), gh, hk + (rev ? BH : 0), H, 0.0f,
+        gemm_rm_bf16(blas, true, false, gh, H, rows, dgk16 + (rev ? 0 : B * gh), gh, hk + (rev ? BH : 0), H, 0.0f,
                      d.dw_hh[k], H);
       else
         std::fill(d.dw_hh[k], d.dw_hh[k] + gh * H, 0.0f);
     }
-    if (!d.dw_ih.empty()) gemm_rm_bf16(true, false, gh, I, TB, dgk16, gh, w.input(p, k), I, 0.0f, d.dw_ih[k], I);
+    if (!d.dw_ih.empty()) gemm_rm_bf16(blas, true, false, gh, I, TB, dgk16, gh, w.input(p, k), I, 0.0f, d.dw_ih[k], I);
     if (own_dx) {
       float* dx32 = dxbuf.get() + wk * TB * I;
-      gemm_rm_bf16(false, false, TB, I, gh, dgk16, gh, wi, I, 0.0f, dx32, I);
+      gemm_rm_bf16(blas, false, false, TB, I, gh, dgk16, gh, wi, I, 0.0f, dx32, I);
       to_bf16(dx32, dx[k], TB * I);
     }
     if (!d.db.empty()) column_sums(dgk, TB, gh, d.db[k]);
@@ -131,8 +131,8 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
   if (!dx.empty() && p.Kx == 1) {  // the shared input's gradient, summed in float32 in unit order, rounded once
     const auto dx32 = cpu_common::scratch_of<float>(TB * I);
     for (int64_t k = 0; k < p.K; ++k)
-      gemm_rm_bf16(false, false, TB, I, p.gh[k], dgates16 + TB * p.goff[k], p.gh[k], wih16.get() + p.goff[k] * I, I,
-                   k == 0 ? 0.0f : 1.0f, dx32.get(), I);
+      gemm_rm_bf16(blas, false, false, TB, I, p.gh[k], dgates16 + TB * p.goff[k], p.gh[k],
+                   wih16.get() + p.goff[k] * I, I, k == 0 ? 0.0f : 1.0f, dx32.get(), I);
     to_bf16(dx32.get(), dx[0], TB * I);
   }
 }

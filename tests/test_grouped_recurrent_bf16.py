@@ -21,6 +21,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 GROUP_ULPS = 0.5
 
 
+@pytest.fixture(scope="module")
+def ops_loaded():
+    """The grouped ops, loaded (and JIT-built if needed) once."""
+    return gr.ops()
+
+
 def _run(fn, mods, x, grads):
     """Outputs and the gradients of x and of every parameter under the given output gradients."""
     x = x.detach().clone().requires_grad_(True)
@@ -160,11 +166,6 @@ def test_rejects_bf16_weights(ops_loaded):
     with pytest.raises(RuntimeError, match="w_ih has dtype BFloat16, expected Float"):
         torch.ops.emodarts.grouped_rnn_forward([x], [torch.randn(4, 4, dtype=torch.bfloat16)],
                                                [torch.randn(4, 4)], [torch.randn(4)], [torch.randn(4)], 0, [0])
-
-
-@pytest.fixture(scope="module")
-def ops_loaded():
-    return gr.ops()
 
 
 def test_lstm_module_under_autocast_is_bf16_here():

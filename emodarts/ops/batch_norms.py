@@ -112,10 +112,10 @@ def batch_norms_fused(xs: Sequence[Tensor], groups: Sequence[Sequence[nn.Module]
     """Same contract as batch_norms_reference (module docstring)."""
     outs: List[List[Tensor]] = [[] for _ in xs]
     in_op: dict = {}  # (eps, dtype) -> indices normalised together by the C++ op
+    # under CPU autocast, bf16 / fp16 inputs in float32, as the other fused CNN ops (emodarts/ops/cpu_amp.py)
+    xs = [x.float() if x.device.type == "cpu" and result_dtype(x.dtype) != x.dtype and plain_training(group) else x
+          for x, group in zip(xs, groups)]
     for i, (x, group) in enumerate(zip(xs, groups)):
-        if x.device.type == "cpu" and result_dtype(x.dtype) == torch.float32 != x.dtype and plain_training(group):
-            x = x.float()  # under CPU autocast: in float32, as the other fused CNN ops (emodarts/ops/cpu_amp.py)
-            xs = [*xs[:i], x, *xs[i + 1:]]
         if not plain_training(group):
             outs[i] = [bn(x) for bn in group]
         elif _runs_in_op(x, group):
