@@ -230,6 +230,26 @@ inline bool packed_gemm_pays(int64_t rows, int64_t cols) {
 #endif
 }
 
+// How much a call must move (bytes read and written) before at::parallel_for spreads it over the intra-op
+// threads; every CPU kernel of the extension asks here (one rule). Measured on a 2-core Xeon VM with OpenMP's
+// default wait policy: a fork costs about 3 us while the workers still spin from the last parallel region (they
+// do between the ops of a step), and a 120k-element add ran 16.4 us on one thread against 9.3 us on two; a
+// sleeping worker (OMP_WAIT_POLICY=PASSIVE, or after a long pause) costs 10-150 us. EMODARTS_CPU_GRAIN_BYTES
+// overrides the default (read once per process), e.g. 4194304 where workers sleep between calls.
+inline int64_t parallel_grain_bytes() {
+  static const int64_t bytes = [] {
+    const char* e = std::getenv("EMODARTS_CPU_GRAIN_BYTES");
+    const long long v = e != nullptr ? std::atoll(e) : 0;
+    return v > 0 ? static_cast<int64_t>(v) : int64_t(int64_t(1) << 18);
+  }();
+  return bytes;
+}
+
+// The grain, in items, of a parallel_for over items that each move `bytes_per_item` bytes
+inline int64_t grain_items(int64_t bytes_per_item) {
+  return std::max<int64_t>(1, parallel_grain_bytes() / std::max<int64_t>(1, bytes_per_item));
+}
+
 // What a call runs here, for the benchmarks' records: the kernel copy and how work is spread over threads
 inline std::string cpu_info(bool avx2) {
   std::string s = avx2 ? "isa=avx2" : "isa=baseline";
@@ -240,7 +260,8 @@ inline std::string cpu_info(bool avx2) {
 #else
   s += " threads=single";
 #endif
-  return s + " max_threads=" + std::to_string(at::get_num_threads());
+  return s + " max_threads=" + std::to_string(at::get_num_threads()) +
+         " grain_bytes=" + std::to_string(parallel_grain_bytes());
 }
 
 // The data of a gradient a backward was asked for, or nullptr for one it was not (output_mask false: the

@@ -20,7 +20,7 @@
 // (never copied). Layout rules mirror kernels/layout.py: the fake kernels promise the output strides and dtype
 // with it, and tests/test_mixed_sum.py::test_cpp_and_python_layout_rules_agree fails when the two disagree.
 // Work is split into blocks of kBlock elements and spread over the intra-op threads with at::parallel_for (calls
-// that move less than kGrainBytes stay on one thread). Within a block, up to 8 flat inputs of one dtype are streamed together
+// that move less than cpu_common::parallel_grain_bytes() stay on one thread). Within a block, up to 8 flat inputs of one dtype are streamed together
 // (like the Triton kernel's 8 pointers per launch) with explicit vectors (GCC/Clang vector extensions),
 // which keeps several memory streams in flight and the fp32 accumulator in registers; the sum runs left to
 // right as in the reference. Dot products are accumulated in fp32 lanes per input, flushed into double
@@ -68,11 +68,6 @@ using at::Tensor;
 using at::TensorList;
 
 constexpr int64_t kBlock = 2048;         // elements per block
-// A second thread is only worth its start-up when the call moves more than this many bytes (every y read,
-// every output written): waking a sleeping OpenMP worker costs 10-150 us (the high end measured on a 2-core
-// VM with OMP_WAIT_POLICY=PASSIVE), about what one core streams through 2-4 MB. Tiny-preset calls
-// (61k elements, K = 8: 2.2 MB forward) stay on one thread; paper-preset ones (1M+ elements) use all.
-constexpr int64_t kGrainBytes = int64_t(4) << 20;
 constexpr int kMaxDims = 64;
 constexpr int64_t kFlush = 256;  // dot products: fp32 lanes are flushed into double every kFlush elements
 
@@ -286,7 +281,7 @@ std::vector<float> gather_weights(const std::vector<double>& p, at::IntArrayRef 
 
 // Blocks per task for a call that moves `bytes_per_elem` bytes per output element.
 int64_t grain_blocks(int64_t bytes_per_elem) {
-  return std::max<int64_t>(1, at::divup(kGrainBytes, std::max<int64_t>(1, bytes_per_elem) * kBlock));
+  return cpu_common::grain_items(std::max<int64_t>(1, bytes_per_elem) * kBlock);
 }
 
 // What the block kernels need (mixed_sum_kernels.h).

@@ -16,8 +16,8 @@
 //
 // Tensors may differ in shape; each is float32 or float64, contiguous and on the CPU (the Python side makes
 // them so), with more than one value per channel (ATen's training-mode rule). Work: the (tensor, channel)
-// pairs are spread over the intra-op threads with at::parallel_for, calls that move less than kGrainBytes
-// staying on one thread; each pair is computed by one thread in a fixed order, so results do not depend on
+// pairs are spread over the intra-op threads with at::parallel_for, calls that move less than
+// cpu_common::parallel_grain_bytes() staying on one thread; each pair is computed by one thread in a fixed order, so results do not depend on
 // the number of threads. Sums as csrc/multi_bn_kernels.h says (blocks in T, then double); the kernels are
 // compiled twice, baseline and AVX2 + FMA (csrc/cpu_common.h), picked at run time.
 #include <ATen/ATen.h>
@@ -44,8 +44,6 @@ namespace {
 
 using at::Tensor;
 
-// waking an OpenMP worker costs 10-150 us on a small VM (csrc/mixed_sum.cpp): small calls stay on one thread
-constexpr int64_t kGrainBytes = int64_t(1) << 20;
 
 #define EMODARTS_BNNS baseline
 #define EMODARTS_BNVB 16
@@ -93,7 +91,7 @@ Units units(const std::vector<Geo>& geos, int64_t element_size, int passes) {
     bytes += geos[i].B * geos[i].stride * element_size * passes;
   }
   const int64_t per = bytes / std::max<int64_t>(1, static_cast<int64_t>(u.pairs.size()));
-  u.grain = std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, per));
+  u.grain = cpu_common::grain_items(per);
   return u;
 }
 

@@ -154,11 +154,10 @@ Geometry check(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, 
   return g;
 }
 
-// channels per task: enough work that waking a second thread pays (about 2^18 multiply-adds)
-int64_t channel_grain(const Geometry& g) {
-  int64_t per_channel = 0;
-  for (int64_t i = 0; i < g.n; ++i) per_channel += g.B * g.Ho * g.Wo * g.k[i] * g.k[i];
-  return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, per_channel));
+// channels per task: a channel's planes read and written, every batch item and candidate
+int64_t channel_grain(const Geometry& g, int64_t element_size) {
+  const int64_t inputs = g.shared ? 1 : g.n;
+  return cpu_common::grain_items(g.B * (inputs * g.H * g.W + g.n * g.Ho * g.Wo) * element_size);
 }
 
 template <typename T>
@@ -167,7 +166,7 @@ std::vector<Tensor> fwd_typed(at::TensorList xs, at::TensorList ws, const Geomet
   for (int64_t i = 0; i < g.n; ++i) outs.push_back(at::empty({g.B, g.C, g.Ho, g.Wo}, xs[0].options()));
   const Kernels<T> kern = kernels<T>();
   const int64_t in_plane = g.H * g.W, out_plane = g.Ho * g.Wo;
-  at::parallel_for(0, g.C, channel_grain(g), [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, g.C, channel_grain(g, sizeof(T)), [&](int64_t c0, int64_t c1) {
     std::unique_ptr<MdwScratch<T>> sc;
     if (g.any_fast) sc.reset(new MdwScratch<T>(g.H, g.W, g.stride, false));
     for (int64_t c = c0; c < c1; ++c)
@@ -213,7 +212,7 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList gr
   // stride 2: the fast kernels gather an input's gradient in the scratch's phases, flushed into gx once per
   // plane and input (after every candidate of a shared input)
   const bool phased = g.any_fast && g.stride == 2;
-  at::parallel_for(0, g.C, channel_grain(g), [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, g.C, channel_grain(g, sizeof(T)), [&](int64_t c0, int64_t c1) {
     std::unique_ptr<MdwScratch<T>> sc;
     if (g.any_fast) sc.reset(new MdwScratch<T>(g.H, g.W, g.stride, true));
     for (int64_t c = c0; c < c1; ++c)

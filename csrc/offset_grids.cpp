@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <tuple>
 
+#include "cpu_common.h"
+
 #if AT_PARALLEL_OPENMP && !defined(_OPENMP) && defined(__linux__)
 #error "csrc/*.cpp must be compiled with -fopenmp: torch uses OpenMP for intra-op parallelism"
 #endif
@@ -27,9 +29,8 @@ namespace offset_grids_cpu {
 using at::Tensor;
 
 namespace {
-constexpr int64_t kGrainElements = int64_t(1) << 18;
-
-int64_t grain(int64_t per_plane) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, per_plane)); }
+// a plane's bytes read and written (one read of each element, one write)
+int64_t grain(int64_t per_plane, int64_t element_size) { return cpu_common::grain_items(2 * per_plane * element_size); }
 }  // namespace
 
 std::tuple<Tensor, Tensor> offset_grids_fwd(const Tensor& x) {
@@ -43,7 +44,7 @@ std::tuple<Tensor, Tensor> offset_grids_fwd(const Tensor& x) {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* ep = even.data_ptr<scalar_t>();
     scalar_t* op = odd.data_ptr<scalar_t>();
-    at::parallel_for(0, B * C, grain(H * W), [&](int64_t p0, int64_t p1) {
+    at::parallel_for(0, B * C, grain(H * W, sizeof(scalar_t)), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const scalar_t* xi = xp + p * H * W;
         scalar_t* e = ep + p * Ho * Wo;
@@ -76,7 +77,7 @@ Tensor offset_grids_bwd(const Tensor& g_even_in, const Tensor& g_odd_in, int64_t
     const scalar_t* ep = g_even.data_ptr<scalar_t>();
     const scalar_t* op = g_odd.data_ptr<scalar_t>();
     scalar_t* gp = gx.data_ptr<scalar_t>();
-    at::parallel_for(0, B * C, grain(H * W), [&](int64_t p0, int64_t p1) {
+    at::parallel_for(0, B * C, grain(H * W, sizeof(scalar_t)), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const scalar_t* e = ep + p * Ho * Wo;
         const scalar_t* o = op + p * Ho * Wo;

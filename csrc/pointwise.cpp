@@ -38,8 +38,6 @@ namespace {
 using at::Tensor;
 using cpu_common::gemm_rm;
 
-// calls that move less than this many bytes stay on one thread (waking a worker costs 10-150 us here)
-constexpr int64_t kGrainBytes = int64_t(1) << 20;
 // channel counts up to this run the register-blocked kernels
 constexpr int64_t kSmall = 64;
 
@@ -130,7 +128,7 @@ std::vector<std::pair<int64_t, int64_t>> items(const std::vector<Dims>& dims, in
     bytes += dims[i].B * (dims[i].C + dims[i].O) * dims[i].P * element_size;
   }
   const int64_t per = bytes / std::max<int64_t>(1, static_cast<int64_t>(out.size()));
-  grain = std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, per));
+  grain = cpu_common::grain_items(per);
   return out;
 }
 

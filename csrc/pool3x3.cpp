@@ -19,7 +19,7 @@
 // float32 / float64 results are bitwise ATen's CPU results (same operations in the same order per element,
 // see csrc/pool3x3_kernels.h); bf16 keeps fp32 partial sums and rounds once (ATen's bf16 backward rounds
 // after every addition). Work: the B * C planes are spread over the intra-op threads with at::parallel_for,
-// calls that move less than kGrainBytes staying on one thread; every plane is computed alone, so results do
+// calls that move less than cpu_common::parallel_grain_bytes() staying on one thread; every plane is computed alone, so results do
 // not depend on the number of threads. Inside a plane the kernels run along W in vectors (GCC/Clang vector
 // extensions), compiled twice: a baseline copy (SSE2 / NEON) and, on x86-64, an AVX2 + FMA copy picked at
 // run time when the CPU has both, unless EMODARTS_GROUPED_NO_AVX2 is set (csrc/cpu_common.h; read once per
@@ -52,10 +52,6 @@ namespace {
 
 using at::Tensor;
 
-// A call spreads its planes over threads only when it moves more than this many bytes (reads and writes):
-// waking an OpenMP worker costs 10-150 us on a small VM (csrc/mixed_sum.cpp), so tiny-preset calls stay on
-// one thread.
-constexpr int64_t kGrainBytes = int64_t(4) << 20;
 
 template <typename T>
 struct Compute {
@@ -116,10 +112,6 @@ void dispatch(at::ScalarType st, int64_t stride, F&& f) {
   }
 }
 
-int64_t grain_planes(int64_t bytes_per_plane) {
-  return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, bytes_per_plane));
-}
-
 // ---------------------------------------------------------------------------------------------------
 // operators
 
@@ -133,7 +125,7 @@ std::tuple<Tensor, Tensor> pool3x3_fwd(const Tensor& x_in, int64_t stride) {
   const int64_t planes = B * C;
   if (planes == 0) return {mo, ao};
   const int64_t es = x.element_size();
-  const int64_t grain = grain_planes((H * W + 2 * Ho * Wo) * es);
+  const int64_t grain = cpu_common::grain_items((H * W + 2 * Ho * Wo) * es);
   const bool avx2 = use_avx2();
   dispatch(x.scalar_type(), stride, [&](auto tag, auto sc) {
     using T = decltype(tag);
@@ -175,7 +167,7 @@ Tensor pool3x3_bwd(const std::optional<Tensor>& grad_max, const std::optional<Te
   const int64_t planes = B * C;
   if (planes == 0) return gx;
   const int64_t es = x.element_size();
-  const int64_t grain = grain_planes((2 * H * W + (int64_t(hm) + int64_t(ha)) * Ho * Wo) * es);
+  const int64_t grain = cpu_common::grain_items((2 * H * W + (int64_t(hm) + int64_t(ha)) * Ho * Wo) * es);
   const bool avx2 = use_avx2();
   dispatch(x.scalar_type(), stride, [&](auto tag, auto sc) {
     using T = decltype(tag);

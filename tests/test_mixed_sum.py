@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 from parity import assert_parity
+from thread_ticks import busy_threads, thread_cpu_ticks
 
 from emodarts.ops import layout, mixed_sum
 from emodarts.runtime.errors import BackendError
@@ -215,19 +216,6 @@ def test_cpp_instruction_sets_agree(cpp, tmp_path):
     assert torch.allclose(a["d16"], b["d16"], rtol=1e-5, atol=1e-6)
 
 
-def _thread_cpu_ticks():
-    """{thread id: user + system clock ticks} of this process (Linux)."""
-    ticks = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        ticks[tid] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
                     reason="needs Linux /proc and two CPUs")
 def test_cpp_uses_several_threads(cpp):
@@ -243,15 +231,15 @@ def test_cpp_uses_several_threads(cpp):
     torch.set_num_threads(2)
     try:
         cpp.mixed_sum_fwd(ys, alpha, flat)  # the team's threads exist from here on
-        before = _thread_cpu_ticks()
+        before = thread_cpu_ticks()
         for _ in range(20):
             cpp.mixed_sum_fwd(ys, alpha, flat)
             cpp.mixed_sum_bwd(g, ys, alpha, flat, [True, True])
-        after = _thread_cpu_ticks()
+        after = thread_cpu_ticks()
     finally:
         torch.set_num_threads(threads)
-    busy = [tid for tid, t in after.items() if t - before.get(tid, 0) >= 2]
-    assert len(busy) >= 2, f"{info}: CPU ticks per thread {[(t - before.get(tid, 0)) for tid, t in after.items()]}"
+    ticks = [t - before.get(tid, 0) for tid, t in after.items()]
+    assert len(busy_threads(before, after)) >= 2, f"{info}: CPU ticks per thread {ticks}"
 
 
 def test_cpp_deterministic(cpp):
