@@ -189,7 +189,7 @@ def test_audio_without_label(iemocap, tmp_path):
 
 
 def test_msp_podcast_label_problems(tmp_path):
-    recs = make_msp_podcast(tmp_path, n_speakers=4, per_speaker=3, n_unknown=0)
+    make_msp_podcast(tmp_path, n_speakers=4, per_speaker=3, n_unknown=0)
     root = tmp_path / "MSP-Podcast"
     label_csv = root / "Labels" / "labels_consensus.csv"
     rows = list(csv.reader(label_csv.open()))

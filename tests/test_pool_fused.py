@@ -9,7 +9,6 @@ against the reference's bf16 error, both measured against float64.
 Stronger, and tested where the brief asks for it: in float32 / float64 the kernels do ATen's arithmetic in
 ATen's order, so ties (constant inputs, repeated values), NaN and -inf give ATen's bits, grad_x included.
 """
-import os
 
 import pytest
 import torch
