@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from thread_ticks import busy_threads, thread_cpu_ticks
+from thread_ticks import threads_busy_during
 
 from emodarts.ops import batch_norms, mixed_sum, multi_depthwise, offset_grids, pointwise, pools
 
@@ -58,18 +58,13 @@ def test_tiny_preset_calls_use_two_threads(ops, name):
     if os.environ.get("EMODARTS_CPU_GRAIN_BYTES"):
         pytest.skip("EMODARTS_CPU_GRAIN_BYTES is set in this environment: the default grain is not in force")
     call = _tiny_calls(ops)[name]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        call()  # the team's threads exist from here on
-        before, start = thread_cpu_ticks(), time.perf_counter()
+    def work():
+        start = time.perf_counter()
         while time.perf_counter() - start < 0.2:
             call()
-        after = thread_cpu_ticks()
-    finally:
-        torch.set_num_threads(threads)
-    ticks = [t - before.get(tid, 0) for tid, t in after.items()]
-    assert len(busy_threads(before, after)) >= 2, f"{name}, {info}: CPU ticks per thread {ticks}"
+
+    busy, ticks = threads_busy_during(call, work)
+    assert len(busy) >= 2, f"{name}, {info}: CPU ticks per thread {ticks}"
 
 
 def test_grain_default_and_override(ops):

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 from parity import assert_parity
-from thread_ticks import busy_threads, thread_cpu_ticks
+from thread_ticks import threads_busy_during
 
 from emodarts.ops import layout, mixed_sum
 from emodarts.runtime.errors import BackendError
@@ -227,19 +227,13 @@ def test_cpp_uses_several_threads(cpp):
         pytest.skip(f"this torch build has no intra-op thread pool the extension can use: {info}")
     ys, alpha, index, g = make_case(8, (2, 1_000_000), torch.float32, seed=3)
     flat = [e * M + m for e, m in index]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        cpp.mixed_sum_fwd(ys, alpha, flat)  # the team's threads exist from here on
-        before = thread_cpu_ticks()
+    def work():
         for _ in range(20):
             cpp.mixed_sum_fwd(ys, alpha, flat)
             cpp.mixed_sum_bwd(g, ys, alpha, flat, [True, True])
-        after = thread_cpu_ticks()
-    finally:
-        torch.set_num_threads(threads)
-    ticks = [t - before.get(tid, 0) for tid, t in after.items()]
-    assert len(busy_threads(before, after)) >= 2, f"{info}: CPU ticks per thread {ticks}"
+
+    busy, ticks = threads_busy_during(lambda: cpp.mixed_sum_fwd(ys, alpha, flat), work)
+    assert len(busy) >= 2, f"{info}: CPU ticks per thread {ticks}"
 
 
 def test_cpp_deterministic(cpp):
