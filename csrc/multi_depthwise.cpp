@@ -1,8 +1,12 @@
 // Multi-depthwise convolution on the CPU: the depthwise convolutions of every convolution candidate leaving
 // one state of a DARTS CNN cell (3x3, 5x5, dilated 3x3 and 5x5; one stride), in one call.
 //
-//   multi_dw_fwd(xs, ws, dilations, stride) -> outs
-//   multi_dw_bwd(grads, xs, ws, dilations, stride, need_x, need_w) -> (grad_xs, grad_ws)
+//   multi_dw_fwd(xs, ws, dilations, stride, relu=False) -> outs
+//   multi_dw_bwd(grads, xs, ws, dilations, stride, need_x, need_w, relu=False) -> (grad_xs, grad_ws)
+//
+// relu: the convolutions read ReLU(x) (a thread's copy of each plane, made while it is in cache) and grad_xs
+// are the gradients of x itself (masked where x <= 0, as ReLU's backward): the shared ReLU of a state and the
+// ReLU inside a separable convolution, without a ReLU'd map written and read back, nor its backward pass.
 //
 // need_x[j] / need_w[i]: whether the backward wants input j's / weight i's gradient; one it does not want is
 // neither computed nor returned (each result list holds the wanted gradients only, in order): an alpha step
@@ -160,8 +164,20 @@ int64_t channel_grain(const Geometry& g, int64_t element_size) {
   return cpu_common::grain_items(g.B * (inputs * g.H * g.W + g.n * g.Ho * g.Wo) * element_size);
 }
 
+// dst = ReLU(src) over one plane (NaN stays NaN, as F.relu)
 template <typename T>
-std::vector<Tensor> fwd_typed(at::TensorList xs, at::TensorList ws, const Geometry& g) {
+void relu_plane(const T* src, T* dst, int64_t n) {
+  for (int64_t p = 0; p < n; ++p) dst[p] = src[p] < T(0) ? T(0) : src[p];
+}
+
+// grad *= (x > 0) over one plane: ReLU's backward (0 where x <= 0 or NaN)
+template <typename T>
+void relu_mask(const T* x, T* grad, int64_t n) {
+  for (int64_t p = 0; p < n; ++p) grad[p] = x[p] > T(0) ? grad[p] : T(0);
+}
+
+template <typename T>
+std::vector<Tensor> fwd_typed(at::TensorList xs, at::TensorList ws, const Geometry& g, bool relu) {
   std::vector<Tensor> outs;
   for (int64_t i = 0; i < g.n; ++i) outs.push_back(at::empty({g.B, g.C, g.Ho, g.Wo}, xs[0].options()));
   const Kernels<T> kern = kernels<T>();
@@ -169,12 +185,19 @@ std::vector<Tensor> fwd_typed(at::TensorList xs, at::TensorList ws, const Geomet
   at::parallel_for(0, g.C, channel_grain(g, sizeof(T)), [&](int64_t c0, int64_t c1) {
     std::unique_ptr<MdwScratch<T>> sc;
     if (g.any_fast) sc.reset(new MdwScratch<T>(g.H, g.W, g.stride, false));
+    std::vector<T> rx(relu ? in_plane : 0);  // ReLU of the current input plane
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t b = 0; b < g.B; ++b) {
         int64_t loaded = -1;  // the input in the scratch
+        int64_t rectified = -1;  // the input in rx
         for (int64_t i = 0; i < g.n; ++i) {
           const int64_t j = g.shared ? 0 : i;
           const T* x = xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
+          if (relu) {
+            if (rectified != j) relu_plane(x, rx.data(), in_plane);
+            rectified = j;
+            x = rx.data();
+          }
           const T* w = ws[i].template data_ptr<T>() + c * g.k[i] * g.k[i];
           T* out = outs[i].template data_ptr<T>() + (b * g.C + c) * out_plane;
           if (!g.fast[i]) {
@@ -196,7 +219,7 @@ template <typename T>
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList grads, at::TensorList xs,
                                                                at::TensorList ws, const Geometry& g,
                                                                const std::vector<bool>& need_x,
-                                                               const std::vector<bool>& need_w) {
+                                                               const std::vector<bool>& need_w, bool relu) {
   std::vector<Tensor> gxs(xs.size()), gws(g.n), gw64(g.n);
   // when every candidate takes the blocked kernels, the first one of an input plane writes its gradient
   // (stride 1) or the phases are written once (stride 2): no zero fill
@@ -215,14 +238,21 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList gr
   at::parallel_for(0, g.C, channel_grain(g, sizeof(T)), [&](int64_t c0, int64_t c1) {
     std::unique_ptr<MdwScratch<T>> sc;
     if (g.any_fast) sc.reset(new MdwScratch<T>(g.H, g.W, g.stride, true));
+    std::vector<T> rx(relu ? in_plane : 0);  // ReLU of the current input plane
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t b = 0; b < g.B; ++b) {
         int64_t loaded = -1;  // the input in the scratch
+        int64_t rectified = -1;  // the input in rx
         for (int64_t i = 0; i < g.n; ++i) {
           const int64_t j = g.shared ? 0 : i;
           const int64_t kk = g.k[i] * g.k[i];
           const T* gop = go[i].template data_ptr<T>() + (b * g.C + c) * out_plane;
           const T* x = xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
+          if (relu) {
+            if (rectified != j) relu_plane(x, rx.data(), in_plane);
+            rectified = j;
+            x = rx.data();
+          }
           const T* w = ws[i].template data_ptr<T>() + c * kk;
           T* gx = need_x[j] ? gxs[j].template data_ptr<T>() + (b * g.C + c) * in_plane : nullptr;
           double* gw = need_w[i] ? gw64[i].template data_ptr<double>() + c * kk : nullptr;
@@ -244,6 +274,12 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList gr
         }
         if (phased && loaded >= 0 && need_x[loaded])
           kern.gx4_flush(*sc, gxs[loaded].template data_ptr<T>() + (b * g.C + c) * in_plane, all_fast);
+        // every candidate of this plane is in: the gradients of the ReLU's output become those of its input
+        if (relu)
+          for (size_t j = 0; j < xs.size(); ++j)
+            if (need_x[j])
+              relu_mask(xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane,
+                        gxs[j].template data_ptr<T>() + (b * g.C + c) * in_plane, in_plane);
       }
   });
   for (int64_t i = 0; i < g.n; ++i)
@@ -251,15 +287,16 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList gr
   return {cpu_common::wanted_only(gxs, need_x), cpu_common::wanted_only(gws, need_w)};
 }
 
-std::vector<Tensor> multi_dw_fwd(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, int64_t stride) {
+std::vector<Tensor> multi_dw_fwd(at::TensorList xs, at::TensorList ws, at::IntArrayRef dilations, int64_t stride,
+                                 bool relu) {
   const Geometry g = check(xs, ws, dilations, stride);
-  return xs[0].scalar_type() == at::kFloat ? fwd_typed<float>(xs, ws, g) : fwd_typed<double>(xs, ws, g);
+  return xs[0].scalar_type() == at::kFloat ? fwd_typed<float>(xs, ws, g, relu) : fwd_typed<double>(xs, ws, g, relu);
 }
 
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> multi_dw_bwd(at::TensorList grads, at::TensorList xs,
                                                                   at::TensorList ws, at::IntArrayRef dilations,
                                                                   int64_t stride, const c10::List<bool>& need_x_,
-                                                                  const c10::List<bool>& need_w_) {
+                                                                  const c10::List<bool>& need_w_, bool relu) {
   const Geometry g = check(xs, ws, dilations, stride);
   TORCH_CHECK(need_x_.size() == xs.size() && static_cast<int64_t>(need_w_.size()) == g.n,
               "multi_dw_bwd: need_x and need_w must have one flag per input and per weight");
@@ -272,8 +309,8 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> multi_dw_bwd(at::TensorList
                     grads[i].scalar_type() == xs[0].scalar_type(),
                 "multi_dw_bwd: gradient ", i, " must be (", g.B, ", ", g.C, ", ", g.Ho, ", ", g.Wo, ") of the inputs' dtype");
   }
-  return xs[0].scalar_type() == at::kFloat ? bwd_typed<float>(grads, xs, ws, g, need_x, need_w)
-                                            : bwd_typed<double>(grads, xs, ws, g, need_x, need_w);
+  return xs[0].scalar_type() == at::kFloat ? bwd_typed<float>(grads, xs, ws, g, need_x, need_w, relu)
+                                            : bwd_typed<double>(grads, xs, ws, g, need_x, need_w, relu);
 }
 
 }  // namespace
@@ -281,9 +318,9 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> multi_dw_bwd(at::TensorList
 }  // namespace emodarts
 
 TORCH_LIBRARY_FRAGMENT(emodarts, m) {
-  m.def("multi_dw_fwd(Tensor[] xs, Tensor[] ws, int[] dilations, int stride) -> Tensor[]");
+  m.def("multi_dw_fwd(Tensor[] xs, Tensor[] ws, int[] dilations, int stride, bool relu=False) -> Tensor[]");
   m.def("multi_dw_bwd(Tensor[] grads, Tensor[] xs, Tensor[] ws, int[] dilations, int stride, bool[] need_x, "
-        "bool[] need_w) -> (Tensor[], Tensor[])");
+        "bool[] need_w, bool relu=False) -> (Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(emodarts, CPU, m) {

@@ -133,16 +133,17 @@ def test_mixed_sum_triton(monkeypatch):
             assert torch.equal(a, full[i])
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu_on_read"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared_input", "per_candidate_input"])
-def test_multi_depthwise(stride, shared):
+def test_multi_depthwise(stride, shared, relu):
     torch.manual_seed(3)
     dil = [1, 1, 2, 2, 3]  # kernel 3/5, dilation 1/2 (the blocked kernels) and 3 (the plain loops)
     ws = [torch.randn(6, 1, k, k, requires_grad=True) for k in (3, 5, 3, 5, 3)]
     xs = [torch.randn(2, 6, 9, 11, requires_grad=True) for _ in range(1 if shared else len(ws))]
-    outs = multi_depthwise.multi_depthwise_fused(xs, ws, dil, stride)
+    outs = multi_depthwise.multi_depthwise_fused(xs, ws, dil, stride, relu=relu)
     check_subsets(outs, {"xs": xs, "ws": ws}, "multi_dw_bwd",
-                  lambda args: {"xs": all(args[-2]), "ws": all(args[-1])})
+                  lambda args: {"xs": all(args[5]), "ws": all(args[6])})
 
 
 def test_multi_depthwise_one_weight_of_several():
@@ -156,7 +157,7 @@ def test_multi_depthwise_one_weight_of_several():
         (g,) = torch.autograd.grad(sum(o.sum() for o in outs), [ws[1]])
     assert torch.equal(g, full[2])
     (args,) = spy.calls["multi_dw_bwd"]
-    assert list(args[-2]) == [False] and list(args[-1]) == [False, True, False]
+    assert list(args[5]) == [False] and list(args[6]) == [False, True, False]
 
 
 @pytest.mark.parametrize("sizes", [(4, 6), (40, 48)], ids=["small_kernel", "gemm"])
@@ -221,7 +222,7 @@ def _supernet():
 
 WEIGHT_MASKS = {  # kernel -> which output-mask entries are weight gradients
     "grouped_rnn_backward": lambda a: list(a[-1])[1:],
-    "multi_dw_bwd": lambda a: list(a[-1]),
+    "multi_dw_bwd": lambda a: list(a[6]),  # (grads, xs, ws, dilations, stride, need_x, need_w[, relu])
     "pointwise_bwd": lambda a: list(a[-1]),
     "darts_rnn_backward": lambda a: list(a[-1])[2:4],
 }

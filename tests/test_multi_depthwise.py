@@ -3,6 +3,7 @@ twin (one F.conv2d per candidate, emodarts/ops/multi_depthwise.py): outputs, the
 weight gradient, on fresh random inputs, judged as `emodarts compare` judges (tests/parity.py): against the
 reference in float64; float32 within 4x the reference's own float32 error; bf16 within 4x the reference's own
 bf16 error (both against float64); float64 within 1e-12."""
+import functools
 import os
 
 import pytest
@@ -56,10 +57,12 @@ def run(fn, xs, ws, dilations, stride, grads, dtype):
     return [o.detach() for o in outs], list(gs)
 
 
-def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, device="cpu", impl=None):
+def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, device="cpu", impl=None, relu=False):
     """`impl` (default: the C++ op) against the reference: outputs, input and weight gradients, judged against
-    float64 (tests/parity.py); returns the implementation's outputs and gradients."""
-    impl = impl or multi_depthwise.multi_depthwise_fused
+    float64 (tests/parity.py); returns the implementation's outputs and gradients. relu: both read ReLU(x)."""
+    impl = functools.partial(impl or multi_depthwise.multi_depthwise_fused, relu=relu) if relu else \
+        impl or multi_depthwise.multi_depthwise_fused
+    reference = functools.partial(multi_depthwise.multi_depthwise_reference, relu=relu)
     xs, ws, dil = make(shape, cands, shared, seed, non_contiguous, device)
     if non_contiguous:
         assert not xs[0].is_contiguous()
@@ -67,10 +70,9 @@ def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, dev
     gen = torch.Generator().manual_seed(seed + 1)
     grads = [torch.randn(b, c, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=gen,
                          dtype=torch.float64).to(device) for _ in cands]
-    o_t, g_t = run(multi_depthwise.multi_depthwise_reference, xs, ws, dil, stride, grads, torch.float64)
+    o_t, g_t = run(reference, xs, ws, dil, stride, grads, torch.float64)
     o_f, g_f = run(impl, xs, ws, dil, stride, grads, dtype)
-    o_r, g_r = (None, None) if dtype == torch.float64 else run(multi_depthwise.multi_depthwise_reference, xs, ws, dil, stride,
-                                                               grads, dtype)
+    o_r, g_r = (None, None) if dtype == torch.float64 else run(reference, xs, ws, dil, stride, grads, dtype)
     names = [f"out[{i}]" for i in range(len(cands))] + [f"grad_x[{i}]" for i in range(len(xs))] + \
             [f"grad_w[{i}]" for i in range(len(ws))]
     fused = o_f + g_f
@@ -78,7 +80,7 @@ def check(shape, cands, stride, shared, dtype, seed=0, non_contiguous=False, dev
     for f, t in zip(fused, o_t + g_t):
         assert f.dtype == dtype and f.device == t.device and f.shape == t.shape
     assert_parity(list(zip(names, fused, ref, o_t + g_t)), dtype, rel_floor=REL_FLOOR[dtype],
-                  what=f"{shape} {cands} stride {stride} shared={shared} {dtype}")
+                  what=f"{shape} {cands} stride {stride} shared={shared} relu={relu} {dtype}")
     return fused
 
 
@@ -91,6 +93,32 @@ SHAPES = {"odd": (2, 3, 7, 5), "batch1": (1, 4, 9, 11), "one_pixel": (3, 2, 1, 1
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_shared_input_all_candidates(shape, stride, dtype):
     check(SHAPES[shape], ALL, stride, True, dtype, seed=len(shape) + stride)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_input", "per_candidate_input"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", ["odd", "tiny_cell"])
+def test_relu_on_read(shape, stride, shared, dtype):
+    """relu=True (the cells' ReLU applied as the op reads each plane, its backward masked in the op) against
+    F.relu then the reference; a dilation-3 candidate takes the plain loops beside the blocked kernels."""
+    check(SHAPES[shape], ALL + ((3, 3),), stride, shared, dtype, seed=11 + stride, relu=True)
+
+
+def test_relu_on_read_non_contiguous_input():
+    check((2, 3, 6, 9), ALL, 2, True, torch.float32, seed=12, non_contiguous=True, relu=True)
+
+
+def test_relu_gradient_is_zero_where_the_input_is_not_positive():
+    """ReLU's backward: no gradient reaches an input element <= 0 (what F.relu's backward gives)."""
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    x[:, :, ::2] = -x[:, :, ::2].abs()
+    x[0, 0, 0, 0] = 0.0
+    x.requires_grad_(True)
+    ws = [torch.randn(3, 1, k, k, dtype=torch.float64, requires_grad=True) for k, _ in ALL]
+    outs = multi_depthwise.multi_depthwise_fused([x], ws, [d for _, d in ALL], 1, relu=True)
+    (gx,) = torch.autograd.grad(sum(o.sum() for o in outs), [x])
+    assert torch.all(gx[x <= 0] == 0) and torch.any(gx[x > 0] != 0)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -196,6 +224,8 @@ def test_opcheck():
     n = len(ws)
     for need_x, need_w in (([True], [True] * n), ([True], [False] * n), ([False], [True] + [False] * (n - 1))):
         torch.library.opcheck(torch.ops.emodarts.multi_dw_bwd.default, (grads, xs, ws, dil, 2, need_x, need_w))
+    torch.library.opcheck(torch.ops.emodarts.multi_dw_fwd.default, (xs, ws, dil, 2, True))
+    torch.library.opcheck(torch.ops.emodarts.multi_dw_bwd.default, (grads, xs, ws, dil, 2, [True], [True] * n, True))
 
 
 def test_bad_arguments_are_clear():

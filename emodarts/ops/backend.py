@@ -30,7 +30,7 @@ class Backend:
     grouped_recurrent: Callable  # (x, rnns) -> [rnn(x)[0] for rnn in rnns], all candidates reading x
     darts_rnn: Callable  # (x_proj, h0, w0h, ws, probs) -> hs: the mixed DARTS recurrent cell over time
     pool_pair: Callable  # (x, stride) -> (max_pool_3x3(x), avg_pool_3x3(x)), the search space's two pools
-    multi_depthwise: Callable  # (xs, weights, dilations, stride) -> depthwise conv of each candidate
+    multi_depthwise: Callable  # (xs, weights, dilations, stride, relu=False) -> depthwise conv of each candidate
     batch_norms: Callable  # (xs, groups of BatchNorm2d) -> per x, every module of its group run on x
     pointwise_convs: Callable  # (xs, weights) -> bias-free 1x1 convolution of each x with its weight
     offset_grids: Callable  # x -> (even, odd) sampling grids of the factorized reduce

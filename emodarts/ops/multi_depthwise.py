@@ -53,9 +53,12 @@ from emodarts.runtime.errors import BackendError
 # the reference twin
 
 def multi_depthwise_reference(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
-                    stride: int) -> List[Tensor]:
+                              stride: int, relu: bool = False) -> List[Tensor]:
     """[depthwise conv of xs[i] (or of xs[0], shared) with weights[i] (C, 1, k, k), dilation dilations[i],
-    padding dilation * (k - 1) / 2, `stride`] for every candidate i."""
+    padding dilation * (k - 1) / 2, `stride`] for every candidate i; with `relu`, of F.relu(xs[i]) (the ReLU
+    that opens every sep_conv / dil_conv half)."""
+    if relu:
+        xs = [F.relu(x) for x in xs]
     shared = len(xs) == 1
     return [F.conv2d(xs[0 if shared else i], w, None, stride, d * (w.shape[-1] - 1) // 2, d, w.shape[0])
             for i, (w, d) in enumerate(zip(weights, dilations))]
@@ -69,8 +72,8 @@ def ops():
     from emodarts.ops.compiled.cpp import load_ops
 
     return load_ops("emodarts::multi_dw_fwd", "emodarts::multi_dw_bwd", "csrc/multi_depthwise.cpp",
-                    lambda xs, ws, dilations, stride: _empty_outs(xs, ws, stride),
-                    lambda grads, xs, ws, dilations, stride, need_x, need_w: (
+                    lambda xs, ws, dilations, stride, relu=False: _empty_outs(xs, ws, stride),
+                    lambda grads, xs, ws, dilations, stride, need_x, need_w, relu=False: (
                         only_wanted([torch.empty_like(x) for x in xs], need_x),
                         only_wanted([torch.empty_like(w) for w in ws], need_w)))
 
@@ -82,39 +85,41 @@ def _empty_outs(xs, ws, stride):
 
 class _MultiDepthwise(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, n_x: int, dilations: List[int], stride: int, *tensors: Tensor):
+    def forward(ctx, n_x: int, dilations: List[int], stride: int, relu: bool, *tensors: Tensor):
         xs, ws = list(tensors[:n_x]), list(tensors[n_x:])
         ctx.save_for_backward(*tensors)
-        ctx.n_x, ctx.dilations, ctx.stride = n_x, dilations, stride
-        return tuple(ops().multi_dw_fwd(xs, ws, dilations, stride))
+        ctx.n_x, ctx.dilations, ctx.stride, ctx.relu = n_x, dilations, stride, relu
+        return tuple(ops().multi_dw_fwd(xs, ws, dilations, stride, relu=relu))
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
         tensors = ctx.saved_tensors
         need = wanted(ctx)  # xs then ws: an alpha step wants no weight's gradient
         if not any(need):
-            return (None, None, None) + (None,) * len(tensors)
+            return (None, None, None, None) + (None,) * len(tensors)
         xs, ws = list(tensors[: ctx.n_x]), list(tensors[ctx.n_x:])
         if any(g is None for g in grads):
             grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, _empty_outs(xs, ws, ctx.stride))]
         grads = [g.contiguous() for g in grads]
-        gxs, gws = ops().multi_dw_bwd(grads, xs, ws, ctx.dilations, ctx.stride, need[: ctx.n_x], need[ctx.n_x:])
-        return (None, None, None, *spread(gxs, need[: ctx.n_x]), *spread(gws, need[ctx.n_x:]))
+        gxs, gws = ops().multi_dw_bwd(grads, xs, ws, ctx.dilations, ctx.stride, need[: ctx.n_x], need[ctx.n_x:],
+                                      relu=ctx.relu)
+        return (None, None, None, None, *spread(gxs, need[: ctx.n_x]), *spread(gws, need[ctx.n_x:]))
 
 
 def multi_depthwise_fused(xs: Sequence[Tensor], weights: Sequence[Tensor], dilations: Sequence[int],
-                    stride: int) -> List[Tensor]:
-    """Same contract as multi_depthwise_reference."""
+                          stride: int, relu: bool = False) -> List[Tensor]:
+    """Same contract as multi_depthwise_reference. On the CPU the ReLU is applied as the op reads each plane
+    (no ReLU'd map written, its backward masked in the op); on CUDA it is F.relu before the Triton op."""
     if xs and xs[0].device.type == "cuda" and os.environ.get("EMODARTS_DW_CUDNN") != "1":
-        return _multi_depthwise_cuda(xs, weights, dilations, stride)
+        return _multi_depthwise_cuda([F.relu(x) for x in xs] if relu else xs, weights, dilations, stride)
     if not xs or xs[0].device.type != "cpu":
-        return multi_depthwise_reference(xs, weights, dilations, stride)
+        return multi_depthwise_reference(xs, weights, dilations, stride, relu)
     dtype = xs[0].dtype
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     with torch.autocast("cpu", enabled=False):
         xs_c = [x.to(work).contiguous() for x in xs]
         ws_c = [w.to(work).contiguous() for w in weights]
-        outs = _MultiDepthwise.apply(len(xs_c), [int(d) for d in dilations], int(stride), *xs_c, *ws_c)
+        outs = _MultiDepthwise.apply(len(xs_c), [int(d) for d in dilations], int(stride), bool(relu), *xs_c, *ws_c)
     out = result_dtype(dtype)  # float32 under autocast (emodarts/ops/cpu_amp.py)
     return [o.to(out) for o in outs]
 

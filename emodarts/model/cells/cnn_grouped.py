@@ -7,8 +7,8 @@ For a state h with E outgoing edges (all of one stride):
   (each edge's BatchNorm2d still keeps the running statistics the reference keeps);
 - skip_connect at stride 1 is h itself, for every edge;
 - ReLU(h) once, shared by every convolution candidate (sep_conv, dil_conv, the factorized reduce) of every
-  edge; the first depthwise convolutions of all sep_conv / dil_conv candidates of all edges in one
-  `multi_depthwise` call, all their 1x1 convolutions (and the factorized reduces') in one `pointwise_convs`
+  edge (applied by `multi_depthwise` as it reads h, `relu=True`); the first depthwise convolutions of all
+  sep_conv / dil_conv candidates of all edges in one `multi_depthwise` call, all their 1x1 convolutions (and the factorized reduces') in one `pointwise_convs`
   call, every batch norm ending a candidate or a separable convolution's first half in one `batch_norms`
   call, then the separable convolutions' second halves the same way (one call of each). Weights stay in the
   candidates' own modules, so checkpoints, genotypes, the derived network and `compare` are unchanged.
@@ -128,13 +128,13 @@ def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence
                 reduces.append((e, k, op))
             else:
                 out[e][k] = op(h)
-    relu_h = F.relu(h) if batched or reduces else None
     if reduces:
-        for (e, k, op), z in zip(reduces, factorized_reduces_pre_bn([op for *_, op in reduces], relu_h, backend)):
+        zs = factorized_reduces_pre_bn([op for *_, op in reduces], F.relu(h), backend)
+        for (e, k, op), z in zip(reduces, zs):
             first_bns.add(z, [op.bn], [(e, k)])
     if batched:
         heads = [op if type(op) is DilConv else op[0] for _, _, op in batched]
-        for (e, k, op), head, z in zip(batched, heads, _pointwise_outputs([relu_h], heads, stride, backend)):
+        for (e, k, op), head, z in zip(batched, heads, _pointwise_outputs([h], heads, stride, backend)):
             first_bns.add(z, [head[3]], [(e, k, op[1]) if type(op) is SepConv else (e, k)])
     second = []  # (edge, candidate, second half, its input) of the separable convolutions
     for targets, y in first_bns.run(backend.batch_norms):
@@ -144,7 +144,7 @@ def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence
             else:
                 out[t[0]][t[1]] = y
     if second:
-        zs = _pointwise_outputs([F.relu(y) for *_, y in second], [m for _, _, m, _ in second], 1, backend)
+        zs = _pointwise_outputs([y for *_, y in second], [m for _, _, m, _ in second], 1, backend)
         second_bns = _BatchNormCall()
         for (e, k, m, _), z in zip(second, zs):
             second_bns.add(z, [m[3]], [(e, k)])
@@ -155,11 +155,12 @@ def state_outputs(h: Tensor, edge_ops: Sequence[nn.ModuleDict], active: Sequence
 
 
 def _pointwise_outputs(xs: List[Tensor], halves: List[DilConv], stride: int, backend: "Backend") -> List[Tensor]:
-    """Depthwise then pointwise convolution of each DilConv-shaped half (its batch norm not yet applied):
-    every depthwise convolution in one multi_depthwise call, on one shared input or one input each."""
+    """ReLU, depthwise then pointwise convolution of each DilConv-shaped half (its batch norm not yet applied):
+    every depthwise convolution in one multi_depthwise call, on one shared input or one input each, the ReLU
+    applied as it reads them."""
     args = [_depthwise_args(m) for m in halves]
     assert all(s == stride for _, _, s in args), "a candidate's stride differs from its state's"
-    dw = backend.multi_depthwise(xs, [w for w, _, _ in args], [d for _, d, _ in args], stride)
+    dw = backend.multi_depthwise(xs, [w for w, _, _ in args], [d for _, d, _ in args], stride, relu=True)
     return backend.pointwise_convs(dw, [m[2].weight for m in halves])
 
 
