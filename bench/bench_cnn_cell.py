@@ -48,7 +48,9 @@ def steps_for(net: Supernet, index: int, s0, s1, modes, compile_: bool) -> Dict[
     cell = net.cnn_cells[index]
     alpha = net.alpha_reduce if cell.reduction else net.alpha_normal
     backends = {"reference": get_backend("reference"), "fused": get_backend("fused")}
-    calls = {name: (lambda b=b: (lambda a, x0, x1: cell(x0, x1, a, b)))() for name, b in backends.items()}
+    # the fused backend runs the cell grouped by source state, as the supernet does with --fused (grouped_cnn)
+    calls = {name: (lambda b=b, g=name == "fused": (lambda a, x0, x1: cell(x0, x1, a, b, None, g)))()
+             for name, b in backends.items()}
     if compile_:
         ref = backends["reference"]
         calls["compile"] = torch.compile(lambda a, x0, x1: cell(x0, x1, a, ref), dynamic=False)

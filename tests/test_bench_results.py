@@ -91,3 +91,33 @@ def test_results_file_finish_marks_complete(results_dir):
     assert json.loads((tmp_path / "x.json").read_text()) == {"device": "cpu", "complete": False, "rows": [1]}
     out.finish(rows=[1, 2])
     assert json.loads((tmp_path / "x.json").read_text())["complete"] is True
+
+
+def test_the_cell_benchmarks_fused_row_runs_the_grouped_cell():
+    """bench_cnn_cell.py's `fused` row times the cell grouped by source state, as `--fused` runs it (the
+    supernet's grouped_cnn): one multi-depthwise call per state, not per-candidate modules. (After grouping became
+    the supernet's choice, the benchmark passed only the backend and timed the per-candidate path.)"""
+    import torch
+
+    import bench_cnn_cell
+    from emodarts.engine.config import PRESETS
+    from emodarts.model.supernet import Supernet
+    from emodarts.ops import multi_depthwise
+
+    from emodarts.features import FEATURE_PRESETS
+
+    torch.manual_seed(0)
+    net = Supernet(PRESETS["tiny"].model, FEATURE_PRESETS["tiny"].shape[0], 4)
+    s0, s1 = bench_cnn_cell.cell_inputs(net, "tiny", 0, 2, torch.device("cpu"))
+    calls = []
+    real = multi_depthwise.multi_depthwise_fused
+    try:  # the backends are built inside steps_for: spy before
+        multi_depthwise.multi_depthwise_fused = lambda *a, **k: calls.append(1) or real(*a, **k)
+        steps = bench_cnn_cell.steps_for(net, 0, s0, s1, ("fwd",), False)
+        calls.clear()
+        steps["reference"]["fwd"]()
+        assert not calls
+        steps["fused"]["fwd"]()
+    finally:
+        multi_depthwise.multi_depthwise_fused = real
+    assert calls, "the fused row did not run the grouped cell"
