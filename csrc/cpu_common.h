@@ -1,5 +1,6 @@
-// Shared CPU helpers of the extension's recurrent kernels (csrc/grouped_rnn.cpp, csrc/darts_rnn.cpp):
-// row-major GEMMs through the BLAS that PyTorch links (or ATen), and the run-time AVX2 switch.
+// Shared CPU helpers of the extension's kernels: row-major GEMMs through the BLAS that PyTorch links (or ATen)
+// for the recurrent and pointwise kernels, the run-time AVX2 / AVX-512 switches, and the CNN kernels' one rule for
+// spreading a call over threads (parallel_grain_bytes).
 //
 // GEMMs call MKL's sgemm_/dgemm_ (exported by libtorch_cpu) directly: ATen's per-call overhead is several
 // microseconds, as much as a whole tiny-preset step. When those symbols are absent (another BLAS build), or
@@ -230,17 +231,19 @@ inline bool packed_gemm_pays(int64_t rows, int64_t cols) {
 #endif
 }
 
-// How much a call must move (bytes read and written) before at::parallel_for spreads it over the intra-op
-// threads; every CPU kernel of the extension asks here (one rule). Measured on a 2-core Xeon VM with OpenMP's
-// default wait policy: a fork costs about 3 us while the workers still spin from the last parallel region (they
-// do between the ops of a step), and a 120k-element add ran 16.4 us on one thread against 9.3 us on two; a
-// sleeping worker (OMP_WAIT_POLICY=PASSIVE, or after a long pause) costs 10-150 us. EMODARTS_CPU_GRAIN_BYTES
-// overrides the default (read once per process), e.g. 4194304 where workers sleep between calls.
+// How much a call must move (bytes read and written) before at::parallel_for spreads it over the intra-op threads;
+// every CNN kernel of the extension (pointwise, multi batch norm, multi-depthwise, pools, mixed sum, offset grids)
+// asks here. (The recurrent kernels spread whole units or batch rows by their own work measure.) Measured on a 2-core
+// Xeon VM with OpenMP's default wait policy: a fork costs about 3 us while the workers still spin from the last
+// parallel region (they do between the ops of a step), and a 120k-element add ran 16.4 us on one thread against 9.3
+// us on two; a sleeping worker (OMP_WAIT_POLICY=PASSIVE, or after a long pause) costs 10-150 us.
+// EMODARTS_CPU_GRAIN_BYTES overrides the default (read once per process), e.g. 4194304 where workers sleep between
+// calls.
 inline int64_t parallel_grain_bytes() {
   static const int64_t bytes = [] {
     const char* e = std::getenv("EMODARTS_CPU_GRAIN_BYTES");
     const long long v = e != nullptr ? std::atoll(e) : 0;
-    return v > 0 ? static_cast<int64_t>(v) : int64_t(int64_t(1) << 18);
+    return v > 0 ? static_cast<int64_t>(v) : int64_t(1) << 18;
   }();
   return bytes;
 }

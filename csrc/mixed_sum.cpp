@@ -13,23 +13,22 @@
 //       d_i = <grad_out, ys[i]>; the epilogue on (E, M) scatters them (repeated entries add up) and applies
 //       the softmax Jacobian: grad_alpha[e, k] = p[e, k] * (D[e, k] - sum_j p[e, j] D[e, j]).
 //
-// The softmax and the epilogue run here, in double, so that a call is one operator and no small ATen ops
-// (on a small CPU those cost more than the sum itself at tiny-preset sizes).
-// Inputs may be float32, bfloat16 or float16 (mixed: the output takes the promoted dtype), any shape,
-// any strides: inputs whose layout differs from the output's are read in place through their strides
-// (never copied). Layout rules mirror kernels/layout.py: the fake kernels promise the output strides and dtype
-// with it, and tests/test_mixed_sum.py::test_cpp_and_python_layout_rules_agree fails when the two disagree.
-// Work is split into blocks of kBlock elements and spread over the intra-op threads with at::parallel_for (calls
-// that move less than cpu_common::parallel_grain_bytes() stay on one thread). Within a block, up to 8 flat inputs of one dtype are streamed together
-// (like the Triton kernel's 8 pointers per launch) with explicit vectors (GCC/Clang vector extensions),
-// which keeps several memory streams in flight and the fp32 accumulator in registers; the sum runs left to
-// right as in the reference. Dot products are accumulated in fp32 lanes per input, flushed into double
-// every 256 elements; the per-block partials are reduced in double, in block order (deterministic for any
-// number of threads). The block kernels live in mixed_sum_kernels.h, compiled twice: a baseline copy
-// (SSE2 / NEON, 4 lanes) and, on x86-64 with GCC/Clang, an AVX2 + F16C copy (8 lanes) picked at run time
-// when the CPU has it (EMODARTS_CPU_ISA=baseline forces the baseline copy). The sums are memory-bound:
-// an AVX-512 copy, software prefetch, non-temporal stores, other block sizes and one-input-at-a-time
-// streaming were measured (2-core EPYC VM) and gave nothing once both threads run, or lost.
+// The softmax and the epilogue run here, in double, so that a call is one operator and no small ATen ops (on a small
+// CPU those cost more than the sum itself at tiny-preset sizes). Inputs may be float32, bfloat16 or float16 (mixed:
+// the output takes the promoted dtype), any shape, any strides: inputs whose layout differs from the output's are
+// read in place through their strides (never copied). Layout rules mirror kernels/layout.py: the fake kernels promise
+// the output strides and dtype with it, and tests/test_mixed_sum.py::test_cpp_and_python_layout_rules_agree fails
+// when the two disagree. Work is split into blocks of kBlock elements and spread over the intra-op threads with
+// at::parallel_for (calls that move less than cpu_common::parallel_grain_bytes() stay on one thread). Within a block,
+// up to 8 flat inputs of one dtype are streamed together (like the Triton kernel's 8 pointers per launch) with
+// explicit vectors (GCC/Clang vector extensions), which keeps several memory streams in flight and the fp32
+// accumulator in registers; the sum runs left to right as in the reference. Dot products are accumulated in fp32
+// lanes per input, flushed into double every 256 elements; the per-block partials are reduced in double, in block
+// order (deterministic for any number of threads). The block kernels live in mixed_sum_kernels.h, compiled twice: a
+// baseline copy (SSE2 / NEON, 4 lanes) and, on x86-64 with GCC/Clang, an AVX2 + F16C copy (8 lanes) picked at run
+// time when the CPU has it (EMODARTS_CPU_ISA=baseline forces the baseline copy). The sums are memory-bound: an
+// AVX-512 copy, software prefetch, non-temporal stores, other block sizes and one-input-at-a-time streaming were
+// measured (2-core EPYC VM) and gave nothing once both threads run, or lost.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -14,12 +14,12 @@
 //       gx = invstd * (g - mean(g) - y * mean(g * y)) per channel: the batch norm's input gradient from its
 //       output y (which is x normalised: no affine), so the input need not be kept.
 //
-// Tensors may differ in shape; each is float32 or float64, contiguous and on the CPU (the Python side makes
-// them so), with more than one value per channel (ATen's training-mode rule). Work: the (tensor, channel)
-// pairs are spread over the intra-op threads with at::parallel_for, calls that move less than
-// cpu_common::parallel_grain_bytes() staying on one thread; each pair is computed by one thread in a fixed order, so results do not depend on
-// the number of threads. Sums as csrc/multi_bn_kernels.h says (blocks in T, then double); the kernels are
-// compiled twice, baseline and AVX2 + FMA (csrc/cpu_common.h), picked at run time.
+// Tensors may differ in shape; each is float32 or float64, contiguous and on the CPU (the Python side makes them so),
+// with more than one value per channel (ATen's training-mode rule). Work: the (tensor, channel) pairs are spread over
+// the intra-op threads with at::parallel_for, calls that move less than cpu_common::parallel_grain_bytes() staying on
+// one thread; each pair is computed by one thread in a fixed order, so results do not depend on the number of
+// threads. Sums as csrc/multi_bn_kernels.h says (blocks in T, then double); the kernels are compiled twice, baseline
+// and AVX2 + FMA (csrc/cpu_common.h), picked at run time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -43,7 +43,6 @@ namespace multi_bn_cpu {
 namespace {
 
 using at::Tensor;
-
 
 #define EMODARTS_BNNS baseline
 #define EMODARTS_BNVB 16

@@ -164,11 +164,26 @@ int64_t channel_grain(const Geometry& g, int64_t element_size) {
   return cpu_common::grain_items(g.B * (inputs * g.H * g.W + g.n * g.Ho * g.Wo) * element_size);
 }
 
-// dst = ReLU(src) over one plane (NaN stays NaN, as F.relu)
+// The input plane a candidate reads: x itself, or with `relu` a thread's ReLU'd copy of it (NaN stays NaN, as
+// F.relu), made once per input and plane; reset() when the next plane begins.
 template <typename T>
-void relu_plane(const T* src, T* dst, int64_t n) {
-  for (int64_t p = 0; p < n; ++p) dst[p] = src[p] < T(0) ? T(0) : src[p];
-}
+class PlaneInput {
+ public:
+  PlaneInput(bool relu, int64_t n) : relu_(relu), n_(n), buf_(relu ? n : 0) {}
+  void reset() { held_ = -1; }
+  const T* get(const T* x, int64_t j) {
+    if (!relu_) return x;
+    if (held_ != j)
+      for (int64_t p = 0; p < n_; ++p) buf_[p] = x[p] < T(0) ? T(0) : x[p];
+    held_ = j;
+    return buf_.data();
+  }
+
+ private:
+  bool relu_;
+  int64_t n_, held_ = -1;
+  std::vector<T> buf_;
+};
 
 // grad *= (x > 0) over one plane: ReLU's backward (0 where x <= 0 or NaN)
 template <typename T>
@@ -185,19 +200,14 @@ std::vector<Tensor> fwd_typed(at::TensorList xs, at::TensorList ws, const Geomet
   at::parallel_for(0, g.C, channel_grain(g, sizeof(T)), [&](int64_t c0, int64_t c1) {
     std::unique_ptr<MdwScratch<T>> sc;
     if (g.any_fast) sc.reset(new MdwScratch<T>(g.H, g.W, g.stride, false));
-    std::vector<T> rx(relu ? in_plane : 0);  // ReLU of the current input plane
+    PlaneInput<T> input(relu, in_plane);
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t b = 0; b < g.B; ++b) {
         int64_t loaded = -1;  // the input in the scratch
-        int64_t rectified = -1;  // the input in rx
+        input.reset();
         for (int64_t i = 0; i < g.n; ++i) {
           const int64_t j = g.shared ? 0 : i;
-          const T* x = xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
-          if (relu) {
-            if (rectified != j) relu_plane(x, rx.data(), in_plane);
-            rectified = j;
-            x = rx.data();
-          }
+          const T* x = input.get(xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane, j);
           const T* w = ws[i].template data_ptr<T>() + c * g.k[i] * g.k[i];
           T* out = outs[i].template data_ptr<T>() + (b * g.C + c) * out_plane;
           if (!g.fast[i]) {
@@ -238,25 +248,20 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> bwd_typed(at::TensorList gr
   at::parallel_for(0, g.C, channel_grain(g, sizeof(T)), [&](int64_t c0, int64_t c1) {
     std::unique_ptr<MdwScratch<T>> sc;
     if (g.any_fast) sc.reset(new MdwScratch<T>(g.H, g.W, g.stride, true));
-    std::vector<T> rx(relu ? in_plane : 0);  // ReLU of the current input plane
+    PlaneInput<T> input(relu, in_plane);
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t b = 0; b < g.B; ++b) {
         int64_t loaded = -1;  // the input in the scratch
-        int64_t rectified = -1;  // the input in rx
+        input.reset();
         for (int64_t i = 0; i < g.n; ++i) {
           const int64_t j = g.shared ? 0 : i;
           const int64_t kk = g.k[i] * g.k[i];
           const T* gop = go[i].template data_ptr<T>() + (b * g.C + c) * out_plane;
-          const T* x = xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane;
-          if (relu) {
-            if (rectified != j) relu_plane(x, rx.data(), in_plane);
-            rectified = j;
-            x = rx.data();
-          }
           const T* w = ws[i].template data_ptr<T>() + c * kk;
           T* gx = need_x[j] ? gxs[j].template data_ptr<T>() + (b * g.C + c) * in_plane : nullptr;
           double* gw = need_w[i] ? gw64[i].template data_ptr<double>() + c * kk : nullptr;
           if (!gx && !gw) continue;
+          const T* x = input.get(xs[j].template data_ptr<T>() + (b * g.C + c) * in_plane, j);
           if (!g.fast[i]) {
             kern.bwd(gop, x, g.H, g.W, w, g.k[i], g.d[i], g.stride, g.p[i], g.Ho, g.Wo, gx, gw);
             continue;

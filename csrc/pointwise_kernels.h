@@ -159,15 +159,17 @@ void wgrad_accumulate(const T* g, int64_t O, int64_t ldg, const T* x, int64_t C,
     for (int64_t c = 0; c < C; ++c) std::memcpy(xb + c * L, x + c * ldx + pv, r);
   }
   const int64_t end = pad ? pv : p1;
-  const T* gt = pad ? gb : nullptr;
   const T* xt = pad ? xb : nullptr;
+  auto rows = [&](auto ob, int64_t o) {  // OB = ob rows of g from row o
+    wgrad_rows<T, decltype(ob)::value>(g + o * ldg, ldg, x, ldx, acc + o * C, C, p0, end, pad ? gb + o * L : nullptr,
+                                       xt);
+  };
   int64_t o = 0;
-  for (; o + 4 <= O; o += 4)
-    wgrad_rows<T, 4>(g + o * ldg, ldg, x, ldx, acc + o * C, C, p0, end, gt ? gt + o * L : nullptr, xt);
+  for (; o + 4 <= O; o += 4) rows(std::integral_constant<int, 4>(), o);
   switch (O - o) {
-    case 3: wgrad_rows<T, 3>(g + o * ldg, ldg, x, ldx, acc + o * C, C, p0, end, gt ? gt + o * L : nullptr, xt); break;
-    case 2: wgrad_rows<T, 2>(g + o * ldg, ldg, x, ldx, acc + o * C, C, p0, end, gt ? gt + o * L : nullptr, xt); break;
-    case 1: wgrad_rows<T, 1>(g + o * ldg, ldg, x, ldx, acc + o * C, C, p0, end, gt ? gt + o * L : nullptr, xt); break;
+    case 3: rows(std::integral_constant<int, 3>(), o); break;
+    case 2: rows(std::integral_constant<int, 2>(), o); break;
+    case 1: rows(std::integral_constant<int, 1>(), o); break;
     default: break;
   }
 }

@@ -16,14 +16,14 @@
 // and grad_x are contiguous (N, C, H, W). Output size per spatial dim: (n - 1) / stride + 1, as ATen's
 // floor((n + 2 - 3) / stride) + 1.
 //
-// float32 / float64 results are bitwise ATen's CPU results (same operations in the same order per element,
-// see csrc/pool3x3_kernels.h); bf16 keeps fp32 partial sums and rounds once (ATen's bf16 backward rounds
-// after every addition). Work: the B * C planes are spread over the intra-op threads with at::parallel_for,
-// calls that move less than cpu_common::parallel_grain_bytes() staying on one thread; every plane is computed alone, so results do
-// not depend on the number of threads. Inside a plane the kernels run along W in vectors (GCC/Clang vector
-// extensions), compiled twice: a baseline copy (SSE2 / NEON) and, on x86-64, an AVX2 + FMA copy picked at
-// run time when the CPU has both, unless EMODARTS_GROUPED_NO_AVX2 is set (csrc/cpu_common.h; read once per
-// process). Both copies give the same bits.
+// float32 / float64 results are bitwise ATen's CPU results (same operations in the same order per element, see
+// csrc/pool3x3_kernels.h); bf16 keeps fp32 partial sums and rounds once (ATen's bf16 backward rounds after every
+// addition). Work: the B * C planes are spread over the intra-op threads with at::parallel_for, calls that move less
+// than cpu_common::parallel_grain_bytes() staying on one thread; every plane is computed alone, so results do not
+// depend on the number of threads. Inside a plane the kernels run along W in vectors (GCC/Clang vector extensions),
+// compiled twice: a baseline copy (SSE2 / NEON) and, on x86-64, an AVX2 + FMA copy picked at run time when the CPU
+// has both, unless EMODARTS_GROUPED_NO_AVX2 is set (csrc/cpu_common.h; read once per process). Both copies give the
+// same bits.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -51,7 +51,6 @@ namespace pool3x3_cpu {
 namespace {
 
 using at::Tensor;
-
 
 template <typename T>
 struct Compute {

@@ -8,9 +8,10 @@ For a state h with E outgoing edges (all of one stride):
 - skip_connect at stride 1 is h itself, for every edge;
 - ReLU(h) once, shared by every convolution candidate (sep_conv, dil_conv, the factorized reduce) of every
   edge (applied by `multi_depthwise` as it reads h, `relu=True`); the first depthwise convolutions of all
-  sep_conv / dil_conv candidates of all edges in one `multi_depthwise` call, all their 1x1 convolutions (and the factorized reduces') in one `pointwise_convs`
-  call, every batch norm ending a candidate or a separable convolution's first half in one `batch_norms`
-  call, then the separable convolutions' second halves the same way (one call of each). Weights stay in the
+  sep_conv / dil_conv candidates of all edges in one `multi_depthwise` call, all their 1x1 convolutions (and
+  the factorized reduces') in one `pointwise_convs` call, every batch norm ending a candidate or a separable
+  convolution's first half in one `batch_norms` call, then the separable convolutions' second halves the same
+  way (one call of each). Weights stay in the
   candidates' own modules, so checkpoints, genotypes, the derived network and `compare` are unchanged.
 The per-candidate path (cells/cnn.py, _mixed_nodes) is the reference twin; the node sums take their inputs in
 the same order (source state, then candidate).
