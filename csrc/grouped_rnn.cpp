@@ -73,6 +73,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bf16_dot.h"
 #include "cpu_common.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -408,10 +409,11 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::v
   return {dx, dw_ih, dw_hh, db};
 }
 
-// Which GEMM path the CPU kernel takes ("blas" or "aten"; bf16 inputs: "blas-bf16" on MKL's bf16 GEMM or
-// "float32-copies"), for tests and benchmarks.
+// Which GEMM path the CPU kernel takes ("blas" or "aten"; bf16 inputs: "avx512-bf16" on our dot-product kernel
+// for the products through a weight (csrc/bf16_dot.h), "blas-bf16" on MKL's bf16 GEMM or "float32-copies"), for
+// tests and benchmarks.
 std::string grouped_rnn_cpu_gemm(bool bf16) {
-  if (bf16) return cpu_common::bf16_blas() ? "blas-bf16" : "float32-copies";
+  if (bf16) return bf16_dot::enabled() ? "avx512-bf16" : cpu_common::bf16_blas() ? "blas-bf16" : "float32-copies";
   return use_blas() ? "blas" : "aten";
 }
 

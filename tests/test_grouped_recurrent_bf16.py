@@ -72,15 +72,27 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["dot", "mkl"])
+def bf16_gemm(request, monkeypatch):
+    """Each path of the products through a weight (EMODARTS_BF16_GEMM): our AVX512-BF16 kernel on packed weights
+    (csrc/bf16_dot.h) and MKL's bf16 GEMM (float32 copies without it)."""
+    monkeypatch.setenv("EMODARTS_BF16_GEMM", request.param)
+    path = gr.cpu_gemm_path(bf16=True)
+    if request.param == "dot" and path != "avx512-bf16":
+        pytest.skip("this CPU has no AVX512-BF16 (vdpbf16ps), which the dot-product kernel runs on")
+    assert (path == "avx512-bf16") == (request.param == "dot")
+    return request.param
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_torch_under_bf16_autocast(ops_loaded, case):
+def test_matches_torch_under_bf16_autocast(ops_loaded, bf16_gemm, case):
     specs, b, t, h, i = CASES[case]
     torch.manual_seed(len(case))
     compare_bf16([make(s, h, i, torch.float32) for s in specs], torch.randn(b, t, i))
 
 
 @pytest.mark.parametrize("hidden", [32, 12])
-def test_one_edge(ops_loaded, hidden):
+def test_one_edge(ops_loaded, bf16_gemm, hidden):
     """The twelve recurrent candidates of an edge (H = 12 takes the epilogue's tail path too)."""
     torch.manual_seed(3)
     compare_bf16(edge_modules(hidden, torch.float32), torch.randn(4, 6, hidden))
@@ -98,24 +110,59 @@ def test_bf16_input_and_non_contiguous(ops_loaded):
     assert y.dtype == torch.bfloat16 and xb.grad.dtype == torch.bfloat16
 
 
-def test_gemm_without_mkl_bf16(ops_loaded, monkeypatch):
-    """Without MKL's bf16 GEMM (EMODARTS_GROUPED_GEMM=aten) the same products run on float32 copies of the
-    bf16 operands: the products are exact either way, so the results agree to the order of the sums."""
-    torch.manual_seed(5)
-    mods = [make("lstm2", 16, 8, torch.float32), make("rnn1bi", 16, 8, torch.float32)]
-    x = torch.randn(3, 5, 8)
-    grads = [torch.randn(3, 5, 16, dtype=torch.float64), torch.randn(3, 5, 32, dtype=torch.float64)]
+def _agree_to_the_order_of_sums(mods, x, grads, monkeypatch, env: dict, path: str):
+    """The layer's outputs and gradients under `env` match those of MKL's bf16 GEMM: the products of bf16
+    numbers are exact in float32, so two paths differ only in the order of the sums (a bf16 result at most
+    one rounding apart)."""
+    monkeypatch.setenv("EMODARTS_BF16_GEMM", "mkl")
     mkl = _run(_under_bf16(gr.grouped_recurrent_fused), mods, x, grads)
     for m in mods:
         m.zero_grad(set_to_none=True)
-    monkeypatch.setenv("EMODARTS_GROUPED_GEMM", "aten")
-    assert gr.cpu_gemm_path(bf16=True) == "float32-copies"
-    copies = _run(_under_bf16(gr.grouped_recurrent_fused), mods, x, grads)
-    for a, b in zip(mkl[0] + mkl[1], copies[0] + copies[1]):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if gr.cpu_gemm_path(bf16=True) != path:
+        return False
+    other = _run(_under_bf16(gr.grouped_recurrent_fused), mods, x, grads)
+    for a, b in zip(mkl[0] + mkl[1], other[0] + other[1]):
         assert a.dtype == b.dtype
         scale = a.double().abs().max().item()
         tol = (2 ** -7 if a.dtype == torch.bfloat16 else 1e-5) * scale
         assert (a.double() - b.double()).abs().max().item() <= tol
+    return True
+
+
+def test_gemm_without_mkl_bf16(ops_loaded, monkeypatch):
+    """Without MKL's bf16 GEMM (EMODARTS_GROUPED_GEMM=aten) the same products run on float32 copies of the
+    bf16 operands."""
+    torch.manual_seed(5)
+    mods = [make("lstm2", 16, 8, torch.float32), make("rnn1bi", 16, 8, torch.float32)]
+    x = torch.randn(3, 5, 8)
+    grads = [torch.randn(3, 5, 16, dtype=torch.float64), torch.randn(3, 5, 32, dtype=torch.float64)]
+    assert _agree_to_the_order_of_sums(mods, x, grads, monkeypatch, {"EMODARTS_GROUPED_GEMM": "aten"},
+                                       "float32-copies")
+
+
+DOT_SHAPES = {
+    # name: (specs, B, T, H, I): odd sizes (an unpaired k in every product), panels of fewer than 16 columns,
+    # one row, one step (no recurrent weight gradient), per-unit inputs (deeper layers), more than 4 panels
+    "odd_sizes": (["lstm1", "rnn1", "lstm1bi"], 3, 4, 7, 5),
+    "batch_1_one_step": (["lstm1", "rnn1bi"], 1, 1, 9, 11),
+    "deeper_layers": (["lstm2bi", "rnn3"], 5, 3, 6, 3),
+    "wide": (["lstm1", "rnn1"], 17, 2, 20, 33),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DOT_SHAPES))
+def test_dot_kernel_matches_mkl(ops_loaded, monkeypatch, case):
+    """Our AVX512-BF16 kernel (EMODARTS_BF16_GEMM=dot) against MKL's bf16 GEMM at awkward shapes, forward and
+    every gradient."""
+    specs, b, t, h, i = DOT_SHAPES[case]
+    torch.manual_seed(9)
+    mods = [make(s, h, i, torch.float32) for s in specs]
+    x = torch.randn(b, t, i)
+    grads = [torch.randn(b, t, h * (2 if "bi" in s else 1), dtype=torch.float64) for s in specs]
+    if not _agree_to_the_order_of_sums(mods, x, grads, monkeypatch, {"EMODARTS_BF16_GEMM": "dot"}, "avx512-bf16"):
+        pytest.skip("this CPU has no AVX512-BF16 (vdpbf16ps), which the dot-product kernel runs on")
 
 
 def test_threads_agree(ops_loaded):
