@@ -143,23 +143,18 @@ inline void tile(const AOp& A, const uint32_t* Bp, int64_t KP, int64_t Kd, float
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t full = Kd / 2;
-  for (int64_t p = 0; p < full; ++p) {
+  // one pair of k: the A words of the tile's rows (word(i) for row i) against the NR panels' words at pair p
+  const auto step = [&](int64_t p, auto word) __attribute__((always_inline)) {
     __m512i b[NR];
     for (int j = 0; j < NR; ++j) b[j] = _mm512_loadu_si512(Bp + (j * KP + p) * 16);
     for (int i = 0; i < MR; ++i) {
-      const __m512i a = _mm512_set1_epi32(static_cast<int>(A.word(i, p)));
+      const __m512i a = _mm512_set1_epi32(static_cast<int>(word(i)));
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)a, (__m512bh)b[j]);
     }
-  }
-  if (Kd & 1) {  // the last, unpaired k: (A[m][Kd-1], 0) against the zero-padded pair
-    __m512i b[NR];
-    for (int j = 0; j < NR; ++j) b[j] = _mm512_loadu_si512(Bp + (j * KP + full) * 16);
-    for (int i = 0; i < MR; ++i) {
-      const __m512i a = _mm512_set1_epi32(static_cast<int>(A.last(i, Kd)));
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)a, (__m512bh)b[j]);
-    }
-  }
+  };
+  const int64_t full = Kd / 2;
+  for (int64_t p = 0; p < full; ++p) step(p, [&](int i) { return A.word(i, p); });
+  if (Kd & 1) step(full, [&](int i) { return A.last(i, Kd); });  // (A[m][Kd-1], 0) against a zero-padded pair
   const __m512 vbeta = _mm512_set1_ps(beta);
   for (int j = 0; j < NR; ++j) {
     const int64_t left = cols - 16 * j;
