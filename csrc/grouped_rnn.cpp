@@ -73,8 +73,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "bf16_dot.h"
 #include "cpu_common.h"
+#include "panel_gemm.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -214,11 +214,43 @@ struct UnitPtrs {
   const T* input(const Plan& p, int64_t k) const { return x[p.Kx == 1 ? 0 : k]; }
 };
 
+// Each worker's float32 W_hh packed for the per-step products on csrc/panel_gemm.h (`on`: float32, where
+// panel_gemm::f32_enabled says so, unless EMODARTS_GROUPED_NO_PACK=1): W_hh^T (H x gh) for the forward's
+// gates += h W_hh^T, W_hh (gh x H) for the backward's dh = dgates W_hh.
+struct F32Panels {
+  bool on, fwd;
+  int64_t H, words;
+  std::unique_ptr<float[]> buf;
+  F32Panels(const Plan& p, int64_t workers, int64_t H_, bool forward, bool float32)
+      : on(float32 && panel_gemm::f32_enabled() && !cpu_common::switched_off("EMODARTS_GROUPED_NO_PACK")),
+        fwd(forward),
+        H(H_),
+        words(0) {
+    const int64_t gmax = *std::max_element(p.gh.begin(), p.gh.end());
+    if (on) words = forward ? panel_gemm::packed_words<panel_gemm::F32>(H, gmax)
+                            : panel_gemm::packed_words<panel_gemm::F32>(gmax, H);
+    buf = cpu_common::scratch_of<float>(workers * words);
+  }
+  template <typename T>
+  const float* load(int64_t worker, const T* w_hh, int64_t gh) const {
+    float* dst = buf.get() + worker * words;
+    if constexpr (std::is_same_v<T, float>) {
+      if (fwd)
+        panel_gemm::pack<panel_gemm::F32>(w_hh, H, true, H, gh, dst);
+      else
+        panel_gemm::pack<panel_gemm::F32>(w_hh, H, false, gh, H, dst);
+    }
+    return dst;
+  }
+};
+
 template <typename T>
 void forward_impl(const Plan& p, const UnitPtrs<T>& w, const T* bias, T* hs, T* cs, T* gates) {
   const bool blas = use_blas();
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
-  for_units(p.K, n_workers(p.K), [&](int64_t k, int64_t) {
+  const int64_t workers = n_workers(p.K);
+  const F32Panels panels(p, workers, H, true, std::is_same_v<T, float>);  // float32: W_hh^T packed once per unit for its T-1 products
+  for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
     const T* whh = w.w_hh[k];
     const T* b = bias + go;
@@ -229,14 +261,20 @@ void forward_impl(const Plan& p, const UnitPtrs<T>& w, const T* bias, T* hs, T* 
     T* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
     // float32 W_hh packed once for the T-1 recurrent products, where that pays (cpu_common.h)
     std::unique_ptr<cpu_common::PackedRhsT> packed;
-    if constexpr (std::is_same_v<T, float>)
-      if (blas && T_ > 2 && cpu_common::packed_gemm_pays(gh, H))
+    const float* panel = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      if (T_ > 1 && panels.on)
+        panel = panels.load(wk, whh, gh);
+      else if (blas && T_ > 2 && cpu_common::packed_gemm_pays(gh, H))
         packed = std::make_unique<cpu_common::PackedRhsT>(B, gh, H, whh, H);
+    }
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = p.rev[k] ? T_ - 1 - s : s;
       const int64_t tp = p.rev[k] ? t + 1 : t - 1;
       T* gt = gk + t * B * gh;
-      if (s > 0 && packed) {  // gates_t += h_{t-1} W_hh^T
+      if (s > 0 && panel != nullptr) {  // gates_t += h_{t-1} W_hh^T
+        if constexpr (std::is_same_v<T, float>) panel_gemm::gemm_f32(B, gh, H, hk + tp * BH, H, panel, 1.0f, gt, gh);
+      } else if (s > 0 && packed) {
         if constexpr (std::is_same_v<T, float>) packed->accumulate(hk + tp * BH, H, gt, gh);
       } else if (s > 0) {
         gemm_rm<T>(blas, false, true, B, gh, H, T(1), hk + tp * BH, H, whh, H, T(1), gt, gh);
@@ -278,10 +316,14 @@ void backward_impl(const Plan& p, const T* gh_all, const UnitPtrs<T>& w, const T
                    const std::vector<T*>& dx, const UnitGrads<T>& d, T* dgates, T* scratch, int64_t workers) {
   const bool blas = use_blas();
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
+  const F32Panels panels(p, workers, H, false, std::is_same_v<T, float>);  // float32: W_hh packed once per unit for its T-1 products
   for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
     const bool rev = p.rev[k];
     const T* whh = w.w_hh[k];
+    const float* panel = nullptr;
+    if constexpr (std::is_same_v<T, float>)
+      if (T_ > 1 && panels.on) panel = panels.load(wk, whh, gh);
     const T* hk = hs + k * T_ * BH;
     const T* ck = k < p.KL ? cs + k * T_ * BH : nullptr;
     const T* ghk = gh_all + k * T_ * BH;
@@ -294,8 +336,11 @@ void backward_impl(const Plan& p, const T* gh_all, const UnitPtrs<T>& w, const T
       const int64_t tp = rev ? t + 1 : t - 1;  // previous step's time (s > 0)
       const int64_t tn = rev ? t - 1 : t + 1;  // next step's time (s < T-1)
       const bool last = s == T_ - 1;
-      if (!last)  // dh_rec = dgates_{t_next} W_hh
+      if (!last && panel != nullptr) {  // dh_rec = dgates_{t_next} W_hh
+        if constexpr (std::is_same_v<T, float>) panel_gemm::gemm_f32(B, H, gh, dgk + tn * B * gh, gh, panel, 0.0f, dhr, H);
+      } else if (!last) {
         gemm_rm<T>(blas, false, false, B, H, gh, T(1), dgk + tn * B * gh, gh, whh, H, T(0), dhr, H);
+      }
       T* dg = dgk + t * B * gh;
       if (k < p.KL)
         lstm_bwd(B, H, ak + t * B * gh, gh, ck + t * BH, s > 0 ? ck + tp * BH : nullptr, ghk + t * BH,
@@ -409,12 +454,13 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::v
   return {dx, dw_ih, dw_hh, db};
 }
 
-// Which GEMM path the CPU kernel takes ("blas" or "aten"; bf16 inputs: "avx512-bf16" on our dot-product kernel
-// for the products through a weight (csrc/bf16_dot.h), "blas-bf16" on MKL's bf16 GEMM or "float32-copies"), for
+// Which GEMM path the CPU kernel takes ("blas" or "aten", "+panels" when the float32 per-step products run on
+// csrc/panel_gemm.h; bf16 inputs: "avx512-bf16" on our dot-product kernel
+// for the products through a weight (csrc/panel_gemm.h), "blas-bf16" on MKL's bf16 GEMM or "float32-copies"), for
 // tests and benchmarks.
 std::string grouped_rnn_cpu_gemm(bool bf16) {
-  if (bf16) return bf16_dot::enabled() ? "avx512-bf16" : cpu_common::bf16_blas() ? "blas-bf16" : "float32-copies";
-  return use_blas() ? "blas" : "aten";
+  if (bf16) return panel_gemm::bf16_enabled() ? "avx512-bf16" : cpu_common::bf16_blas() ? "blas-bf16" : "float32-copies";
+  return std::string(use_blas() ? "blas" : "aten") + (panel_gemm::f32_enabled() ? "+panels" : "");
 }
 
 }  // namespace

@@ -3,7 +3,7 @@
 //
 // Every GEMM reads bfloat16 operands and sums in float32. The products through a weight (input projections,
 // recurrent steps, and in backward dh through W_hh and dx through W_ih) take it as a `Bf16Rhs`: packed once per
-// call for our AVX512-BF16 kernel where that runs (csrc/bf16_dot.h: a CPU with the instruction that is not
+// call for our AVX512-BF16 kernel where that runs (csrc/panel_gemm.h: a CPU with the instruction that is not
 // Intel's), else a bf16 copy for MKL's gemm_bf16bf16f32 (cpu_common::gemm_rm_bf16: AMX or AVX512-BF16 on
 // Intel; float32 copies without MKL). The weight gradients always take gemm_rm_bf16. What stays float32: the
 // weights and biases (the modules' own parameters), the gate pre-activations and activations, the cell
@@ -11,27 +11,28 @@
 // the inputs x, the layer output hs (also the recurrent GEMMs' operand h_{t-1}), the input gradients, and in
 // backward a bf16 copy of the d gates for the GEMMs. Each bf16 value is rounded once from its float32 result.
 // Included inside csrc/grouped_rnn.cpp's anonymous namespace, after the float32 forward and backward (the file
-// includes csrc/bf16_dot.h at its top).
+// includes csrc/panel_gemm.h at its top).
 #pragma once
 
 using BF16 = c10::BFloat16;
+using Pairs = panel_gemm::Bf16Pairs;
 using cpu_common::gemm_rm_bf16;
 using cpu_common::to_bf16;
 using cpu_common::to_float;
 
 // How this call runs its bf16 products through a weight (read once per call of an op).
 struct Bf16Path {
-  bool dot = bf16_dot::enabled();  // our AVX512-BF16 kernel on packed weights
+  bool dot = panel_gemm::bf16_enabled();  // our AVX512-BF16 kernel on packed weights
   bool blas = cpu_common::bf16_blas();  // else MKL's bf16 GEMM (else float32 copies)
 };
 
 // A right-hand operand B (Kd x N) of the bf16 products taken from a float32 weight W: B = W^T (trans; W is
 // N x Kd) or W (Kd x N), rounded once. Its storage is a slice of a buffer the call allocates per worker, of
-// `words` 32-bit words: the packed pairs of bf16_dot, or a plain bf16 copy of W for gemm_rm_bf16.
+// `words` 32-bit words: the packed pairs of panel_gemm, or a plain bf16 copy of W for gemm_rm_bf16.
 class Bf16Rhs {
  public:
   static int64_t words(const Bf16Path& path, int64_t Kd, int64_t N) {
-    return path.dot ? bf16_dot::packed_words(Kd, N) : (Kd * N + 1) / 2;
+    return path.dot ? panel_gemm::packed_words<Pairs>(Kd, N) : (Kd * N + 1) / 2;
   }
   Bf16Rhs(const Bf16Path& path, uint32_t* packed, BF16* copy) : path_(path), packed_(packed), copy_(copy) {}
   // rounds W into the buffer (the weights are contiguous: ld Kd when trans, else N)
@@ -40,14 +41,14 @@ class Bf16Rhs {
     Kd_ = Kd;
     N_ = N;
     if (path_.dot)
-      bf16_dot::pack_bf16_rhs(W, trans ? Kd : N, trans, Kd, N, packed_);
+      panel_gemm::pack<Pairs>(W, trans ? Kd : N, trans, Kd, N, packed_);
     else
       to_bf16(W, copy_, Kd * N);
   }
   // C (M x N, ldc) = A (M x Kd, bf16, lda) B + beta C
   void gemm(int64_t M, const BF16* A, int64_t lda, float beta, float* C, int64_t ldc) const {
     if (path_.dot)
-      bf16_dot::gemm(M, N_, Kd_, A, lda, packed_, beta, C, ldc);
+      panel_gemm::gemm_bf16(M, N_, Kd_, A, lda, packed_, beta, C, ldc);
     else
       gemm_rm_bf16(path_.blas, false, trans_, M, N_, Kd_, A, lda, copy_, trans_ ? Kd_ : N_, beta, C, ldc);
   }
@@ -126,14 +127,14 @@ void forward_bf16(const Plan& p, const Bf16Ptrs& w, const float* bias, BF16* hs,
 // A weight gradient on the dot-product kernel: dW (g x n, float32) = dg^T v over `rows` rows, dg (rows x g) and
 // v (rows x n) bf16, both packed into `buf` (weight_grad_words) as (rows x .) operands first.
 inline int64_t weight_grad_words(int64_t g, int64_t n, int64_t rows) {
-  return bf16_dot::packed_words(rows, g) + bf16_dot::packed_words(rows, n);
+  return panel_gemm::packed_words<Pairs>(rows, g) + panel_gemm::packed_words<Pairs>(rows, n);
 }
 inline void weight_grad_dot(int64_t g, int64_t n, int64_t rows, const BF16* dg, const BF16* v, uint32_t* buf,
                             float* dw) {
-  uint32_t* vp = buf + bf16_dot::packed_words(rows, g);
-  bf16_dot::pack_bf16_rhs(dg, g, false, rows, g, buf);
-  bf16_dot::pack_bf16_rhs(v, n, false, rows, n, vp);
-  bf16_dot::gemm_packed_lhs(g, n, rows, buf, vp, 0.0f, dw, n);
+  uint32_t* vp = buf + panel_gemm::packed_words<Pairs>(rows, g);
+  panel_gemm::pack<Pairs>(dg, g, false, rows, g, buf);
+  panel_gemm::pack<Pairs>(v, n, false, rows, n, vp);
+  panel_gemm::gemm_bf16_packed_lhs(g, n, rows, buf, vp, 0.0f, dw, n);
 }
 
 // dx: Kx bf16 input gradients (empty: not wanted); d: the float32 weight and bias gradients, as the float32 op.

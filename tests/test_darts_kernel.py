@@ -227,7 +227,7 @@ def test_low_precision_runs_in_float32(ops):
 def test_aten_gemm_path(ops, monkeypatch):
     """The fallback that calls ATen GEMMs instead of the BLAS symbols (read at every call)."""
     monkeypatch.setenv("EMODARTS_GROUPED_GEMM", "aten")
-    assert gr.cpu_gemm_path() == "aten"
+    assert gr.cpu_gemm_path().split("+")[0] == "aten"
     compare(make_inputs(3, 2, 5, 3), TOL64)
 
 

@@ -126,11 +126,35 @@ def test_k48_float64(ops):
     assert len(out) == 48
 
 
+@pytest.fixture(params=["1", "0"])
+def f32_panels(request, monkeypatch):
+    """Each path of the float32 per-step products (EMODARTS_F32_PANEL): W_hh packed once per call for our
+    AVX-512 kernel (csrc/panel_gemm.h), or the BLAS at every step."""
+    monkeypatch.setenv("EMODARTS_F32_PANEL", request.param)
+    on = gr.cpu_gemm_path().endswith("+panels")
+    if request.param == "1" and not on:
+        pytest.skip("this CPU has no AVX-512, which the float32 panel kernel runs on")
+    assert on == (request.param == "1")
+    return request.param
+
+
 @pytest.mark.parametrize("hidden", [32, 12])
-def test_one_edge_float32(ops, hidden):
+def test_one_edge_float32(ops, f32_panels, hidden):
     """float32: the vectorised epilogue (8 lanes; H = 12 also takes the tail path) and the sgemm path."""
     torch.manual_seed(3)
     compare(edge_modules(hidden, torch.float32), torch.randn(4, 6, hidden), TOL[torch.float32])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_float32_panels(ops, monkeypatch, case):
+    """The float32 per-step products on packed panels at awkward shapes (odd hidden sizes, gate widths that
+    are not a multiple of 16, one row, one step, per-unit inputs), against float64."""
+    monkeypatch.setenv("EMODARTS_F32_PANEL", "1")
+    if not gr.cpu_gemm_path().endswith("+panels"):
+        pytest.skip("this CPU has no AVX-512, which the float32 panel kernel runs on")
+    specs, b, t, h, i = CASES[case]
+    torch.manual_seed(len(case))
+    compare([make(s, h, i, torch.float32) for s in specs], torch.randn(b, t, i), TOL[torch.float32])
 
 
 def test_options_no_bias_time_major_mixed_hidden(ops):
@@ -147,7 +171,7 @@ def test_options_no_bias_time_major_mixed_hidden(ops):
 def test_aten_gemm_path(ops, monkeypatch):
     """The fallback that calls ATen GEMMs instead of the BLAS symbols (read at every call)."""
     monkeypatch.setenv("EMODARTS_GROUPED_GEMM", "aten")
-    assert gr.cpu_gemm_path() == "aten"
+    assert gr.cpu_gemm_path().split("+")[0] == "aten"
     torch.manual_seed(5)
     compare([make(s, 5, 5, torch.float64) for s in ("lstm2bi", "rnn2", "lstm1")],
             torch.randn(2, 3, 5, dtype=torch.float64), TOL[torch.float64])
@@ -321,9 +345,10 @@ def test_avx2_epilogue_without_avx512(ops):
 
 @pytest.mark.parametrize("no_pack", ["0", "1"], ids=["packed_where_it_pays", "plain_sgemm"])
 def test_lstm_h128_recurrent_product(ops, no_pack):
-    """LSTMs of the paper preset's hidden size: on Intel CPUs with AVX-512 the float32 forward packs W_hh once per
-    call for its recurrent products (csrc/cpu_common.h, packed_gemm_pays), EMODARTS_GROUPED_NO_PACK=1 takes the
-    plain sgemm; elsewhere both runs take the plain one. Each in a fresh process (the switch is read once)."""
+    """LSTMs of the paper preset's hidden size: with AVX-512 the float32 layer packs W_hh once per call for its
+    recurrent products (on Intel MKL's packed GEMM in the forward, csrc/cpu_common.h, packed_gemm_pays; elsewhere
+    our panels, csrc/panel_gemm.h, forward and backward), EMODARTS_GROUPED_NO_PACK=1 takes the plain sgemm. Each
+    in a fresh process (the switch is read once by MKL's path)."""
     code = (
         f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
         "import torch; torch.manual_seed(0); torch.set_num_threads(1)\n"

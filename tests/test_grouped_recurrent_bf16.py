@@ -75,7 +75,7 @@ CASES = {
 @pytest.fixture(params=["dot", "mkl"])
 def bf16_gemm(request, monkeypatch):
     """Each path of the products through a weight (EMODARTS_BF16_GEMM): our AVX512-BF16 kernel on packed weights
-    (csrc/bf16_dot.h) and MKL's bf16 GEMM (float32 copies without it)."""
+    (csrc/panel_gemm.h) and MKL's bf16 GEMM (float32 copies without it)."""
     monkeypatch.setenv("EMODARTS_BF16_GEMM", request.param)
     path = gr.cpu_gemm_path(bf16=True)
     if request.param == "dot" and path != "avx512-bf16":
