@@ -53,7 +53,9 @@
 // same buffers). (Measured and dropped: a register-blocked
 // GEMM fused with the epilogue. MKL's packed GEMM for W_hh was slower on an AMD EPYC, but 1.5x the plain sgemm
 // per LSTM step at H = 128 on an Intel Xeon with AVX-512: the float32 forward packs W_hh where
-// cpu_common::packed_gemm_pays says so.)
+// cpu_common::packed_gemm_pays says so.) On other CPUs with AVX-512 the per-step products run on our own tiles
+// over W_hh packed once per call (csrc/panel_gemm.h, forward and backward), and the bf16 products on its
+// vdpbf16ps twin (csrc/grouped_rnn_bf16.h).
 // The epilogue is vectorised: float32 runs 8 lanes, or 16 on a CPU with AVX-512 (GCC/Clang vector
 // extensions, csrc/grouped_rnn_kernels.h compiled for the baseline, for AVX2+FMA and for AVX-512F, picked at
 // run time) with Cephes-style exp/tanh (max rel. error ~2e-7); float64 calls std::exp/std::tanh per element
@@ -214,15 +216,20 @@ struct UnitPtrs {
   const T* input(const Plan& p, int64_t k) const { return x[p.Kx == 1 ? 0 : k]; }
 };
 
-// Each worker's float32 W_hh packed for the per-step products on csrc/panel_gemm.h (`on`: float32, where
-// panel_gemm::f32_enabled says so, unless EMODARTS_GROUPED_NO_PACK=1): W_hh^T (H x gh) for the forward's
-// gates += h W_hh^T, W_hh (gh x H) for the backward's dh = dgates W_hh.
+// Whether the float32 per-step products run on csrc/panel_gemm.h: where panel_gemm::f32_enabled says so, unless
+// EMODARTS_GROUPED_NO_PACK=1 (read per call).
+bool f32_panels_on() {
+  return panel_gemm::f32_enabled() && !cpu_common::switched_off("EMODARTS_GROUPED_NO_PACK");
+}
+
+// Each worker's float32 W_hh packed for the per-step products (`on`: float32 inputs and f32_panels_on()):
+// W_hh^T (H x gh) for the forward's gates += h W_hh^T, W_hh (gh x H) for the backward's dh = dgates W_hh.
 struct F32Panels {
   bool on, fwd;
   int64_t H, words;
   std::unique_ptr<float[]> buf;
   F32Panels(const Plan& p, int64_t workers, int64_t H_, bool forward, bool float32)
-      : on(float32 && panel_gemm::f32_enabled() && !cpu_common::switched_off("EMODARTS_GROUPED_NO_PACK")),
+      : on(float32 && f32_panels_on()),
         fwd(forward),
         H(H_),
         words(0) {
@@ -249,7 +256,8 @@ void forward_impl(const Plan& p, const UnitPtrs<T>& w, const T* bias, T* hs, T* 
   const bool blas = use_blas();
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
   const int64_t workers = n_workers(p.K);
-  const F32Panels panels(p, workers, H, true, std::is_same_v<T, float>);  // float32: W_hh^T packed once per unit for its T-1 products
+  // float32: each unit's W_hh^T packed once for its T-1 products
+  const F32Panels panels(p, workers, H, true, std::is_same_v<T, float>);
   for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
     const T* whh = w.w_hh[k];
@@ -316,7 +324,8 @@ void backward_impl(const Plan& p, const T* gh_all, const UnitPtrs<T>& w, const T
                    const std::vector<T*>& dx, const UnitGrads<T>& d, T* dgates, T* scratch, int64_t workers) {
   const bool blas = use_blas();
   const int64_t T_ = p.T, B = p.B, H = p.H, I = p.I, BH = B * H, TB = T_ * B;
-  const F32Panels panels(p, workers, H, false, std::is_same_v<T, float>);  // float32: W_hh packed once per unit for its T-1 products
+  // float32: each unit's W_hh packed once for its T-1 products
+  const F32Panels panels(p, workers, H, false, std::is_same_v<T, float>);
   for_units(p.K, workers, [&](int64_t k, int64_t wk) {
     const int64_t go = p.goff[k], gh = p.gh[k];
     const bool rev = p.rev[k];
@@ -337,7 +346,8 @@ void backward_impl(const Plan& p, const T* gh_all, const UnitPtrs<T>& w, const T
       const int64_t tn = rev ? t - 1 : t + 1;  // next step's time (s < T-1)
       const bool last = s == T_ - 1;
       if (!last && panel != nullptr) {  // dh_rec = dgates_{t_next} W_hh
-        if constexpr (std::is_same_v<T, float>) panel_gemm::gemm_f32(B, H, gh, dgk + tn * B * gh, gh, panel, 0.0f, dhr, H);
+        if constexpr (std::is_same_v<T, float>)
+          panel_gemm::gemm_f32(B, H, gh, dgk + tn * B * gh, gh, panel, 0.0f, dhr, H);
       } else if (!last) {
         gemm_rm<T>(blas, false, false, B, H, gh, T(1), dgk + tn * B * gh, gh, whh, H, T(0), dhr, H);
       }
@@ -454,13 +464,13 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::v
   return {dx, dw_ih, dw_hh, db};
 }
 
-// Which GEMM path the CPU kernel takes ("blas" or "aten", "+panels" when the float32 per-step products run on
-// csrc/panel_gemm.h; bf16 inputs: "avx512-bf16" on our dot-product kernel
-// for the products through a weight (csrc/panel_gemm.h), "blas-bf16" on MKL's bf16 GEMM or "float32-copies"), for
-// tests and benchmarks.
+// Which GEMM path the CPU kernel takes, for tests and benchmarks: "blas" or "aten", with "+panels" when the
+// float32 per-step products run on csrc/panel_gemm.h; for bf16 inputs "avx512-bf16" (our dot-product kernel for
+// the products through a weight), "blas-bf16" (MKL's bf16 GEMM) or "float32-copies".
 std::string grouped_rnn_cpu_gemm(bool bf16) {
-  if (bf16) return panel_gemm::bf16_enabled() ? "avx512-bf16" : cpu_common::bf16_blas() ? "blas-bf16" : "float32-copies";
-  return std::string(use_blas() ? "blas" : "aten") + (panel_gemm::f32_enabled() ? "+panels" : "");
+  if (bf16 && panel_gemm::bf16_enabled()) return "avx512-bf16";
+  if (bf16) return cpu_common::bf16_blas() ? "blas-bf16" : "float32-copies";
+  return std::string(use_blas() ? "blas" : "aten") + (f32_panels_on() ? "+panels" : "");
 }
 
 }  // namespace

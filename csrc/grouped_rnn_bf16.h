@@ -5,7 +5,8 @@
 // recurrent steps, and in backward dh through W_hh and dx through W_ih) take it as a `Bf16Rhs`: packed once per
 // call for our AVX512-BF16 kernel where that runs (csrc/panel_gemm.h: a CPU with the instruction that is not
 // Intel's), else a bf16 copy for MKL's gemm_bf16bf16f32 (cpu_common::gemm_rm_bf16: AMX or AVX512-BF16 on
-// Intel; float32 copies without MKL). The weight gradients always take gemm_rm_bf16. What stays float32: the
+// Intel; float32 copies without MKL); on our kernel's path the weight gradients pack both of their operands
+// (weight_grad_dot), else they take gemm_rm_bf16. What stays float32: the
 // weights and biases (the modules' own parameters), the gate pre-activations and activations, the cell
 // states, the epilogues (the same float32 kernels as the float32 op) and the weight gradients. What is bf16:
 // the inputs x, the layer output hs (also the recurrent GEMMs' operand h_{t-1}), the input gradients, and in
@@ -70,7 +71,8 @@ class Bf16RhsStore {
     copies_ = cpu_common::scratch_of<BF16>(path.dot ? 0 : 2 * offset_.back());
   }
   Bf16Rhs at(int64_t i) const {
-    return Bf16Rhs(path_, packed_.get() + (path_.dot ? offset_[i] : 0), copies_.get() + (path_.dot ? 0 : 2 * offset_[i]));
+    const int64_t at = offset_[i];
+    return Bf16Rhs(path_, packed_.get() + (path_.dot ? at : 0), copies_.get() + (path_.dot ? 0 : 2 * at));
   }
 
  private:
@@ -146,15 +148,15 @@ void backward_bf16(const Plan& p, const BF16* gh_all, const Bf16Ptrs& w, const B
   const bool blas = path.blas;  // the weight gradients' GEMMs
   const int64_t workers = n_workers(p.K);
   const bool own_dx = !dx.empty() && p.Kx != 1;
-  std::vector<int64_t> sizes;  // each worker's W_hh, then every unit's W_ih (the shared input's gradient after the loop)
-  for (int64_t i = 0; i < workers; ++i) sizes.push_back(Bf16Rhs::words(path, *std::max_element(p.gh.begin(), p.gh.end()), H));
+  const int64_t gmax = *std::max_element(p.gh.begin(), p.gh.end());
+  // each worker's W_hh, then every unit's W_ih (kept for the shared input's gradient after the loop)
+  std::vector<int64_t> sizes(workers, Bf16Rhs::words(path, gmax, H));
   for (int64_t k = 0; k < p.K; ++k) sizes.push_back(dx.empty() ? 0 : Bf16Rhs::words(path, p.gh[k], I));
   const Bf16RhsStore store(path, sizes);
   std::vector<Bf16Rhs> wih;
   for (int64_t k = 0; k < p.K; ++k) wih.push_back(store.at(workers + k));
   const auto fbuf = cpu_common::scratch_of<float>(workers * 4 * BH);  // dhr, dc, dL/dh_t and h_t in float32
   const auto dxbuf = cpu_common::scratch_of<float>(own_dx ? workers * TB * I : 0);  // own input gradients, unrounded
-  const int64_t gmax = *std::max_element(p.gh.begin(), p.gh.end());
   const bool wgrads = path.dot && !(d.dw_hh.empty() && d.dw_ih.empty());
   const int64_t wgrad_words = wgrads ? weight_grad_words(gmax, std::max(H, I), TB) : 0;
   const auto wgrad = cpu_common::scratch_of<uint32_t>(workers * wgrad_words);  // each worker's packed operands
