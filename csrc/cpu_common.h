@@ -193,6 +193,20 @@ inline bool avx512_enabled() {
 #endif
 }
 
+// Whether the CPU is Intel's: where MKL's packed and bf16 GEMMs pay (packed_gemm_pays), and where our own
+// packed-panel kernels (csrc/panel_gemm.h) stand aside for them.
+inline bool cpu_is_intel() {
+#ifdef EMODARTS_CPU_HAVE_AVX2
+  static const bool intel = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return intel;
+#else
+  return false;
+#endif
+}
+
 // C (M x N, ldc) += A (M x Kd, lda) W^T with W (N x Kd) packed once by MKL (cblas_sgemm_pack): the grouped
 // layer's per-step recurrent product h_{t-1} W_hh^T. Only where it pays (packed_gemm_pays); null symbols: never.
 class PackedRhsT {
@@ -221,7 +235,7 @@ class PackedRhsT {
 inline bool packed_gemm_pays(int64_t rows, int64_t cols) {
 #ifdef EMODARTS_CPU_HAVE_AVX2
   static const bool ok = cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
-                         cblas_sgemm_compute != nullptr && __builtin_cpu_is("intel") &&
+                         cblas_sgemm_compute != nullptr && cpu_is_intel() &&
                          __builtin_cpu_supports("avx512f") && !switched_off("EMODARTS_GROUPED_NO_PACK");
   return ok && rows >= 512 && cols >= 128 && fits_int(rows * cols);
 #else

@@ -97,17 +97,6 @@ void pack(const S* W, int64_t ldw, bool trans, int64_t Kd, int64_t N, typename K
 // itself); EMODARTS_BF16_GEMM=dot or =mkl picks either wherever it can run.
 // float32: a CPU with AVX-512 that is not Intel's (on Intel, MKL's packed GEMM pays: cpu_common.h);
 // EMODARTS_F32_PANEL=1 or =0 picks either wherever it can run.
-inline bool cpu_is_intel() {
-#ifdef EMODARTS_CPU_HAVE_AVX2
-  static const bool intel = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel") != 0;
-  }();
-  return intel;
-#else
-  return false;
-#endif
-}
 // AVX-512 as the grouped layer's epilogues see it (EMODARTS_GROUPED_NO_AVX2 / _NO_AVX512 switch it off)
 inline bool cpu_has(bool bf16) {
 #ifdef EMODARTS_CPU_HAVE_AVX2
@@ -123,7 +112,7 @@ inline bool chosen(bool bf16) {
   if (!cpu_has(bf16)) return false;
   const char* e = std::getenv(bf16 ? "EMODARTS_BF16_GEMM" : "EMODARTS_F32_PANEL");
   if (e != nullptr && *e != '\0') return std::strcmp(e, bf16 ? "dot" : "1") == 0;
-  return !cpu_is_intel();
+  return !cpu_common::cpu_is_intel();
 }
 inline bool bf16_enabled() { return chosen(true); }
 inline bool f32_enabled() { return chosen(false); }

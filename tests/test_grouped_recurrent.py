@@ -126,15 +126,20 @@ def test_k48_float64(ops):
     assert len(out) == 48
 
 
+def _set_f32_panels(monkeypatch, value: str) -> None:
+    """EMODARTS_F32_PANEL=value, checked against the path the kernel reports; "1" skips on a CPU without AVX-512."""
+    monkeypatch.setenv("EMODARTS_F32_PANEL", value)
+    on = gr.cpu_gemm_path().endswith("+panels")
+    if value == "1" and not on:
+        pytest.skip("this CPU has no AVX-512, which the float32 panel kernel runs on")
+    assert on == (value == "1")
+
+
 @pytest.fixture(params=["1", "0"])
 def f32_panels(request, monkeypatch):
     """Each path of the float32 per-step products (EMODARTS_F32_PANEL): W_hh packed once per call for our
     AVX-512 kernel (csrc/panel_gemm.h), or the BLAS at every step."""
-    monkeypatch.setenv("EMODARTS_F32_PANEL", request.param)
-    on = gr.cpu_gemm_path().endswith("+panels")
-    if request.param == "1" and not on:
-        pytest.skip("this CPU has no AVX-512, which the float32 panel kernel runs on")
-    assert on == (request.param == "1")
+    _set_f32_panels(monkeypatch, request.param)
     return request.param
 
 
@@ -149,9 +154,7 @@ def test_one_edge_float32(ops, f32_panels, hidden):
 def test_float32_panels(ops, monkeypatch, case):
     """The float32 per-step products on packed panels at awkward shapes (odd hidden sizes, gate widths that
     are not a multiple of 16, one row, one step, per-unit inputs), against float64."""
-    monkeypatch.setenv("EMODARTS_F32_PANEL", "1")
-    if not gr.cpu_gemm_path().endswith("+panels"):
-        pytest.skip("this CPU has no AVX-512, which the float32 panel kernel runs on")
+    _set_f32_panels(monkeypatch, "1")
     specs, b, t, h, i = CASES[case]
     torch.manual_seed(len(case))
     compare([make(s, h, i, torch.float32) for s in specs], torch.randn(b, t, i), TOL[torch.float32])
